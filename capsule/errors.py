@@ -1,0 +1,182 @@
+"""The exceptions capsule raises, and nothing else.
+
+Must not import anything from capsule: every other module imports this one.
+
+The tree::
+
+    CapsuleError
+    ├── ConfigError (ValueError)          .path .key .line: a manifest, key file or argument is wrong
+    ├── TokenError
+    │   ├── InvalidTokenError             every verification failure, deliberately opaque
+    │   └── CapabilityDeniedError (PermissionError)   .capability .feature
+    ├── FeatureError                      .feature always set
+    │   ├── FeatureStartError
+    │   ├── FeatureCrashedError           .exit_code .signal
+    │   ├── FeatureTimeoutError (TimeoutError)
+    │   ├── FeatureUnavailableError
+    │   └── RemoteError                   boxed exception from a container: .remote_type .remote_traceback
+    ├── IPCError
+    │   ├── ChannelClosedError
+    │   └── ProtocolError
+    ├── SandboxError                      a mechanism missing or failing: says which and how to fix it
+    └── InternalError                     a bug in capsule
+
+Each error also subclasses the builtin a caller would naturally catch, so
+``except PermissionError`` or ``except TimeoutError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CapabilityDeniedError",
+    "CapsuleError",
+    "ChannelClosedError",
+    "ConfigError",
+    "FeatureCrashedError",
+    "FeatureError",
+    "FeatureStartError",
+    "FeatureTimeoutError",
+    "FeatureUnavailableError",
+    "IPCError",
+    "InternalError",
+    "InvalidTokenError",
+    "ProtocolError",
+    "RemoteError",
+    "SandboxError",
+    "TokenError",
+]
+
+
+class CapsuleError(Exception):
+    """Base class of every error capsule raises on purpose."""
+
+
+class ConfigError(CapsuleError, ValueError):
+    """A manifest, key file, capability string or option is invalid.
+
+    ``path`` is the file (or ``None`` for a string given directly), ``key`` the
+    dotted key path inside it, and ``line`` the 1-based line when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+        problems: tuple[object, ...] = (),
+    ) -> None:
+        self.message = message
+        self.path = path
+        self.key = key
+        self.line = line
+        #: every problem found when one load found several (capsule.Problem objects)
+        self.problems = problems
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = self.path
+            if self.line is not None:
+                where += f":{self.line}"
+        if self.key:
+            where = f"{where} [{self.key}]" if where else f"[{self.key}]"
+        return f"{where}: {self.message}" if where else self.message
+
+
+class TokenError(CapsuleError):
+    """Base class of token and authority errors."""
+
+
+class InvalidTokenError(TokenError):
+    """A token was refused.
+
+    Deliberately opaque: forged, tampered, truncated, expired, not yet valid,
+    revoked, wrong audience and old-epoch tokens all raise this same error with
+    the same message. The real reason is logged by the verifier.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("invalid token")
+
+
+class CapabilityDeniedError(TokenError, PermissionError):
+    """An action was refused because no held capability covers it."""
+
+    def __init__(self, capability: str, feature: str | None = None, reason: str = "") -> None:
+        self.capability = capability
+        self.feature = feature
+        self.reason = reason
+        who = f"feature {feature!r}" if feature else "the caller"
+        text = f"{who} lacks capability {capability}"
+        if reason:
+            text += f" ({reason})"
+        super().__init__(text)
+
+
+class FeatureError(CapsuleError):
+    """Base class of errors about one feature; ``feature`` names it."""
+
+    def __init__(self, feature: str, message: str) -> None:
+        self.feature = feature
+        super().__init__(f"feature {feature!r}: {message}")
+
+
+class FeatureStartError(FeatureError):
+    """A feature's container could not be started or did not become ready."""
+
+
+class FeatureCrashedError(FeatureError):
+    """A feature's container exited while work was in flight."""
+
+    def __init__(
+        self,
+        feature: str,
+        message: str = "crashed",
+        *,
+        exit_code: int | None = None,
+        signal: int | None = None,
+    ) -> None:
+        self.exit_code = exit_code
+        self.signal = signal
+        super().__init__(feature, message)
+
+
+class FeatureTimeoutError(FeatureError, TimeoutError):
+    """A call to a feature, or its start, exceeded its deadline."""
+
+
+class FeatureUnavailableError(FeatureError):
+    """The feature is stopped or quarantined; calls to it fail at once."""
+
+
+class RemoteError(FeatureError):
+    """An exception raised inside a container, carried back as data only."""
+
+    def __init__(self, feature: str, remote_type: str, message: str, remote_traceback: str) -> None:
+        self.remote_type = remote_type
+        self.remote_message = message
+        self.remote_traceback = remote_traceback
+        super().__init__(feature, f"{remote_type}: {message}")
+
+
+class IPCError(CapsuleError):
+    """Base class of channel and wire errors."""
+
+
+class ChannelClosedError(IPCError):
+    """The peer closed the channel."""
+
+
+class ProtocolError(IPCError):
+    """The peer sent a frame that is malformed, oversized or unexpected."""
+
+
+class SandboxError(CapsuleError):
+    """An isolation mechanism is missing or failed; the message says which and how to fix it."""
+
+
+class InternalError(CapsuleError):
+    """A bug in capsule. Please report it with the traceback (``--debug``)."""
