@@ -1,0 +1,76 @@
+"""The ``capsule`` command line: argument parsing and error presentation.
+
+Must not hold logic of its own: each subcommand calls the public API and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+import structlog
+
+from capsule import __version__
+from capsule._cli._common import EXIT_PROBLEMS, Parser
+from capsule.errors import CapsuleError
+
+__all__ = ["main", "run"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from capsule._cli import _check, _token  # noqa: PLC0415 - keep `capsule --version` light
+
+    parser = Parser(
+        prog="capsule",
+        description="Run the features of an application in isolated, capability-scoped containers.",
+    )
+    parser.add_argument("--version", action="version", version=f"capsule {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks instead of one-line errors"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    _check.register(sub)
+    _token.register(sub)
+    return parser
+
+
+def _configure_logging(*, debug: bool) -> None:
+    """Log lines go to stderr; only with --debug below the error level."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if debug else logging.ERROR
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(debug=args.debug)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CapsuleError as exc:
+        if args.debug:
+            raise
+        print(f"capsule: error: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except OSError as exc:
+        if args.debug:
+            raise
+        print(f"capsule: error: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except KeyboardInterrupt:
+        return 130
+
+
+def run() -> NoReturn:
+    sys.exit(main())
