@@ -5,20 +5,20 @@ Must not import anything from capsule: every other module imports this one.
 The tree::
 
     CapsuleError
-    ├── ConfigError (ValueError)          .path .key .line: a manifest, key file or argument is wrong
+    ├── ConfigError (ValueError)          .path .key .line .problems: bad manifest, key or option
     ├── TokenError
     │   ├── InvalidTokenError             every verification failure, deliberately opaque
-    │   └── CapabilityDeniedError (PermissionError)   .capability .feature
+    │   └── CapabilityDeniedError (PermissionError)  .capability .feature
     ├── FeatureError                      .feature always set
     │   ├── FeatureStartError
     │   ├── FeatureCrashedError           .exit_code .signal
     │   ├── FeatureTimeoutError (TimeoutError)
     │   ├── FeatureUnavailableError
-    │   └── RemoteError                   boxed exception from a container: .remote_type .remote_traceback
+    │   └── RemoteError                   from a container: .remote_type .remote_traceback
     ├── IPCError
     │   ├── ChannelClosedError
     │   └── ProtocolError
-    ├── SandboxError                      a mechanism missing or failing: says which and how to fix it
+    ├── SandboxError                      a mechanism missing or failing: which, and the fix
     └── InternalError                     a bug in capsule
 
 Each error also subclasses the builtin a caller would naturally catch, so

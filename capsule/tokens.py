@@ -11,6 +11,7 @@ The recipe layer: raw Ed25519 stays in capsule._tokens._keys and nothing else to
 
 from __future__ import annotations
 
+from capsule._facade import publish
 from capsule._tokens._authority import Token as Token
 from capsule._tokens._authority import TokenAuthority as TokenAuthority
 from capsule._tokens._authority import TokenVerifier as TokenVerifier
@@ -41,8 +42,8 @@ __all__ = [
     "MAX_CHAIN",
     "MAX_TOKEN_SIZE",
     "Action",
-    "CapabilityDeniedError",
     "Capability",
+    "CapabilityDeniedError",
     "Grant",
     "InvalidTokenError",
     "KeyRing",
@@ -59,11 +60,4 @@ __all__ = [
     "parse_capability",
 ]
 
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("capsule._"):
-        try:
-            _obj.__module__ = __name__
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj
+publish(__name__, globals(), __all__)

@@ -44,7 +44,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing key file")
     p.set_defaults(handler=_keygen)
 
-    p = tsub.add_parser("rotate", help="replace the key with a new epoch; older tokens stop working")
+    p = tsub.add_parser(
+        "rotate", help="replace the key with a new epoch; older tokens stop working"
+    )
     p.add_argument("keyfile", metavar="KEYFILE")
     p.set_defaults(handler=_rotate)
 
@@ -52,7 +54,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     _key_option(p)
     p.add_argument("--aud", required=True, metavar="FEATURE", help="the feature that will hold it")
     p.add_argument(
-        "--cap", action="append", required=True, metavar="CAP", help="e.g. icc:call:dictionary.lookup"
+        "--cap",
+        action="append",
+        required=True,
+        metavar="CAP",
+        help="e.g. icc:call:dictionary.lookup",
     )
     p.add_argument("--ttl", default="1h", help="lifetime, e.g. 60s, 15m, 1h (default 1h)")
     p.set_defaults(handler=_mint)
@@ -72,7 +78,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     p = tsub.add_parser("attenuate", help="derive a narrower token from a valid one and print it")
     _key_option(p)
-    p.add_argument("--cap", action="append", metavar="CAP", help="keep only these (each ⊆ one parent cap)")
+    p.add_argument(
+        "--cap", action="append", metavar="CAP", help="keep only these (each ⊆ one parent cap)"
+    )
     p.add_argument("--aud", metavar="FEATURE", help="hand it to another feature")
     p.add_argument("--holder", metavar="FEATURE", help="require the parent's audience to be this")
     p.add_argument("--ttl", help="shorter lifetime, e.g. 30s (never beyond the parent's)")
@@ -80,11 +88,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     _token_argument(p)
     p.set_defaults(handler=_attenuate)
 
-    p = tsub.add_parser("revoke", help="add tokens (and all derived from them) to a revocation file")
-    p.add_argument(
-        "--revocations", required=True, metavar="FILE", help="revocation file to update"
+    p = tsub.add_parser(
+        "revoke", help="add tokens (and all derived from them) to a revocation file"
     )
-    p.add_argument("tokens", nargs="+", metavar="TOKEN_OR_ID", help="a token, '-' for stdin, or a 32-hex id")
+    p.add_argument("--revocations", required=True, metavar="FILE", help="revocation file to update")
+    p.add_argument(
+        "tokens", nargs="+", metavar="TOKEN_OR_ID", help="a token, '-' for stdin, or a 32-hex id"
+    )
     p.set_defaults(handler=_revoke)
 
 
@@ -185,7 +195,8 @@ def _revoke(args: argparse.Namespace) -> int:
             ids.append(inspect_token(value).jti)
         except InvalidTokenError:
             raise ConfigError(
-                f"{value[:24]!r} is neither a capsule token nor a 32-hex token id", key="TOKEN_OR_ID"
+                f"{value[:24]!r} is neither a capsule token nor a 32-hex token id",
+                key="TOKEN_OR_ID",
             ) from None
     for jti in ids:
         revocations.revoke(jti)

@@ -347,7 +347,9 @@ class TokenAuthority:
 def _parse_all(caps: Iterable[Capability | str]) -> tuple[Capability, ...]:
     parsed = tuple(parse_capability(c) if isinstance(c, str) else c.validate() for c in caps)
     if not 1 <= len(parsed) <= MAX_CAPABILITIES:
-        raise ConfigError(f"a token holds 1 to {MAX_CAPABILITIES} capabilities, found {len(parsed)}")
+        raise ConfigError(
+            f"a token holds 1 to {MAX_CAPABILITIES} capabilities, found {len(parsed)}"
+        )
     return parsed
 
 

@@ -110,7 +110,7 @@ def encode_claims(claims: TokenClaims) -> bytes:
 
 
 def decode_claims(body: bytes) -> TokenClaims:
-    """Decode a body (after its signature was checked); raises msgspec.DecodeError/ValidationError."""
+    """Decode a body once its signature holds; raises msgspec.DecodeError or ValidationError."""
     return _decoder.decode(body)
 
 

@@ -174,7 +174,9 @@ class KeyRing:
         try:
             seed = base64.urlsafe_b64decode(encoded.encode("ascii"))
         except (binascii.Error, ValueError, UnicodeEncodeError):
-            raise ConfigError("private_key is not base64url", path=name, key="private_key") from None
+            raise ConfigError(
+                "private_key is not base64url", path=name, key="private_key"
+            ) from None
         extra = sorted(set(doc) - {"format", "epoch", "private_key"})
         if extra:
             raise ConfigError(f"unknown key {extra[0]!r}", path=name, key=extra[0])

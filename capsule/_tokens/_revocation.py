@@ -106,7 +106,7 @@ class RevocationList:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the revoked ids atomically, sorted, one per line."""
         target = Path(path)
-        lines = ["# capsule revoked token ids"] + sorted(jti.hex() for jti in self._revoked)
+        lines = ["# capsule revoked token ids", *sorted(jti.hex() for jti in self._revoked)]
         temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         temp.write_text("\n".join(lines) + "\n", "utf-8")
         temp.replace(target)

@@ -112,8 +112,17 @@ def test_attenuate_and_revoke_cascade(key: Path, tmp_path: Path) -> None:
     revocations = tmp_path / "revoked"
     parent = mint(key, "icc:call:dictionary.*", "fs:read:/data/")
     child = capsule(
-        "token", "attenuate", "--key", str(key), "--cap", "icc:call:dictionary.lookup",
-        "--aud", "editor", "--ttl", "10s", parent,
+        "token",
+        "attenuate",
+        "--key",
+        str(key),
+        "--cap",
+        "icc:call:dictionary.lookup",
+        "--aud",
+        "editor",
+        "--ttl",
+        "10s",
+        parent,
     )
     assert child.returncode == 0, child.stderr
     child_token = child.stdout.strip()
@@ -123,9 +132,7 @@ def test_attenuate_and_revoke_cascade(key: Path, tmp_path: Path) -> None:
     assert claims["exp"] - claims["nbf"] <= 10.01
     assert len(claims["chain"]) == 1
 
-    wider = capsule(
-        "token", "attenuate", "--key", str(key), "--cap", "fs:read:/", parent
-    )
+    wider = capsule("token", "attenuate", "--key", str(key), "--cap", "fs:read:/", parent)
     assert wider.returncode == 1
     assert "lacks capability fs:read:/" in wider.stderr
 
@@ -170,6 +177,8 @@ def test_usage_errors_exit_2() -> None:
 
 def test_debug_shows_the_traceback(key: Path) -> None:
     key.chmod(0o644)
-    result = capsule("--debug", "token", "mint", "--key", str(key), "--aud", "a", "--cap", "icc:call:b.c")
+    result = capsule(
+        "--debug", "token", "mint", "--key", str(key), "--aud", "a", "--cap", "icc:call:b.c"
+    )
     assert result.returncode != 0
     assert "Traceback" in result.stderr

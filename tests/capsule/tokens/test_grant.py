@@ -37,7 +37,7 @@ def grant():  # type: ignore[no-untyped-def]
         (Action.ICC_CALL, "dictionaryx.lookup", False),
         (Action.ICC_CALL, "editor.save", True),
         (Action.ICC_CALL, "editor.save2", False),
-        (Action.ICC_CALL, "edіtor.save", False),  # Cyrillic i
+        (Action.ICC_CALL, "ed\u0456tor.save", False),  # Cyrillic i
         (Action.ICC_PUBLISH, "spell.checked", True),
         (Action.ICC_SUBSCRIBE, "spell.checked", True),
         (Action.ICC_PUBLISH, "dictionary.lookup", False),

@@ -20,7 +20,9 @@ VECTORS = json.loads((Path(__file__).parents[2] / "vectors" / "tokens.json").rea
 
 @pytest.fixture
 def authority() -> TokenAuthority:
-    return TokenAuthority(KeyRing.from_seed(bytes.fromhex(VECTORS["seed_hex"]), epoch=VECTORS["epoch"]))
+    return TokenAuthority(
+        KeyRing.from_seed(bytes.fromhex(VECTORS["seed_hex"]), epoch=VECTORS["epoch"])
+    )
 
 
 def _claims(vector: dict[str, Any]) -> TokenClaims:
@@ -60,7 +62,7 @@ def test_the_known_token_verifies_inside_its_window_only(
 
 @pytest.mark.parametrize("vector", VECTORS["tokens"], ids=lambda v: v["name"])
 def test_the_layout_is_independently_checkable(vector: dict[str, Any]) -> None:
-    """version | epoch | Ed25519(domain || header || body) | body, verified with raw cryptography."""
+    """version | epoch | Ed25519(domain || header || body) | body, checked with raw cryptography."""
     text = vector["token"]
     assert text.startswith("ctk1.")
     raw = base64.urlsafe_b64decode(text[5:] + "=" * (-len(text[5:]) % 4))
