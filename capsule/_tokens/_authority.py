@@ -317,7 +317,7 @@ class TokenAuthority:
             caps=tuple(derived),
             chain=(*base.chain, base.jti),
         )
-        self.revocations.record_derivation(base.jti, claims.jti)
+        self.revocations.record_derivation(base.jti, claims.jti, claims.exp, when)
         return self._sign(claims)
 
     def revoke(self, token: Token | str | bytes | TokenClaims) -> frozenset[str]:

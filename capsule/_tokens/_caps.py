@@ -19,6 +19,7 @@ is a single file.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 import unicodedata
@@ -87,6 +88,15 @@ class Action(enum.IntEnum):
 _KIND_OF_NIBBLE: Final[dict[int, Kind]] = {1: "icc", 2: "fs", 3: "net"}
 _NIBBLE_OF_KIND: Final[dict[str, int]] = {"icc": 1, "fs": 2, "net": 3}
 
+#: (kind, action bits) -> the Action members, precomputed for grant compilation
+_ACTION_SETS: Final[dict[tuple[str, int], frozenset[Action]]] = {
+    (kind, bits): frozenset(
+        Action((_NIBBLE_OF_KIND[kind] << 4) | bit) for bit in table.values() if bits & bit
+    )
+    for kind, table in ACTIONS.items()
+    for bits in range(1, 1 << len(table))
+}
+
 _Fail: TypeAlias = Callable[[str], ConfigError]
 
 _FEATURE = r"[a-z][a-z0-9-]{0,62}"
@@ -117,10 +127,7 @@ class Capability(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fi
 
     def action_set(self) -> frozenset[Action]:
         """The individual (kind, action) pairs this capability allows."""
-        nibble = _NIBBLE_OF_KIND[self.kind] << 4
-        return frozenset(
-            Action(nibble | bit) for bit in ACTIONS[self.kind].values() if self.actions & bit
-        )
+        return _ACTION_SETS.get((self.kind, self.actions), frozenset())
 
     def limit(self, name: str) -> int | None:
         for key, value in self.limits:
@@ -130,10 +137,20 @@ class Capability(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fi
 
     def validate(self) -> Capability:
         """Check a capability built from decoded data; return it or raise ConfigError."""
-        canonical = parse_capability(str(self))
-        if canonical != self:
-            raise ConfigError(f"capability {self} is not in canonical form")
+        if not _is_canonical(self):
+            canonical = parse_capability(str(self))  # raises, naming what is wrong
+            if canonical != self:
+                raise ConfigError(f"capability {self} is not in canonical form")
         return self
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_canonical(cap: Capability) -> bool:
+    """Memoised by value: admission sees the same few capabilities over and over."""
+    try:
+        return parse_capability(str(cap)) == cap
+    except ConfigError:
+        return False
 
 
 def format_actions(kind: str, actions: int) -> str:

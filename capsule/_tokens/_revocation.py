@@ -29,11 +29,13 @@ Listener = Callable[[frozenset[bytes]], None]
 class RevocationList:
     """Revoked token ids plus the parent -> children derivation tree."""
 
-    __slots__ = ("_children", "_listeners", "_revoked")
+    __slots__ = ("_children", "_expiry", "_listeners", "_recorded", "_revoked")
 
     def __init__(self, revoked: Iterable[bytes] = ()) -> None:
         self._revoked: set[bytes] = set(revoked)
         self._children: dict[bytes, set[bytes]] = {}
+        self._expiry: dict[bytes, float] = {}  # derived token -> its exp, for pruning
+        self._recorded = 0
         self._listeners: list[Listener] = []
 
     def __len__(self) -> int:
@@ -42,8 +44,36 @@ class RevocationList:
     def __contains__(self, jti: object) -> bool:
         return jti in self._revoked
 
-    def record_derivation(self, parent: bytes, child: bytes) -> None:
+    def record_derivation(self, parent: bytes, child: bytes, expires: float, now: float) -> None:
+        """Remember that ``child`` (valid until ``expires``) was derived from ``parent``.
+
+        Entries of expired tokens are pruned as new ones arrive, so a long-lived
+        authority that delegates often keeps only what can still be presented.
+        """
         self._children.setdefault(parent, set()).add(child)
+        self._expiry[child] = expires
+        self._recorded += 1
+        if self._recorded >= max(1024, len(self._expiry)):
+            self._recorded = 0
+            self.prune(now)
+
+    def prune(self, now: float) -> int:
+        """Forget derivations of tokens expired at ``now``; return how many were dropped."""
+        expired = {jti for jti, exp in self._expiry.items() if exp <= now}
+        for jti in expired:
+            del self._expiry[jti]
+            self._children.pop(jti, None)
+        for parent in list(self._children):
+            kids = self._children[parent] - expired
+            if kids:
+                self._children[parent] = kids
+            else:
+                del self._children[parent]
+        return len(expired)
+
+    def derivations(self) -> int:
+        """How many derived tokens are remembered (for statistics and tests)."""
+        return len(self._expiry)
 
     def children(self, jti: bytes) -> frozenset[bytes]:
         return frozenset(self._children.get(jti, ()))

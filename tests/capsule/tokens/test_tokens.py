@@ -398,3 +398,17 @@ def test_a_signed_but_malformed_body_is_refused(authority: TokenAuthority) -> No
     head = header(1)
     assert authority.verify_at_time(head + key.sign(DOMAIN + head + ok) + ok, now=T0).aud == "a"
     assert isinstance(inspect_token(head + key.sign(DOMAIN + head + ok) + ok), TokenClaims)
+
+
+def test_the_derivation_tree_forgets_expired_tokens(
+    authority: TokenAuthority, clock: Clock
+) -> None:
+    parent = authority.mint("a", ["icc:call:b.*"], ttl=3600)
+    for _ in range(1100):
+        authority.attenuate(parent, ttl=1)
+    assert authority.revocations.derivations() == 1100
+    clock.now = T0 + 2
+    live = authority.attenuate(parent, ttl=600)
+    assert authority.revocations.prune(clock.now) == 1100
+    assert authority.revocations.derivations() == 1
+    assert authority.revoke(parent) == {parent.token_id, live.token_id}

@@ -1,0 +1,68 @@
+"""Every command shown in the docs runs, and exits as the docs say.
+
+Shell examples live in ```console blocks as `$ command` lines. Each Markdown file's
+blocks run in order, in one shell, in a scratch directory holding a copy of demos/.
+A trailing `# exits N` comment gives the expected exit status (0 otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
+_BLOCK = re.compile(r"^```console\n(.*?)^```", re.DOTALL | re.MULTILINE)
+_EXITS = re.compile(r"#\s*exits\s+(\d+)\s*$")
+
+
+def commands(path: Path) -> list[tuple[str, int]]:
+    found: list[tuple[str, int]] = []
+    for block in _BLOCK.findall(path.read_text("utf-8")):
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                command = line[2:]
+                match = _EXITS.search(command)
+                expected = int(match.group(1)) if match else 0
+                found.append((_EXITS.sub("", command).rstrip(), expected))
+    return found
+
+
+DOCUMENTED = [p for p in DOCS if commands(p)]
+
+
+def test_the_docs_show_commands() -> None:
+    assert DOCUMENTED, "no ```console blocks found in README.md or docs/"
+
+
+@pytest.mark.parametrize("path", DOCUMENTED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_documented_commands_run(path: Path, tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "demos", tmp_path / "demos")
+    script = ["set -u"]
+    for index, (command, _) in enumerate(commands(path)):
+        script.append(f"{command}\necho \"@@status {index} $?\" >&2")
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(
+        ["bash", "-c", "\n".join(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    statuses = {
+        int(i): int(s) for i, s in re.findall(r"^@@status (\d+) (\d+)$", result.stderr, re.M)
+    }
+    for index, (command, expected) in enumerate(commands(path)):
+        assert statuses.get(index) == expected, (
+            f"{path.relative_to(ROOT)}: `{command}` exited {statuses.get(index)}, "
+            f"the docs say {expected}\n{result.stderr}"
+        )
