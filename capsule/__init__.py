@@ -6,6 +6,80 @@ and ``capsule.testing``; every other module is private.
 
 from __future__ import annotations
 
+from capsule._facade import publish
+from capsule._manifest import Access as Access
+from capsule._manifest import App as App
+from capsule._manifest import AppManifest as AppManifest
+from capsule._manifest import CheckReport as CheckReport
+from capsule._manifest import FeatureGrant as FeatureGrant
+from capsule._manifest import FeatureManifest as FeatureManifest
+from capsule._manifest import FsApproval as FsApproval
+from capsule._manifest import FsRequest as FsRequest
+from capsule._manifest import Limits as Limits
+from capsule._manifest import MountGrant as MountGrant
+from capsule._manifest import Policy as Policy
+from capsule._manifest import Problem as Problem
+from capsule._manifest import RestartPolicy as RestartPolicy
+from capsule._manifest import Route as Route
+from capsule._manifest import Severity as Severity
+from capsule._manifest import check_app as check_app
+from capsule._manifest import load_app as load_app
+from capsule._manifest import load_feature as load_feature
+from capsule.errors import CapabilityDeniedError as CapabilityDeniedError
+from capsule.errors import CapsuleError as CapsuleError
+from capsule.errors import ChannelClosedError as ChannelClosedError
+from capsule.errors import ConfigError as ConfigError
+from capsule.errors import FeatureCrashedError as FeatureCrashedError
+from capsule.errors import FeatureError as FeatureError
+from capsule.errors import FeatureStartError as FeatureStartError
+from capsule.errors import FeatureTimeoutError as FeatureTimeoutError
+from capsule.errors import FeatureUnavailableError as FeatureUnavailableError
+from capsule.errors import InternalError as InternalError
+from capsule.errors import InvalidTokenError as InvalidTokenError
+from capsule.errors import IPCError as IPCError
+from capsule.errors import ProtocolError as ProtocolError
+from capsule.errors import RemoteError as RemoteError
+from capsule.errors import SandboxError as SandboxError
+from capsule.errors import TokenError as TokenError
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "Access",
+    "App",
+    "AppManifest",
+    "CapabilityDeniedError",
+    "CapsuleError",
+    "ChannelClosedError",
+    "CheckReport",
+    "ConfigError",
+    "FeatureCrashedError",
+    "FeatureError",
+    "FeatureGrant",
+    "FeatureManifest",
+    "FeatureStartError",
+    "FeatureTimeoutError",
+    "FeatureUnavailableError",
+    "FsApproval",
+    "FsRequest",
+    "IPCError",
+    "InternalError",
+    "InvalidTokenError",
+    "Limits",
+    "MountGrant",
+    "Policy",
+    "Problem",
+    "ProtocolError",
+    "RemoteError",
+    "RestartPolicy",
+    "Route",
+    "SandboxError",
+    "Severity",
+    "TokenError",
+    "__version__",
+    "check_app",
+    "load_app",
+    "load_feature",
+]
+
+publish(__name__, globals(), (n for n in __all__ if n != "__version__"))

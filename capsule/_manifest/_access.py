@@ -1,0 +1,241 @@
+"""Reading ``[access]`` requests and ``[policy.NAME]`` approvals into capabilities.
+
+Checks each entry on its own: it must not compare requests with approvals, look at
+other features or touch the file system.
+
+The mapping, the same on both sides::
+
+    call = ["dictionary.lookup"]      -> icc:call:dictionary.lookup   ("dictionary.*" allowed)
+    publish = ["spell.*"]             -> icc:publish:spell.*
+    subscribe = ["editor.changed"]    -> icc:subscribe:editor.changed
+    fs = [{ path = "/data", mode = "ro" }]   -> fs:read:/data/   (rw: fs:read,write:/data/)
+    net = ["127.0.0.1:8080"]          -> net:connect:127.0.0.1:8080
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, final
+
+import msgspec
+
+from capsule._manifest._locator import KeyPath, format_key
+from capsule._manifest._model import (
+    Access,
+    FsApproval,
+    FsRequest,
+    Mode,
+    Policy,
+    fs_capability,
+)
+from capsule._manifest._reader import Table
+from capsule._tokens._caps import Capability, parse_capability
+from capsule._units import format_size, parse_size
+from capsule.errors import ConfigError
+
+__all__ = [
+    "ACCESS_KEYS",
+    "VOLUME_NAME",
+    "Approval",
+    "Request",
+    "check_view_path",
+    "read_access",
+    "read_policy",
+    "view_path",
+]
+
+ACCESS_KEYS: Final = ("call", "publish", "subscribe", "fs", "net")
+VOLUME_NAME: Final = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_MODES: Final[tuple[Mode, ...]] = ("ro", "rw")
+
+
+@final
+class Request(msgspec.Struct, frozen=True, kw_only=True):
+    """One requested capability and the key it was written at in capsule.toml."""
+
+    key: KeyPath
+    text: str
+    capability: Capability
+    fs: FsRequest | None = None
+
+
+@final
+class Approval(msgspec.Struct, frozen=True, kw_only=True):
+    """One approved capability and the key it was written at in app.toml.
+
+    ``broken`` marks an fs entry whose path is valid but whose other keys are not: it
+    grants nothing, and requests under its path are not reported a second time.
+    """
+
+    key: KeyPath
+    capability: Capability
+    fs: FsApproval | None = None
+    broken: bool = False
+
+
+def _reason(exc: ConfigError, text: str) -> str:
+    prefix = f"capability {text!r}: "
+    return exc.message.removeprefix(prefix)
+
+
+def check_view_path(value: str) -> str | None:
+    """An error message for a mount point that is not absolute and clean, else None."""
+    if value in ("", "/"):
+        return f'mount point "{value}" is the root of the view; use a directory such as "/data"'
+    path = value[:-1] if value.endswith("/") else value
+    text = f"fs:read:{path}/"
+    try:
+        parse_capability(text)
+    except ConfigError as exc:
+        return f'mount point "{value}": {_reason(exc, text)}'
+    return None
+
+
+def view_path(value: str) -> str:
+    """A checked mount point without its trailing slash."""
+    return value[:-1] if value.endswith("/") else value
+
+
+def _names(table: Table, name: str, kind: str, action: str) -> list[tuple[KeyPath, Capability]]:
+    def text(value: str) -> str:
+        return f"{kind}:{action}:{value}"
+
+    def check(value: str) -> str | None:
+        try:
+            parse_capability(text(value))
+        except ConfigError as exc:
+            return f'{name} entry "{value}": {_reason(exc, text(value))}'
+        return None
+
+    return [(key, parse_capability(text(value))) for key, value in table.strings(name, check)]
+
+
+def _mode(value: str | None) -> Mode:
+    return "rw" if value == "rw" else "ro"
+
+
+def _icc_and_net(table: Table) -> dict[str, list[tuple[KeyPath, Capability]]]:
+    return {
+        "call": _names(table, "call", "icc", "call"),
+        "publish": _names(table, "publish", "icc", "publish"),
+        "subscribe": _names(table, "subscribe", "icc", "subscribe"),
+        "net": _names(table, "net", "net", "connect"),
+    }
+
+
+def _fs_entries(table: Table, allowed: tuple[str, ...], example: str) -> list[Table]:
+    entries: list[Table] = []
+    seen: dict[str, KeyPath] = {}
+    for key, item in table.array("fs"):
+        if not isinstance(item, dict):
+            table.doc.error(key, f"each fs entry must be an inline table like {example}")
+            continue
+        entry = Table(table.doc, key, item)
+        entry.allow(*allowed)
+        path = entry.string("path", required='path = "/data/words"', check=check_view_path)
+        if path is None:
+            continue
+        path = view_path(path)
+        if path in seen:
+            table.doc.error(
+                (*key, "path"),
+                f'mount point "{path}" is listed twice (also at {format_key(seen[path])})',
+            )
+            continue
+        seen[path] = key
+        entries.append(entry)
+    return entries
+
+
+def read_access(table: Table | None) -> tuple[Access, tuple[Request, ...]]:
+    """The ``[access]`` table of a capsule.toml: what the feature asks for."""
+    if table is None:
+        return Access(), ()
+    table.allow(*ACCESS_KEYS)
+    icc = _icc_and_net(table)
+    requests = [
+        Request(key=key, text=f'{name} "{cap.target}"', capability=cap)
+        for name in ("call", "publish", "subscribe")
+        for key, cap in icc[name]
+    ]
+    fs: list[FsRequest] = []
+    example = '{ path = "/data/words", mode = "ro" }'
+    for entry in _fs_entries(table, ("path", "mode", "volume"), example):
+        if "volume" in entry:
+            entry.doc.error(
+                (*entry.key, "volume"),
+                "a feature cannot choose its volume: the app binds one in the fs entry of "
+                "its [policy.NAME] table in app.toml; valid keys here: path, mode",
+            )
+        mode = entry.choice("mode", _MODES)
+        if mode is None and "mode" in entry:
+            continue
+        request = FsRequest(path=view_path(str(entry.data["path"])), mode=_mode(mode))
+        fs.append(request)
+        text = f'fs "{request.path}" ({request.mode})'
+        requests.append(
+            Request(key=entry.key, text=text, capability=request.capability, fs=request)
+        )
+    requests += [
+        Request(key=key, text=f'net "{cap.target}"', capability=cap) for key, cap in icc["net"]
+    ]
+    access = Access(
+        call=tuple(cap.target for _, cap in icc["call"]),
+        publish=tuple(cap.target for _, cap in icc["publish"]),
+        subscribe=tuple(cap.target for _, cap in icc["subscribe"]),
+        fs=tuple(fs),
+        net=tuple(cap.target for _, cap in icc["net"]),
+    )
+    return access, tuple(requests)
+
+
+def _check_volume_ref(value: str) -> str | None:
+    name, _, sub = value.partition("/")
+    if not VOLUME_NAME.fullmatch(name):
+        return (
+            f'volume "{value}": expected a volume name from [volumes] (lower-case letters, '
+            'digits, "-" and "_"), optionally followed by /sub/dir, e.g. "words" or "notes/public"'
+        )
+    if sub and any(part in ("", ".", "..") for part in sub.split("/")):
+        return f'volume "{value}": the subdirectory must not contain "..", "." or empty segments'
+    return None
+
+
+def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
+    """One ``[policy.NAME]`` table of an app.toml: what the app approves for NAME."""
+    table.allow(*ACCESS_KEYS)
+    icc = _icc_and_net(table)
+    approvals = [Approval(key=key, capability=cap) for name in icc for key, cap in icc[name]]
+    fs: list[FsApproval] = []
+    example = '{ path = "/data/words", volume = "words", mode = "ro" }'
+    for entry in _fs_entries(table, ("path", "volume", "mode", "quota"), example):
+        volume = entry.string("volume", required='volume = "words"', check=_check_volume_ref)
+        mode = entry.choice("mode", _MODES)
+        quota = entry.converted("quota", parse_size)
+        path = view_path(str(entry.data["path"]))
+        bad_mode = mode is None and "mode" in entry
+        if quota is not None and mode != "rw" and not bad_mode:
+            entry.doc.error(
+                (*entry.key, "quota"),
+                f'quota = "{format_size(quota)}" applies to writable views only: set mode = "rw" '
+                "or remove the quota",
+            )
+            quota = None
+        elif quota == 0:
+            entry.doc.error((*entry.key, "quota"), "quota must be more than 0 bytes")
+            quota = None
+        if volume is None or bad_mode or (quota is None and "quota" in entry):
+            widest = fs_capability(path, "rw")
+            approvals.append(Approval(key=entry.key, capability=widest, broken=True))
+            continue
+        approval = FsApproval(path=path, volume=volume, mode=_mode(mode), quota=quota)
+        fs.append(approval)
+        approvals.append(Approval(key=entry.key, capability=approval.capability, fs=approval))
+    policy = Policy(
+        call=tuple(cap.target for _, cap in icc["call"]),
+        publish=tuple(cap.target for _, cap in icc["publish"]),
+        subscribe=tuple(cap.target for _, cap in icc["subscribe"]),
+        fs=tuple(fs),
+        net=tuple(cap.target for _, cap in icc["net"]),
+    )
+    return policy, tuple(approvals)

@@ -1,0 +1,204 @@
+"""The parsed, frozen form of capsule.toml and app.toml, and of what an app grants.
+
+Plain typed data and the capabilities it stands for: no file reading and no checks
+(the readers build only valid values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final, Literal, TypeAlias, final
+
+import msgspec
+
+from capsule._tokens._caps import Capability, parse_capability
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DEFAULT_RESTART",
+    "Access",
+    "AppManifest",
+    "FeatureGrant",
+    "FeatureManifest",
+    "FsApproval",
+    "FsRequest",
+    "Limits",
+    "Mode",
+    "MountGrant",
+    "Policy",
+    "RestartPolicy",
+    "Route",
+    "Strategy",
+]
+
+Mode: TypeAlias = Literal["ro", "rw"]
+Strategy: TypeAlias = Literal["one_for_one", "one_for_all", "rest_for_one"]
+RestartMode: TypeAlias = Literal["always", "on-failure", "never"]
+
+_MiB: Final = 1 << 20
+
+
+def fs_capability(path: str, mode: Mode, quota: int | None = None) -> Capability:
+    """``/data/words`` + ``ro`` -> ``fs:read:/data/words/`` (``rw`` adds write and the quota)."""
+    actions = "read" if mode == "ro" else "read,write"
+    limit = "" if quota is None else f"?bytes={quota}"
+    return parse_capability(f"fs:{actions}:{path.rstrip('/')}/{limit}")
+
+
+@final
+class FsRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A file-system view a feature asks for: a mount point in its own view, ro or rw."""
+
+    path: str
+    mode: Mode = "ro"
+
+    @property
+    def capability(self) -> Capability:
+        return fs_capability(self.path, self.mode)
+
+
+@final
+class Access(msgspec.Struct, frozen=True, kw_only=True):
+    """What a feature asks for in ``[access]`` (deny by default: empty asks for nothing)."""
+
+    call: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+    fs: tuple[FsRequest, ...] = ()
+    net: tuple[str, ...] = ()
+
+    def capabilities(self) -> tuple[Capability, ...]:
+        """Each request as the capability it maps to, in the order of the keys above."""
+        caps = [parse_capability(f"icc:call:{t}") for t in self.call]
+        caps += [parse_capability(f"icc:publish:{t}") for t in self.publish]
+        caps += [parse_capability(f"icc:subscribe:{t}") for t in self.subscribe]
+        caps += [request.capability for request in self.fs]
+        caps += [parse_capability(f"net:connect:{t}") for t in self.net]
+        return tuple(caps)
+
+
+@final
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """Resource ceilings of one feature's container (bytes, processes, cores, descriptors)."""
+
+    memory: int = 256 * _MiB
+    pids: int = 64
+    cpu: float = 1.0
+    open_files: int = 256
+    tmp: int = 16 * _MiB
+
+
+@final
+class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """When and how fast a crashed feature is restarted (durations in seconds).
+
+    More than ``max_restarts`` restarts within ``window`` seconds and the feature is
+    given up on; the delay before a restart doubles from ``backoff_initial`` up to
+    ``backoff_max``.
+    """
+
+    policy: RestartMode = "on-failure"
+    max_restarts: int = 5
+    window: float = 60.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 5.0
+
+
+DEFAULT_LIMITS: Final = Limits()
+DEFAULT_RESTART: Final = RestartPolicy()
+
+
+@final
+class FeatureManifest(msgspec.Struct, frozen=True, kw_only=True):
+    """A feature bundle's ``capsule.toml``; ``root`` is the bundle directory."""
+
+    name: str
+    version: str
+    entry: str
+    root: Path
+    description: str = ""
+    services: tuple[str, ...] = ()
+    topics: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    access: Access = Access()
+    limits: Limits = DEFAULT_LIMITS
+    restart: RestartPolicy = DEFAULT_RESTART
+
+    @property
+    def entry_module(self) -> str:
+        return self.entry.partition(":")[0]
+
+    @property
+    def entry_attribute(self) -> str:
+        return self.entry.partition(":")[2]
+
+
+@final
+class FsApproval(msgspec.Struct, frozen=True, kw_only=True):
+    """A file-system view an app approves, and the volume (``name`` or ``name/sub``) behind it."""
+
+    path: str
+    volume: str
+    mode: Mode = "ro"
+    quota: int | None = None
+
+    @property
+    def capability(self) -> Capability:
+        return fs_capability(self.path, self.mode, self.quota)
+
+
+@final
+class Policy(msgspec.Struct, frozen=True, kw_only=True):
+    """What an app approves for one feature in ``[policy.NAME]``: the same keys as [access]."""
+
+    call: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+    fs: tuple[FsApproval, ...] = ()
+    net: tuple[str, ...] = ()
+
+
+@final
+class AppManifest(msgspec.Struct, frozen=True, kw_only=True):
+    """An app's ``app.toml``: bundle directories as written, volumes and policies."""
+
+    name: str
+    features: tuple[str, ...]
+    strategy: Strategy = "one_for_one"
+    volumes: Mapping[str, str] = msgspec.field(default_factory=dict)
+    policies: Mapping[str, Policy] = msgspec.field(default_factory=dict)
+
+
+@final
+class MountGrant(msgspec.Struct, frozen=True, kw_only=True):
+    """One granted file-system view: ``view`` in the feature, backed by ``host`` on the host.
+
+    ``volume`` is the volume name plus any subdirectory (``words/en``); ``quota`` is
+    the byte limit of a writable view, or None.
+    """
+
+    view: str
+    host: Path
+    mode: Mode
+    volume: str
+    quota: int | None = None
+
+
+@final
+class FeatureGrant(msgspec.Struct, frozen=True, kw_only=True):
+    """The authority a feature receives: its requests that the app approved."""
+
+    feature: str
+    capabilities: tuple[Capability, ...] = ()
+    mounts: tuple[MountGrant, ...] = ()
+
+
+@final
+class Route(msgspec.Struct, frozen=True, kw_only=True):
+    """A granted message path: a call to a service, or an event on a topic."""
+
+    kind: Literal["call", "event"]
+    source: str
+    target: str
+    name: str
