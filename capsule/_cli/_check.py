@@ -1,0 +1,292 @@
+"""``capsule check`` and ``capsule graph``: show an app, its grants and its problems.
+
+Must not hold logic of its own: it calls ``check_app`` and prints the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+from capsule._cli._dot import render_dot
+from capsule._manifest import CheckReport, FeatureManifest, Problem, check_app
+from capsule._units import format_duration, format_size
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    check = sub.add_parser(
+        "check",
+        help="check an app's manifests and show what each feature is granted",
+        description=(
+            "Check app.toml and every feature bundle it lists. Prints the features in start "
+            "order with the capabilities each receives, then every problem found. Exit status: "
+            "0 no errors, 1 problems found, 2 usage error."
+        ),
+    )
+    check.add_argument("app", metavar="APP", help="app directory (the one holding app.toml)")
+    check.add_argument("--strict", action="store_true", help="count warnings as problems too")
+    check.add_argument(
+        "--format", choices=("text", "json"), default="text", help="output format (default text)"
+    )
+    check.set_defaults(handler=_check)
+    graph = sub.add_parser(
+        "graph",
+        help="print an app's features, routes, volumes and network destinations as Graphviz DOT",
+        description=(
+            "Print the app as a Graphviz DOT graph on stdout (render it with "
+            "`capsule graph APP | dot -Tsvg > app.svg`). Exit status 1 when the app has errors: "
+            "the graph then shows only the parts that check cleanly."
+        ),
+    )
+    graph.add_argument("app", metavar="APP", help="app directory (the one holding app.toml)")
+    graph.set_defaults(handler=_graph)
+
+
+def _usage_problem(command: str, app: str) -> bool:
+    """Print one line and return True when ``app`` is not an app directory."""
+    path = Path(app)
+    if not path.is_dir():
+        reason = "does not exist" if not path.exists() else "is not a directory"
+    elif not (path / "app.toml").is_file():
+        reason = "has no app.toml"
+    else:
+        return False
+    print(
+        f"capsule {command}: error: {app} {reason} (APP is an app directory with app.toml)",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _check(args: argparse.Namespace) -> int:
+    if _usage_problem("check", args.app):
+        return EXIT_USAGE
+    report = check_app(args.app)
+    failed = bool(report.errors) or (args.strict and bool(report.warnings))
+    if args.format == "json":
+        print(json.dumps(_as_json(report, args.app, failed=failed), indent=2))
+    else:
+        print(_as_text(report, args.app, strict=args.strict, failed=failed), end="")
+    return EXIT_PROBLEMS if failed else EXIT_OK
+
+
+def _graph(args: argparse.Namespace) -> int:
+    if _usage_problem("graph", args.app):
+        return EXIT_USAGE
+    report = check_app(args.app)
+    print(render_dot(report), end="")
+    if report.errors:
+        count = len(report.errors)
+        print(
+            f"capsule graph: {args.app} has {count} error{'s' if count != 1 else ''}; the graph "
+            f"shows only what checks cleanly (see `capsule check {args.app}`)",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+# -- text -----------------------------------------------------------------------------
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def _feature_lines(report: CheckReport, manifest: FeatureManifest) -> list[str]:
+    pad = " " * 7
+    lines: list[str] = []
+    if manifest.description:
+        lines.append(f"{pad}{manifest.description}")
+    provided = []
+    if manifest.services:
+        provided.append("services " + ", ".join(manifest.services))
+    if manifest.topics:
+        provided.append("topics " + ", ".join(manifest.topics))
+    lines.append(f"{pad}{'provides':<9}{'; '.join(provided) or '-'}")
+    if manifest.requires:
+        lines.append(f"{pad}{'requires':<9}{', '.join(manifest.requires)}")
+    limits, restart = manifest.limits, manifest.restart
+    lines.append(
+        f"{pad}{'limits':<9}memory {format_size(limits.memory)}, pids {limits.pids}, "
+        f"cpu {limits.cpu:g}, open files {limits.open_files}, tmp {format_size(limits.tmp)}"
+    )
+    backoff = f"{format_duration(restart.backoff_initial)}..{format_duration(restart.backoff_max)}"
+    lines.append(
+        f"{pad}{'restart':<9}{restart.policy}, at most {restart.max_restarts} in "
+        f"{format_duration(restart.window)}, back-off {backoff}"
+    )
+    grant = report.grants.get(manifest.name)
+    caps = [] if grant is None else [str(cap) for cap in grant.capabilities]
+    if not caps:
+        lines.append(f"{pad}{'grants':<9}nothing")
+        return lines
+    mounts = {} if grant is None else {m.view: m for m in grant.mounts}
+    width = max(len(cap) for cap in caps)
+    for index, cap in enumerate(caps):
+        label = "grants" if index == 0 else ""
+        text = f"{pad}{label:<9}{cap}"
+        view = cap.split(":", 2)[2].partition("?")[0].rstrip("/") if cap.startswith("fs:") else None
+        mount = mounts.get(view or "")
+        if mount is not None:
+            quota = f", quota {format_size(mount.quota)}" if mount.quota is not None else ""
+            text = f"{text:<{len(pad) + 9 + width}}  <- volume {mount.volume} ({mount.mode}{quota})"
+        lines.append(text.rstrip())
+    return lines
+
+
+def _route_lines(report: CheckReport) -> list[str]:
+    if not report.routes:
+        return []
+    lines = ["", "routes:"]
+    lines += [
+        f"  call   {route.source} -> {route.target}.{route.name}"
+        for route in report.routes
+        if route.kind == "call"
+    ]
+    events: dict[tuple[str, str], list[str]] = {}
+    for route in report.routes:
+        if route.kind == "event":
+            events.setdefault((route.name, route.source), []).append(route.target)
+    for (topic, source), targets in events.items():
+        lines.append(f"  event  {topic}: {source} -> {', '.join(targets)}")
+    return lines
+
+
+def _problem_line(problem: Problem) -> str:
+    key = f" [{problem.key}]" if problem.key else ""
+    return f"{problem.severity.value:<7} {problem.location}{key} {problem.message}"
+
+
+def _as_text(report: CheckReport, shown: str, *, strict: bool, failed: bool) -> str:
+    out: list[str] = []
+    if report.app is not None:
+        app = report.app
+        out.append(f"app {app.name}  ({shown}/app.toml)")
+        out.append(f"  strategy  {app.strategy}")
+        if app.volumes:
+            width = max(len(name) for name in app.volumes)
+            for index, (name, written) in enumerate(app.volumes.items()):
+                label = "volumes" if index == 0 else ""
+                out.append(f"  {label:<9} {name:<{width}}  {written}")
+        out.append("")
+        out.append("features in start order:")
+        for number, name in enumerate(report.start_order, 1):
+            manifest = report.features[name]
+            bundle = _relative(manifest.root, report.root)
+            out.append(f"  {number:>2}. {name} {manifest.version}  ({bundle})")
+            out.extend(_feature_lines(report, manifest))
+        if not report.start_order:
+            out.append("  (none)")
+        out.extend(_route_lines(report))
+        stuck = [name for name in report.features if name not in report.start_order]
+        if stuck:
+            out.append(
+                "  cannot start (a requires cycle, or a required feature with errors): "
+                + ", ".join(stuck)
+            )
+        out.append("")
+    if report.problems:
+        out.append("problems:")
+        out.extend(_problem_line(problem) for problem in report.problems)
+        out.append("")
+    errors, warnings = len(report.errors), len(report.warnings)
+    counts = f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}"
+    if not failed:
+        hint = " (--strict fails on warnings)" if warnings else ""
+        out.append(f"ok: {_plural(len(report.features), 'feature')}, {counts}{hint}")
+    else:
+        out.append(f"failed: {counts}{' (--strict)' if strict and not errors else ''}")
+    return "\n".join(out) + "\n"
+
+
+# -- json -----------------------------------------------------------------------------
+
+
+def _as_json(report: CheckReport, shown: str, *, failed: bool) -> dict[str, Any]:
+    features = []
+    for name, manifest in report.features.items():
+        grant = report.grants.get(name)
+        limits, restart = manifest.limits, manifest.restart
+        features.append(
+            {
+                "name": name,
+                "version": manifest.version,
+                "bundle": _relative(manifest.root, report.root),
+                "entry": manifest.entry,
+                "description": manifest.description,
+                "services": list(manifest.services),
+                "topics": list(manifest.topics),
+                "requires": list(manifest.requires),
+                "limits": {
+                    "memory": limits.memory,
+                    "pids": limits.pids,
+                    "cpu": limits.cpu,
+                    "open_files": limits.open_files,
+                    "tmp": limits.tmp,
+                },
+                "restart": {
+                    "policy": restart.policy,
+                    "max_restarts": restart.max_restarts,
+                    "window": restart.window,
+                    "backoff": [restart.backoff_initial, restart.backoff_max],
+                },
+                "capabilities": [] if grant is None else [str(c) for c in grant.capabilities],
+                "mounts": []
+                if grant is None
+                else [
+                    {
+                        "view": m.view,
+                        "volume": m.volume,
+                        "host": str(m.host),
+                        "mode": m.mode,
+                        "quota": m.quota,
+                    }
+                    for m in grant.mounts
+                ],
+            }
+        )
+    app = report.app
+    return {
+        "app": None
+        if app is None
+        else {
+            "name": app.name,
+            "strategy": app.strategy,
+            "path": shown,
+            "bundles": list(app.features),
+        },
+        "volumes": {name: str(path) for name, path in report.volumes.items()},
+        "start_order": list(report.start_order),
+        "features": features,
+        "routes": [
+            {"kind": r.kind, "source": r.source, "target": r.target, "name": r.name}
+            for r in report.routes
+        ],
+        "problems": [
+            {
+                "severity": p.severity.value,
+                "path": p.path,
+                "line": p.line,
+                "key": p.key,
+                "message": p.message,
+            }
+            for p in report.problems
+        ],
+        "summary": {
+            "errors": len(report.errors),
+            "warnings": len(report.warnings),
+            "ok": not failed,
+        },
+    }

@@ -1,0 +1,94 @@
+"""``capsule graph`` output: an app's features, routes, volumes and destinations as Graphviz DOT.
+
+Presentation only: it draws what a CheckReport says and decides nothing itself.
+"""
+
+from __future__ import annotations
+
+from capsule._manifest import CheckReport
+from capsule._units import format_size
+
+__all__ = ["render_dot"]
+
+
+def _quote(text: str) -> str:
+    """A DOT double-quoted string; line breaks become DOT's centred ``\\n``."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\r", "").replace("\n", "\\n") + '"'
+
+
+def _attrs(**values: str) -> str:
+    return "[" + ", ".join(f"{name}={_quote(value)}" for name, value in values.items()) + "]"
+
+
+def render_dot(report: CheckReport) -> str:
+    """The whole graph; node ids are ``feature:NAME``, ``volume:NAME`` and ``net:HOST:PORT``."""
+    name = report.app.name if report.app is not None else report.root.name
+    graph = _attrs(rankdir="LR", fontname="Helvetica", labelloc="t", label=f"app {name}")
+    lines = [
+        f"digraph {_quote(name)} {{",
+        f"    graph {graph};",
+        f"    node {_attrs(fontname='Helvetica', fontsize='11')};",
+        f"    edge {_attrs(fontname='Helvetica', fontsize='9')};",
+        "",
+        "    // features, in start order first",
+    ]
+    ordered = [*report.start_order, *(f for f in report.features if f not in report.start_order)]
+    for feature in ordered:
+        manifest = report.features[feature]
+        attrs = _attrs(label=f"{feature}\n{manifest.version}", shape="box", style="rounded")
+        lines.append(f"    {_quote('feature:' + feature)} {attrs};")
+    volumes: dict[str, None] = {}
+    destinations: dict[str, None] = {}
+    for grant in report.grants.values():
+        for mount in grant.mounts:
+            volumes.setdefault(mount.volume.partition("/")[0])
+        for cap in grant.capabilities:
+            if cap.kind == "net":
+                destinations.setdefault(cap.target)
+    if volumes:
+        lines += ["", "    // volumes (host directories)"]
+    for volume in volumes:
+        attrs = _attrs(label=f"volume {volume}", shape="cylinder")
+        lines.append(f"    {_quote('volume:' + volume)} {attrs};")
+    if destinations:
+        lines += ["", "    // network destinations"]
+    for target in destinations:
+        lines.append(f"    {_quote('net:' + target)} {_attrs(label=target, shape='diamond')};")
+    lines += ["", "    // requires: start order dependencies"]
+    for feature in ordered:
+        for dep in report.features[feature].requires:
+            if dep in report.features:
+                edge = f"{_quote('feature:' + feature)} -> {_quote('feature:' + dep)}"
+                lines.append(
+                    f"    {edge} {_attrs(label='requires', style='dashed', color='gray50')};"
+                )
+    lines += ["", "    // calls (caller -> provider) and events (publisher -> subscriber)"]
+    for route in report.routes:
+        edge = f"{_quote('feature:' + route.source)} -> {_quote('feature:' + route.target)}"
+        if route.kind == "call":
+            attrs = _attrs(label=route.name, color="navy")
+        else:
+            attrs = _attrs(label=route.name, color="darkgreen", style="bold", arrowhead="vee")
+        lines.append(f"    {edge} {attrs};")
+    lines += ["", "    // file-system views and network connections"]
+    for feature, grant in report.grants.items():
+        source = _quote("feature:" + feature)
+        for mount in grant.mounts:
+            label = f"{mount.mode} {mount.view}"
+            _, _, sub = mount.volume.partition("/")
+            if sub:
+                label += f"\n({sub}/)"
+            if mount.quota is not None:
+                label += f"\nquota {format_size(mount.quota)}"
+            target = _quote("volume:" + mount.volume.partition("/")[0])
+            style = "bold" if mount.mode == "rw" else "solid"
+            lines.append(f"    {source} -> {target} {_attrs(label=label, style=style)};")
+        for cap in grant.capabilities:
+            if cap.kind == "net":
+                target = _quote("net:" + cap.target)
+                lines.append(
+                    f"    {source} -> {target} {_attrs(label='connect', color='firebrick')};"
+                )
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,254 @@
+"""``capsule check`` and ``capsule graph`` run as a user would: in a subprocess, from the repo."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.capsule.manifest_helpers import make_app
+from tests.capsule.test_manifest_demos import planted
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def capsule(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "capsule", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_notes_is_clean() -> None:
+    result = capsule("check", "demos/notes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    out = result.stdout
+    assert out.startswith("app notes  (demos/notes/app.toml)\n  strategy  one_for_one\n")
+    order = [m.group(1) for m in re.finditer(r"^ +\d+\. (\S+) \S+  \(features/\S+\)$", out, re.M)]
+    assert order == ["dictionary", "spellcheck", "exporter", "editor", "plugin"]
+    assert "   1. dictionary 0.9.1  (features/dictionary)\n" in out
+    assert "provides services check; topics spell.checked\n" in out
+    assert re.search(r"fs:read:/data/words/ +<- volume words \(ro\)\n", out)
+    assert re.search(
+        r"fs:read,write:/state/\?bytes=16777216 +<- volume dictionary-state \(rw, quota 16MiB\)",
+        out,
+    )
+    assert re.search(r"fs:read:/notes/ +<- volume notes/public \(ro\)\n", out)
+    assert "  event  editor.changed: editor -> spellcheck, plugin\n" in out
+    assert "problems:" not in out
+    assert out.endswith("ok: 5 features, 0 errors, 0 warnings\n")
+
+
+def test_check_broken_lists_every_problem() -> None:
+    result = capsule("check", "demos/broken")
+    assert result.returncode == 1
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    problems = lines[lines.index("problems:") + 1 : -2]
+    assert len(problems) == len(planted())
+    for file, line, key, severity in planted():
+        where = f"{file}:{line}" + (f" [{key}]" if key else "")
+        prefix = f"{severity:<7} {where} "
+        assert any(text.startswith(prefix) for text in problems), prefix
+    assert lines[-1] == "failed: 22 errors, 1 warning"
+    assert "Traceback" not in result.stdout
+
+
+def test_check_json() -> None:
+    result = capsule("check", "--format", "json", "demos/broken")
+    assert result.returncode == 1
+    data = json.loads(result.stdout)
+    assert data["summary"] == {"errors": 22, "warnings": 1, "ok": False}
+    assert data["app"]["name"] == "notes"
+    first = data["problems"][0]
+    assert first == {
+        "severity": "error",
+        "path": "demos/broken/app.toml",
+        "line": 12,
+        "key": "app.features[5]",
+        "message": first["message"],
+    }
+    clean = json.loads(capsule("check", "--format", "json", "demos/notes").stdout)
+    assert clean["summary"] == {"errors": 0, "warnings": 0, "ok": True}
+    assert clean["start_order"] == ["dictionary", "spellcheck", "exporter", "editor", "plugin"]
+    plugin = next(f for f in clean["features"] if f["name"] == "plugin")
+    assert plugin["capabilities"] == ["icc:subscribe:editor.changed", "fs:read:/notes/"]
+    assert plugin["mounts"][0]["volume"] == "notes/public"
+    assert plugin["limits"]["pids"] == 4
+
+
+def test_warnings_pass_unless_strict(tmp_path: Path) -> None:
+    make_app(
+        tmp_path,
+        {"a": '[access]\nsubscribe = ["nobody.says"]\n'},
+        '[policy.a]\nsubscribe = ["nobody.*"]\n',
+    )
+    relaxed = capsule("check", str(tmp_path))
+    assert relaxed.returncode == 0
+    assert "\nwarning " in relaxed.stdout
+    assert relaxed.stdout.endswith(
+        "ok: 1 feature, 0 errors, 1 warning (--strict fails on warnings)\n"
+    )
+    strict = capsule("check", "--strict", str(tmp_path))
+    assert strict.returncode == 1
+    assert strict.stdout.endswith("failed: 0 errors, 1 warning (--strict)\n")
+
+
+@pytest.mark.parametrize("command", ["check", "graph"])
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path, command: str) -> None:
+    (tmp_path / "file").write_text("x")
+    for app, reason in [
+        (tmp_path / "nope", "does not exist"),
+        (tmp_path, "has no app.toml"),
+        (tmp_path / "file", "is not a directory"),
+    ]:
+        result = capsule(command, str(app))
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert result.stderr.count("\n") == 1
+        assert result.stderr.startswith(f"capsule {command}: error: {app} {reason}")
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    result = capsule("check", "--format", "yaml", "demos/notes")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+# -- graph ----------------------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r'\s*(?:(//[^\n]*)|("(?:[^"\\]|\\.)*")|(->|[\[\]{}=,;])|([A-Za-z_][A-Za-z0-9_]*))'
+)
+
+
+def parse_dot(
+    text: str,
+) -> tuple[str, dict[str, dict[str, str]], list[tuple[str, str, dict[str, str]]]]:
+    """A strict reader for the DOT subset capsule writes: nodes, edges and their attributes."""
+    tokens: list[str] = []
+    position = 0
+    while position < len(text.rstrip()):
+        match = _TOKEN.match(text, position)
+        assert match is not None, f"bad DOT at {text[position:][:40]!r}"
+        assert match.end() > position
+        position = match.end()
+        if match.group(1) is None:
+            tokens.append(next(g for g in match.groups()[1:] if g is not None))
+
+    def unquote(token: str) -> str:
+        assert token.startswith('"'), token
+        return re.sub(r'\\(["\\])', r"\1", token[1:-1])  # DOT unescapes only these two
+
+    def attrs(at: int) -> tuple[dict[str, str], int]:
+        found: dict[str, str] = {}
+        assert tokens[at] == "["
+        at += 1
+        while tokens[at] != "]":
+            name, eq, value = tokens[at : at + 3]
+            assert eq == "="
+            found[name] = unquote(value)
+            at += 3
+            if tokens[at] == ",":
+                at += 1
+        return found, at + 1
+
+    assert tokens[0] == "digraph"
+    assert tokens[2] == "{"
+    assert tokens[-1] == "}"
+    name = unquote(tokens[1])
+    nodes: dict[str, dict[str, str]] = {}
+    edges: list[tuple[str, str, dict[str, str]]] = []
+    at = 3
+    while at < len(tokens) - 1:
+        head = tokens[at]
+        if head in ("graph", "node", "edge"):
+            _, at = attrs(at + 1)
+        elif tokens[at + 1] == "->":
+            target = unquote(tokens[at + 2])
+            found, at = attrs(at + 3)
+            edges.append((unquote(head), target, found))
+        else:
+            found, at = attrs(at + 1)
+            nodes[unquote(head)] = found
+        assert tokens[at] == ";", tokens[at - 3 : at + 1]
+        at += 1
+    return name, nodes, edges
+
+
+def test_graph_notes_is_valid_dot() -> None:
+    result = capsule("graph", "demos/notes")
+    assert result.returncode == 0, result.stderr
+    name, nodes, edges = parse_dot(result.stdout)
+    assert name == "notes"
+    features = {n: a for n, a in nodes.items() if n.startswith("feature:")}
+    assert {n: a["label"] for n, a in features.items()} == {
+        "feature:dictionary": "dictionary\\n0.9.1",
+        "feature:spellcheck": "spellcheck\\n1.2.0",
+        "feature:exporter": "exporter\\n2.0.0",
+        "feature:editor": "editor\\n1.0.0",
+        "feature:plugin": "plugin\\n0.3.1",
+    }
+    assert {n for n in nodes if not n.startswith("feature:")} == {
+        "volume:words",
+        "volume:notes",
+        "volume:exports",
+        "volume:dictionary-state",
+        "net:127.0.0.1:8765",
+    }
+    for source, target, _ in edges:
+        assert source in nodes
+        assert target in nodes
+
+    def labelled(source: str, target: str) -> set[str]:
+        return {a["label"] for s, t, a in edges if (s, t) == (source, target)}
+
+    requires = {(s, t) for s, t, a in edges if a.get("style") == "dashed"}
+    assert requires == {
+        ("feature:spellcheck", "feature:dictionary"),
+        ("feature:editor", "feature:spellcheck"),
+        ("feature:editor", "feature:exporter"),
+    }
+    assert labelled("feature:editor", "feature:spellcheck") == {
+        "requires",
+        "check",
+        "editor.changed",
+    }
+    assert labelled("feature:editor", "feature:plugin") == {"editor.changed"}
+    assert labelled("feature:spellcheck", "feature:exporter") == {"spell.checked"}
+    assert labelled("feature:spellcheck", "volume:words") == {"ro /data/words"}
+    assert labelled("feature:plugin", "volume:notes") == {"ro /notes\\n(public/)"}
+    assert labelled("feature:dictionary", "volume:dictionary-state") == {"rw /state\\nquota 16MiB"}
+    assert labelled("feature:exporter", "net:127.0.0.1:8765") == {"connect"}
+    assert not labelled("feature:plugin", "net:127.0.0.1:8765")
+
+
+def test_graph_quotes_names_safely(tmp_path: Path) -> None:
+    make_app(
+        tmp_path,
+        {"a": '[access]\nfs = [{ path = "/odd \\"name\\" dir" }]\n'},
+        '[volumes]\nv = "v"\n[policy.a]\nfs = [{ path = "/odd \\"name\\" dir", volume = "v" }]\n',
+        extra={"v/.keep": ""},
+    )
+    result = capsule("graph", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    _, _, edges = parse_dot(result.stdout)
+    assert [a["label"] for _, t, a in edges if t == "volume:v"] == ['ro /odd "name" dir']
+
+
+def test_graph_of_a_broken_app_draws_what_checks_cleanly() -> None:
+    result = capsule("graph", "demos/broken")
+    assert result.returncode == 1
+    _, nodes, _ = parse_dot(result.stdout)
+    assert set(nodes) == {"feature:editor", "volume:notes"}
+    assert result.stderr.startswith("capsule graph: demos/broken has 22 errors;")
+    assert result.stderr.count("\n") == 1
