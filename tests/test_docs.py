@@ -1,8 +1,9 @@
-"""Every command shown in the docs runs, and exits as the docs say.
+"""Every command and Python example shown in the docs runs, and does what the docs say.
 
 Shell examples live in ```console blocks as `$ command` lines. Each Markdown file's
 blocks run in order, in one shell, in a scratch directory holding a copy of demos/.
 A trailing `# exits N` comment gives the expected exit status (0 otherwise).
+Each file's ```python blocks run in order, in one fresh interpreter, in such a directory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 _BLOCK = re.compile(r"^```console\n(.*?)^```", re.DOTALL | re.MULTILINE)
 _EXITS = re.compile(r"#\s*exits\s+(\d+)\s*$")
+_PYTHON = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+BASH = shutil.which("bash") or "/bin/bash"
 
 
 def commands(path: Path) -> list[tuple[str, int]]:
@@ -46,11 +49,11 @@ def test_documented_commands_run(path: Path, tmp_path: Path) -> None:
     shutil.copytree(ROOT / "demos", tmp_path / "demos")
     script = ["set -u"]
     for index, (command, _) in enumerate(commands(path)):
-        script.append(f"{command}\necho \"@@status {index} $?\" >&2")
+        script.append(f'{command}\necho "@@status {index} $?" >&2')
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     result = subprocess.run(
-        ["bash", "-c", "\n".join(script)],
+        [BASH, "-c", "\n".join(script)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -66,3 +69,21 @@ def test_documented_commands_run(path: Path, tmp_path: Path) -> None:
             f"{path.relative_to(ROOT)}: `{command}` exited {statuses.get(index)}, "
             f"the docs say {expected}\n{result.stderr}"
         )
+
+
+PYTHON_DOCS = [p for p in DOCS if _PYTHON.findall(p.read_text("utf-8"))]
+
+
+@pytest.mark.parametrize("path", PYTHON_DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_documented_python_runs(path: Path, tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "demos", tmp_path / "demos")
+    code = "\n".join(_PYTHON.findall(path.read_text("utf-8")))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"{path.relative_to(ROOT)}:\n{result.stderr}"
