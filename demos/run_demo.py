@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 failures: list[str] = []
 
 
-def step(title: str, ok: bool, detail: str = "") -> None:
+def step(title: str, *, ok: bool, detail: str = "") -> None:
     mark = "ok  " if ok else "FAIL"
     print(f"  [{mark}] {title}" + (f": {detail}" if detail else ""))
     if not ok:
@@ -45,7 +45,11 @@ def check_apps() -> capsule.App:
         text=True,
         check=False,
     )
-    step("demos/notes is clean", notes.returncode == 0, notes.stdout.strip().splitlines()[-1])
+    step(
+        "demos/notes is clean",
+        ok=notes.returncode == 0,
+        detail=notes.stdout.strip().splitlines()[-1],
+    )
     broken = subprocess.run(
         [sys.executable, "-m", "capsule", "check", str(HERE / "broken")],
         capture_output=True,
@@ -53,7 +57,11 @@ def check_apps() -> capsule.App:
         check=False,
     )
     summary = broken.stdout.strip().splitlines()[-1] if broken.stdout.strip() else broken.stderr
-    step("demos/broken is refused with every mistake listed", broken.returncode == 1, summary)
+    step(
+        "demos/broken is refused with every mistake listed",
+        ok=broken.returncode == 1,
+        detail=summary,
+    )
     return capsule.load_app(HERE / "notes")
 
 
@@ -83,7 +91,7 @@ def plugin_is_contained(tokens: dict[str, Token], authority: TokenAuthority) -> 
     for action, target, expected in tries:
         allowed = grant.allows(action, target, now)
         verdict = "allowed" if allowed else "denied"
-        step(f"plugin {action.name.lower()} {target}", allowed is expected, verdict)
+        step(f"plugin {action.name.lower()} {target}", ok=allowed is expected, detail=verdict)
 
 
 def misuse_is_refused(tokens: dict[str, Token], authority: TokenAuthority) -> None:
@@ -91,40 +99,39 @@ def misuse_is_refused(tokens: dict[str, Token], authority: TokenAuthority) -> No
     spell = tokens["spellcheck"]
     forger = TokenAuthority(KeyRing.generate())
     forged = forger.mint("spellcheck", ["icc:call:dictionary.*"])
-    step("a token signed by another key", refused(lambda: authority.verify(forged)))
+    step("a token signed by another key", ok=refused(lambda: authority.verify(forged)))
     raw = bytearray(spell.raw)
     raw[-3] ^= 0x01
-    step("a token with one byte changed", refused(lambda: authority.verify(bytes(raw))))
+    step("a token with one byte changed", ok=refused(lambda: authority.verify(bytes(raw))))
     later = time.time() + 3600
-    step(
-        "a token after its expiry",
-        refused(lambda: authority.verify_at_time(spell, now=later)),
-    )
+    step("a token after its expiry", ok=refused(lambda: authority.verify_at_time(spell, now=later)))
     step(
         "the plugin presenting spellcheck's token",
-        refused(lambda: authority.verify(spell, aud="plugin")),
+        ok=refused(lambda: authority.verify(spell, aud="plugin")),
     )
     step(
         "spellcheck widening its token to dictionary.*",
-        refused(lambda: authority.attenuate(spell, ["icc:call:dictionary.*"], holder="spellcheck")),
+        ok=refused(
+            lambda: authority.attenuate(spell, ["icc:call:dictionary.*"], holder="spellcheck")
+        ),
     )
     narrow = authority.attenuate(
         spell, ["icc:call:dictionary.lookup"], holder="spellcheck", aud="editor", ttl=30
     )
     step(
         "spellcheck delegating dictionary.lookup to the editor for 30s",
-        authority.verify(narrow, aud="editor").parent_id == spell.token_id,
+        ok=authority.verify(narrow, aud="editor").parent_id == spell.token_id,
     )
     revoked = authority.revoke(spell)
     step(
         "revoking spellcheck's token refuses the delegated one too",
-        refused(lambda: authority.verify(narrow, aud="editor")) and len(revoked) == 2,
-        f"{len(revoked)} tokens revoked",
+        ok=refused(lambda: authority.verify(narrow, aud="editor")) and len(revoked) == 2,
+        detail=f"{len(revoked)} tokens revoked",
     )
     authority.rotate()
     step(
         "rotating the key refuses every older token",
-        all(refused(lambda t=t: authority.verify(t)) for t in tokens.values()),
+        ok=all(refused(lambda t=t: authority.verify(t)) for t in tokens.values()),
     )
 
 
