@@ -24,8 +24,8 @@ Sessions
     ``README.md`` and ``CHANGELOG.md`` points at an existing file.
 
 A bare ``nox`` runs ``lint``, ``typecheck``, ``tests`` and ``docs``: the checks a change
-must pass. ``demo`` and ``bench`` take longer, need working FUSE mounts and write
-results, so they run only when named (``nox -s demo``, ``nox -s bench``).
+must pass. ``demo`` and ``bench`` narrate or write results rather than check, so they
+run only when named (``nox -s demo``, ``nox -s bench``).
 
 Every session that installs the project first makes sure the Debian packages
 ``libfuse3-dev fuse3 pkg-config`` are present, because ``pyfuse3`` is built from source
