@@ -58,12 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except CapsuleError as exc:
-        if args.debug:
-            raise
-        print(f"capsule: error: {exc}", file=sys.stderr)
-        return EXIT_PROBLEMS
-    except OSError as exc:
+    except (CapsuleError, OSError) as exc:
         if args.debug:
             raise
         print(f"capsule: error: {exc}", file=sys.stderr)
