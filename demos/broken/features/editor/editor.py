@@ -1,45 +1,11 @@
-"""The notes editor: opens every note, announces it, spell-checks it and exports it.
+"""The editor bundle of the broken demo: checked by `capsule check`, never run.
 
-Its view holds the notes volume at /notes, writable; everything else goes through
-the capabilities app.toml approves for it.
+Its manifest carries the planted mistakes; this module holds only what the checker
+reads (the entry attribute). The working code is in demos/notes/features/editor/.
 """
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
-from typing import Any
-
-import anyio
-
 from capsule.feature import Feature
 
-NOTES = anyio.Path("/notes")
-
 feature = Feature()
-
-
-@feature.on_start
-async def open_notes(ctx: Any) -> None:
-    """The demo scenario: every note is announced, checked, then exported."""
-    notes = sorted([note async for note in NOTES.glob("*.md")])
-    for note in notes:
-        text = await note.read_text(encoding="utf-8")
-        await ctx.publish("editor.changed", {"note": note.name, "text": text})
-        checked = await ctx.call("spellcheck", "check", {"text": text})
-        await ctx.call(
-            "exporter",
-            "export",
-            {"note": note.name, "text": text, "unknown": checked["unknown"]},
-        )
-
-
-@feature.service("save")
-async def save(ctx: Any, request: dict[str, Any]) -> dict[str, Any]:
-    """Write a note (a plain file name ending in .md) and announce the change."""
-    name = str(request["note"])
-    if PurePosixPath(name).name != name or not name.endswith(".md"):
-        raise ValueError(f"a note is a plain file name ending in .md, not {name!r}")
-    text = str(request["text"])
-    await (NOTES / name).write_text(text, encoding="utf-8")
-    await ctx.publish("editor.changed", {"note": name, "text": text})
-    return {"note": name, "bytes": len(text.encode())}
