@@ -20,7 +20,7 @@ from capsule._manifest._app import ParsedPolicy, volume_dir
 from capsule._manifest._feature import ParsedFeature
 from capsule._manifest._model import FeatureGrant, MountGrant
 from capsule._manifest._problems import Doc
-from capsule._tokens._caps import Capability, is_subset, narrowed, target_covers
+from capsule._tokens._caps import Capability, cover, target_covers
 from capsule.errors import InternalError
 
 __all__ = ["grant_feature"]
@@ -29,15 +29,13 @@ __all__ = ["grant_feature"]
 def _covering(
     request: Capability, approvals: tuple[Approval, ...]
 ) -> tuple[Approval, Capability] | None:
-    """The first approval that covers ``request`` alone, and the request narrowed by it.
-
-    The request inherits the approval's limits (an fs quota), then must be a subset.
-    """
-    for approval in approvals:
-        candidate = narrowed(request, approval.capability)
-        if is_subset(candidate, approval.capability):
-            return approval, candidate
-    return None
+    """The first approval that covers ``request`` alone, and the request narrowed by it
+    (it inherits the approval's limits, such as an fs quota)."""
+    found = cover(request, [approval.capability for approval in approvals])
+    if found is None:
+        return None
+    index, granted = found
+    return approvals[index], granted
 
 
 def _why_not(request: Request, approvals: tuple[Approval, ...]) -> str:

@@ -16,7 +16,7 @@ from typing import Final, final
 import msgspec
 import structlog
 
-from capsule._tokens._caps import Capability, covering, narrowed, parse_capability
+from capsule._tokens._caps import Capability, cover, parse_capability
 from capsule._tokens._format import (
     DOMAIN,
     JTI_SIZE,
@@ -293,13 +293,12 @@ class TokenAuthority:
         wanted = base.caps if caps is None else _parse_all(caps)
         derived: list[Capability] = []
         for cap in wanted:
-            candidates = (narrowed(cap, parent_cap) for parent_cap in base.caps)
-            chosen = next((c for c in candidates if covering(c, base.caps) is not None), None)
-            if chosen is None:
+            found = cover(cap, base.caps)
+            if found is None:
                 raise CapabilityDeniedError(
                     str(cap), base.aud, f"not covered by any capability of token {base.token_id}"
                 )
-            derived.append(chosen)
+            derived.append(found[1])
         if len(base.chain) >= MAX_CHAIN:
             raise ConfigError(f"token {base.token_id} is already {MAX_CHAIN} derivations deep")
         audience = base.aud if aud is None else aud

@@ -23,7 +23,7 @@ import functools
 import ipaddress
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final, Literal, TypeAlias, final
 
 import msgspec
@@ -37,6 +37,7 @@ __all__ = [
     "Action",
     "Capability",
     "Kind",
+    "cover",
     "covering",
     "format_actions",
     "is_subset",
@@ -318,6 +319,19 @@ def covering(child: Capability, parents: Iterable[Capability]) -> Capability | N
     for parent in parents:
         if is_subset(child, parent):
             return parent
+    return None
+
+
+def cover(child: Capability, parents: Sequence[Capability]) -> tuple[int, Capability] | None:
+    """Attenuate ``child`` under ``parents``: the index of the first parent that covers it
+    alone once it inherits that parent's unset limits, and the child so narrowed.
+
+    Token attenuation and the app policy's approval of requests both use this rule.
+    """
+    for index, parent in enumerate(parents):
+        candidate = narrowed(child, parent)
+        if is_subset(candidate, parent):
+            return index, candidate
     return None
 
 
