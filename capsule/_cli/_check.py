@@ -83,9 +83,8 @@ def _graph(args: argparse.Namespace) -> int:
     report = check_app(args.app)
     print(render_dot(report), end="")
     if report.errors:
-        count = len(report.errors)
         print(
-            f"capsule graph: {args.app} has {count} error{'s' if count != 1 else ''}; the graph "
+            f"capsule graph: {args.app} has {_plural(len(report.errors), 'error')}; the graph "
             f"shows only what checks cleanly (see `capsule check {args.app}`)",
             file=sys.stderr,
         )
