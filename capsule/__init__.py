@@ -25,6 +25,12 @@ from capsule._manifest import Severity as Severity
 from capsule._manifest import check_app as check_app
 from capsule._manifest import load_app as load_app
 from capsule._manifest import load_feature as load_feature
+from capsule._supervisor._supervisor import FeatureHandle as FeatureHandle
+from capsule._supervisor._supervisor import FeatureState as FeatureState
+from capsule._supervisor._supervisor import FeatureStatistics as FeatureStatistics
+from capsule._supervisor._supervisor import Supervisor as Supervisor
+from capsule._supervisor._supervisor import SupervisorStatistics as SupervisorStatistics
+from capsule._supervisor._supervisor import open_supervisor as open_supervisor
 from capsule.errors import CapabilityDeniedError as CapabilityDeniedError
 from capsule.errors import CapsuleError as CapsuleError
 from capsule.errors import ChannelClosedError as ChannelClosedError
@@ -56,8 +62,11 @@ __all__ = [
     "FeatureCrashedError",
     "FeatureError",
     "FeatureGrant",
+    "FeatureHandle",
     "FeatureManifest",
     "FeatureStartError",
+    "FeatureState",
+    "FeatureStatistics",
     "FeatureTimeoutError",
     "FeatureUnavailableError",
     "FsApproval",
@@ -75,11 +84,14 @@ __all__ = [
     "Route",
     "SandboxError",
     "Severity",
+    "Supervisor",
+    "SupervisorStatistics",
     "TokenError",
     "__version__",
     "check_app",
     "load_app",
     "load_feature",
+    "open_supervisor",
 ]
 
 publish(__name__, globals(), (n for n in __all__ if n != "__version__"))

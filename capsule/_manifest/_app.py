@@ -25,6 +25,7 @@ __all__ = ["APP_TABLES", "STRATEGIES", "ParsedApp", "ParsedPolicy", "read_app", 
 
 APP_TABLES: Final = ("app", "volumes", "policy")
 STRATEGIES: Final[tuple[Strategy, ...]] = ("one_for_one", "one_for_all", "rest_for_one")
+WAIVABLE: Final[tuple[str, ...]] = ("cgroups", "landlock", "seccomp")
 
 
 @final
@@ -50,6 +51,16 @@ class ParsedApp(msgspec.Struct, frozen=True, kw_only=True):
     policies: Mapping[str, ParsedPolicy]
     volumes: Mapping[str, Path]
     clean: bool
+
+
+def _check_waivable(value: str) -> str | None:
+    if value in WAIVABLE:
+        return None
+    valid = ", ".join(f'"{name}"' for name in WAIVABLE)
+    return (
+        f'"{value}" is not a mechanism an app may run without: choose from {valid}'
+        f"{suggest(value, WAIVABLE)} (user namespaces are always required)"
+    )
 
 
 def _check_bundle_dir(value: str) -> str | None:
@@ -145,8 +156,9 @@ def read_app(root: Path, shown: str, sink: list[Problem]) -> ParsedApp | None:
     head = top.table("app", required=True)
     name = strategy = None
     bundles: list[tuple[KeyPath, str]] = []
+    waived: list[str] = []
     if head is not None:
-        head.allow("name", "features", "strategy")
+        head.allow("name", "features", "strategy", "allow_missing")
         name = head.string("name", required='name = "notes"', check=check_feature_name)
         if "features" not in head:
             head.missing("features", 'features = ["features/editor"]')
@@ -160,6 +172,7 @@ def read_app(root: Path, shown: str, sink: list[Problem]) -> ParsedApp | None:
             if value is not None:
                 bundles.append((key, value))
         strategy = head.choice("strategy", STRATEGIES)
+        waived = [value for _, value in head.strings("allow_missing", _check_waivable)]
     declared, volumes = _read_volumes(top.table("volumes"), root, shown)
     policies: dict[str, ParsedPolicy] = {}
     policy_table = top.table("policy")
@@ -174,6 +187,7 @@ def read_app(root: Path, shown: str, sink: list[Problem]) -> ParsedApp | None:
         name=name or "app",
         features=tuple(value for _, value in bundles),
         strategy=next((s for s in STRATEGIES if s == strategy), "one_for_one"),
+        allow_missing=tuple(waived),
         volumes=MappingProxyType(declared),
         policies=MappingProxyType({name: parsed.policy for name, parsed in policies.items()}),
     )

@@ -161,11 +161,16 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
 
 @final
 class AppManifest(msgspec.Struct, frozen=True, kw_only=True):
-    """An app's ``app.toml``: bundle directories as written, volumes and policies."""
+    """An app's ``app.toml``: bundle directories as written, volumes and policies.
+
+    ``allow_missing`` names isolation mechanisms (``cgroups``, ``landlock``,
+    ``seccomp``) the app agrees to run without on a machine that lacks them.
+    """
 
     name: str
     features: tuple[str, ...]
     strategy: Strategy = "one_for_one"
+    allow_missing: tuple[str, ...] = ()
     volumes: Mapping[str, str] = msgspec.field(default_factory=dict)
     policies: Mapping[str, Policy] = msgspec.field(default_factory=dict)
 

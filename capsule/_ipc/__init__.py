@@ -1,0 +1,1 @@
+"""The wire between the supervisor and its containers: typed messages and frames."""

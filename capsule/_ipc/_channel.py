@@ -1,0 +1,100 @@
+"""Length-prefixed msgpack frames over a byte stream, decoded into one closed message set.
+
+The size limit is checked before a byte of the body is decoded; a bad frame raises
+ProtocolError and the channel is then unusable. No routing and no policy here.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Generic, TypeVar
+
+import anyio
+import anyio.abc
+import msgspec
+
+from capsule.errors import ChannelClosedError, ProtocolError
+
+__all__ = ["HEADER", "MAX_FRAME", "Channel", "FrameBuffer", "encode_frame"]
+
+T = TypeVar("T")
+
+HEADER: Final = 4
+MAX_FRAME: Final = 1 << 20
+_READ_SIZE: Final = 65536
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_frame(message: object) -> bytes:
+    body = _encoder.encode(message)
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"message of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame limit")
+    return len(body).to_bytes(HEADER, "big") + body
+
+
+class FrameBuffer(Generic[T]):
+    """Bytes in, decoded messages out; refuses an oversized or undecodable frame."""
+
+    def __init__(self, message_type: type[T], *, max_frame: int = MAX_FRAME) -> None:
+        self._decoder = msgspec.msgpack.Decoder(message_type)
+        self._max_frame = max_frame
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next(self) -> T | None:
+        """The next complete message, or None until more bytes arrive."""
+        if len(self._buffer) < HEADER:
+            return None
+        size = int.from_bytes(self._buffer[:HEADER], "big")
+        if size > self._max_frame:
+            raise ProtocolError(f"frame of {size} bytes exceeds the {self._max_frame}-byte limit")
+        end = HEADER + size
+        if len(self._buffer) < end:
+            return None
+        body = bytes(self._buffer[HEADER:end])
+        del self._buffer[:end]
+        try:
+            return self._decoder.decode(body)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise ProtocolError(f"undecodable frame: {exc}") from None
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+
+class Channel(Generic[T]):
+    """One end of a container's socketpair: send any message, receive messages of type T."""
+
+    def __init__(
+        self, stream: anyio.abc.ByteStream, message_type: type[T], *, max_frame: int = MAX_FRAME
+    ) -> None:
+        self._stream = stream
+        self._frames = FrameBuffer(message_type, max_frame=max_frame)
+        self._send_lock = anyio.Lock()
+
+    async def send(self, message: object) -> None:
+        frame = encode_frame(message)
+        async with self._send_lock:
+            try:
+                await self._stream.send(frame)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                raise ChannelClosedError("the channel is closed") from exc
+
+    async def receive(self) -> T:
+        while True:
+            message = self._frames.next()
+            if message is not None:
+                return message
+            try:
+                data = await self._stream.receive(_READ_SIZE)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                raise ChannelClosedError("the channel is closed") from exc
+            except OSError as exc:
+                raise ChannelClosedError(f"the channel failed: {exc}") from exc
+            self._frames.feed(data)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()

@@ -1,0 +1,1 @@
+"""The container sandbox: Linux isolation primitives and the order they are applied in."""

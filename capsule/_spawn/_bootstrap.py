@@ -1,0 +1,220 @@
+"""The child side of a spawn: from a fresh fork of the zygote to a sandboxed feature runtime.
+
+Two processes per container. The *outer* one joins the cgroup, unshares every
+namespace, has the zygote write its uid map, forks the *inner* one, then waits and
+mirrors the inner's exit: the supervisor kills a container by killing the outer
+(the inner dies with it through PDEATHSIG, and its PID namespace with it). The
+inner one is PID 1 of the new namespace: it builds the root, pivots into it, drops
+uid and capabilities, applies Landlock and seccomp, measures itself, and serves.
+
+Runs only in freshly forked, single-threaded children; never returns to the zygote.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import traceback
+from typing import Final, NoReturn
+
+from capsule._ipc._channel import encode_frame
+from capsule._ipc._messages import Failure, SandboxStatus
+from capsule._sandbox import _landlock, _seccomp
+from capsule._sandbox import _syscalls as sc
+from capsule._sandbox._view import DEVICES, ViewPlan, build_root, enter_root
+from capsule._spawn._protocol import SpawnRequest
+from capsule.errors import SandboxError
+
+__all__ = ["CHANNEL_FD", "EXIT_BOOTSTRAP", "run_outer"]
+
+CHANNEL_FD: Final = 3
+EXIT_BOOTSTRAP: Final = 70
+NAMESPACES: Final = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")
+_ALL_NAMESPACES: Final = (
+    sc.CLONE_NEWUSER
+    | sc.CLONE_NEWNS
+    | sc.CLONE_NEWPID
+    | sc.CLONE_NEWNET
+    | sc.CLONE_NEWIPC
+    | sc.CLONE_NEWUTS
+    | sc.CLONE_NEWCGROUP
+)
+_PR_GET_DUMPABLE: Final = 3
+
+
+def _report(channel: int, exc: BaseException) -> None:
+    """Tell the supervisor why the sandbox could not be built (best effort, then exit)."""
+    message = Failure(
+        id=0,
+        type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+    )
+    try:
+        os.write(channel, encode_frame(message))
+    except OSError:
+        pass
+
+
+def _close_all_but(keep: set[int]) -> None:
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+def _reset_signals() -> None:
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def run_outer(
+    request: SpawnRequest,
+    channel: int,
+    go: int,
+    unshared: int,
+    stage: str,
+    seccomp_program: bytes | None,
+) -> NoReturn:
+    """The outer process, from the zygote's fork: never returns."""
+    try:
+        _reset_signals()
+        os.setsid()
+        _close_all_but({channel, go, unshared})
+        for procs in request.cgroup_procs:
+            with open(procs, "w", encoding="ascii") as f:
+                f.write(str(os.getpid()))
+        os.setgroups([])
+        sc.unshare(_ALL_NAMESPACES)
+        os.write(unshared, b"u")
+        if os.read(go, 1) != b"g":
+            raise SandboxError("the zygote did not write the uid map")
+        os.close(go)
+        os.close(unshared)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        inner = os.fork()
+        if inner == 0:
+            _run_inner(request, channel, stage, seccomp_program)
+        os.close(channel)
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+        sc.drop_capabilities()
+    except BaseException as exc:  # noqa: BLE001 - any failure ends this child, reported first
+        _report(channel, exc)
+        os._exit(EXIT_BOOTSTRAP)
+    _mirror_exit(inner)
+
+
+def _mirror_exit(pid: int) -> NoReturn:
+    """Wait for the inner process and end the same way, so the zygote sees its status."""
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            os._exit(EXIT_BOOTSTRAP)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _landlock_rules(plan: ViewPlan) -> list[_landlock.PathRule]:
+    rules = [_landlock.PathRule(b.target, execute=b.executable) for b in plan.binds]
+    rules.append(_landlock.PathRule("/tmp", write=True))  # noqa: S108 - the container's own tmpfs
+    rules.append(_landlock.PathRule("/proc"))
+    for name in DEVICES:
+        writable = name in {"null", "zero"}
+        rules.append(_landlock.PathRule(f"/dev/{name}", write=writable, ioctl=True))
+    return rules
+
+
+def _apply_limits(request: SpawnRequest) -> None:
+    limits = request.rlimits
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.nofile, limits.nofile))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.fsize, limits.fsize))
+    resource.setrlimit(resource.RLIMIT_DATA, (limits.data, limits.data))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if limits.nproc is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits.nproc, limits.nproc))
+
+
+def _become_container_root() -> None:
+    """Switch to the uid and gid the namespace's root maps to (capabilities stay, for now)."""
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+
+
+def _run_inner(
+    request: SpawnRequest, channel: int, stage: str, seccomp_program: bytes | None
+) -> NoReturn:
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.setsid()
+        build_root(stage, request.view, _become_container_root)
+        enter_root()
+        socket.sethostname(request.name)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        if channel != CHANNEL_FD:
+            os.dup2(channel, CHANNEL_FD)
+        _close_all_but({0, 1, 2, CHANNEL_FD})
+        _apply_limits(request)
+        sc.drop_capabilities()
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+        abi = _landlock.restrict(_landlock_rules(request.view)) if request.landlock else 0
+        if seccomp_program is not None and request.seccomp:
+            _seccomp.install_filter(seccomp_program)
+        status = measure(landlock_abi=abi)
+    except BaseException as exc:  # noqa: BLE001 - any failure ends this child, reported first
+        _report(channel, exc)
+        os._exit(EXIT_BOOTSTRAP)
+    from capsule._container._runtime import serve  # noqa: PLC0415 - imported by the zygote already
+
+    os._exit(serve(CHANNEL_FD, status))
+
+
+def _status_field(name: str) -> str:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key == name:
+                return value.strip()
+    return ""
+
+
+def measure(*, landlock_abi: int) -> SandboxStatus:
+    """The sandbox as this process sees it from inside (the handshake's first message)."""
+    namespaces = {kind: os.readlink(f"/proc/self/ns/{kind}") for kind in NAMESPACES}
+    with open("/proc/self/uid_map", encoding="ascii") as f:
+        uid_map = " ".join(f.read().split())
+    listed = [int(name) for name in os.listdir("/proc/self/fd")]
+    fds = []
+    for fd in listed:
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        fds.append(fd)
+    return SandboxStatus(
+        namespaces=namespaces,
+        uid_map=uid_map,
+        uid=os.getuid(),
+        no_new_privs=sc.prctl(sc.PR_GET_NO_NEW_PRIVS) == 1,
+        dumpable=sc.prctl(_PR_GET_DUMPABLE) != 0,
+        seccomp=int(_status_field("Seccomp") or 0),
+        landlock_abi=landlock_abi,
+        capabilities=int(_status_field("CapEff") or "0", 16),
+        fds=sorted(fds),
+        pid=os.getpid(),
+    )

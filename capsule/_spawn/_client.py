@@ -1,0 +1,218 @@
+"""The supervisor's side of the zygote: start it, ask it for containers, hear about their exits.
+
+Async (anyio), for the supervisor's event loop. It starts the zygote as a freshly
+executed interpreter, so the host program's threads never matter; it never forks
+the supervisor itself.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import anyio
+import anyio.abc
+import msgspec
+
+import capsule
+from capsule._sandbox._view import Bind
+from capsule._spawn._protocol import (
+    MAX_DATAGRAM,
+    Exited,
+    FromZygote,
+    Spawn,
+    SpawnFailed,
+    Spawned,
+    SpawnRequest,
+    ZygoteReady,
+)
+from capsule.errors import SandboxError
+
+__all__ = ["Spawn", "SpawnResult", "ZygoteClient"]
+
+_START_TIMEOUT: Final = 30.0
+_EXIT_GRACE: Final = 5.0
+_decoder = msgspec.msgpack.Decoder(FromZygote)  # type: ignore[var-annotated]
+_encoder = msgspec.msgpack.Encoder()
+
+_LAUNCH: Final = (
+    "import sys; sys.path[:0] = [sys.argv[1]]; "
+    "from capsule._spawn._zygote import main; main(sys.argv[1:])"
+)
+
+
+@dataclass(slots=True)
+class SpawnResult:
+    """A started container: the pid of its outer process and a pidfd for signalling it."""
+
+    pid: int
+    pidfd: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: SpawnResult | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Exit:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    status: int | None = None
+
+
+class ZygoteClient:
+    """One zygote process. Use ``async with ZygoteClient.open(stage) as zygote``."""
+
+    def __init__(self, process: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self._process = process
+        self._sock = sock
+        self._seq = 0
+        self._pending: dict[int, _Pending] = {}
+        self._exits: dict[int, _Exit] = {}
+        self._closed = False
+        self.ready: ZygoteReady | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def runtime(self) -> tuple[Bind, ...]:
+        return () if self.ready is None else self.ready.runtime
+
+    @classmethod
+    def launch(cls, stage: Path) -> ZygoteClient:
+        """Start the zygote process (synchronous: a fork+exec, before any container exists)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        source_root = os.path.dirname(os.path.dirname(capsule.__file__))
+        try:
+            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed argv
+                [sys.executable, "-I", "-c", _LAUNCH, source_root, str(theirs.fileno()), str(stage)],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        except OSError as exc:
+            ours.close()
+            raise SandboxError(f"could not start the zygote ({sys.executable}): {exc}") from exc
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return cls(process, ours)
+
+    async def _receive(self) -> tuple[FromZygote, list[int]] | None:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self._sock, MAX_DATAGRAM, 2)
+            except BlockingIOError:
+                try:
+                    await anyio.wait_readable(self._sock)
+                except anyio.ClosedResourceError:
+                    return None
+                continue
+            except OSError:
+                return None
+            if not data:
+                return None
+            return _decoder.decode(data), fds
+
+    async def wait_started(self) -> ZygoteReady:
+        with anyio.fail_after(_START_TIMEOUT):
+            received = await self._receive()
+        if received is None or not isinstance(received[0], ZygoteReady):
+            code = self._process.poll()
+            raise SandboxError(
+                f"the zygote exited during start (exit status {code}); run with --debug, "
+                "and check `capsule doctor`"
+            )
+        self.ready = received[0]
+        return self.ready
+
+    async def serve(self) -> None:
+        """Dispatch the zygote's replies and exit reports until it goes away."""
+        try:
+            while True:
+                received = await self._receive()
+                if received is None:
+                    return
+                message, fds = received
+                if isinstance(message, Spawned):
+                    pending = self._pending.pop(message.seq, None)
+                    if pending is None or not fds:
+                        for fd in fds:
+                            os.close(fd)
+                        continue
+                    pending.result = SpawnResult(message.pid, fds[0])
+                    pending.done.set()
+                elif isinstance(message, SpawnFailed):
+                    failed = self._pending.pop(message.seq, None)
+                    if failed is not None:
+                        failed.error = message.error
+                        failed.done.set()
+                elif isinstance(message, Exited):
+                    record = self._exits.setdefault(message.pid, _Exit())
+                    record.status = message.status
+                    record.done.set()
+        finally:
+            self._closed = True
+            for pending in self._pending.values():
+                pending.error = "the zygote exited"
+                pending.done.set()
+            for record in self._exits.values():
+                record.done.set()
+
+    async def spawn(self, request: SpawnRequest, channel: socket.socket) -> SpawnResult:
+        """Start one container; ``channel`` is its end of the socketpair (closed here)."""
+        if self._closed:
+            raise SandboxError("the zygote is not running")
+        self._seq += 1
+        pending = _Pending()
+        self._pending[self._seq] = pending
+        data = _encoder.encode(Spawn(seq=self._seq, request=request))
+        try:
+            while True:
+                try:
+                    socket.send_fds(self._sock, [data], [channel.fileno()])
+                    break
+                except BlockingIOError:
+                    await anyio.wait_writable(self._sock)
+        except OSError as exc:
+            self._pending.pop(self._seq, None)
+            raise SandboxError(f"the zygote is gone: {exc}") from exc
+        finally:
+            channel.close()
+        await pending.done.wait()
+        if pending.result is None:
+            raise SandboxError(f"could not start the container: {pending.error}")
+        self._exits.setdefault(pending.result.pid, _Exit())
+        return pending.result
+
+    async def wait_exit(self, pid: int) -> int | None:
+        """The raw wait status of a container's outer process (None if the zygote died)."""
+        record = self._exits.setdefault(pid, _Exit())
+        await record.done.wait()
+        self._exits.pop(pid, None)
+        return record.status
+
+    async def aclose(self) -> None:
+        """Close the link: the zygote kills what it started and exits; reap it."""
+        anyio.notify_closing(self._sock)
+        self._sock.close()
+        process = self._process
+        if process.poll() is None:
+            pidfd = os.pidfd_open(process.pid)
+            try:
+                with anyio.move_on_after(_EXIT_GRACE):
+                    await anyio.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
+        if process.poll() is None:
+            process.kill()
+        await anyio.to_thread.run_sync(process.wait)

@@ -1,0 +1,88 @@
+"""Messages between the supervisor and its zygote (both trusted), one per SEQPACKET datagram.
+
+Data only. File descriptors travel beside a message as SCM_RIGHTS: a Spawn carries
+the container's end of its channel, a Spawned carries a pidfd of the container.
+"""
+
+from __future__ import annotations
+
+from typing import Final, TypeAlias
+
+import msgspec
+
+from capsule._sandbox._view import Bind, ViewPlan
+
+__all__ = [
+    "MAX_DATAGRAM",
+    "Exited",
+    "FromZygote",
+    "Rlimits",
+    "Spawn",
+    "SpawnFailed",
+    "SpawnRequest",
+    "Spawned",
+    "ToZygote",
+    "ZygoteReady",
+]
+
+MAX_DATAGRAM: Final = 1 << 20
+
+
+class Rlimits(msgspec.Struct, frozen=True):
+    nofile: int
+    fsize: int
+    data: int
+    nproc: int | None
+
+
+class SpawnRequest(msgspec.Struct, frozen=True):
+    """How to build one container. ``uid``/``gid`` are the host ids its root maps to."""
+
+    name: str
+    uid: int
+    gid: int
+    view: ViewPlan
+    rlimits: Rlimits
+    cgroup_procs: tuple[str, ...] = ()
+    landlock: bool = True
+    seccomp: bool = True
+
+
+class _Msg(msgspec.Struct, frozen=True, tag_field="t"):
+    pass
+
+
+class Spawn(_Msg, tag="spawn"):
+    seq: int
+    request: SpawnRequest
+
+
+ToZygote: TypeAlias = Spawn
+
+
+class ZygoteReady(_Msg, tag="ready"):
+    """The zygote is up: its pid, and the runtime binds it computed (for doctor and logs)."""
+
+    pid: int
+    runtime: tuple[Bind, ...]
+    seccomp_filter_bytes: int
+
+
+class Spawned(_Msg, tag="spawned"):
+    seq: int
+    pid: int
+
+
+class SpawnFailed(_Msg, tag="spawn_failed"):
+    seq: int
+    error: str
+
+
+class Exited(_Msg, tag="exited"):
+    """A container (its outer process) ended; ``status`` is the raw wait status."""
+
+    pid: int
+    status: int
+
+
+FromZygote: TypeAlias = ZygoteReady | Spawned | SpawnFailed | Exited

@@ -1,0 +1,184 @@
+"""The zygote: a fresh, single-threaded interpreter that forks one sandboxed child per container.
+
+Started by the supervisor with ``python -I -m capsule._spawn._zygote FD STAGE``. It
+pre-imports the container runtime, compiles the seccomp filter once, and then only
+forks, writes uid maps, reaps, and reports exits. It holds no secrets (no signing
+key, no tokens) and never runs feature code itself. When the supervisor's end of
+its socket closes, it kills every container it started and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Final
+
+import msgspec
+
+# What every container needs, imported once here so a fork finds it loaded.
+import anyio  # noqa: F401 - pre-import for the containers
+import cloudpickle  # noqa: F401 - pre-import for the containers
+import trio  # noqa: F401 - pre-import for the containers
+
+import capsule
+import capsule._container._runtime  # noqa: F401 - pre-import for the containers
+import fusefs
+from capsule._sandbox import _seccomp
+from capsule._sandbox import _syscalls as sc
+from capsule._sandbox._view import runtime_binds
+from capsule._spawn import _bootstrap
+from capsule._spawn._protocol import (
+    MAX_DATAGRAM,
+    Exited,
+    Spawn,
+    SpawnFailed,
+    Spawned,
+    SpawnRequest,
+    ToZygote,
+    ZygoteReady,
+)
+
+_MAP_TIMEOUT: Final = 5.0
+_decoder = msgspec.msgpack.Decoder(ToZygote)  # type: ignore[var-annotated]
+_encoder = msgspec.msgpack.Encoder()
+
+
+class _Zygote:
+    def __init__(self, sock: socket.socket, stage: str) -> None:
+        self.sock = sock
+        self.stage = stage
+        self.children: set[int] = set()
+        binds, symlinks = runtime_binds(
+            [os.path.dirname(capsule.__file__), os.path.dirname(fusefs.__file__)]
+        )
+        self.binds = binds
+        self.symlinks = symlinks
+        available, _ = _seccomp.available()
+        self.seccomp = _seccomp.build_filter() if available else None
+
+    def send(self, message: object, fds: list[int] | None = None) -> None:
+        data = _encoder.encode(message)
+        if fds:
+            socket.send_fds(self.sock, [data], fds)
+        else:
+            self.sock.send(data)
+
+    def spawn(self, seq: int, request: SpawnRequest, channel: int) -> None:
+        request = msgspec.structs.replace(
+            request,
+            view=msgspec.structs.replace(
+                request.view,
+                binds=self.binds + request.view.binds,
+                symlinks=self.symlinks + request.view.symlinks,
+            ),
+        )
+        go_read, go_write = os.pipe()
+        ns_read, ns_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            _bootstrap.run_outer(request, channel, go_read, ns_write, self.stage, self.seccomp)
+        os.close(go_read)
+        os.close(ns_write)
+        os.close(channel)
+        self.children.add(pid)
+        try:
+            ready, _, _ = select.select([ns_read], [], [], _MAP_TIMEOUT)
+            if not ready or os.read(ns_read, 1) != b"u":
+                raise OSError("the child did not reach its new namespaces")
+            _write_maps(pid, request.uid, request.gid)
+            os.write(go_write, b"g")
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            os.kill(pid, signal.SIGKILL)
+            self.send(SpawnFailed(seq=seq, error=f"{request.name}: {exc}"))
+            return
+        finally:
+            os.close(ns_read)
+            os.close(go_write)
+        try:
+            self.send(Spawned(seq=seq, pid=pid), [pidfd])
+        finally:
+            os.close(pidfd)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.children:
+                self.children.discard(pid)
+                self.send(Exited(pid=pid, status=status))
+
+    def kill_all(self) -> None:
+        for pid in self.children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def serve(self) -> None:
+        wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self.send(
+            ZygoteReady(
+                pid=os.getpid(),
+                runtime=self.binds,
+                seccomp_filter_bytes=len(self.seccomp or b""),
+            )
+        )
+        try:
+            while True:
+                ready, _, _ = select.select([self.sock, wake_read], [], [])
+                if wake_read in ready:
+                    while True:
+                        try:
+                            if not os.read(wake_read, 512):
+                                break
+                        except BlockingIOError:
+                            break
+                    self.reap()
+                if self.sock in ready and not self._handle_request():
+                    return
+        finally:
+            self.kill_all()
+
+    def _handle_request(self) -> bool:
+        data, fds, _, _ = socket.recv_fds(self.sock, MAX_DATAGRAM, 4)
+        if not data:
+            return False
+        message = _decoder.decode(data)
+        if isinstance(message, Spawn) and len(fds) == 1:
+            self.spawn(message.seq, message.request, fds[0])
+        else:
+            for fd in fds:
+                os.close(fd)
+            raise SystemExit(f"capsule zygote: malformed request {message!r}")
+        return True
+
+
+def _write_maps(pid: int, uid: int, gid: int) -> None:
+    with open(f"/proc/{pid}/setgroups", "w", encoding="ascii") as f:
+        f.write("deny")
+    with open(f"/proc/{pid}/gid_map", "w", encoding="ascii") as f:
+        f.write(f"0 {gid} 1\n")
+    with open(f"/proc/{pid}/uid_map", "w", encoding="ascii") as f:
+        f.write(f"0 {uid} 1\n")
+
+
+def main(argv: list[str]) -> None:
+    fd, stage = int(argv[1]), argv[2]
+    sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+    sock = socket.socket(fileno=fd)
+    _Zygote(sock, stage).serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

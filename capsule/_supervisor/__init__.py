@@ -1,0 +1,1 @@
+"""The supervisor: container lifecycle, restart strategies, and the host program's API."""

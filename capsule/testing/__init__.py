@@ -1,0 +1,1 @@
+"""capsule.testing: start supervisors on temporary apps, inline features, fault injection."""
