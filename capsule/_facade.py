@@ -16,6 +16,7 @@ def publish(module: str, namespace: MutableMapping[str, object], names: Iterable
     tracebacks show ``capsule.tokens.TokenAuthority`` rather than a private module."""
     for name in names:
         obj = namespace[name]
-        if getattr(obj, "__module__", "").startswith("capsule._"):
+        origin = getattr(obj, "__module__", "")
+        if origin.startswith("capsule.") and "._" in origin:
             with contextlib.suppress(AttributeError, TypeError):
                 obj.__module__ = module

@@ -11,12 +11,13 @@ import io
 import socket
 import sys
 import traceback
-from typing import Any, Final, TextIO
+from typing import Final, TextIO
 
 import anyio
 import anyio.abc
 import cloudpickle
 import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from capsule._container._feature import Context, Feature
 from capsule._ipc._channel import Channel
@@ -58,7 +59,7 @@ def _failure(call_id: int, exc: BaseException) -> Failure:
 class _LogWriter(io.TextIOBase):
     """sys.stdout / sys.stderr: whole lines become Log messages; drops lines when flooded."""
 
-    def __init__(self, stream: str, send: anyio.abc.ObjectSendStream[Log]) -> None:
+    def __init__(self, stream: str, send: MemoryObjectSendStream[Log]) -> None:
         self._stream = stream
         self._send = send
         self._partial = ""
@@ -110,11 +111,13 @@ class _Server:
                 handler = self.feature.services.get(call.service)
                 if handler is None:
                     known = ", ".join(sorted(self.feature.services)) or "none"
-                    raise LookupError(f"no service {call.service!r} (services: {known})")
+                    raise LookupError(  # noqa: TRY301 - answered as this call's failure
+                        f"no service {call.service!r} (services: {known})"
+                    )
                 value = await handler(self.ctx, call.payload)
                 msgspec.msgpack.encode(value)
                 answer: Reply | Failure = Reply(id=call.id, value=value)
-            except Exception as exc:  # noqa: BLE001 - a handler's failure is its caller's answer
+            except Exception as exc:
                 answer = _failure(call.id, exc)
             finally:
                 self.calls.pop(call.id, None)
@@ -140,7 +143,9 @@ class _Server:
         return EXIT_CLEAN
 
 
-async def _pump_logs(channel: Channel[FromSupervisor], logs: anyio.abc.ObjectReceiveStream[Log]) -> None:
+async def _pump_logs(
+    channel: Channel[FromSupervisor], logs: MemoryObjectReceiveStream[Log]
+) -> None:
     async for log in logs:
         await channel.send(log)
 
@@ -148,18 +153,19 @@ async def _pump_logs(channel: Channel[FromSupervisor], logs: anyio.abc.ObjectRec
 async def _main(fd: int, status: SandboxStatus) -> int:
     sock = socket.socket(fileno=fd)
     stream = await anyio.abc.UNIXSocketStream.from_socket(sock)
-    channel: Channel[FromSupervisor] = Channel(stream, FromSupervisor)  # type: ignore[arg-type]
+    channel: Channel[FromSupervisor] = Channel(stream, FromSupervisor)
     send_log, receive_log = anyio.create_memory_object_stream[Log](_LOG_BUFFER)
     stdout, stderr = _LogWriter("stdout", send_log), _LogWriter("stderr", send_log)
-    sys.stdout, sys.stderr = stdout, stderr  # type: ignore[assignment]
+    sys.stdout, sys.stderr = stdout, stderr
     async with anyio.create_task_group() as tg:
         tg.start_soon(_pump_logs, channel, receive_log)
         try:
-            return await _session(channel, status)
+            code = await _session(channel, status)
         finally:
             stdout.flush()
             stderr.flush()
             send_log.close()  # the pump sends what is buffered, then ends
+    return code
 
 
 async def _session(channel: Channel[FromSupervisor], status: SandboxStatus) -> int:
@@ -172,7 +178,7 @@ async def _session(channel: Channel[FromSupervisor], status: SandboxStatus) -> i
         feature = _load(start)
         for hook in feature.start_hooks:
             await hook(ctx)
-    except Exception as exc:  # noqa: BLE001 - reported to the supervisor as a failed start
+    except Exception as exc:
         await channel.send(_failure(0, exc))
         return EXIT_FAILED
     await channel.send(Ready(services=sorted(feature.services), topics=sorted(feature.listeners)))
@@ -184,6 +190,6 @@ def serve(fd: int, status: SandboxStatus) -> int:
     original: TextIO = sys.__stderr__ or sys.stderr
     try:
         return anyio.run(_main, fd, status, backend="trio")
-    except Exception:  # noqa: BLE001 - the channel is gone or broken: nothing left to tell
+    except Exception:
         traceback.print_exc(file=original)
         return EXIT_FAILED

@@ -6,7 +6,7 @@ ProtocolError and the channel is then unusable. No routing and no policy here.
 
 from __future__ import annotations
 
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import anyio
 import anyio.abc
@@ -28,14 +28,19 @@ _encoder = msgspec.msgpack.Encoder()
 def encode_frame(message: object) -> bytes:
     body = _encoder.encode(message)
     if len(body) > MAX_FRAME:
-        raise ProtocolError(f"message of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame limit")
+        raise ProtocolError(
+            f"message of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame limit"
+        )
     return len(body).to_bytes(HEADER, "big") + body
 
 
 class FrameBuffer(Generic[T]):
-    """Bytes in, decoded messages out; refuses an oversized or undecodable frame."""
+    """Bytes in, decoded messages out; refuses an oversized or undecodable frame.
 
-    def __init__(self, message_type: type[T], *, max_frame: int = MAX_FRAME) -> None:
+    ``message_type`` is a message struct or a union of them (annotate the variable).
+    """
+
+    def __init__(self, message_type: Any, *, max_frame: int = MAX_FRAME) -> None:
         self._decoder = msgspec.msgpack.Decoder(message_type)
         self._max_frame = max_frame
         self._buffer = bytearray()
@@ -56,9 +61,10 @@ class FrameBuffer(Generic[T]):
         body = bytes(self._buffer[HEADER:end])
         del self._buffer[:end]
         try:
-            return self._decoder.decode(body)
+            message: T = self._decoder.decode(body)
         except (msgspec.DecodeError, RecursionError) as exc:
             raise ProtocolError(f"undecodable frame: {exc}") from None
+        return message
 
     @property
     def pending(self) -> int:
@@ -69,10 +75,10 @@ class Channel(Generic[T]):
     """One end of a container's socketpair: send any message, receive messages of type T."""
 
     def __init__(
-        self, stream: anyio.abc.ByteStream, message_type: type[T], *, max_frame: int = MAX_FRAME
+        self, stream: anyio.abc.ByteStream, message_type: Any, *, max_frame: int = MAX_FRAME
     ) -> None:
         self._stream = stream
-        self._frames = FrameBuffer(message_type, max_frame=max_frame)
+        self._frames: FrameBuffer[T] = FrameBuffer(message_type, max_frame=max_frame)
         self._send_lock = anyio.Lock()
 
     async def send(self, message: object) -> None:

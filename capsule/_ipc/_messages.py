@@ -54,25 +54,25 @@ class SandboxStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 # container -> supervisor
 
 
-class Hello(_Message, tag="hello"):
+class Hello(_Message, tag="hello", frozen=True):
     """First message: the container's own sandbox report (the handshake)."""
 
     status: SandboxStatus
 
 
-class Ready(_Message, tag="ready"):
+class Ready(_Message, tag="ready", frozen=True):
     """The feature's code is loaded and its ``on_start`` hooks ran."""
 
     services: list[str]
     topics: list[str]
 
 
-class Reply(_Message, tag="reply"):
+class Reply(_Message, tag="reply", frozen=True):
     id: int
     value: Any
 
 
-class Failure(_Message, tag="failure"):
+class Failure(_Message, tag="failure", frozen=True):
     """A call, or the feature's start, failed; data only (type name and traceback text)."""
 
     id: int
@@ -81,7 +81,7 @@ class Failure(_Message, tag="failure"):
     traceback: str
 
 
-class Log(_Message, tag="log"):
+class Log(_Message, tag="log", frozen=True):
     """A line the feature wrote to stdout or stderr."""
 
     stream: str
@@ -107,7 +107,7 @@ class Inline(msgspec.Struct, frozen=True, tag="inline", tag_field="t"):
     pickled: bytes
 
 
-class Start(_Message, tag="start"):
+class Start(_Message, tag="start", frozen=True):
     """After the handshake: who the container is, what it holds, what code to run."""
 
     feature: str
@@ -117,17 +117,17 @@ class Start(_Message, tag="start"):
     bundle: str
 
 
-class Call(_Message, tag="call"):
+class Call(_Message, tag="call", frozen=True):
     id: int
     service: str
     payload: Any
 
 
-class Cancel(_Message, tag="cancel"):
+class Cancel(_Message, tag="cancel", frozen=True):
     id: int
 
 
-class Stop(_Message, tag="stop"):
+class Stop(_Message, tag="stop", frozen=True):
     """Run the ``on_stop`` hooks and exit; the supervisor kills after its grace period."""
 
     reason: str

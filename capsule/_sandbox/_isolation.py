@@ -56,6 +56,14 @@ class Isolation:
         return "full"
 
 
+def _ok(name: str, detail: str) -> Mechanism:
+    return Mechanism(name, available=True, detail=detail)
+
+
+def _missing(name: str, detail: str, fix: str) -> Mechanism:
+    return Mechanism(name, available=False, detail=detail, fix=fix)
+
+
 def _read(path: str) -> str | None:
     try:
         with open(path, encoding="ascii") as f:
@@ -64,73 +72,66 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _user_namespaces(rootless: bool) -> Mechanism:
+def _user_namespaces(*, rootless: bool) -> Mechanism:
     name = "user namespaces"
     limit = _read("/proc/sys/user/max_user_namespaces")
     if limit is not None and limit == "0":
-        return Mechanism(
-            name, False, "user.max_user_namespaces is 0", "sysctl -w user.max_user_namespaces=15000"
+        return _missing(
+            name, "user.max_user_namespaces is 0", "sysctl -w user.max_user_namespaces=15000"
         )
     if rootless:
         if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
-            return Mechanism(
+            return _missing(
                 name,
-                False,
                 "unprivileged user namespaces are disabled",
                 "sysctl -w kernel.unprivileged_userns_clone=1",
             )
         if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
-            return Mechanism(
+            return _missing(
                 name,
-                False,
                 "AppArmor restricts unprivileged user namespaces",
                 "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or run as root",
             )
     if not os.path.exists("/proc/self/ns/user"):
-        return Mechanism(name, False, "the kernel has no user namespaces", "CONFIG_USER_NS=y")
+        return _missing(name, "the kernel has no user namespaces", "CONFIG_USER_NS=y")
     detail = "available" + (" (rootless: every container maps to your own uid)" if rootless else "")
-    return Mechanism(name, True, detail)
+    return _ok(name, detail)
 
 
-def _fuse(rootless: bool) -> Mechanism:
+def _fuse(*, rootless: bool) -> Mechanism:
     if not os.path.exists("/dev/fuse"):
-        return Mechanism("fuse", False, "/dev/fuse is missing", "modprobe fuse")
+        return _missing("fuse", "/dev/fuse is missing", "modprobe fuse")
     if rootless and shutil.which("fusermount3") is None:
-        return Mechanism(
-            "fuse", False, "fusermount3 is not installed", "sudo apt-get install fuse3"
-        )
-    return Mechanism("fuse", True, "/dev/fuse")
+        return _missing("fuse", "fusermount3 is not installed", "sudo apt-get install fuse3")
+    return _ok("fuse", "/dev/fuse")
 
 
 def _landlock_mechanism(abi: int) -> Mechanism:
     if abi == 0:
-        return Mechanism(
+        return _missing(
             "landlock",
-            False,
             "not supported or disabled",
             "Linux >= 5.13 with landlock in the lsm= kernel command line",
         )
-    return Mechanism("landlock", True, f"ABI {abi}: {_landlock.ABI_FEATURES.get(abi, 'newer')}")
+    return _ok("landlock", f"ABI {abi}: {_landlock.ABI_FEATURES.get(abi, 'newer')}")
 
 
 def _seccomp_mechanism() -> Mechanism:
     available, reason = _seccomp.available()
     if not available:
-        return Mechanism("seccomp", False, reason, "a kernel built with CONFIG_SECCOMP_FILTER=y")
-    return Mechanism("seccomp", True, "filters with errno and kill_process")
+        return _missing("seccomp", reason, "a kernel built with CONFIG_SECCOMP_FILTER=y")
+    return _ok("seccomp", "filters with errno and kill_process")
 
 
 def _cgroup_mechanism(support: _cgroups.CgroupSupport) -> Mechanism:
     wanted = {"memory", "pids", "cpu"}
     if support.version == 0 or not support.writable:
-        return Mechanism("cgroups", False, support.reason or "no cgroups", support.reason)
+        return _missing("cgroups", support.reason or "no cgroups", support.reason)
     missing = wanted - support.controllers
     if missing:
         listed = ", ".join(sorted(missing))
-        return Mechanism(
-            "cgroups", False, f"{support.describe()}; missing {listed}", support.reason
-        )
-    return Mechanism("cgroups", True, support.describe())
+        return _missing("cgroups", f"{support.describe()}; missing {listed}", support.reason)
+    return _ok("cgroups", support.describe())
 
 
 def probe() -> Isolation:
@@ -138,8 +139,8 @@ def probe() -> Isolation:
     abi = _landlock.abi_version()
     support = _cgroups.detect()
     mechanisms = (
-        _user_namespaces(rootless),
-        _fuse(rootless),
+        _user_namespaces(rootless=rootless),
+        _fuse(rootless=rootless),
         _landlock_mechanism(abi),
         _seccomp_mechanism(),
         _cgroup_mechanism(support),
@@ -160,7 +161,7 @@ def require(isolation: Isolation, allowed_missing: Iterable[str], *, app: str) -
     lines = [f"{m.name}: {m.detail}" + (f" (fix: {m.fix})" if m.fix else "") for m in refused]
     waivable = [m.name for m in refused if m.name in WAIVABLE]
     hint = (
-        f'; or accept weaker isolation with allow_missing = {waivable!r} in [app] of app.toml'
+        f"; or accept weaker isolation with allow_missing = {waivable!r} in [app] of app.toml"
         if waivable
         else ""
     )

@@ -118,8 +118,7 @@ def build_root(stage: str, plan: ViewPlan, become: Callable[[], None]) -> None:
     try:
         root = os.open(stage, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         opened.append(root)
-        for bind in plan.binds:
-            opened.append(os.open(bind.source, os.O_PATH | os.O_CLOEXEC))
+        opened.extend(os.open(bind.source, os.O_PATH | os.O_CLOEXEC) for bind in plan.binds)
         become()
         os.fchdir(root)
         for bind, fd in zip(plan.binds, opened[1:], strict=True):

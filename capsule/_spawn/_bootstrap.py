@@ -12,6 +12,7 @@ Runs only in freshly forked, single-threaded children; never returns to the zygo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -52,10 +53,8 @@ def _report(channel: int, exc: BaseException) -> None:
         message=str(exc),
         traceback="".join(traceback.format_exception(exc)),
     )
-    try:
+    with contextlib.suppress(OSError):
         os.write(channel, encode_frame(message))
-    except OSError:
-        pass
 
 
 def _close_all_but(keep: set[int]) -> None:
@@ -76,6 +75,7 @@ def _reset_signals() -> None:
 
 def run_outer(
     request: SpawnRequest,
+    *,
     channel: int,
     go: int,
     unshared: int,
@@ -94,7 +94,7 @@ def run_outer(
         sc.unshare(_ALL_NAMESPACES)
         os.write(unshared, b"u")
         if os.read(go, 1) != b"g":
-            raise SandboxError("the zygote did not write the uid map")
+            raise SandboxError("the zygote did not write the uid map")  # noqa: TRY301 - reported below
         os.close(go)
         os.close(unshared)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -106,7 +106,7 @@ def run_outer(
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
         sc.drop_capabilities()
-    except BaseException as exc:  # noqa: BLE001 - any failure ends this child, reported first
+    except BaseException as exc:
         _report(channel, exc)
         os._exit(EXIT_BOOTSTRAP)
     _mirror_exit(inner)
@@ -176,7 +176,7 @@ def _run_inner(
         if seccomp_program is not None and request.seccomp:
             _seccomp.install_filter(seccomp_program)
         status = measure(landlock_abi=abi)
-    except BaseException as exc:  # noqa: BLE001 - any failure ends this child, reported first
+    except BaseException as exc:
         _report(channel, exc)
         os._exit(EXIT_BOOTSTRAP)
     from capsule._container._runtime import serve  # noqa: PLC0415 - imported by the zygote already

@@ -26,8 +26,8 @@ from capsule._spawn._protocol import (
     Exited,
     FromZygote,
     Spawn,
-    SpawnFailed,
     Spawned,
+    SpawnFailed,
     SpawnRequest,
     ZygoteReady,
 )
@@ -37,7 +37,7 @@ __all__ = ["Spawn", "SpawnResult", "ZygoteClient"]
 
 _START_TIMEOUT: Final = 30.0
 _EXIT_GRACE: Final = 5.0
-_decoder = msgspec.msgpack.Decoder(FromZygote)  # type: ignore[var-annotated]
+_decoder = msgspec.msgpack.Decoder(FromZygote)
 _encoder = msgspec.msgpack.Encoder()
 
 _LAUNCH: Final = (
@@ -94,7 +94,15 @@ class ZygoteClient:
         source_root = os.path.dirname(os.path.dirname(capsule.__file__))
         try:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed argv
-                [sys.executable, "-I", "-c", _LAUNCH, source_root, str(theirs.fileno()), str(stage)],
+                [
+                    sys.executable,
+                    "-I",
+                    "-c",
+                    _LAUNCH,
+                    source_root,
+                    str(theirs.fileno()),
+                    str(stage),
+                ],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
@@ -104,7 +112,7 @@ class ZygoteClient:
             raise SandboxError(f"could not start the zygote ({sys.executable}): {exc}") from exc
         finally:
             theirs.close()
-        ours.setblocking(False)
+        ours.setblocking(False)  # noqa: FBT003 - the socket API's own positional flag
         return cls(process, ours)
 
     async def _receive(self) -> tuple[FromZygote, list[int]] | None:

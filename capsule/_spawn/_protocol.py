@@ -52,7 +52,7 @@ class _Msg(msgspec.Struct, frozen=True, tag_field="t"):
     pass
 
 
-class Spawn(_Msg, tag="spawn"):
+class Spawn(_Msg, tag="spawn", frozen=True):
     seq: int
     request: SpawnRequest
 
@@ -60,7 +60,7 @@ class Spawn(_Msg, tag="spawn"):
 ToZygote: TypeAlias = Spawn
 
 
-class ZygoteReady(_Msg, tag="ready"):
+class ZygoteReady(_Msg, tag="ready", frozen=True):
     """The zygote is up: its pid, and the runtime binds it computed (for doctor and logs)."""
 
     pid: int
@@ -68,17 +68,17 @@ class ZygoteReady(_Msg, tag="ready"):
     seccomp_filter_bytes: int
 
 
-class Spawned(_Msg, tag="spawned"):
+class Spawned(_Msg, tag="spawned", frozen=True):
     seq: int
     pid: int
 
 
-class SpawnFailed(_Msg, tag="spawn_failed"):
+class SpawnFailed(_Msg, tag="spawn_failed", frozen=True):
     seq: int
     error: str
 
 
-class Exited(_Msg, tag="exited"):
+class Exited(_Msg, tag="exited", frozen=True):
     """A container (its outer process) ended; ``status`` is the raw wait status."""
 
     pid: int

@@ -9,6 +9,7 @@ its socket closes, it kills every container it started and exits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -16,15 +17,14 @@ import socket
 import sys
 from typing import Final
 
-import msgspec
-
 # What every container needs, imported once here so a fork finds it loaded.
 import anyio  # noqa: F401 - pre-import for the containers
 import cloudpickle  # noqa: F401 - pre-import for the containers
+import msgspec
 import trio  # noqa: F401 - pre-import for the containers
 
 import capsule
-import capsule._container._runtime  # noqa: F401 - pre-import for the containers
+import capsule._container._runtime
 import fusefs
 from capsule._sandbox import _seccomp
 from capsule._sandbox import _syscalls as sc
@@ -34,15 +34,15 @@ from capsule._spawn._protocol import (
     MAX_DATAGRAM,
     Exited,
     Spawn,
-    SpawnFailed,
     Spawned,
+    SpawnFailed,
     SpawnRequest,
     ToZygote,
     ZygoteReady,
 )
 
 _MAP_TIMEOUT: Final = 5.0
-_decoder = msgspec.msgpack.Decoder(ToZygote)  # type: ignore[var-annotated]
+_decoder = msgspec.msgpack.Decoder(ToZygote)
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -79,7 +79,14 @@ class _Zygote:
         ns_read, ns_write = os.pipe()
         pid = os.fork()
         if pid == 0:
-            _bootstrap.run_outer(request, channel, go_read, ns_write, self.stage, self.seccomp)
+            _bootstrap.run_outer(
+                request,
+                channel=channel,
+                go=go_read,
+                unshared=ns_write,
+                stage=self.stage,
+                seccomp_program=self.seccomp,
+            )
         os.close(go_read)
         os.close(ns_write)
         os.close(channel)
@@ -87,7 +94,7 @@ class _Zygote:
         try:
             ready, _, _ = select.select([ns_read], [], [], _MAP_TIMEOUT)
             if not ready or os.read(ns_read, 1) != b"u":
-                raise OSError("the child did not reach its new namespaces")
+                raise OSError("the child did not reach its new namespaces")  # noqa: TRY301 - one cleanup path
             _write_maps(pid, request.uid, request.gid)
             os.write(go_write, b"g")
             pidfd = os.pidfd_open(pid)
@@ -117,10 +124,8 @@ class _Zygote:
 
     def kill_all(self) -> None:
         for pid in self.children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def serve(self) -> None:
         wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -136,7 +141,7 @@ class _Zygote:
         )
         try:
             while True:
-                ready, _, _ = select.select([self.sock, wake_read], [], [])
+                ready, _, _ = select.select([self.sock.fileno(), wake_read], [], [])
                 if wake_read in ready:
                     while True:
                         try:
@@ -145,7 +150,7 @@ class _Zygote:
                         except BlockingIOError:
                             break
                     self.reap()
-                if self.sock in ready and not self._handle_request():
+                if self.sock.fileno() in ready and not self._handle_request():
                     return
         finally:
             self.kill_all()

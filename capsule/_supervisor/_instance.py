@@ -6,12 +6,13 @@ restart: it reports how the container ended and the supervisor decides.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
 import socket
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Final
 
 import anyio
@@ -71,6 +72,7 @@ class Ending:
 
     exit_code: int | None
     signal: int | None
+    _: KW_ONLY
     requested: bool
     reason: str
 
@@ -149,7 +151,7 @@ class Instance:
             ours.close()
             raise
         stream = await anyio.abc.UNIXSocketStream.from_socket(ours)
-        channel: Channel[FromContainer] = Channel(stream, FromContainer)  # type: ignore[arg-type]
+        channel: Channel[FromContainer] = Channel(stream, FromContainer)
         instance = cls(spec, zygote, spawned, channel, cgroup)
         try:
             with anyio.fail_after(spec.start_timeout):
@@ -222,7 +224,9 @@ class Instance:
                 elif isinstance(message, Log):
                     self._log_line(message)
                 else:
-                    raise ProtocolError(f"unexpected {type(message).__name__} after ready")
+                    raise ProtocolError(  # noqa: TRY301 - handled with the decoder's own errors
+                        f"unexpected {type(message).__name__} after ready"
+                    )
         except ChannelClosedError:
             pass
         except ProtocolError as exc:
@@ -250,7 +254,7 @@ class Instance:
     def _finish(self, status: int | None) -> Ending:
         stats = self.statistics()
         code, sig, reason = _describe(status, 0 if stats is None else stats.oom_kills)
-        self.ending = Ending(code, sig, self._stop_requested, reason)
+        self.ending = Ending(code, sig, requested=self._stop_requested, reason=reason)
         error = self.ending.error(self.feature)
         for pending in self._calls.values():
             pending.error = error
@@ -262,7 +266,8 @@ class Instance:
 
     async def call(self, service: str, payload: Any) -> Any:
         if self.ended.is_set():
-            raise (self.ending or Ending(None, None, False, "ended")).error(self.feature)
+            ending = self.ending or Ending(None, None, requested=False, reason="ended")
+            raise ending.error(self.feature)
         call_id = next(self._ids)
         pending = _Pending()
         self._calls[call_id] = pending
@@ -297,10 +302,8 @@ class Instance:
         self._stop_requested = True
         if self.ended.is_set():
             return
-        try:
+        with contextlib.suppress(IPCError):
             await self._channel.send(Stop(reason="stopped by the supervisor"))
-        except IPCError:
-            pass
         with anyio.move_on_after(grace):
             await self.ended.wait()
         if not self.ended.is_set():
@@ -308,13 +311,15 @@ class Instance:
             await self.kill()
             await self.ended.wait()
 
+    def send_signal(self, sig: int) -> None:
+        """Signal the container's outer process through its pidfd (no pid reuse race)."""
+        if self._pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, sig)
+
     async def kill(self) -> None:
         """SIGKILL through the pidfd: its whole PID namespace goes with it."""
-        if self._pidfd >= 0:
-            try:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self.send_signal(signal.SIGKILL)
         if self.ready is None and self._pidfd >= 0:  # not served yet: reap here
             status = await self._zygote.wait_exit(self.pid)
             self._finish(status)

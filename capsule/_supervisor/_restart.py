@@ -5,6 +5,7 @@ Pure arithmetic over timestamps the caller passes in: no clock, no I/O.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 
@@ -39,7 +40,7 @@ class RestartTracker:
         self._times.append(now)
         self.total += 1
         exponent = len(self._times) - 1
-        ceiling = min(self.policy.backoff_max, self.policy.backoff_initial * (2**exponent))
+        ceiling = min(self.policy.backoff_max, math.ldexp(self.policy.backoff_initial, exponent))
         # "equal jitter": at least half the backoff, so restarts never bunch up at zero
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 

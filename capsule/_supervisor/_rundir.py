@@ -6,6 +6,7 @@ a directory whose owner is gone is known stale. File operations only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -41,10 +42,8 @@ def _unmount_beneath(path: Path) -> None:
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         points = [line.split()[4] for line in f]
     for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
-        try:
+        with contextlib.suppress(OSError):
             sc.umount2(point, sc.MNT_DETACH)
-        except OSError:
-            pass
 
 
 class RunDir:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import os
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import cloudpickle
 import structlog
 
 from capsule._container._feature import Feature
-from capsule._ipc._messages import Entry, Inline, Start
+from capsule._ipc._messages import Entry, Inline, Ready, Start
 from capsule._manifest import App, FeatureManifest, load_app
 from capsule._sandbox import _isolation
 from capsule._sandbox._cgroups import CgroupTree, ContainerCgroup
@@ -140,12 +141,25 @@ class FeatureHandle(metaclass=_NoPublicConstructor):
         self._changed.set()
         self._changed = anyio.Event()
 
-    async def wait_ready(self, timeout: float | None = None) -> None:
+    async def wait_ready(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - trio's own wait_* style takes a cancel scope; this one is the documented shape
         """Wait until the feature is running; FeatureUnavailableError if it is stopped or failed."""
         with anyio.fail_after(timeout):
             while self.state is not FeatureState.RUNNING:
                 self._check_available()
                 await self._changed.wait()
+
+    @property
+    def running(self) -> bool:
+        return self.state is FeatureState.RUNNING
+
+    async def _running_instance(self) -> tuple[Instance, Ready]:
+        """The live container once the feature runs (not one that just ended)."""
+        while True:
+            await self.wait_ready()
+            instance = self.instance
+            if instance is not None and instance.ready is not None and not instance.ended.is_set():
+                return instance, instance.ready
+            await self._changed.wait()  # it just ended: the supervisor is about to act
 
     def _check_available(self) -> None:
         if self.state is FeatureState.QUARANTINED:
@@ -197,8 +211,8 @@ class Supervisor(metaclass=_NoPublicConstructor):
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.call_timeout = call_timeout
-        self._handles = {
-            name: FeatureHandle._create(app.features[name], index)  # type: ignore[attr-defined]
+        self._handles: dict[str, FeatureHandle] = {
+            name: FeatureHandle._create(app.features[name], index)
             for index, name in enumerate(app.start_order)
         }
         self._order = list(app.start_order)
@@ -223,7 +237,9 @@ class Supervisor(metaclass=_NoPublicConstructor):
             return self._handles[name]
         except KeyError:
             known = ", ".join(self._order)
-            raise FeatureError(name, f"is not part of app {self.app.manifest.name!r} ({known})") from None
+            raise FeatureError(
+                name, f"is not part of app {self.app.manifest.name!r} ({known})"
+            ) from None
 
     async def start(self, name: str) -> None:
         """Start a stopped feature and wait until it is ready (FeatureStartError otherwise)."""
@@ -234,7 +250,7 @@ class Supervisor(metaclass=_NoPublicConstructor):
             handle.wanted = True
             handle.restarts = RestartTracker(handle.manifest.restart)
             await self._launch(handle)
-        if handle.state is not FeatureState.RUNNING:
+        if not handle.running:
             raise handle.last_error or FeatureStartError(name, "did not start")
 
     async def stop(self, name: str) -> None:
@@ -252,11 +268,16 @@ class Supervisor(metaclass=_NoPublicConstructor):
             await self._stop(handle, keep_wanted=True)
             handle.restarts = RestartTracker(handle.manifest.restart)
             await self._launch(handle)
-        if handle.state is not FeatureState.RUNNING:
+        if not handle.running:
             raise handle.last_error or FeatureStartError(name, "did not start")
 
     async def call(
-        self, feature: str, service: str, payload: Any = None, *, timeout: float | None = None
+        self,
+        feature: str,
+        service: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a call's deadline travels with it
     ) -> Any:
         """Call ``service`` of ``feature`` with host authority; returns its reply.
 
@@ -267,12 +288,10 @@ class Supervisor(metaclass=_NoPublicConstructor):
         """
         handle = self.feature(feature)
         limit = self.call_timeout if timeout is None else timeout
-        with anyio.move_on_after(limit) as scope:
-            await handle.wait_ready()
-            instance = handle.instance
-            assert instance is not None and instance.ready is not None  # noqa: S101 - RUNNING
-            if service not in instance.ready.services:
-                offered = ", ".join(instance.ready.services) or "none"
+        with anyio.move_on_after(limit):
+            instance, ready = await handle._running_instance()
+            if service not in ready.services:
+                offered = ", ".join(ready.services) or "none"
                 raise FeatureError(feature, f"has no service {service!r} (services: {offered})")
             return await instance.call(service, payload)
         raise FeatureTimeoutError(feature, f"{service!r} did not answer within {limit:g}s")
@@ -331,7 +350,9 @@ class Supervisor(metaclass=_NoPublicConstructor):
         uid = _UID_BASE + ((os.getpid() & 0xFFFF) << 8) + (self._slots & 0xFF)
         return uid, uid
 
-    def _spec(self, handle: FeatureHandle, uid: int, gid: int, cgroup: ContainerCgroup | None) -> LaunchSpec:
+    def _spec(
+        self, handle: FeatureHandle, uid: int, gid: int, cgroup: ContainerCgroup | None
+    ) -> LaunchSpec:
         manifest = handle.manifest
         grant = self.app.grants[handle.name]
         limits = manifest.limits
@@ -362,7 +383,7 @@ class Supervisor(metaclass=_NoPublicConstructor):
         ]
         inline = self._inline.get(handle.name)
         code = (
-            Inline(pickled=cloudpickle.dumps(inline))
+            Inline(pickled=_pickle_feature(inline))
             if inline is not None
             else Entry(module=manifest.entry_module, attribute=manifest.entry_attribute)
         )
@@ -378,7 +399,9 @@ class Supervisor(metaclass=_NoPublicConstructor):
             seccomp=request.seccomp,
             landlock_abi=isolation.landlock_abi if request.landlock else 0,
         )
-        return LaunchSpec(handle.name, manifest.version, request, expectation, start, self.start_timeout)
+        return LaunchSpec(
+            handle.name, manifest.version, request, expectation, start, self.start_timeout
+        )
 
     async def _launch(self, handle: FeatureHandle) -> None:
         """Start one container for ``handle`` (lock held); on failure, hand it to restart logic."""
@@ -403,11 +426,13 @@ class Supervisor(metaclass=_NoPublicConstructor):
         except CapsuleError as exc:
             if cgroup is not None:
                 await anyio.to_thread.run_sync(cgroup.remove)
-            error = exc if isinstance(exc, FeatureError) else FeatureStartError(handle.name, str(exc))
+            error = (
+                exc if isinstance(exc, FeatureError) else FeatureStartError(handle.name, str(exc))
+            )
             handle.last_error = error
             handle.last_exit = f"failed to start: {exc}"
             _log.error("feature failed to start", feature=handle.name, error=str(exc))
-            self._after_exit(handle, Ending(None, None, False, str(exc)))
+            self._after_exit(handle, Ending(None, None, requested=False, reason=str(exc)))
             return
         self._started += 1
         handle.instance = instance
@@ -418,15 +443,15 @@ class Supervisor(metaclass=_NoPublicConstructor):
 
     async def _watch(self, handle: FeatureHandle, instance: Instance) -> None:
         ending = await instance.serve()
-        if instance.cgroup is not None:
-            await anyio.to_thread.run_sync(instance.cgroup.remove)
         for token in instance.spec.start.tokens:
             self._authority.revoke(token)
         handle.last_exit = ending.reason
-        if ending.requested or handle.instance is not instance:
-            return
-        _log.warning("feature exited", feature=handle.name, reason=ending.reason)
-        self._after_exit(handle, ending)
+        if not ending.requested and handle.instance is instance:
+            _log.warning("feature exited", feature=handle.name, reason=ending.reason)
+            self._after_exit(handle, ending)
+        if instance.cgroup is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(instance.cgroup.remove)
 
     def _after_exit(self, handle: FeatureHandle, ending: Ending) -> None:
         """Apply the restart policy and the app's strategy to an unrequested exit."""
@@ -461,9 +486,7 @@ class Supervisor(metaclass=_NoPublicConstructor):
             names = self._order[handle.index :]
         else:
             names = [handle.name]
-        return [
-            self._handles[n] for n in names if n == handle.name or self._handles[n].wanted
-        ]
+        return [self._handles[n] for n in names if n == handle.name or self._handles[n].wanted]
 
     async def _restart_after(self, handle: FeatureHandle, delay: float) -> None:
         _log.info("feature restarting", feature=handle.name, delay=round(delay, 3))
@@ -502,6 +525,33 @@ class Supervisor(metaclass=_NoPublicConstructor):
             self._rundir.close()
 
 
+def _pickle_feature(feature: Feature) -> bytes:
+    """cloudpickle a Feature, by value for every module the container cannot import.
+
+    Handlers defined in a test module or the host program travel as code; capsule's
+    own (the fault services) travel by reference.
+    """
+    handlers = [
+        *feature.services.values(),
+        *(f for listeners in feature.listeners.values() for f in listeners),
+        *feature.start_hooks,
+        *feature.stop_hooks,
+    ]
+    modules = {
+        sys.modules[name]
+        for name in {getattr(h, "__module__", "") for h in handlers}
+        if name in sys.modules and name != "__main__" and name.partition(".")[0] != "capsule"
+    }
+    for module in modules:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        pickled: bytes = cloudpickle.dumps(feature)
+        return pickled
+    finally:
+        for module in modules:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
 def _load(app: str | os.PathLike[str] | App) -> App:
     if isinstance(app, App):
         return app
@@ -529,9 +579,11 @@ async def open_supervisor(
     loaded = _load(app)
     unknown = sorted(set(inline or ()) - set(loaded.features))
     if unknown:
-        raise ConfigError(f"inline features not in app {loaded.manifest.name!r}: {', '.join(unknown)}")
+        raise ConfigError(
+            f"inline features not in app {loaded.manifest.name!r}: {', '.join(unknown)}"
+        )
     async with anyio.create_task_group() as tg:
-        sup = Supervisor._create(  # type: ignore[attr-defined]
+        sup = Supervisor._create(
             loaded,
             tg,
             inline=inline or {},
@@ -545,4 +597,3 @@ async def open_supervisor(
         finally:
             await sup._close()
             tg.cancel_scope.cancel()
-

@@ -1,1 +1,35 @@
-"""capsule.testing: start supervisors on temporary apps, inline features, fault injection."""
+"""capsule.testing: run real sandboxed apps from tests, with inline features and faults.
+
+::
+
+    from capsule.testing import TestApp
+
+    async def test_echo(tmp_path):
+        app = TestApp(tmp_path)
+        echo = app.feature("echo")
+
+        @echo.service("echo")
+        async def _(ctx, request):
+            return request
+
+        async with app.open() as sup:
+            assert await sup.call("echo", "echo", {"x": 1}) == {"x": 1}
+
+Every inline feature also answers ``fault`` (``{"kind": "segfault"}`` and the
+other kinds in ``FAULTS``), and :func:`kill` signals a container from outside.
+:func:`leftovers` lists anything a supervisor left behind. The ``capsule_app``
+pytest fixture gives a fresh :class:`TestApp` under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+from capsule._facade import publish
+from capsule.testing._app import TestApp as TestApp
+from capsule.testing._app import kill as kill
+from capsule.testing._faults import FAULTS as FAULTS
+from capsule.testing._faults import install_faults as install_faults
+from capsule.testing._leftovers import leftovers as leftovers
+
+__all__ = ["FAULTS", "TestApp", "install_faults", "kill", "leftovers"]
+
+publish(__name__, globals(), (n for n in __all__ if n != "FAULTS"))

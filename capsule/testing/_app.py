@@ -1,0 +1,214 @@
+"""Throwaway apps for tests: real manifests on disk, features defined inline in the test.
+
+Writes ordinary app.toml and capsule.toml files (checked by the same loader as any
+app) and runs the inline Feature objects in real sandboxed containers.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from capsule._container._feature import Feature
+from capsule._supervisor._supervisor import Supervisor, open_supervisor
+from capsule.errors import FeatureError
+from capsule.testing._faults import install_faults
+
+__all__ = ["TestApp", "kill"]
+
+_PLACEHOLDER: Final = '''"""Stands in for an inline feature: capsule.testing ships the real one."""
+
+from capsule.feature import Feature
+
+feature = Feature()
+'''
+
+TomlValue = str | int | float | bool | list[Any] | dict[str, Any]
+
+
+def _toml(value: TomlValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+
+
+def _fs_items(value: TomlValue) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(i, dict) for i in value):
+        raise TypeError(f'policy "fs" must be a list of tables, not {value!r}')
+    return value
+
+
+def _table(name: str, values: Mapping[str, TomlValue]) -> str:
+    lines = [f"[{name}]"] + [f"{key} = {_toml(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class _Spec:
+    feature: Feature
+    version: str
+    requires: tuple[str, ...]
+    topics: tuple[str, ...]
+    limits: Mapping[str, TomlValue]
+    restart: Mapping[str, TomlValue]
+    policy: Mapping[str, TomlValue]
+    volumes: Mapping[str, str] = field(default_factory=dict)
+
+
+class TestApp:
+    """An app under a temporary directory whose features are defined in the test::
+
+        app = TestApp(tmp_path)
+        echo = app.feature("echo")
+
+        @echo.service("echo")
+        async def _(ctx, request):
+            return request
+
+        async with app.open() as sup:
+            assert await sup.call("echo", "echo", 1) == 1
+
+    Every feature also answers the ``fault`` service (see :mod:`capsule.testing`)
+    unless created with ``faults=False``.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        name: str = "testapp",
+        strategy: str = "one_for_one",
+        allow_missing: Iterable[str] = (),
+    ) -> None:
+        self.root = Path(root)
+        self.name = name
+        self.strategy = strategy
+        self.allow_missing = tuple(allow_missing)
+        self._specs: dict[str, _Spec] = {}
+        self._volumes: dict[str, str] = {}
+
+    def volume(self, name: str, files: Mapping[str, str] | None = None) -> Path:
+        """Create a volume directory (with ``files``: relative path -> text) and declare it."""
+        path = self.root / "volumes" / name
+        path.mkdir(parents=True, exist_ok=True)
+        for relative, text in (files or {}).items():
+            target = path / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        self._volumes[name] = f"volumes/{name}"
+        return path
+
+    def feature(
+        self,
+        name: str,
+        *,
+        version: str = "1.0.0",
+        requires: Iterable[str] = (),
+        topics: Iterable[str] = (),
+        limits: Mapping[str, TomlValue] | None = None,
+        restart: Mapping[str, TomlValue] | None = None,
+        policy: Mapping[str, TomlValue] | None = None,
+        faults: bool = True,
+    ) -> Feature:
+        """Declare a feature and return its Feature object to register handlers on.
+
+        ``limits`` and ``restart`` are the ``[limits]`` and ``[restart]`` tables of its
+        capsule.toml; ``policy`` is both its ``[access]`` request and the app's
+        approval (``{"fs": [{"path": "/data", "volume": "words"}]}``).
+        """
+        if name in self._specs:
+            raise ValueError(f"feature {name!r} is declared twice")
+        feature = Feature()
+        if faults:
+            install_faults(feature)
+        self._specs[name] = _Spec(
+            feature=feature,
+            version=version,
+            requires=tuple(requires),
+            topics=tuple(topics),
+            limits=dict(limits or {}),
+            restart=dict(restart or {}),
+            policy=dict(policy or {}),
+        )
+        return feature
+
+    @property
+    def inline(self) -> dict[str, Feature]:
+        return {name: spec.feature for name, spec in self._specs.items()}
+
+    def write(self) -> Path:
+        """Write app.toml and every bundle; returns the app directory."""
+        if not self._specs:
+            raise ValueError("a TestApp needs at least one feature")
+        self.root.mkdir(parents=True, exist_ok=True)
+        head: dict[str, TomlValue] = {
+            "name": self.name,
+            "features": [f"features/{name}" for name in self._specs],
+            "strategy": self.strategy,
+        }
+        if self.allow_missing:
+            head["allow_missing"] = list(self.allow_missing)
+        parts = [_table("app", head)]
+        if self._volumes:
+            parts.append(_table("volumes", self._volumes))
+        for name, spec in self._specs.items():
+            self._write_bundle(name, spec)
+            if spec.policy:
+                parts.append(_table(f"policy.{name}", spec.policy))
+        (self.root / "app.toml").write_text("\n".join(parts), encoding="utf-8")
+        return self.root
+
+    def _write_bundle(self, name: str, spec: _Spec) -> None:
+        bundle = self.root / "features" / name
+        bundle.mkdir(parents=True, exist_ok=True)
+        (bundle / "inline.py").write_text(_PLACEHOLDER, encoding="utf-8")
+        access: dict[str, TomlValue] = {
+            key: [{"path": i["path"], "mode": i.get("mode", "ro")} for i in _fs_items(value)]
+            if key == "fs"
+            else value
+            for key, value in spec.policy.items()
+        }
+        parts = [
+            _table("feature", {"name": name, "version": spec.version, "entry": "inline:feature"}),
+            _table(
+                "provides",
+                {"services": sorted(spec.feature.services), "topics": list(spec.topics)},
+            ),
+        ]
+        if spec.requires:
+            parts.append(_table("requires", {"features": list(spec.requires)}))
+        if access:
+            parts.append(_table("access", access))
+        if spec.limits:
+            parts.append(_table("limits", spec.limits))
+        if spec.restart:
+            parts.append(_table("restart", spec.restart))
+        (bundle / "capsule.toml").write_text("\n".join(parts), encoding="utf-8")
+
+    @asynccontextmanager
+    async def open(self, **options: Any) -> AsyncIterator[Supervisor]:
+        """Write the app and run it: ``open_supervisor`` with the inline features."""
+        async with open_supervisor(self.write(), inline=self.inline, **options) as sup:
+            yield sup
+
+
+def kill(sup: Supervisor, feature: str, sig: int = signal.SIGKILL) -> int:
+    """Send ``sig`` to a feature's running container from outside; returns its pid."""
+    instance = sup.feature(feature).instance
+    if instance is None or instance.ended.is_set():
+        raise FeatureError(feature, "has no running container to signal")
+    instance.send_signal(sig)
+    return instance.pid

@@ -1,0 +1,46 @@
+"""Finds what a supervisor of this process might have left behind: directories, cgroups, processes.
+
+Read-only checks for tests; it removes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from capsule._sandbox._cgroups import detect, run_name_for
+from capsule._supervisor._rundir import runtime_base
+
+__all__ = ["leftovers"]
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "children").read_text(encoding="ascii")
+        except OSError:
+            continue
+        found += [int(child) for child in text.split()]
+    return found
+
+
+def leftovers() -> list[str]:
+    """Run directories, cgroups and child processes of this process's supervisors."""
+    name = run_name_for(os.getpid())
+    found: list[str] = []
+    rundir = runtime_base() / name
+    if rundir.exists():
+        found.append(f"run directory {rundir}")
+    support = detect()
+    for root in support.roots.values():
+        group = Path(root) / "capsule" / name
+        if group.exists():
+            found.append(f"cgroup {group}")
+    for child in _children(os.getpid()):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        found.append(f"process {child}: {cmdline.strip()}")
+    return found
