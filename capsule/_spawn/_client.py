@@ -7,6 +7,7 @@ the supervisor itself.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -214,13 +215,8 @@ class ZygoteClient:
         anyio.notify_closing(self._sock)
         self._sock.close()
         process = self._process
-        if process.poll() is None:
-            pidfd = os.pidfd_open(process.pid)
-            try:
-                with anyio.move_on_after(_EXIT_GRACE):
-                    await anyio.wait_readable(pidfd)
-            finally:
-                os.close(pidfd)
-        if process.poll() is None:
+        try:
+            await anyio.to_thread.run_sync(functools.partial(process.wait, timeout=_EXIT_GRACE))
+        except subprocess.TimeoutExpired:
             process.kill()
-        await anyio.to_thread.run_sync(process.wait)
+            await anyio.to_thread.run_sync(process.wait)
