@@ -1,4 +1,5 @@
-"""The notes demo: validate the app, hand out its authority as tokens, and refuse misuse.
+"""The notes demo: validate the app, hand out its authority as tokens, refuse misuse, and
+run the features in sandboxed containers that contain a hostile one.
 
 Run with `nox -s demo` (or `python demos/run_demo.py`). Exits 0 when every step behaved
 as designed, 1 otherwise, and says which step did not.
@@ -6,15 +7,23 @@ as designed, 1 otherwise, and says which step did not.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import anyio
 import structlog
 
 import capsule
+import capsule.testing
 from capsule.errors import CapabilityDeniedError, InvalidTokenError
 from capsule.tokens import Action, KeyRing, Token, TokenAuthority, compile_grant
 
@@ -135,15 +144,106 @@ def misuse_is_refused(tokens: dict[str, Token], authority: TokenAuthority) -> No
     )
 
 
+async def run_in_containers() -> None:
+    print("\nthe notes app, each feature in its own container")
+    async with capsule.open_supervisor(HERE / "notes") as sup:
+        serving = ["dictionary", "spellcheck", "exporter", "plugin"]
+        for name in serving:
+            stats = sup.feature(name).statistics()
+            memory = f"{(stats.memory_current or 0) / 2**20:.1f} MiB"
+            step(f"{name} runs in a container", ok=stats.state == "running", detail=memory)
+        words = await sup.call("plugin", "stats", {})
+        step(
+            "the plugin counts the public notes it can see",
+            ok=words["notes"] > 0,
+            detail=str(words),
+        )
+        old = await capsule.testing.crash(sup, "plugin", signal.SIGKILL)
+        again = None
+        for _ in range(3):  # a call may still reach the dying container: then it fails at once
+            with contextlib.suppress(capsule.FeatureCrashedError):
+                again = await sup.call("plugin", "stats", {})
+                break
+        step(
+            "the plugin is restarted after its container is killed",
+            ok=again == words and sup.feature("plugin").statistics().pid != old,
+        )
+        reply = await sup.call("dictionary", "lookup", {"words": ["notes"]})
+        step("the others kept answering", ok="known" in reply)
+
+
+async def _attack(ctx: Any, request: Any) -> dict[str, Any]:
+    """Run inside a container: what a hostile feature tries first."""
+    from capsule.testing._probes import syscall32  # noqa: PLC0415 - runs in the container
+
+    results: dict[str, Any] = {}
+    for path in ("/etc/hostname", "/root", "/home"):
+        try:
+            open(path).close()  # noqa: ASYNC230 - the attack is a plain, blocking open()
+            results[path] = "read"
+        except OSError as exc:
+            results[path] = errno.errorcode[exc.errno or 0]
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+        results["socket"] = "opened"
+    except OSError as exc:
+        results["socket"] = errno.errorcode[exc.errno or 0]
+    if request.get("int80"):
+        syscall32(20)  # getpid through the 32-bit ABI: the filter kills the container
+    return results
+
+
+async def contain_a_hostile_feature(root: Path) -> None:
+    print("\na hostile feature, contained")
+    app = capsule.testing.TestApp(root, name="hostile")
+    app.feature("rogue", restart={"max_restarts": 1, "backoff": "10ms..20ms"}).service("attack")(
+        _attack
+    )
+    app.feature("bystander").service("attack")(_attack)
+    async with app.open() as sup:
+        seen = await sup.call("rogue", "attack", {})
+        step(
+            "host files are not in its view", ok=seen["/etc/hostname"] == "ENOENT", detail=str(seen)
+        )
+        step("it cannot open a network socket", ok=seen["socket"] == "EAFNOSUPPORT")
+        try:
+            await sup.call("rogue", "attack", {"int80": True})
+            killed = None
+        except capsule.FeatureCrashedError as exc:
+            killed = exc.signal
+        step("a 32-bit system call kills it", ok=killed == signal.SIGSYS)
+        await sup.feature("rogue").wait_ready(timeout=5)
+        with contextlib.suppress(capsule.FeatureCrashedError):
+            await sup.call("rogue", "fault", {"kind": "segfault"})
+        with anyio.move_on_after(5):
+            while sup.feature("rogue").state.value != "quarantined":  # noqa: ASYNC110 - a demo's short poll
+                await anyio.sleep(0.01)
+        state = sup.feature("rogue").state.value
+        step("after too many crashes it is quarantined", ok=state == "quarantined")
+        calm = await sup.call("bystander", "attack", {})
+        step("its neighbour was never disturbed", ok=calm == seen)
+    step("nothing is left behind", ok=capsule.testing.leftovers() == [])
+
+
 def _render(_: object, __: str, event: dict[str, object]) -> str:
-    """Show the log's refusal reasons as indented lines under each step."""
-    detail = event.get("reason") or f"{event.get('revoked')} revoked"
-    return f"         log: {event['event']}: {detail}"
+    """Show the log's reasons as indented lines under each step."""
+    detail = event.get("reason") or event.get("error") or event.get("last")
+    if detail is None and "revoked" in event:
+        detail = f"{event['revoked']} revoked"
+    who = f"{event['feature']}: " if "feature" in event else ""
+    return f"         log: {who}{event['event']}" + (f": {detail}" if detail else "")
+
+
+def _quiet(_: object, method: str, event: dict[str, object]) -> dict[str, object]:
+    """Keep the narration readable: the supervisor's routine info lines are dropped."""
+    if method == "info" and event["event"] not in {"token refused"}:
+        raise structlog.DropEvent
+    return event
 
 
 def main() -> int:
     structlog.configure(
-        processors=[_render], logger_factory=structlog.PrintLoggerFactory(sys.stdout)
+        processors=[_quiet, _render], logger_factory=structlog.PrintLoggerFactory(sys.stdout)
     )
     print("capsule notes demo\n")
     app = check_apps()
@@ -151,6 +251,9 @@ def main() -> int:
     tokens = hand_out(app, authority)
     plugin_is_contained(tokens, authority)
     misuse_is_refused(tokens, authority)
+    anyio.run(run_in_containers, backend="trio")
+    with tempfile.TemporaryDirectory() as tmp:  # this one on asyncio: the host loop is yours
+        anyio.run(contain_a_hostile_feature, Path(tmp), backend="asyncio")
     if failures:
         print(f"\n{len(failures)} step(s) did not behave as designed: {', '.join(failures)}")
         return 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import select
 import signal
 import socket
 import traceback
@@ -99,9 +100,12 @@ def run_outer(
         os.close(unshared)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        lifeline, held = os.pipe()
         inner = os.fork()
         if inner == 0:
-            _run_inner(request, channel, stage, seccomp_program)
+            os.close(held)
+            _run_inner(request, channel, stage, seccomp_program, lifeline)
+        os.close(lifeline)
         os.close(channel)
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
@@ -153,13 +157,27 @@ def _become_container_root() -> None:
     os.setresuid(0, 0, 0)
 
 
+def _die_with_outer(lifeline: int) -> None:
+    """Arm PDEATHSIG (after the last uid change: a uid change disarms it), then make
+    sure the outer process did not already die before it was armed."""
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    readable, _, _ = select.select([lifeline], [], [], 0)
+    if readable:  # the write end is closed: the outer process is gone
+        os._exit(EXIT_BOOTSTRAP)
+    os.close(lifeline)
+
+
 def _run_inner(
-    request: SpawnRequest, channel: int, stage: str, seccomp_program: bytes | None
+    request: SpawnRequest,
+    channel: int,
+    stage: str,
+    seccomp_program: bytes | None,
+    lifeline: int,
 ) -> NoReturn:
     try:
-        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         os.setsid()
         build_root(stage, request.view, _become_container_root)
+        _die_with_outer(lifeline)
         enter_root()
         socket.sethostname(request.name)
         null = os.open("/dev/null", os.O_RDWR)

@@ -144,9 +144,7 @@ class FeatureHandle(metaclass=_NoPublicConstructor):
     async def wait_ready(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - trio's own wait_* style takes a cancel scope; this one is the documented shape
         """Wait until the feature is running; FeatureUnavailableError if it is stopped or failed."""
         with anyio.fail_after(timeout):
-            while self.state is not FeatureState.RUNNING:
-                self._check_available()
-                await self._changed.wait()
+            await self._running_instance()
 
     @property
     def running(self) -> bool:
@@ -155,7 +153,9 @@ class FeatureHandle(metaclass=_NoPublicConstructor):
     async def _running_instance(self) -> tuple[Instance, Ready]:
         """The live container once the feature runs (not one that just ended)."""
         while True:
-            await self.wait_ready()
+            while self.state is not FeatureState.RUNNING:
+                self._check_available()
+                await self._changed.wait()
             instance = self.instance
             if instance is not None and instance.ready is not None and not instance.ended.is_set():
                 return instance, instance.ready
@@ -347,7 +347,8 @@ class Supervisor(metaclass=_NoPublicConstructor):
         if os.geteuid() != 0:
             return os.geteuid(), os.getegid()
         self._slots += 1
-        uid = _UID_BASE + ((os.getpid() & 0xFFFF) << 8) + (self._slots & 0xFF)
+        uids = container_uids(os.getpid())
+        uid = uids[self._slots % len(uids)]
         return uid, uid
 
     def _spec(
@@ -523,6 +524,12 @@ class Supervisor(metaclass=_NoPublicConstructor):
             if self._cgroups is not None:
                 await anyio.to_thread.run_sync(self._cgroups.close)
             self._rundir.close()
+
+
+def container_uids(supervisor_pid: int) -> range:
+    """The host uids a root supervisor maps its containers' root to: 256 of its own."""
+    first = _UID_BASE + ((supervisor_pid & 0xFFFF) << 8)
+    return range(first, first + 256)
 
 
 def _pickle_feature(feature: Feature) -> bytes:

@@ -16,7 +16,8 @@
             assert await sup.call("echo", "echo", {"x": 1}) == {"x": 1}
 
 Every inline feature also answers ``fault`` (``{"kind": "segfault"}`` and the
-other kinds in ``FAULTS``), and :func:`kill` signals a container from outside.
+other kinds in ``FAULTS``), :func:`kill` signals a container from outside and
+:func:`crash` also waits until it has ended.
 :func:`leftovers` lists anything a supervisor left behind. The ``capsule_app``
 pytest fixture gives a fresh :class:`TestApp` under ``tmp_path``.
 """
@@ -25,11 +26,12 @@ from __future__ import annotations
 
 from capsule._facade import publish
 from capsule.testing._app import TestApp as TestApp
+from capsule.testing._app import crash as crash
 from capsule.testing._app import kill as kill
 from capsule.testing._faults import FAULTS as FAULTS
 from capsule.testing._faults import install_faults as install_faults
 from capsule.testing._leftovers import leftovers as leftovers
 
-__all__ = ["FAULTS", "TestApp", "install_faults", "kill", "leftovers"]
+__all__ = ["FAULTS", "TestApp", "crash", "install_faults", "kill", "leftovers"]
 
 publish(__name__, globals(), (n for n in __all__ if n != "FAULTS"))

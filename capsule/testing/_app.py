@@ -19,7 +19,7 @@ from capsule._supervisor._supervisor import Supervisor, open_supervisor
 from capsule.errors import FeatureError
 from capsule.testing._faults import install_faults
 
-__all__ = ["TestApp", "kill"]
+__all__ = ["TestApp", "crash", "kill"]
 
 _PLACEHOLDER: Final = '''"""Stands in for an inline feature: capsule.testing ships the real one."""
 
@@ -212,3 +212,12 @@ def kill(sup: Supervisor, feature: str, sig: int = signal.SIGKILL) -> int:
         raise FeatureError(feature, "has no running container to signal")
     instance.send_signal(sig)
     return instance.pid
+
+
+async def crash(sup: Supervisor, feature: str, sig: int = signal.SIGKILL) -> int:
+    """Like :func:`kill`, then wait until that container has ended; returns its pid."""
+    instance = sup.feature(feature).instance
+    pid = kill(sup, feature, sig)
+    assert instance is not None  # noqa: S101 - kill() checked it
+    await instance.ended.wait()
+    return pid

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from capsule._sandbox._cgroups import detect, run_name_for
 from capsule._supervisor._rundir import runtime_base
+from capsule._supervisor._supervisor import container_uids
 
 __all__ = ["leftovers"]
 
@@ -25,8 +26,27 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _container_processes() -> list[str]:
+    """Processes running as one of the host uids this process's containers map to."""
+    if os.geteuid() != 0:
+        return []  # rootless containers run as our own uid: the cgroup check covers them
+    uids = container_uids(os.getpid())
+    found: list[str] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text(encoding="ascii")
+        except OSError:
+            continue
+        uid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:"))
+        if uid in uids:
+            found.append(f"container process {entry.name} (uid {uid})")
+    return found
+
+
 def leftovers() -> list[str]:
-    """Run directories, cgroups and child processes of this process's supervisors."""
+    """Run directories, cgroups, child and container processes of this process's supervisors."""
     name = run_name_for(os.getpid())
     found: list[str] = []
     rundir = runtime_base() / name
@@ -43,4 +63,4 @@ def leftovers() -> list[str]:
         except OSError:
             continue
         found.append(f"process {child}: {cmdline.strip()}")
-    return found
+    return found + _container_processes()
