@@ -17,7 +17,10 @@ Sessions
 ``bench``
     Runs every ``benchmarks/*.py`` script in name order, each with
     ``--json benchmarks/results/<name>.json``. Names starting with ``_`` are helper
-    modules, not benchmarks, and are skipped.
+    modules, not benchmarks, and are skipped. ``benchmarks/spawn.py`` compares against
+    bubblewrap, so the session first installs Debian's ``bubblewrap`` with ``apt-get``
+    when ``bwrap`` is missing and it runs as root; otherwise it prints the command to run
+    and goes on (that benchmark then skips its bubblewrap row).
 ``docs``
     Fails if ``docs/`` holds no Markdown file. Runs ``docs/check_docs.py`` if it
     exists; otherwise checks that every relative link in ``docs/**/*.md``,
@@ -53,6 +56,7 @@ from nox.command import CommandFailed
 
 ROOT = Path(__file__).resolve().parent
 FUSE_PACKAGES = ("libfuse3-dev", "fuse3", "pkg-config")
+BENCH_PACKAGES = ("bubblewrap",)  # bwrap, which benchmarks/spawn.py compares against
 
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
@@ -180,10 +184,41 @@ def demo(session: nox.Session) -> None:
         session.run("capsule", "check", str(Path("demos", "notes")))
 
 
+def _ensure_bubblewrap(session: nox.Session) -> None:
+    """Install Debian's ``bubblewrap`` with apt-get if ``bwrap`` is missing, or say how to.
+
+    Only warns when that cannot be done: the benchmark needing it skips its row instead.
+    ``apt-get update`` runs only when the first install attempt fails.
+    """
+    if shutil.which("bwrap") is not None:
+        return
+    sudo_command = "sudo apt-get install -y " + " ".join(BENCH_PACKAGES)
+    if os.geteuid() != 0:
+        session.warn(f"bwrap is missing, benchmarks/spawn.py will skip it; run: {sudo_command}")
+        return
+    if shutil.which("apt-get") is None:
+        session.warn(
+            "bwrap is missing and apt-get is not available, benchmarks/spawn.py will skip it;"
+            f" install the equivalent of: {' '.join(BENCH_PACKAGES)}"
+        )
+        return
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    install = ("apt-get", "install", "-y", "--no-install-recommends", *BENCH_PACKAGES)
+    try:
+        session.run(*install, env=env, external=True)
+    except CommandFailed:
+        session.log("apt-get install failed; updating the package lists and retrying")
+        session.run("apt-get", "update", env=env, external=True)
+        session.run(*install, env=env, external=True)
+    if shutil.which("bwrap") is None:
+        session.error(f"apt-get finished but bwrap is still not on PATH; try: {sudo_command}")
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run every benchmark script and write its results to benchmarks/results/."""
     _install_project(session)
+    _ensure_bubblewrap(session)
     scripts = sorted(
         path for path in (ROOT / "benchmarks").glob("*.py") if not path.name.startswith("_")
     )
