@@ -126,7 +126,8 @@ def _mirror_exit(pid: int) -> NoReturn:
             os._exit(EXIT_BOOTSTRAP)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
+        if sig not in {signal.SIGKILL, signal.SIGSTOP}:  # those two have no handler to reset
+            signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 

@@ -78,15 +78,18 @@ class _Zygote:
         go_read, go_write = os.pipe()
         ns_read, ns_write = os.pipe()
         pid = os.fork()
-        if pid == 0:
-            _bootstrap.run_outer(
-                request,
-                channel=channel,
-                go=go_read,
-                unshared=ns_write,
-                stage=self.stage,
-                seccomp_program=self.seccomp,
-            )
+        if pid == 0:  # never return into the zygote's code, whatever happens
+            try:
+                _bootstrap.run_outer(
+                    request,
+                    channel=channel,
+                    go=go_read,
+                    unshared=ns_write,
+                    stage=self.stage,
+                    seccomp_program=self.seccomp,
+                )
+            finally:
+                os._exit(_bootstrap.EXIT_BOOTSTRAP)
         os.close(go_read)
         os.close(ns_write)
         os.close(channel)

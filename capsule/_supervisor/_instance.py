@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 from collections import deque
+from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Final
 
@@ -133,6 +134,7 @@ class Instance:
         self._stop_requested = False
         self.ended = anyio.Event()
         self.ending: Ending | None = None
+        self.on_end: Callable[[Ending], None] | None = None
         self.logs: deque[str] = deque(maxlen=_LOG_TAIL)
         self.calls_total = 0
         self.started_at = anyio.current_time()
@@ -237,7 +239,9 @@ class Instance:
         if scope.cancelled_caught:  # closed its channel but lives on: end it
             await self.kill()
             status = await self._zygote.wait_exit(self.pid)
-        return self._finish(status)
+        ending = self._finish(status)
+        await self._channel.aclose()
+        return ending
 
     def _answer(self, message: Reply | Failure) -> None:
         pending = self._calls.get(message.id)
@@ -255,6 +259,8 @@ class Instance:
         stats = self.statistics()
         code, sig, reason = _describe(status, 0 if stats is None else stats.oom_kills)
         self.ending = Ending(code, sig, requested=self._stop_requested, reason=reason)
+        if self.on_end is not None:  # the supervisor acts before any caller hears of it
+            self.on_end(self.ending)
         error = self.ending.error(self.feature)
         for pending in self._calls.values():
             pending.error = error

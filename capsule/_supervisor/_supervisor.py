@@ -9,6 +9,7 @@ evaluates anything a container sends, and never holds a lock across a call.
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -440,16 +441,20 @@ class Supervisor(metaclass=_NoPublicConstructor):
         handle.last_error = None
         handle._set(FeatureState.RUNNING)
         _log.info("feature running", feature=handle.name, pid=instance.pid)
-        self._tg.start_soon(self._watch, handle, instance)
+        instance.on_end = functools.partial(self._ended, handle, instance)
+        self._tg.start_soon(self._watch, instance)
 
-    async def _watch(self, handle: FeatureHandle, instance: Instance) -> None:
-        ending = await instance.serve()
+    def _ended(self, handle: FeatureHandle, instance: Instance, ending: Ending) -> None:
+        """A container ended: revoke what it held, then apply the policy (synchronously)."""
         for token in instance.spec.start.tokens:
             self._authority.revoke(token)
         handle.last_exit = ending.reason
         if not ending.requested and handle.instance is instance:
             _log.warning("feature exited", feature=handle.name, reason=ending.reason)
             self._after_exit(handle, ending)
+
+    async def _watch(self, instance: Instance) -> None:
+        await instance.serve()
         if instance.cgroup is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(instance.cgroup.remove)
