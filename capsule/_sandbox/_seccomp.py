@@ -12,7 +12,8 @@ The policy (default allow; see THREATS.md items 5, 10, 16, 17, 18 and 19):
 3. Argument checks (:data:`ARGUMENT_FILTERED_SYSCALLS`), each failing with ``EPERM`` unless said
    otherwise: ``clone`` with a namespace flag; ``socket`` and ``socketpair`` outside ``AF_UNIX``
    (``EAFNOSUPPORT``); ``ioctl`` ``TIOCSTI`` and ``TIOCLINUX``; ``personality`` other than
-   ``PER_LINUX`` and the query ``0xffffffff``.
+   ``PER_LINUX`` and the query ``0xffffffff``; ``prctl(PR_SET_DUMPABLE)`` (a container stays
+   undumpable, so no core_pattern pipe ever sees its memory).
 
 The program is a straight list of short forward jumps. Syscalls whose verdict does not depend on
 their arguments only ever load ``nr`` and ``arch``, so the kernel's seccomp action cache
@@ -107,6 +108,7 @@ _TIOCSTI: Final = 0x5412  # same value on x86_64 and aarch64 (asm-generic/ioctls
 _TIOCLINUX: Final = 0x541C
 _PER_LINUX: Final = 0x0000_0000
 _PERSONALITY_QUERY: Final = 0xFFFF_FFFF
+_PR_SET_DUMPABLE: Final = 4
 
 # --- policy ------------------------------------------------------------------------------------
 
@@ -195,7 +197,7 @@ DENIED_SYSCALLS: Final[frozenset[str]] = _EPERM_SYSCALLS | _ENOSYS_SYSCALLS
 
 #: Syscalls allowed or refused depending on their arguments.
 ARGUMENT_FILTERED_SYSCALLS: Final[frozenset[str]] = frozenset(
-    {"clone", "socket", "socketpair", "ioctl", "personality"}
+    {"clone", "socket", "socketpair", "ioctl", "personality", "prctl"}
 )
 
 
@@ -220,6 +222,7 @@ _X86_64_NUMBERS: Final = {
     "syslog": 103,
     "uselib": 134,
     "personality": 135,
+    "prctl": 157,
     "ustat": 136,
     "sysfs": 139,
     "vhangup": 153,
@@ -296,6 +299,7 @@ _AARCH64_NUMBERS: Final = {
     "quotactl": 60,
     "acct": 89,
     "personality": 92,
+    "prctl": 167,
     "unshare": 97,
     "kexec_load": 104,
     "init_module": 105,
@@ -569,6 +573,18 @@ def _check_personality(asm: _Assembler, nr: Mapping[str, int]) -> None:
     asm.place(miss)
 
 
+def _check_prctl(asm: _Assembler, nr: Mapping[str, int]) -> None:
+    """prctl: no way back to dumpable (arg0 is the option)."""
+    miss, deny = asm.label(), asm.label()
+    asm.jump(_BPF_JEQ_K, nr["prctl"], jf=miss)
+    asm.load(_arg_low(0))
+    asm.jump(_BPF_JEQ_K, _PR_SET_DUMPABLE, jt=deny)
+    asm.ret(_RET_ALLOW)
+    asm.place(deny)
+    asm.ret(_errno(errno.EPERM))
+    asm.place(miss)
+
+
 def _assemble(arch: _Arch) -> bytes:
     nr = arch.numbers
     asm = _Assembler()
@@ -579,6 +595,7 @@ def _assemble(arch: _Arch) -> bytes:
     _check_socket(asm, nr)
     _check_ioctl(asm, nr)
     _check_personality(asm, nr)
+    _check_prctl(asm, nr)
     # Sorted by number so that the program is the same whatever the string hash seed.
     denied = sorted(nr[name] for name in _EPERM_SYSCALLS if name in nr)
     _refuse_numbers(asm, denied, _errno(errno.EPERM))

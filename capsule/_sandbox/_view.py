@@ -141,7 +141,8 @@ def build_root(stage: str, plan: ViewPlan, become: Callable[[], None]) -> None:
 def _build_dev() -> None:
     os.makedirs("./dev")
     options = f"size={_DEV_SIZE},mode=0755,uid=0,gid=0"
-    sc.mount("tmpfs", "./dev", "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, options)
+    flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC  # the four devices are binds of their own
+    sc.mount("tmpfs", "./dev", "tmpfs", flags, options)
     for name in DEVICES:
         node = f"./dev/{name}"
         with open(node, "w"):
@@ -155,7 +156,7 @@ def _build_dev() -> None:
         ("stderr", "/proc/self/fd/2"),
     ):
         os.symlink(target, f"./dev/{name}")
-    sc.mount(None, "./dev", None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NOEXEC)
+    sc.mount(None, "./dev", None, sc.MS_REMOUNT | sc.MS_RDONLY | flags)
 
 
 def enter_root() -> None:

@@ -44,6 +44,7 @@ _ALL_NAMESPACES: Final = (
     | sc.CLONE_NEWCGROUP
 )
 _PR_GET_DUMPABLE: Final = 3
+_MEMFD_NOEXEC: Final = "/proc/sys/vm/memfd_noexec"
 
 
 def _report(channel: int, exc: BaseException) -> None:
@@ -152,6 +153,18 @@ def _apply_limits(request: SpawnRequest) -> None:
         resource.setrlimit(resource.RLIMIT_NPROC, (limits.nproc, limits.nproc))
 
 
+def _seal_memfds() -> None:
+    """No executable memfds in this PID namespace: code a feature writes there never runs.
+
+    ``vm.memfd_noexec`` is per PID namespace and can only be raised; 2 refuses
+    ``memfd_create`` without ``MFD_NOEXEC_SEAL``. Kernels before 6.3 lack it. Written
+    through the host's /proc while this process still has the identity that owns it;
+    the value applies to the writer's (new) PID namespace.
+    """
+    with contextlib.suppress(FileNotFoundError), open(_MEMFD_NOEXEC, "w", encoding="ascii") as f:
+        f.write("2")
+
+
 def _become_container_root() -> None:
     """Switch to the uid and gid the namespace's root maps to (capabilities stay, for now)."""
     os.setresgid(0, 0, 0)
@@ -177,6 +190,7 @@ def _run_inner(
 ) -> NoReturn:
     try:
         os.setsid()
+        _seal_memfds()
         build_root(stage, request.view, _become_container_root)
         _die_with_outer(lifeline)
         enter_root()

@@ -315,7 +315,10 @@ class Instance:
         if not self.ended.is_set():
             _log.warning("feature ignored stop", feature=self.feature, grace=grace)
             await self.kill()
-            await self.ended.wait()
+            with anyio.move_on_after(_EXIT_WAIT):
+                await self.ended.wait()
+            if not self.ended.is_set():  # never expected: say so rather than hang the supervisor
+                _log.error("container outlived SIGKILL", feature=self.feature, pid=self.pid)
 
     def send_signal(self, sig: int) -> None:
         """Signal the container's outer process through its pidfd (no pid reuse race)."""
