@@ -886,7 +886,7 @@ class CgroupTree:
         """Kill and remove every group made here, then the run directories. Idempotent.
 
         Raises SandboxError (the first failure) only after trying everything, and never for
-        directories that are gone already. ``capsule/`` itself stays: other runs share it.
+        directories that are gone already. ``capsule/`` itself goes only once it is empty.
         """
         with self._lock:
             failure: SandboxError | None = None
@@ -901,6 +901,10 @@ class CgroupTree:
             except SandboxError as exc:
                 failure = failure or exc
             self._opened = False
+            for parent in {run_dir.parent for run_dir in self.run_dirs}:
+                # the shared capsule/ goes too once the last run has left it (others keep it busy)
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
             if failure is not None:
                 raise failure
 

@@ -673,6 +673,8 @@ def test_v2_no_internal_processes_puts_capsule_in_the_parent() -> None:
     name = unique_run_name()
     top = capsule / name
     inner = top / "inner"
+    created = not capsule.exists()  # the last run to leave removes the shared directory
+    capsule.mkdir(exist_ok=True)
     enabled_before = {
         g: "hugetlb" in read(g / "cgroup.subtree_control").split() for g in (root, capsule)
     }
@@ -730,4 +732,7 @@ def test_v2_no_internal_processes_puts_capsule_in_the_parent() -> None:
             for group in (capsule, root):  # put the shared directories back as they were
                 if not enabled_before[group]:
                     _subtree_control(group, "-hugetlb")
+            if created:
+                with contextlib.suppress(OSError):
+                    capsule.rmdir()
         assert left == []
