@@ -121,6 +121,7 @@ def build_root(stage: str, plan: ViewPlan, become: Callable[[], None]) -> None:
         opened.extend(os.open(bind.source, os.O_PATH | os.O_CLOEXEC) for bind in plan.binds)
         become()
         os.fchdir(root)
+        _mount_tmp(plan)  # first: the runtime itself may live beneath /tmp on the host
         for bind, fd in zip(plan.binds, opened[1:], strict=True):
             _bind(fd, _here(bind.target), executable=bind.executable)
     finally:
@@ -132,10 +133,13 @@ def build_root(stage: str, plan: ViewPlan, become: Callable[[], None]) -> None:
             os.makedirs(os.path.dirname(link), exist_ok=True)
             os.symlink(text, link)
     _build_dev()
+    os.makedirs("./proc")
+
+
+def _mount_tmp(plan: ViewPlan) -> None:
     os.makedirs("./tmp")
     data = f"size={plan.tmp_size},nr_inodes={plan.tmp_inodes},mode=1777,uid=0,gid=0"
     sc.mount("tmpfs", "./tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, data)
-    os.makedirs("./proc")
 
 
 def _build_dev() -> None:
