@@ -12,7 +12,8 @@ import textwrap
 from typing import Any, Final
 
 from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS
-from capsule._sandbox._isolation import WAIVABLE, Isolation, Mechanism, probe
+from capsule._manifest._app import WAIVABLE
+from capsule._sandbox._isolation import Isolation, Mechanism, probe
 from capsule._sandbox._landlock import ABI_FEATURES
 from capsule._sandbox._seccomp import ARGUMENT_FILTERED_SYSCALLS, DENIED_SYSCALLS
 

@@ -6,11 +6,13 @@ only supervisor -> container, as opaque bytes the container unpickles itself.
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import msgspec
 
 __all__ = [
+    "CHANNEL_FD",
+    "NAMESPACES",
     "Call",
     "Cancel",
     "Entry",
@@ -26,6 +28,12 @@ __all__ = [
     "Start",
     "Stop",
 ]
+
+
+CHANNEL_FD: Final = 3
+"""The container's end of its channel: with 0-2 (/dev/null), the only descriptors it starts with."""
+NAMESPACES: Final = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")
+"""The namespace kinds a container unshares and reports in its SandboxStatus."""
 
 
 class _Message(msgspec.Struct, frozen=True, tag_field="t", forbid_unknown_fields=True):

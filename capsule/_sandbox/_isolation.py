@@ -10,14 +10,14 @@ import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Literal
 
+from capsule._manifest._app import WAIVABLE
 from capsule._sandbox import _cgroups, _landlock, _seccomp
 from capsule.errors import SandboxError
 
 __all__ = ["WAIVABLE", "Isolation", "Mechanism", "probe", "require"]
 
-WAIVABLE: Final = ("cgroups", "landlock", "seccomp")
 Level = Literal["full", "reduced", "none"]
 
 

@@ -19,6 +19,10 @@ __all__ = [
     "CLONE_NEWUSER",
     "CLONE_NEWUTS",
     "MNT_DETACH",
+    "MOUNT_ATTR_NODEV",
+    "MOUNT_ATTR_NOEXEC",
+    "MOUNT_ATTR_NOSUID",
+    "MOUNT_ATTR_RDONLY",
     "MS_BIND",
     "MS_NODEV",
     "MS_NOEXEC",
@@ -29,6 +33,7 @@ __all__ = [
     "MS_REMOUNT",
     "drop_capabilities",
     "mount",
+    "mount_setattr",
     "pivot_root",
     "prctl",
     "umount2",
@@ -52,6 +57,10 @@ MS_BIND: Final = 0x1000
 MS_REC: Final = 0x4000
 MS_PRIVATE: Final = 0x40000
 MNT_DETACH: Final = 0x2
+MOUNT_ATTR_RDONLY: Final = 0x1
+MOUNT_ATTR_NOSUID: Final = 0x2
+MOUNT_ATTR_NODEV: Final = 0x4
+MOUNT_ATTR_NOEXEC: Final = 0x8
 
 PR_SET_PDEATHSIG: Final = 1
 PR_SET_DUMPABLE: Final = 4
@@ -70,6 +79,9 @@ PR_SET_CHILD_SUBREAPER: Final = 36
 SECURE_ALL_LOCKED: Final = 0x1 | 0x2 | 0x4 | 0x8 | 0x20 | 0x40 | 0x80
 
 _SYS_PIVOT_ROOT: Final = 155
+_SYS_MOUNT_SETATTR: Final = 442
+_AT_FDCWD: Final = -100
+_AT_RECURSIVE: Final = 0x8000
 _LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
 _CAP_LAST_CAP_FILE: Final = "/proc/sys/kernel/cap_last_cap"
 
@@ -122,6 +134,26 @@ def umount2(target: str, flags: int) -> None:
 def pivot_root(new_root: str, put_old: str) -> None:
     result = _libc.syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old))
     _check(result, f"pivot_root({new_root!r}, {put_old!r})")
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = (
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    )
+
+
+def mount_setattr(path: str, attr_set: int, *, recursive: bool) -> None:
+    """Add ``MOUNT_ATTR_*`` flags to the mount at ``path`` (and every mount beneath it)."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    flags = _AT_RECURSIVE if recursive else 0
+    size = ctypes.sizeof(attr)
+    result = _libc.syscall(
+        _SYS_MOUNT_SETATTR, _AT_FDCWD, os.fsencode(path), flags, ctypes.byref(attr), size
+    )
+    _check(result, f"mount_setattr({path!r}, {attr_set:#x})")
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:

@@ -6,7 +6,6 @@ drop; it mounts only what the plan lists and decides nothing itself.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import stat
 import sys
@@ -22,14 +21,6 @@ __all__ = ["Bind", "ViewPlan", "build_root", "enter_root", "runtime_binds"]
 DEVICES: Final = ("null", "zero", "random", "urandom")
 _ROOT_SIZE: Final = 1 << 20
 _DEV_SIZE: Final = 64 << 10
-
-_AT_FDCWD: Final = -100
-_AT_RECURSIVE: Final = 0x8000
-_SYS_MOUNT_SETATTR: Final = 442
-_MOUNT_ATTR_RDONLY: Final = 0x1
-_MOUNT_ATTR_NOSUID: Final = 0x2
-_MOUNT_ATTR_NODEV: Final = 0x4
-_MOUNT_ATTR_NOEXEC: Final = 0x8
 
 
 class Bind(msgspec.Struct, frozen=True):
@@ -55,36 +46,12 @@ class ViewPlan(msgspec.Struct, frozen=True):
         return max(1024, self.tmp_size // 16384)
 
 
-class _MountAttr(ctypes.Structure):
-    _fields_ = (
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    )
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
 def _restrict_mount(path: str, *, noexec: bool) -> None:
     """Read-only, nosuid, nodev (and noexec) on the bind at ``path`` and everything beneath it."""
-    flags = _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV
+    flags = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
     if noexec:
-        flags |= _MOUNT_ATTR_NOEXEC
-    attr = _MountAttr(flags, 0, 0, 0)
-    result = _libc.syscall(
-        _SYS_MOUNT_SETATTR,
-        _AT_FDCWD,
-        os.fsencode(path),
-        _AT_RECURSIVE,
-        ctypes.byref(attr),
-        ctypes.sizeof(attr),
-    )
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount_setattr({path!r}): {os.strerror(err)}")
+        flags |= sc.MOUNT_ATTR_NOEXEC
+    sc.mount_setattr(path, flags, recursive=True)
 
 
 def _here(path: str) -> str:

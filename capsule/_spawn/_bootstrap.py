@@ -22,18 +22,16 @@ import traceback
 from typing import Final, NoReturn
 
 from capsule._ipc._channel import encode_frame
-from capsule._ipc._messages import Failure, SandboxStatus
+from capsule._ipc._messages import CHANNEL_FD, NAMESPACES, Failure, SandboxStatus
 from capsule._sandbox import _landlock, _seccomp
 from capsule._sandbox import _syscalls as sc
 from capsule._sandbox._view import DEVICES, ViewPlan, build_root, enter_root
 from capsule._spawn._protocol import SpawnRequest
 from capsule.errors import SandboxError
 
-__all__ = ["CHANNEL_FD", "EXIT_BOOTSTRAP", "run_outer"]
+__all__ = ["EXIT_BOOTSTRAP", "run_outer"]
 
-CHANNEL_FD: Final = 3
 EXIT_BOOTSTRAP: Final = 70
-NAMESPACES: Final = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")
 _ALL_NAMESPACES: Final = (
     sc.CLONE_NEWUSER
     | sc.CLONE_NEWNS

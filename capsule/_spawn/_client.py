@@ -21,7 +21,6 @@ import anyio.abc
 import msgspec
 
 import capsule
-from capsule._sandbox._view import Bind
 from capsule._spawn._protocol import (
     MAX_DATAGRAM,
     Exited,
@@ -34,7 +33,7 @@ from capsule._spawn._protocol import (
 )
 from capsule.errors import SandboxError
 
-__all__ = ["Spawn", "SpawnResult", "ZygoteClient"]
+__all__ = ["SpawnResult", "ZygoteClient"]
 
 _START_TIMEOUT: Final = 30.0
 _EXIT_GRACE: Final = 5.0
@@ -83,10 +82,6 @@ class ZygoteClient:
     @property
     def pid(self) -> int:
         return self._process.pid
-
-    @property
-    def runtime(self) -> tuple[Bind, ...]:
-        return () if self.ready is None else self.ready.runtime
 
     @classmethod
     def launch(cls, stage: Path) -> ZygoteClient:

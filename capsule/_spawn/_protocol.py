@@ -10,7 +10,7 @@ from typing import Final, TypeAlias
 
 import msgspec
 
-from capsule._sandbox._view import Bind, ViewPlan
+from capsule._sandbox._view import ViewPlan
 
 __all__ = [
     "MAX_DATAGRAM",
@@ -61,11 +61,9 @@ ToZygote: TypeAlias = Spawn
 
 
 class ZygoteReady(_Msg, tag="ready", frozen=True):
-    """The zygote is up: its pid, and the runtime binds it computed (for doctor and logs)."""
+    """The zygote is up and has loaded what containers need."""
 
     pid: int
-    runtime: tuple[Bind, ...]
-    seccomp_filter_bytes: int
 
 
 class Spawned(_Msg, tag="spawned", frozen=True):

@@ -135,13 +135,7 @@ class _Zygote:
         signal.set_wakeup_fd(wake_write)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        self.send(
-            ZygoteReady(
-                pid=os.getpid(),
-                runtime=self.binds,
-                seccomp_filter_bytes=len(self.seccomp or b""),
-            )
-        )
+        self.send(ZygoteReady(pid=os.getpid()))
         try:
             while True:
                 ready, _, _ = select.select([self.sock.fileno(), wake_read], [], [])

@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Final
 
-from capsule._ipc._messages import SandboxStatus
+from capsule._ipc._messages import CHANNEL_FD, NAMESPACES, SandboxStatus
 
-__all__ = ["CHANNEL_FD", "Expectation", "check_status"]
-
-CHANNEL_FD: Final = 3
-NAMESPACES: Final = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")
+__all__ = ["Expectation", "check_status"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,6 @@ from capsule._ipc._messages import (
     Failure,
     FromContainer,
     Hello,
-    Inline,
     Log,
     Ready,
     Reply,
@@ -341,6 +340,3 @@ class Instance:
             return self.cgroup.stats()
         except OSError:
             return None
-
-    def inline(self) -> bool:
-        return isinstance(self.spec.start.code, Inline)

@@ -15,8 +15,8 @@ import pytest
 import trio
 
 import capsule.testing
-from capsule._ipc._messages import SandboxStatus
-from capsule._supervisor._handshake import NAMESPACES, Expectation, check_status
+from capsule._ipc._messages import NAMESPACES, SandboxStatus
+from capsule._supervisor._handshake import Expectation, check_status
 from tests.capsule.supervisor.helpers import echo_app
 
 HOST_UID = 2_000_000_123
