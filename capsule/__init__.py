@@ -43,6 +43,7 @@ from capsule.errors import FeatureUnavailableError as FeatureUnavailableError
 from capsule.errors import InternalError as InternalError
 from capsule.errors import InvalidTokenError as InvalidTokenError
 from capsule.errors import IPCError as IPCError
+from capsule.errors import OverloadedError as OverloadedError
 from capsule.errors import ProtocolError as ProtocolError
 from capsule.errors import RemoteError as RemoteError
 from capsule.errors import SandboxError as SandboxError
@@ -76,6 +77,7 @@ __all__ = [
     "InvalidTokenError",
     "Limits",
     "MountGrant",
+    "OverloadedError",
     "Policy",
     "Problem",
     "ProtocolError",

@@ -17,7 +17,8 @@ The tree::
     │   └── RemoteError                   from a container: .remote_type .remote_traceback
     ├── IPCError
     │   ├── ChannelClosedError
-    │   └── ProtocolError
+    │   ├── ProtocolError
+    │   └── OverloadedError               the broker refused a message over the sender's quota
     ├── SandboxError                      a mechanism missing or failing: which, and the fix
     └── InternalError                     a bug in capsule
 
@@ -40,6 +41,7 @@ __all__ = [
     "IPCError",
     "InternalError",
     "InvalidTokenError",
+    "OverloadedError",
     "ProtocolError",
     "RemoteError",
     "SandboxError",
@@ -172,6 +174,11 @@ class ChannelClosedError(IPCError):
 
 class ProtocolError(IPCError):
     """The peer sent a frame that is malformed, oversized or unexpected."""
+
+
+class OverloadedError(IPCError):
+    """The broker refused a message because its sender is over a quota (calls in flight,
+    message rate); the message was not delivered. Slow down and retry."""
 
 
 class SandboxError(CapsuleError):

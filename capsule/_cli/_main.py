@@ -23,7 +23,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from capsule._cli import _check, _doctor, _token  # noqa: PLC0415 - keep `capsule --version` light
+    from capsule._cli import _audit, _check, _doctor, _token  # noqa: PLC0415 - keep `capsule --version` light
 
     parser = Parser(
         prog="capsule",
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
+    _audit.register(sub)
     _check.register(sub)
     _doctor.register(sub)
     _token.register(sub)

@@ -7,30 +7,40 @@ never trusts the feature code it loads to behave (a failing handler fails its ca
 from __future__ import annotations
 
 import importlib
+import inspect
 import io
 import socket
 import sys
 import traceback
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 import anyio
 import anyio.abc
 import cloudpickle
-import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from capsule._broker._topics import matches
+from capsule._container._client import CALLER, BrokerClient, decode, encode
 from capsule._container._feature import Context, Feature
 from capsule._ipc._channel import Channel
 from capsule._ipc._messages import (
+    Admitted,
     Call,
     Cancel,
+    End,
     Entry,
+    Error,
+    Event,
     Failure,
     FromSupervisor,
+    Granted,
     Hello,
+    Item,
     Log,
+    More,
     Ready,
     Reply,
+    Result,
     SandboxStatus,
     Start,
     Stop,
@@ -43,17 +53,26 @@ EXIT_CLEAN: Final = 0
 EXIT_FAILED: Final = 1
 _LOG_BUFFER: Final = 256
 _LOG_LINE: Final = 8192
+_EVENT_BUFFER: Final = 1024
+_NAME_MAX: Final = 256
+_TEXT_MAX: Final = 32768
 
 
 def _failure(call_id: int, exc: BaseException) -> Failure:
     kind = type(exc)
     module = "" if kind.__module__ == "builtins" else f"{kind.__module__}."
+    text = "".join(traceback.format_exception(exc))
     return Failure(
         id=call_id,
-        type=f"{module}{kind.__qualname__}",
-        message=str(exc),
-        traceback="".join(traceback.format_exception(exc)),
+        type=f"{module}{kind.__qualname__}"[:_NAME_MAX],
+        message=str(exc)[:_TEXT_MAX],
+        traceback=text[-_TEXT_MAX:],  # the end of a traceback says the most
     )
+
+
+def _note(text: str) -> None:
+    """A line from the runtime itself, on the feature's stderr (so in the supervisor's log)."""
+    sys.stderr.write(f"capsule: {text}\n")
 
 
 class _LogWriter(io.TextIOBase):
@@ -97,50 +116,140 @@ def _load(start: Start) -> Feature:
 
 
 class _Server:
-    def __init__(self, channel: Channel[FromSupervisor], feature: Feature, ctx: Context) -> None:
-        self.channel = channel
-        self.feature = feature
-        self.ctx = ctx
-        self.calls: dict[int, anyio.CancelScope] = {}
+    """The container's reader: calls in, answers to its own requests, events, grants."""
 
-    async def handle(self, call: Call, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+    def __init__(self, channel: Channel[FromSupervisor], client: BrokerClient) -> None:
+        self.channel = channel
+        self.client = client
+        self.feature: Feature | None = None
+        self.ctx: Context | None = None
+        self.calls: dict[int, anyio.CancelScope] = {}
+        self.credits: dict[int, list[int]] = {}
+        self.credit_events: dict[int, anyio.Event] = {}
+        send, receive = anyio.create_memory_object_stream[Event](_EVENT_BUFFER)
+        self.events_in: MemoryObjectSendStream[Event] = send
+        self.events_out: MemoryObjectReceiveStream[Event] = receive
+        self.events_dropped = 0
+        self.stopped = anyio.Event()
+
+    async def handle(self, call: Call) -> None:
+        feature, ctx = self.feature, self.ctx
+        assert feature is not None  # noqa: S101 - calls come after ready
+        assert ctx is not None  # noqa: S101 - calls come after ready
+        CALLER.set(call.caller)
         with anyio.CancelScope() as scope:
             self.calls[call.id] = scope
-            task_status.started()
             try:
-                handler = self.feature.services.get(call.service)
+                handler = feature.services.get(call.service)
                 if handler is None:
-                    known = ", ".join(sorted(self.feature.services)) or "none"
+                    known = ", ".join(sorted(feature.services)) or "none"
                     raise LookupError(  # noqa: TRY301 - answered as this call's failure
                         f"no service {call.service!r} (services: {known})"
                     )
-                value = await handler(self.ctx, call.payload)
-                msgspec.msgpack.encode(value)
-                answer: Reply | Failure = Reply(id=call.id, value=value)
+                request = decode(call.payload, f"the request to {call.service}")
+                result = handler(ctx, request)
+                if inspect.isawaitable(result):
+                    result = await result
+                if call.stream:
+                    await self._stream(call, result)
+                    answer: Reply | Failure | End = End(id=call.id)
+                elif hasattr(result, "__aiter__"):
+                    raise TypeError(  # noqa: TRY301 - answered as this call's failure
+                        f"service {call.service!r} returns a stream: call it with stream()"
+                    )
+                else:
+                    answer = Reply(id=call.id, value=encode(result, f"the reply of {call.service}"))
             except Exception as exc:
                 answer = _failure(call.id, exc)
             finally:
                 self.calls.pop(call.id, None)
+                self.credits.pop(call.id, None)
+                self.credit_events.pop(call.id, None)
+        if not scope.cancelled_caught:
             await self.channel.send(answer)
 
-    async def run(self) -> int:
-        async with anyio.create_task_group() as tg:
-            while True:
-                message = await self.channel.receive()
-                if isinstance(message, Call):
-                    await tg.start(self.handle, message)
-                elif isinstance(message, Cancel):
-                    scope = self.calls.get(message.id)
-                    if scope is not None:
-                        scope.cancel()
-                elif isinstance(message, Stop):
-                    tg.cancel_scope.cancel()
-                    break
-                else:
-                    raise ProtocolError(f"unexpected {type(message).__name__} after start")
-        for hook in self.feature.stop_hooks:
-            await hook(self.ctx)
-        return EXIT_CLEAN
+    async def _stream(self, call: Call, result: Any) -> None:
+        if not hasattr(result, "__aiter__"):
+            raise TypeError(
+                f"service {call.service!r} was called as a stream but returned "
+                f"{type(result).__name__}, not an async iterator"
+            )
+        credit = self.credits.setdefault(call.id, [call.window])
+        async for value in result:
+            while credit[0] <= 0:
+                event = anyio.Event()
+                self.credit_events[call.id] = event
+                await event.wait()
+            credit[0] -= 1
+            await self.channel.send(Item(id=call.id, value=encode(value, f"{call.service} item")))
+
+    def _more(self, message: More) -> None:
+        credit = self.credits.get(message.id)
+        if credit is not None:
+            credit[0] += message.n
+            event = self.credit_events.pop(message.id, None)
+            if event is not None:
+                event.set()
+
+    async def listen(self) -> None:
+        """Run the listeners of each event in arrival order, one event at a time."""
+        async for event in self.events_out:
+            feature, ctx = self.feature, self.ctx
+            if feature is None or ctx is None:
+                continue
+            try:
+                payload = decode(event.payload, f"event {event.topic}")
+            except ProtocolError as exc:
+                _note(f"dropped {exc}")
+                continue
+            CALLER.set(event.sender)
+            for pattern, listeners in feature.listeners.items():
+                if not matches(pattern, event.topic):
+                    continue
+                for listener in listeners:
+                    try:
+                        await listener(ctx, payload)
+                    except Exception:
+                        _note(f"listener for {pattern} failed on {event.topic}:")
+                        traceback.print_exc()
+
+    async def admit_granted(self, granted: Granted) -> None:
+        try:
+            held = await self.client.admit(granted.token)
+        except Exception as exc:
+            _note(f"a token from {granted.sender} was refused: {exc}")
+            return
+        _note(f"{granted.sender} delegated {', '.join(held.capabilities)}")
+
+    async def read(self, tg: anyio.abc.TaskGroup) -> None:
+        """Read until Stop (then return) or until the channel closes (ChannelClosedError)."""
+        while True:
+            message = await self.channel.receive()
+            if isinstance(message, Call):
+                tg.start_soon(self.handle, message)
+            elif isinstance(message, _ANSWERS):
+                self.client.answer(message)
+            elif isinstance(message, Event):
+                try:
+                    self.events_in.send_nowait(message)
+                except anyio.WouldBlock:
+                    self.events_dropped += 1
+            elif isinstance(message, More):
+                self._more(message)
+            elif isinstance(message, Cancel):
+                scope = self.calls.get(message.id)
+                if scope is not None:
+                    scope.cancel()
+            elif isinstance(message, Granted):
+                tg.start_soon(self.admit_granted, message)
+            elif isinstance(message, Stop):
+                self.stopped.set()
+                return
+            else:
+                raise ProtocolError(f"unexpected {type(message).__name__} after start")
+
+
+_ANSWERS: Final = (Result, Error, Admitted, Item, End)
 
 
 async def _pump_logs(
@@ -173,16 +282,40 @@ async def _session(channel: Channel[FromSupervisor], status: SandboxStatus) -> i
     start = await channel.receive()
     if not isinstance(start, Start):
         raise ProtocolError(f"expected start, got {type(start).__name__}")
-    ctx = Context(start.feature, start.version, tuple(start.tokens))
+    client = BrokerClient(channel, start.feature)
+    server = _Server(channel, client)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.read, tg)
+        code = await _start(server, start, tg)
+        if code == EXIT_CLEAN:
+            await server.stopped.wait()
+        tg.cancel_scope.cancel()
+    if code == EXIT_CLEAN and server.feature is not None and server.ctx is not None:
+        for hook in server.feature.stop_hooks:
+            await hook(server.ctx)
+    return code
+
+
+async def _start(server: _Server, start: Start, tg: anyio.abc.TaskGroup) -> int:
+    """Admit the tokens, load the code, subscribe its listeners, run on_start, then Ready."""
+    ctx = Context(start.feature, start.version, server.client)
     try:
+        for token in start.tokens:
+            await server.client.admit(token)
         feature = _load(start)
+        server.feature, server.ctx = feature, ctx
+        tg.start_soon(server.listen)
+        for pattern in feature.listeners:
+            await server.client.subscribe(pattern)
         for hook in feature.start_hooks:
             await hook(ctx)
     except Exception as exc:
-        await channel.send(_failure(0, exc))
+        await server.channel.send(_failure(0, exc))
         return EXIT_FAILED
-    await channel.send(Ready(services=sorted(feature.services), topics=sorted(feature.listeners)))
-    return await _Server(channel, feature, ctx).run()
+    await server.channel.send(
+        Ready(services=sorted(feature.services), topics=sorted(feature.listeners))
+    )
+    return EXIT_CLEAN
 
 
 def serve(fd: int, status: SandboxStatus) -> int:

@@ -21,6 +21,7 @@ T = TypeVar("T")
 HEADER: Final = 4
 MAX_FRAME: Final = 1 << 20
 _READ_SIZE: Final = 65536
+HIGH_WATER: Final = 1 << 20
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -72,22 +73,51 @@ class FrameBuffer(Generic[T]):
 
 
 class Channel(Generic[T]):
-    """One end of a container's socketpair: send any message, receive messages of type T."""
+    """One end of a container's socketpair: send any message, receive messages of type T.
+
+    Sends are combined: while one task writes, others append their frames and return
+    (in order), and the writing task sends everything queued in one write. A sender
+    waits only when more than HIGH_WATER bytes are queued (backpressure).
+    """
 
     def __init__(
         self, stream: anyio.abc.ByteStream, message_type: Any, *, max_frame: int = MAX_FRAME
     ) -> None:
         self._stream = stream
         self._frames: FrameBuffer[T] = FrameBuffer(message_type, max_frame=max_frame)
-        self._send_lock = anyio.Lock()
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._writing = False
+        self._drained = anyio.Event()
+        self._broken: ChannelClosedError | None = None
 
     async def send(self, message: object) -> None:
         frame = encode_frame(message)
-        async with self._send_lock:
-            try:
-                await self._stream.send(frame)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                raise ChannelClosedError("the channel is closed") from exc
+        if self._broken is not None:
+            raise self._broken
+        self._queue.append(frame)
+        self._queued += len(frame)
+        if self._writing:
+            if self._queued > HIGH_WATER:
+                await self._drained.wait()
+            return
+        self._writing = True
+        try:
+            with anyio.CancelScope(shield=True):  # a half-written frame would break the channel
+                while self._queue:
+                    data = b"".join(self._queue)
+                    self._queue.clear()
+                    self._queued = 0
+                    self._drained.set()
+                    self._drained = anyio.Event()
+                    try:
+                        await self._stream.send(data)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                        self._broken = ChannelClosedError("the channel is closed")
+                        raise self._broken from exc
+        finally:
+            self._writing = False
+            self._drained.set()
 
     async def receive(self) -> T:
         while True:

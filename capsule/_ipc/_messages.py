@@ -2,31 +2,53 @@
 
 Data only: no I/O, and nothing here is ever unpickled; inline feature code travels
 only supervisor -> container, as opaque bytes the container unpickles itself.
+
+Payloads (call arguments, replies, events, stream items) are ``msgspec.Raw``: the
+broker forwards them without building a Python object, and only the receiver decodes
+them. Every string and list has a length bound, so a frame that decodes is small in
+every dimension; nesting is bounded by the schema, and a payload's own nesting by the
+decoder's recursion guard.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final, TypeAlias
+from typing import Annotated, Final, TypeAlias
 
 import msgspec
 
 __all__ = [
     "CHANNEL_FD",
+    "ERROR_KINDS",
+    "HOST",
     "NAMESPACES",
+    "Admit",
+    "Admitted",
     "Call",
     "Cancel",
+    "Delegate",
+    "End",
     "Entry",
+    "Error",
+    "Event",
     "Failure",
     "FromContainer",
     "FromSupervisor",
+    "Granted",
     "Hello",
     "Inline",
+    "Item",
     "Log",
+    "More",
+    "Publish",
     "Ready",
     "Reply",
+    "Request",
+    "Result",
+    "Revoke",
     "SandboxStatus",
     "Start",
     "Stop",
+    "Subscribe",
 ]
 
 
@@ -36,8 +58,17 @@ NAMESPACES: Final = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")
 """The namespace kinds a container unshares and reports in its SandboxStatus."""
 
 
-class _Message(msgspec.Struct, frozen=True, tag_field="t", forbid_unknown_fields=True):
+class _Message(msgspec.Struct, frozen=True, tag_field="t", array_like=True):
     pass
+
+
+Id = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+Name = Annotated[str, msgspec.Meta(max_length=256)]
+"""A feature, service or topic name (checked for shape by the broker, not here)."""
+Text = Annotated[str, msgspec.Meta(max_length=65536)]
+TokenText = Annotated[str, msgspec.Meta(max_length=8192)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=1 << 20)]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=366 * 24 * 3600)]
 
 
 class SandboxStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -71,32 +102,135 @@ class Hello(_Message, tag="hello", frozen=True):
 class Ready(_Message, tag="ready", frozen=True):
     """The feature's code is loaded and its ``on_start`` hooks ran."""
 
-    services: list[str]
-    topics: list[str]
+    services: Annotated[list[Name], msgspec.Meta(max_length=1024)]
+    topics: Annotated[list[Name], msgspec.Meta(max_length=1024)]
 
 
 class Reply(_Message, tag="reply", frozen=True):
-    id: int
-    value: Any
+    """The answer to a Call the broker delivered."""
+
+    id: Id
+    value: msgspec.Raw
 
 
 class Failure(_Message, tag="failure", frozen=True):
     """A call, or the feature's start, failed; data only (type name and traceback text)."""
 
-    id: int
-    type: str
-    message: str
-    traceback: str
+    id: Id
+    type: Name
+    message: Text
+    traceback: Text
 
 
 class Log(_Message, tag="log", frozen=True):
     """A line the feature wrote to stdout or stderr."""
 
-    stream: str
-    text: str
+    stream: Annotated[str, msgspec.Meta(max_length=8)]
+    text: Text
 
 
-FromContainer: TypeAlias = Hello | Ready | Reply | Failure | Log
+class Admit(_Message, tag="admit", frozen=True):
+    """Present a token once; the broker answers Admitted (a handle) or Error."""
+
+    id: Id
+    token: TokenText
+
+
+class Request(_Message, tag="request", frozen=True):
+    """Call ``feature.service`` under the grant behind ``handle``.
+
+    ``stream`` asks for a stream of Items with ``window`` credits granted up front.
+    """
+
+    id: Id
+    handle: Id
+    feature: Name
+    service: Name
+    payload: msgspec.Raw
+    timeout: Seconds | None = None
+    stream: bool = False
+    window: Count = 0
+
+
+class Publish(_Message, tag="publish", frozen=True):
+    """Publish an event on ``topic`` under the grant behind ``handle`` (one way)."""
+
+    handle: Id
+    topic: Name
+    payload: msgspec.Raw
+
+
+class Subscribe(_Message, tag="subscribe", frozen=True):
+    """Receive Events on topics matching ``pattern`` (``spell.checked``, ``spell.*``)."""
+
+    id: Id
+    handle: Id
+    pattern: Name
+
+
+class Delegate(_Message, tag="delegate", frozen=True):
+    """Derive a narrower token from the one behind ``handle`` and hand it to feature ``to``."""
+
+    id: Id
+    handle: Id
+    to: Name
+    capabilities: Annotated[list[Name], msgspec.Meta(max_length=32)]
+    ttl: Seconds | None = None
+
+
+class Revoke(_Message, tag="revoke", frozen=True):
+    """Revoke a token this feature delegated (and everything derived from it)."""
+
+    id: Id
+    token_id: Annotated[str, msgspec.Meta(max_length=32)]
+
+
+# both directions
+
+
+class Item(_Message, tag="item", frozen=True):
+    """One value of a stream; the sender spends one credit."""
+
+    id: Id
+    value: msgspec.Raw
+
+
+class End(_Message, tag="end", frozen=True):
+    """The stream ``id`` is finished."""
+
+    id: Id
+
+
+class More(_Message, tag="more", frozen=True):
+    """``n`` more credits for the stream ``id`` (the receiver's backpressure)."""
+
+    id: Id
+    n: Count
+
+
+class Cancel(_Message, tag="cancel", frozen=True):
+    """Cancel the call (supervisor -> container) or the request (container -> supervisor) ``id``."""
+
+    id: Id
+
+
+FromContainer: TypeAlias = (
+    Hello
+    | Ready
+    | Reply
+    | Failure
+    | Log
+    | Admit
+    | Request
+    | Publish
+    | Subscribe
+    | Delegate
+    | Revoke
+    | Item
+    | End
+    | More
+    | Cancel
+)
 
 
 # supervisor -> container
@@ -126,13 +260,14 @@ class Start(_Message, tag="start", frozen=True):
 
 
 class Call(_Message, tag="call", frozen=True):
-    id: int
-    service: str
-    payload: Any
+    """Run ``service``; ``caller`` is the verified sender (a feature name, or HOST)."""
 
-
-class Cancel(_Message, tag="cancel", frozen=True):
-    id: int
+    id: Id
+    service: Name
+    payload: msgspec.Raw
+    caller: Name
+    stream: bool = False
+    window: Count = 0
 
 
 class Stop(_Message, tag="stop", frozen=True):
@@ -141,4 +276,66 @@ class Stop(_Message, tag="stop", frozen=True):
     reason: str
 
 
-FromSupervisor: TypeAlias = Start | Call | Cancel | Stop
+class Admitted(_Message, tag="admitted", frozen=True):
+    """A token was admitted on this connection: use ``handle`` to act under it."""
+
+    id: Id
+    handle: Id
+    token_id: str
+    capabilities: list[str]
+    expires: float
+
+
+class Result(_Message, tag="result", frozen=True):
+    """The answer to a Request, Subscribe, Delegate or Revoke."""
+
+    id: Id
+    value: msgspec.Raw
+
+
+class Error(_Message, tag="error", frozen=True):
+    """A Request (or Admit, Subscribe, Delegate, Revoke) failed; ``kind`` is one of ERROR_KINDS."""
+
+    id: Id
+    kind: str
+    feature: str
+    message: str
+    type: str = ""
+    traceback: str = ""
+    capability: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+
+
+class Event(_Message, tag="event", frozen=True):
+    """An event on ``topic`` from ``sender`` (a feature name, or HOST)."""
+
+    topic: str
+    payload: msgspec.Raw
+    sender: str
+
+
+class Granted(_Message, tag="granted", frozen=True):
+    """Feature ``sender`` delegated a token to this container; present it with Admit to use it."""
+
+    token: str
+    sender: str
+
+
+FromSupervisor: TypeAlias = (
+    Start | Call | Cancel | Stop | Admitted | Result | Error | Event | Granted | Item | End | More
+)
+
+HOST: Final = "@host"
+"""The caller or sender name of the host program (never a feature name)."""
+
+ERROR_KINDS: Final = (
+    "denied",  # no capability covers it: CapabilityDeniedError
+    "token",  # a token was refused at admission: InvalidTokenError
+    "remote",  # the handler raised: RemoteError
+    "crashed",  # the callee's container ended during the call: FeatureCrashedError
+    "unavailable",  # stopped or quarantined: FeatureUnavailableError
+    "timeout",  # past the deadline: FeatureTimeoutError
+    "overloaded",  # the sender is over its quota: OverloadedError
+    "invalid",  # no such feature or service, or a malformed request: FeatureError
+)

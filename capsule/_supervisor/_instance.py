@@ -7,30 +7,26 @@ restart: it reports how the container ended and the supervisor decides.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import signal
 import socket
 from collections import deque
 from collections.abc import Callable
-from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, Final
+from dataclasses import KW_ONLY, dataclass
+from typing import Final
 
 import anyio
 import anyio.abc
-import msgspec
 import structlog
 
-from capsule._ipc._channel import Channel
+from capsule._broker._broker import Broker
+from capsule._broker._connection import Connection
 from capsule._ipc._messages import (
-    Call,
-    Cancel,
     Failure,
     FromContainer,
     Hello,
     Log,
     Ready,
-    Reply,
     Start,
     Stop,
 )
@@ -42,7 +38,6 @@ from capsule.errors import (
     ChannelClosedError,
     FeatureCrashedError,
     FeatureStartError,
-    IPCError,
     ProtocolError,
     RemoteError,
 )
@@ -86,13 +81,6 @@ class Ending:
         )
 
 
-@dataclass(slots=True)
-class _Pending:
-    done: anyio.Event = field(default_factory=anyio.Event)
-    value: Any = None
-    error: Exception | None = None
-
-
 def _describe(status: int | None, oom_kills: int) -> tuple[int | None, int | None, str]:
     if status is None:
         return None, None, "lost track of it (the zygote exited)"
@@ -116,7 +104,9 @@ class Instance:
         spec: LaunchSpec,
         zygote: ZygoteClient,
         spawned: SpawnResult,
-        channel: Channel[FromContainer],
+        conn: Connection,
+        *,
+        broker: Broker,
         cgroup: ContainerCgroup | None,
     ) -> None:
         self.spec = spec
@@ -124,41 +114,57 @@ class Instance:
         self.pid = spawned.pid
         self._pidfd = spawned.pidfd
         self._zygote = zygote
-        self._channel = channel
+        self._conn = conn
+        self._broker = broker
+        self.peer = broker.attach(conn, spec.feature)
         self.cgroup = cgroup
         self.ready: Ready | None = None
         self.hello: Hello | None = None
-        self._calls: dict[int, _Pending] = {}
-        self._ids = itertools.count(1)
+        self._start_failure: Failure | None = None
+        self._became_ready = anyio.Event()
+        self._serving = False
         self._stop_requested = False
         self.ended = anyio.Event()
         self.ending: Ending | None = None
         self.on_end: Callable[[Ending], None] | None = None
         self.logs: deque[str] = deque(maxlen=_LOG_TAIL)
-        self.calls_total = 0
         self.started_at = anyio.current_time()
+        conn.on_overrun = self._overrun
 
     # -- starting ---------------------------------------------------------------------
 
     @classmethod
     async def launch(
-        cls, spec: LaunchSpec, zygote: ZygoteClient, cgroup: ContainerCgroup | None
+        cls,
+        spec: LaunchSpec,
+        zygote: ZygoteClient,
+        cgroup: ContainerCgroup | None,
+        *,
+        broker: Broker,
+        task_group: anyio.abc.TaskGroup,
     ) -> Instance:
-        """Spawn, check the sandbox report, deliver tokens and code, wait for ready."""
+        """Spawn, check the sandbox report, deliver tokens and code, wait for ready.
+
+        From the moment the code is delivered the container is served in
+        ``task_group``: it may admit tokens and call other features while it starts.
+        """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             spawned = await zygote.spawn(spec.request, theirs)
         except BaseException:
             ours.close()
             raise
-        stream = await anyio.abc.UNIXSocketStream.from_socket(ours)
-        channel: Channel[FromContainer] = Channel(stream, FromContainer)
-        instance = cls(spec, zygote, spawned, channel, cgroup)
+        conn = Connection(ours, spec.feature)
+        instance = cls(spec, zygote, spawned, conn, broker=broker, cgroup=cgroup)
         try:
             with anyio.fail_after(spec.start_timeout):
                 await instance._handshake()
+                instance._serving = True
+                task_group.start_soon(instance._run)
+                await instance._wait_ready()
         except TimeoutError:
-            await instance.kill()
+            with anyio.CancelScope(shield=True):
+                await instance.kill()
             raise FeatureStartError(
                 spec.feature, f"did not become ready within {spec.start_timeout:g}s"
             ) from None
@@ -170,7 +176,7 @@ class Instance:
 
     async def _next(self) -> FromContainer:
         while True:
-            message = await self._channel.receive()
+            message = await self._conn.receive()
             if isinstance(message, Log):
                 self._log_line(message)
                 continue
@@ -200,14 +206,23 @@ class Instance:
                 self.feature, "came up weaker than its policy: " + "; ".join(problems)
             )
         self.hello = hello
-        await self._channel.send(self.spec.start)
-        try:
-            ready = await self._next()
-        except ChannelClosedError:
-            raise FeatureStartError(self.feature, "exited while loading its code") from None
-        if not isinstance(ready, Ready):
-            raise self._start_failed(ready, "loading its code failed")
-        self.ready = ready
+        self._conn.send(self.spec.start)
+
+    async def _wait_ready(self) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def ended() -> None:
+                await self.ended.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(ended)
+            await self._became_ready.wait()
+            tg.cancel_scope.cancel()
+        if self.ready is None:
+            if self._start_failure is not None:
+                raise self._start_failed(self._start_failure, "loading its code failed")
+            reason = self.ending.reason if self.ending is not None else "ended"
+            raise FeatureStartError(self.feature, f"ended while loading its code ({reason})")
 
     # -- running ----------------------------------------------------------------------
 
@@ -215,90 +230,81 @@ class Instance:
         self.logs.append(log.text)
         _log.info("feature output", feature=self.feature, stream=log.stream, text=log.text)
 
-    async def serve(self) -> Ending:
-        """Read the container's messages until it ends; returns how it ended."""
-        try:
-            while True:
-                message = await self._channel.receive()
-                if isinstance(message, Reply | Failure):
-                    self._answer(message)
-                elif isinstance(message, Log):
-                    self._log_line(message)
-                else:
-                    raise ProtocolError(  # noqa: TRY301 - handled with the decoder's own errors
-                        f"unexpected {type(message).__name__} after ready"
-                    )
-        except ChannelClosedError:
-            pass
-        except ProtocolError as exc:
-            _log.error("container broke the protocol", feature=self.feature, error=str(exc))
-            await self.kill()
-        with anyio.move_on_after(_EXIT_WAIT) as scope:
-            status = await self._zygote.wait_exit(self.pid)
-        if scope.cancelled_caught:  # closed its channel but lives on: end it
-            await self.kill()
-            status = await self._zygote.wait_exit(self.pid)
-        ending = self._finish(status)
-        await self._channel.aclose()
-        return ending
-
-    def _answer(self, message: Reply | Failure) -> None:
-        pending = self._calls.get(message.id)
-        if pending is None:
-            return  # a late answer to a call that timed out or was cancelled
-        if isinstance(message, Reply):
-            pending.value = message.value
+    def _dispatch(self, message: FromContainer) -> None:
+        kind = type(message)
+        if kind is Log:
+            self._log_line(message)  # type: ignore[arg-type]
+        elif kind is Ready:
+            if self.ready is not None:
+                raise ProtocolError("reported ready twice")
+            self.ready = message  # type: ignore[assignment]
+            self.peer.services = frozenset(self.ready.services)  # type: ignore[union-attr]
+            self._became_ready.set()
+        elif kind is Failure and message.id == 0:  # type: ignore[union-attr]
+            if self.ready is not None:
+                raise ProtocolError("reported a start failure after ready")
+            self._start_failure = message  # type: ignore[assignment]
+        elif kind is Hello:
+            raise ProtocolError("sent a second hello")
         else:
-            pending.error = RemoteError(
-                self.feature, message.type, message.message, message.traceback
-            )
-        pending.done.set()
+            self._broker.dispatch(self.peer, message)
+
+    def _overrun(self) -> None:
+        reason = "stopped reading its channel (over 32 MiB queued for it)"
+        self._broker.audit.record("end", feature=self.feature, decision="end", reason=reason)
+        _log.error("container ended", feature=self.feature, reason=reason)
+        self.send_signal(signal.SIGKILL)
+
+    async def _run(self) -> None:
+        """Serve the container's messages until it ends; reap it; release its cgroup."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._conn.write_loop)
+            try:
+                await self._conn.read_loop(self._dispatch)
+            except ChannelClosedError:
+                pass
+            except ProtocolError as exc:
+                self._broker.audit.record(
+                    "end",
+                    feature=self.feature,
+                    decision="end",
+                    reason=f"broke the protocol: {exc}",
+                )
+                _log.error("container broke the protocol", feature=self.feature, error=str(exc))
+                self.send_signal(signal.SIGKILL)
+            tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(_EXIT_WAIT) as scope:
+                status = await self._zygote.wait_exit(self.pid)
+            if scope.cancelled_caught:  # closed its channel but lives on: end it
+                self.send_signal(signal.SIGKILL)
+                status = await self._zygote.wait_exit(self.pid)
+            self._finish(status)
+            self._conn.close()
+            if self.cgroup is not None:
+                await anyio.to_thread.run_sync(self.cgroup.remove)
 
     def _finish(self, status: int | None) -> Ending:
+        if self.ending is not None:
+            return self.ending
         stats = self.statistics()
         code, sig, reason = _describe(status, 0 if stats is None else stats.oom_kills)
         self.ending = Ending(code, sig, requested=self._stop_requested, reason=reason)
         if self.on_end is not None:  # the supervisor acts before any caller hears of it
             self.on_end(self.ending)
-        error = self.ending.error(self.feature)
-        for pending in self._calls.values():
-            pending.error = error
-            pending.done.set()
+        self._broker.detach(self.peer, self.ending.error(self.feature))
         os.close(self._pidfd)
         self._pidfd = -1
         self.ended.set()
         return self.ending
 
-    async def call(self, service: str, payload: Any) -> Any:
-        if self.ended.is_set():
-            ending = self.ending or Ending(None, None, requested=False, reason="ended")
-            raise ending.error(self.feature)
-        call_id = next(self._ids)
-        pending = _Pending()
-        self._calls[call_id] = pending
-        self.calls_total += 1
-        try:
-            try:
-                await self._channel.send(Call(id=call_id, service=service, payload=payload))
-            except msgspec.EncodeError as exc:
-                raise TypeError(f"the request to {self.feature}.{service}: {exc}") from None
-            except ChannelClosedError:
-                await self.ended.wait()
-            await pending.done.wait()
-        except BaseException:
-            if not pending.done.is_set() and not self.ended.is_set():
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                    await self._channel.send(Cancel(id=call_id))
-            raise
-        finally:
-            self._calls.pop(call_id, None)
-        if pending.error is not None:
-            raise pending.error
-        return pending.value
-
     @property
     def in_flight(self) -> int:
-        return len(self._calls)
+        return len(self.peer.calls)
+
+    @property
+    def calls_total(self) -> int:
+        return self.peer.calls_total
 
     # -- ending -----------------------------------------------------------------------
 
@@ -307,8 +313,7 @@ class Instance:
         self._stop_requested = True
         if self.ended.is_set():
             return
-        with contextlib.suppress(IPCError):
-            await self._channel.send(Stop(reason="stopped by the supervisor"))
+        self._conn.send(Stop(reason="stopped by the supervisor"))
         with anyio.move_on_after(grace):
             await self.ended.wait()
         if not self.ended.is_set():
@@ -328,10 +333,10 @@ class Instance:
     async def kill(self) -> None:
         """SIGKILL through the pidfd: its whole PID namespace goes with it."""
         self.send_signal(signal.SIGKILL)
-        if self.ready is None and self._pidfd >= 0:  # not served yet: reap here
+        if not self._serving and self._pidfd >= 0:  # not served yet: reap here
             status = await self._zygote.wait_exit(self.pid)
             self._finish(status)
-        await self._channel.aclose()
+            self._conn.close()
 
     def statistics(self) -> CgroupStats | None:
         if self.cgroup is None:

@@ -20,11 +20,16 @@ from typing import Any, Final, final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import cloudpickle
 import structlog
 
+from capsule._broker._audit import AuditLog, default_audit_path
+from capsule._broker._broker import Broker
+from capsule._broker._host import Stream, Subscription
+from capsule._broker._routes import Peer
 from capsule._container._feature import Feature
-from capsule._ipc._messages import Entry, Inline, Ready, Start
+from capsule._ipc._messages import Entry, Inline, Start
 from capsule._manifest import App, FeatureManifest, load_app
 from capsule._sandbox import _isolation
 from capsule._sandbox._cgroups import CgroupTree, ContainerCgroup
@@ -43,7 +48,6 @@ from capsule.errors import (
     ConfigError,
     FeatureError,
     FeatureStartError,
-    FeatureTimeoutError,
     FeatureUnavailableError,
 )
 
@@ -51,6 +55,7 @@ __all__ = [
     "FeatureHandle",
     "FeatureState",
     "FeatureStatistics",
+    "HeldToken",
     "Supervisor",
     "SupervisorStatistics",
     "open_supervisor",
@@ -86,6 +91,8 @@ class FeatureStatistics:
     restarts: int
     calls_total: int
     calls_in_flight: int
+    messages: int
+    denied: int
     uptime: float | None
     last_exit: str | None
     memory_current: int | None
@@ -93,6 +100,17 @@ class FeatureStatistics:
     oom_kills: int
     pids_current: int | None
     cpu_usage_ns: int | None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class HeldToken:
+    """A token a running container holds: its id, text, capabilities and expiry (Unix time)."""
+
+    token_id: str
+    text: str
+    capabilities: tuple[str, ...]
+    expires: float
 
 
 @final
@@ -107,6 +125,11 @@ class SupervisorStatistics:
     containers_started: int
     restarts: int
     quarantined: tuple[str, ...]
+    calls_routed: int
+    events_published: int
+    allowed: int
+    denied: int
+    audit_path: str | None
 
 
 class _NoPublicConstructor(type):
@@ -151,7 +174,7 @@ class FeatureHandle(metaclass=_NoPublicConstructor):
     def running(self) -> bool:
         return self.state is FeatureState.RUNNING
 
-    async def _running_instance(self) -> tuple[Instance, Ready]:
+    async def _running_instance(self) -> Instance:
         """The live container once the feature runs (not one that just ended)."""
         while True:
             while self.state is not FeatureState.RUNNING:
@@ -159,8 +182,37 @@ class FeatureHandle(metaclass=_NoPublicConstructor):
                 await self._changed.wait()
             instance = self.instance
             if instance is not None and instance.ready is not None and not instance.ended.is_set():
-                return instance, instance.ready
+                return instance
             await self._changed.wait()  # it just ended: the supervisor is about to act
+
+    # what the broker asks of a feature (capsule._broker._broker.Target)
+
+    def _live_peer(self) -> Peer | None:
+        instance = self.instance
+        if (
+            self.state is FeatureState.RUNNING
+            and instance is not None
+            and instance.ready is not None
+            and not instance.ended.is_set()
+        ):
+            return instance.peer
+        return None
+
+    async def _wait_peer(self) -> Peer:
+        return (await self._running_instance()).peer
+
+    def tokens(self) -> tuple[HeldToken, ...]:
+        """The tokens the running container holds (admitted by the broker), delegated ones too."""
+        instance = self.instance
+        if instance is None or instance.ended.is_set():
+            return ()
+        return tuple(
+            HeldToken(
+                h.claims.token_id, h.token, tuple(str(c) for c in h.claims.caps), h.claims.exp
+            )
+            for h in instance.peer.handles.values()
+            if h.grant.alive
+        )
 
     def _check_available(self) -> None:
         if self.state is FeatureState.QUARANTINED:
@@ -182,6 +234,8 @@ class FeatureHandle(metaclass=_NoPublicConstructor):
             restarts=self.restarts.total,
             calls_total=0 if instance is None else instance.calls_total,
             calls_in_flight=0 if instance is None else instance.in_flight,
+            messages=0 if instance is None else instance.peer.messages,
+            denied=0 if instance is None else instance.peer.denied,
             uptime=anyio.current_time() - instance.started_at if running and instance else None,
             last_exit=self.last_exit,
             memory_current=None if stats is None else stats.memory_current,
@@ -205,6 +259,7 @@ class Supervisor(metaclass=_NoPublicConstructor):
         start_timeout: float,
         stop_timeout: float,
         call_timeout: float,
+        audit: Path | None,
     ) -> None:
         self.app = app
         self._tg = task_group
@@ -219,6 +274,18 @@ class Supervisor(metaclass=_NoPublicConstructor):
         self._order = list(app.start_order)
         self._authority = TokenAuthority(KeyRing.generate())
         self._rundir = RunDir()
+        self._audit = AuditLog(
+            audit or default_audit_path(app.manifest.name, self._rundir.name),
+            app=app.manifest.name,
+            run=self._rundir.name,
+        )
+        self._broker = Broker(
+            self._authority,
+            self._audit,
+            self._handles.get,
+            task_group,
+            call_timeout=call_timeout,
+        )
         self._zygote: ZygoteClient | None = None
         self._cgroups: CgroupTree | None = None
         self._isolation: _isolation.Isolation | None = None
@@ -285,20 +352,58 @@ class Supervisor(metaclass=_NoPublicConstructor):
         Waits (within the deadline) for a feature that is starting or restarting;
         fails at once with FeatureUnavailableError if it is stopped or quarantined,
         with FeatureCrashedError if it dies during the call, with RemoteError if the
-        handler raised, with FeatureTimeoutError past ``timeout`` seconds.
+        handler raised, with FeatureTimeoutError past ``timeout`` seconds (the
+        handler is then cancelled).
         """
-        handle = self.feature(feature)
+        self.feature(feature)
         limit = self.call_timeout if timeout is None else timeout
-        with anyio.move_on_after(limit):
-            instance, ready = await handle._running_instance()
-            if service not in ready.services:
-                offered = ", ".join(ready.services) or "none"
-                raise FeatureError(feature, f"has no service {service!r} (services: {offered})")
-            return await instance.call(service, payload)
-        raise FeatureTimeoutError(feature, f"{service!r} did not answer within {limit:g}s")
+        return await self._broker.host_call(feature, service, payload, limit)
+
+    def stream(
+        self,
+        feature: str,
+        service: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        window: int = 16,
+    ) -> Stream:
+        """Call a streaming service: ``async with sup.stream(...) as items: async for ...``.
+
+        The service runs at most ``window`` values ahead of the reader; ``timeout``
+        bounds the wait for each value.
+        """
+        self.feature(feature)
+        limit = self.call_timeout if timeout is None else timeout
+        return self._broker.host_stream(feature, service, payload, limit, window)
+
+    async def publish(self, topic: str, payload: Any = None) -> int:
+        """Publish an event with host authority; returns how many subscribers it reached."""
+        delivered = self._broker.host_publish(topic, payload)
+        await anyio.lowlevel.checkpoint()
+        return delivered
+
+    def subscribe(self, pattern: str, *, buffer: int = 256) -> Subscription:
+        """Events on topics matching ``pattern`` (``spell.*``), from every feature.
+
+        ``async with sup.subscribe("spell.*") as events: async for event in events``;
+        a reader slower than the events loses the newest past ``buffer`` (counted).
+        """
+        return self._broker.host_subscribe(pattern, buffer)
+
+    def revoke(self, token_id: str) -> frozenset[str]:
+        """Revoke a token (by its id) and everything derived from it; takes effect before
+        the next message. Returns the ids revoked."""
+        return self._broker.revoke(token_id)
+
+    @property
+    def audit_path(self) -> Path | None:
+        """The JSON-lines file this run's audit events go to."""
+        return self._audit.path
 
     def statistics(self) -> SupervisorStatistics:
         isolation = self._isolation
+        audit = self._audit.statistics()
         return SupervisorStatistics(
             app=self.app.manifest.name,
             isolation="unknown" if isolation is None else isolation.level,
@@ -309,6 +414,11 @@ class Supervisor(metaclass=_NoPublicConstructor):
             quarantined=tuple(
                 n for n, h in self._handles.items() if h.state is FeatureState.QUARANTINED
             ),
+            calls_routed=self._broker.routed,
+            events_published=self._broker.events,
+            allowed=audit.allowed,
+            denied=audit.denied,
+            audit_path=audit.path,
         )
 
     # -- starting containers ----------------------------------------------------------
@@ -329,6 +439,8 @@ class Supervisor(metaclass=_NoPublicConstructor):
             tree = CgroupTree(isolation.cgroups, self._rundir.name)
             await anyio.to_thread.run_sync(tree.open)
             self._cgroups = tree
+        self._tg.start_soon(self._broker.deadlines.run)
+        self._tg.start_soon(self._audit.run)
         self._zygote = ZygoteClient.launch(self._rundir.stage)
         await self._zygote.wait_started()
         self._tg.start_soon(self._zygote.serve)
@@ -424,10 +536,13 @@ class Supervisor(metaclass=_NoPublicConstructor):
                     )
                 )
             spec = self._spec(handle, uid, gid, cgroup)
-            instance = await Instance.launch(spec, self._zygote, cgroup)
+            instance = await Instance.launch(
+                spec, self._zygote, cgroup, broker=self._broker, task_group=self._tg
+            )
         except CapsuleError as exc:
-            if cgroup is not None:
-                await anyio.to_thread.run_sync(cgroup.remove)
+            if cgroup is not None:  # an instance that was served removes its own
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(cgroup.remove)
             error = (
                 exc if isinstance(exc, FeatureError) else FeatureStartError(handle.name, str(exc))
             )
@@ -442,7 +557,8 @@ class Supervisor(metaclass=_NoPublicConstructor):
         handle._set(FeatureState.RUNNING)
         _log.info("feature running", feature=handle.name, pid=instance.pid)
         instance.on_end = functools.partial(self._ended, handle, instance)
-        self._tg.start_soon(self._watch, instance)
+        if instance.ended.is_set():  # it ended between ready and here
+            self._ended(handle, instance, instance.ending)  # type: ignore[arg-type]
 
     def _ended(self, handle: FeatureHandle, instance: Instance, ending: Ending) -> None:
         """A container ended: revoke what it held, then apply the policy (synchronously)."""
@@ -452,12 +568,6 @@ class Supervisor(metaclass=_NoPublicConstructor):
         if not ending.requested and handle.instance is instance:
             _log.warning("feature exited", feature=handle.name, reason=ending.reason)
             self._after_exit(handle, ending)
-
-    async def _watch(self, instance: Instance) -> None:
-        await instance.serve()
-        if instance.cgroup is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(instance.cgroup.remove)
 
     def _after_exit(self, handle: FeatureHandle, ending: Ending) -> None:
         """Apply the restart policy and the app's strategy to an unrequested exit."""
@@ -529,6 +639,7 @@ class Supervisor(metaclass=_NoPublicConstructor):
             if self._cgroups is not None:
                 await anyio.to_thread.run_sync(self._cgroups.close)
             self._rundir.close()
+            self._audit.close()
 
 
 def container_uids(supervisor_pid: int) -> range:
@@ -578,6 +689,7 @@ async def open_supervisor(
     start_timeout: float = 10.0,
     stop_timeout: float = 5.0,
     call_timeout: float = 30.0,
+    audit: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[Supervisor]:
     """Run every feature of ``app`` (an app directory, or a loaded App) until the block ends.
 
@@ -587,6 +699,9 @@ async def open_supervisor(
     runs the given Feature objects (shipped with cloudpickle) instead of the
     bundles' entries, for tests and embedding. On exit every container is stopped
     and every mount, cgroup and temporary directory is removed.
+
+    Every decision of the broker is written as JSON lines to ``audit`` (by default
+    ``$XDG_STATE_HOME/capsule/audit/<app>/<run>.jsonl``; ``sup.audit_path`` says where).
     """
     loaded = _load(app)
     unknown = sorted(set(inline or ()) - set(loaded.features))
@@ -602,6 +717,7 @@ async def open_supervisor(
             start_timeout=start_timeout,
             stop_timeout=stop_timeout,
             call_timeout=call_timeout,
+            audit=None if audit is None else Path(audit),
         )
         try:
             await sup._open()

@@ -200,7 +200,11 @@ class TestApp:
 
     @asynccontextmanager
     async def open(self, **options: Any) -> AsyncIterator[Supervisor]:
-        """Write the app and run it: ``open_supervisor`` with the inline features."""
+        """Write the app and run it: ``open_supervisor`` with the inline features.
+
+        The audit log goes to ``audit.jsonl`` beside the app unless ``audit`` is given.
+        """
+        options.setdefault("audit", self.root / "audit.jsonl")
         async with open_supervisor(self.write(), inline=self.inline, **options) as sup:
             yield sup
 

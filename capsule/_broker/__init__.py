@@ -1,0 +1,1 @@
+"""The broker: admission, per-message authorization, routing and audit of container messages."""

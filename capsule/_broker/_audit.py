@@ -1,0 +1,304 @@
+"""The broker's audit log: every security decision as one JSON line, one file per app run.
+
+Must not slow the message path: allowed messages are only counted (one dict update each)
+and become one summary line per (feature, token, action, target) at the next flush; it
+never reads the file back (that is ``_audit_read``) and never configures structlog globally.
+
+Each line is a JSON object with the fields ``time`` (Unix seconds), ``ts`` (ISO 8601 UTC,
+milliseconds, ``Z``), ``app``, ``run``, ``event``, ``feature``, ``decision``, ``reason``,
+``token`` (32-hex token id, when one is involved), ``capability`` (its text form, when one
+is involved) and any extra fields of the event (``count``, ``to``, ``parent``, ``handle``,
+``revoked``, ...). ``decision`` is one of:
+
+* ``allow``: a message was authorized (summarised with ``count``),
+* ``deny``: a message was refused by policy (``deny-suppressed`` summarises a flood),
+* ``admit`` / ``refuse``: a container's token was accepted / refused at admission,
+* ``delegate``: a narrower token was handed to another feature (``to``, ``parent``),
+* ``revoke``: tokens were revoked (``revoked``),
+* ``end``: a session or a container ended,
+* ``drop``: a message was dropped (queue full, peer gone).
+
+Any other string is accepted and written as given. The log is not thread-safe: it belongs
+to the broker's event loop.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Final, final
+
+import anyio
+import structlog
+from structlog.typing import EventDict
+
+__all__ = [
+    "DENIALS_PER_SECOND",
+    "DENY_DECISIONS",
+    "AuditLog",
+    "AuditStatistics",
+    "default_audit_path",
+]
+
+#: deny/refuse events written in full per feature and second; the rest are summarised.
+DENIALS_PER_SECOND: Final = 200
+#: the decisions that count as denials (``denied``, ``denied_by``, the flood cap).
+DENY_DECISIONS: Final = frozenset({"deny", "refuse"})
+#: buffered lines past which ``record`` writes at once instead of at the next flush.
+_BUFFER_LINES: Final = 64
+_FILE_MODE: Final = 0o600
+_DIR_MODE: Final = 0o700
+#: the fields that come first on a line, in this order; extra fields follow.
+_ORDER: Final = (
+    "time", "ts", "app", "run", "event", "feature", "decision", "reason", "token", "capability"
+)  # fmt: skip
+
+_AllowKey = tuple[str, str, str, str]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class AuditStatistics:
+    """Counters of an AuditLog; ``allowed`` includes allows not yet flushed."""
+
+    allowed: int
+    denied: int
+    events: int
+    dropped: int
+    path: str | None
+
+
+def default_audit_path(app: str, run: str) -> Path:
+    """``$XDG_STATE_HOME/capsule/audit/<app>/<run>.jsonl`` (default ``~/.local/state``)."""
+    for name in (app, run):
+        if not name or "/" in name or "\0" in name or name in {".", ".."}:
+            raise ValueError(f"not usable as a file name in an audit path: {name!r}")
+    state = os.environ.get("XDG_STATE_HOME", "")
+    # The XDG spec says to ignore a relative XDG_STATE_HOME.
+    base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
+    return base / "capsule" / "audit" / app / f"{run}.jsonl"
+
+
+def _iso_utc(seconds: float) -> str:
+    stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+    return stamp.removesuffix("+00:00") + "Z"
+
+
+def _schema_order(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: the schema's fields first, in its order, then the extra ones."""
+    line = {key: event_dict[key] for key in _ORDER if key in event_dict}
+    line.update((key, value) for key, value in event_dict.items() if key not in line)
+    return line
+
+
+class _BufferSink:
+    """The structlog "logger" at the end of the chain: it keeps each rendered line."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self._lines = lines
+
+    def msg(self, line: str) -> None:
+        self._lines.append(line)
+
+
+def _open_append(path: Path) -> IO[str]:
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=_DIR_MODE, exist_ok=True)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(path, flags, _FILE_MODE)
+    try:
+        os.fchmod(fd, _FILE_MODE)  # an existing file, or a wide umask, gets 0600 too
+        return os.fdopen(fd, "a", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@final
+class AuditLog:
+    """Security decisions of one app run, buffered in memory and appended to ``path``.
+
+    ``path=None`` counts events and writes nothing. Lines are written by ``flush()``:
+    call it from ``run()`` (once a second) and ``close()`` at the end of the run.
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        app: str,
+        run: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self._clock = clock
+        self._lines: list[str] = []
+        self._pending: dict[_AllowKey, int] = {}
+        self._allowed = 0
+        self._denied: dict[str, int] = {}
+        self._events = 0
+        self._dropped = 0
+        self._windows: dict[str, tuple[int, int]] = {}  # feature -> (second, denials in it)
+        self._suppressed: dict[str, int] = {}
+        self._closed = False
+        self._file = None if path is None else _open_append(path)
+        self._logger = structlog.wrap_logger(
+            _BufferSink(self._lines),
+            processors=[
+                self._add_time,
+                _schema_order,
+                structlog.processors.JSONRenderer(default=str),
+            ],
+            wrapper_class=structlog.BoundLogger,
+            context_class=dict,
+        ).bind(app=app, run=run)
+
+    # -- the hot path --------------------------------------------------------------------
+
+    def allow(self, feature: str, token_id: str, action: str, target: str) -> None:
+        """Count one allowed message; it is written as part of a summary at the next flush."""
+        key = (feature, token_id, action, target)
+        self._pending[key] = self._pending.get(key, 0) + 1
+
+    # -- everything else -----------------------------------------------------------------
+
+    def record(
+        self,
+        event: str,
+        *,
+        feature: str,
+        decision: str,
+        reason: str = "",
+        token: str | None = None,
+        capability: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """Buffer one event line; deny/refuse floods past the cap are only counted."""
+        if decision in DENY_DECISIONS:
+            self._denied[feature] = self._denied.get(feature, 0) + 1
+            if not self._under_cap(feature):
+                self._suppressed[feature] = self._suppressed.get(feature, 0) + 1
+                self._dropped += 1
+                return
+        elif decision == "allow":
+            self._allowed += 1
+        self._emit(
+            event,
+            feature=feature,
+            decision=decision,
+            reason=reason,
+            token=token,
+            capability=capability,
+            fields=fields,
+        )
+        if len(self._lines) > _BUFFER_LINES:
+            self._write()
+
+    def flush(self) -> None:
+        """Write the allow summaries, the flood summaries and every buffered line."""
+        pending, self._pending = self._pending, {}
+        for (feature, token_id, action, target), count in pending.items():
+            self._allowed += count
+            self._emit(
+                "allow",
+                feature=feature,
+                decision="allow",
+                reason="",
+                token=token_id,
+                capability=f"icc:{action}:{target}",
+                fields={"count": count},
+            )
+        suppressed, self._suppressed = self._suppressed, {}
+        for feature, count in suppressed.items():
+            self._emit(
+                "deny-suppressed",
+                feature=feature,
+                decision="deny",
+                reason=f"more than {DENIALS_PER_SECOND} denials in one second",
+                token=None,
+                capability=None,
+                fields={"count": count},
+            )
+        self._write()
+
+    async def run(self, interval: float = 1.0) -> None:
+        """Flush every ``interval`` seconds until cancelled; ``close()`` writes the rest."""
+        while True:
+            await anyio.sleep(interval)
+            self.flush()
+
+    def close(self) -> None:
+        """Flush and close the file; later events are counted but not written."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def statistics(self) -> AuditStatistics:
+        return AuditStatistics(
+            allowed=self._allowed + sum(self._pending.values()),
+            denied=sum(self._denied.values()),
+            events=self._events,
+            dropped=self._dropped,
+            path=None if self.path is None else str(self.path),
+        )
+
+    def denied_by(self, feature: str) -> int:
+        """How many deny/refuse decisions were recorded for ``feature``, suppressed or not."""
+        return self._denied.get(feature, 0)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _under_cap(self, feature: str) -> bool:
+        second = math.floor(self._clock())
+        start, count = self._windows.get(feature, (second, 0))
+        if start != second:
+            count = 0
+        if count >= DENIALS_PER_SECOND:
+            return False
+        self._windows[feature] = (second, count + 1)
+        return True
+
+    def _emit(
+        self,
+        event: str,
+        *,
+        feature: str,
+        decision: str,
+        reason: str,
+        token: str | None,
+        capability: str | None,
+        fields: dict[str, Any],
+    ) -> None:
+        optional = {"token": token, "capability": capability}
+        present = {key: value for key, value in optional.items() if value is not None}
+        self._logger.msg(
+            event, feature=feature, decision=decision, reason=reason, **present, **fields
+        )
+        self._events += 1
+
+    def _add_time(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+        """structlog processor: ``time`` (Unix seconds) and ``ts`` (ISO 8601 UTC) from the clock."""
+        now = self._clock()
+        event_dict["time"] = now
+        event_dict["ts"] = _iso_utc(now)
+        return event_dict
+
+    def _write(self) -> None:
+        text = "".join(line + "\n" for line in self._lines)
+        self._lines.clear()  # the same list the structlog sink appends to
+        if self._file is None or not text:
+            return
+        self._file.write(text)
+        self._file.flush()

@@ -1,0 +1,187 @@
+"""The broker's bookkeeping: a container's peer state, one call in flight, and deadlines.
+
+State only, no decisions: the broker admits, authorizes and forwards; these hold
+what it needs to answer, cancel or time out a call later.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from typing import Final, final
+
+import anyio
+
+from capsule._broker._connection import Connection
+from capsule._broker._host import HostCall
+from capsule._tokens._format import TokenClaims
+from capsule._tokens._grant import Grant
+
+__all__ = ["Deadlines", "Handle", "Peer", "Route", "Subscriber"]
+
+_COMPACT_EVERY: Final = 4096  # finished calls leave heap entries behind; drop them this often
+
+
+@final
+class Handle:
+    """An admitted token on one connection: the number the container names it by."""
+
+    __slots__ = ("claims", "grant", "number", "token")
+
+    def __init__(self, number: int, token: str, claims: TokenClaims, grant: Grant) -> None:
+        self.number = number
+        self.token = token
+        self.claims = claims
+        self.grant = grant
+
+
+@final
+class Peer:
+    """The broker's state for one running container."""
+
+    __slots__ = (
+        "admitted",
+        "calls",
+        "calls_total",
+        "conn",
+        "denied",
+        "detached",
+        "feature",
+        "handles",
+        "ids",
+        "messages",
+        "requests",
+        "services",
+    )
+
+    def __init__(self, conn: Connection, feature: str) -> None:
+        self.conn = conn
+        self.feature = feature
+        self.handles: dict[int, Handle] = {}
+        self.admitted: dict[str, Handle] = {}  # token id -> handle
+        self.calls: dict[int, Route] = {}  # delivered into this container, awaiting its answer
+        self.requests: dict[int, Route] = {}  # made by this container, in flight
+        self.services: frozenset[str] = frozenset()
+        self.ids = itertools.count(1)
+        self.messages = 0
+        self.denied = 0
+        self.calls_total = 0
+        self.detached = False
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.feature} handles={len(self.handles)} in-flight={len(self.requests)}>"
+
+
+@final
+class Route:
+    """One call through the broker, from a container (``caller``) or the host (``host``)."""
+
+    __slots__ = (
+        "callee",
+        "callee_id",
+        "caller",
+        "caller_id",
+        "credit",
+        "deadline",
+        "feature",
+        "host",
+        "live",
+        "service",
+        "stream",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        feature: str,
+        service: str,
+        *,
+        caller: Peer | None,
+        caller_id: int,
+        host: HostCall | None,
+        stream: bool,
+        credit: int,
+        timeout: float,
+    ) -> None:
+        self.feature = feature
+        self.service = service
+        self.caller = caller
+        self.caller_id = caller_id
+        self.host = host
+        self.stream = stream
+        self.credit = credit
+        self.timeout = timeout
+        self.deadline = anyio.current_time() + timeout
+        self.callee: Peer | None = None
+        self.callee_id = 0
+        self.live = True
+
+
+@final
+class Subscriber:
+    """One subscription: a container's (with the grant it subscribed under) or the host's."""
+
+    __slots__ = ("grant", "host", "pattern", "peer")
+
+    def __init__(
+        self,
+        pattern: str,
+        *,
+        peer: Peer | None = None,
+        grant: Grant | None = None,
+        host: object = None,
+    ) -> None:
+        self.pattern = pattern
+        self.peer = peer
+        self.grant = grant
+        self.host = host
+
+
+@final
+class Deadlines:
+    """Routes ordered by deadline; one task expires them (lazy deletion, compacted)."""
+
+    def __init__(self, expire: Callable[[Route], None]) -> None:
+        self._heap: list[tuple[float, int, Route]] = []
+        self._seq = itertools.count()
+        self._expire = expire
+        self._changed = anyio.Event()
+        self._added = 0
+
+    def add(self, route: Route) -> None:
+        heap = self._heap
+        first = heap[0][0] if heap else None
+        heapq.heappush(heap, (route.deadline, next(self._seq), route))
+        if first is None or route.deadline < first:
+            self._changed.set()
+        self._added += 1
+        if self._added >= _COMPACT_EVERY:
+            self._added = 0
+            self._compact()
+
+    def _compact(self) -> None:
+        self._heap = [entry for entry in self._heap if entry[2].live]
+        heapq.heapify(self._heap)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    async def run(self) -> None:
+        while True:
+            heap = self._heap
+            now = anyio.current_time()
+            while heap and (heap[0][0] <= now or not heap[0][2].live):
+                deadline, _, route = heapq.heappop(heap)
+                if not route.live:
+                    continue
+                if route.deadline > deadline:  # a stream item moved it on
+                    heapq.heappush(heap, (route.deadline, next(self._seq), route))
+                    continue
+                self._expire(route)
+            self._changed = anyio.Event()
+            if heap:
+                with anyio.move_on_after(heap[0][0] - now):
+                    await self._changed.wait()
+            else:
+                await self._changed.wait()
