@@ -215,9 +215,10 @@ class Broker:
             handles = self._grants.pop(token_id, ())
             for handle in handles:
                 handle.grant.revoke()
-            self._delegated.pop(token_id, None)
+            delegation = self._delegated.pop(token_id, None)
+            holder = handles[0].grant.feature if handles else delegation[1] if delegation else ""
             self.audit.record(
-                "revoke", feature="", decision="revoke", token=token_id, handles=len(handles)
+                "revoke", feature=holder, decision="revoke", token=token_id, handles=len(handles)
             )
 
     def revoke(self, token_id: str) -> frozenset[str]:
@@ -254,6 +255,8 @@ class Broker:
         word = _ACTION_WORD[action]
         if not valid:
             reason = f"{target!r} is not a valid {word} target (ASCII lower-case names only)"
+        elif number == 0:
+            reason = "no token it holds covers it"
         elif handle is None:
             reason = f"handle {number} was not issued on this connection"
         elif not handle.grant.alive:

@@ -99,6 +99,7 @@ class Subscription:
             self.closed = True
             self._on_close(self)
             self._send.close()
+            self._receive.close()
 
     async def aclose(self) -> None:
         self.close()
@@ -126,6 +127,13 @@ class HostCall:
         self._receive: MemoryObjectReceiveStream[msgspec.Raw] | None = None
         if window:
             self._items, self._receive = anyio.create_memory_object_stream[msgspec.Raw](math.inf)
+
+    def close(self) -> None:
+        """Release the item buffer (the reader is done with it)."""
+        if self._receive is not None:
+            self._receive.close()
+        if self._items is not None:
+            self._items.close()
 
     def finish(self, value: msgspec.Raw | None, error: Error | None) -> None:
         if self.done.is_set():
@@ -176,6 +184,7 @@ class Stream:
             value = await receive.receive()
         except anyio.EndOfStream:
             self._finished = True
+            self._call.close()
             error = self._call.error
             if error is not None:
                 raise exception_for(error, caller="@host") from None
@@ -190,6 +199,7 @@ class Stream:
         if not self._finished:
             self._finished = True
             self._cancel()
+        self._call.close()
 
     async def aclose(self) -> None:
         self._stop()

@@ -125,6 +125,7 @@ class ItemStream:
             raw = await self._receive.receive()
         except anyio.EndOfStream:
             self._done = True
+            self._receive.close()
             self._client._forget(self._id)
             if self._waiter.error is not None:
                 raise exception_for(self._waiter.error, caller=self._client.feature) from None
@@ -136,6 +137,7 @@ class ItemStream:
         if not self._done:
             self._done = True
             if self._receive is not None:
+                self._receive.close()
                 self._client._forget(self._id)
                 with anyio.CancelScope(shield=True):
                     await self._client._send(Cancel(id=self._id))
