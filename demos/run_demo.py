@@ -170,6 +170,31 @@ async def run_in_containers() -> None:
         )
         reply = await sup.call("dictionary", "lookup", {"words": ["notes"]})
         step("the others kept answering", ok="known" in reply)
+        await through_the_broker(sup)
+
+
+async def through_the_broker(sup: capsule.Supervisor) -> None:
+    print("\nfeatures talk only through the broker, which checks every message")
+    async with sup.subscribe("spell.*") as events:
+        checked = await sup.call("spellcheck", "check", {"text": "helo wrld", "note": "demo.md"})
+        step(
+            "spellcheck asks the dictionary, through the broker",
+            ok=checked["unknown"] == ["helo", "wrld"],
+            detail=str(checked),
+        )
+        with anyio.fail_after(5):
+            event = await events.receive()
+        step(
+            "its spell.checked event reaches a subscriber, stamped with its sender",
+            ok=event.topic == "spell.checked" and event.sender == "spellcheck",
+            detail=f"{event.topic} from {event.sender}: {event.payload}",
+        )
+    stats = sup.statistics()
+    step(
+        "every decision is audited",
+        ok=stats.allowed > 0 and stats.audit_path is not None,
+        detail=f"{stats.allowed} allowed, {stats.denied} denied, in {stats.audit_path}",
+    )
 
 
 async def _attack(ctx: Any, request: Any) -> dict[str, Any]:
