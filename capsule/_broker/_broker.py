@@ -60,7 +60,7 @@ from capsule.errors import (
     ProtocolError,
 )
 
-__all__ = ["MAX_HANDLES", "MAX_IN_FLIGHT", "Broker", "Target"]
+__all__ = ["MAX_HANDLES", "MAX_IN_FLIGHT", "MAX_REFUSED", "Broker", "Target"]
 
 _log = structlog.get_logger("capsule.broker")
 
@@ -68,6 +68,8 @@ MAX_IN_FLIGHT: Final = 256
 """Requests one container may have in flight; past it, requests are refused as overloaded."""
 MAX_HANDLES: Final = 256
 """Tokens one container may hold admitted at once."""
+MAX_REFUSED: Final = 32
+"""Invalid tokens one container may present; past it, the container is ended."""
 MAX_CREDIT: Final = 1 << 16
 _NIL: Final = msgspec.Raw(msgspec.msgpack.encode(None))
 _encode: Final = msgspec.msgpack.Encoder().encode
@@ -165,9 +167,12 @@ class Broker:
         claims, reason = self._verifier.diagnose(msg.token, aud=peer.feature)
         if claims is None:
             peer.denied += 1
+            peer.refused += 1
             self.audit.record(
                 "admit", feature=peer.feature, decision="refuse", reason=reason or "invalid token"
             )
+            if peer.refused > MAX_REFUSED:  # each costs a signature check: stop paying
+                raise ProtocolError(f"presented {peer.refused} invalid tokens")
             peer.conn.send(error_for(msg.id, InvalidTokenError()))
             return
         handle = peer.admitted.get(claims.token_id)

@@ -51,6 +51,7 @@ class Peer:
         "handles",
         "ids",
         "messages",
+        "refused",
         "requests",
         "services",
     )
@@ -66,6 +67,7 @@ class Peer:
         self.ids = itertools.count(1)
         self.messages = 0
         self.denied = 0
+        self.refused = 0
         self.calls_total = 0
         self.detached = False
 

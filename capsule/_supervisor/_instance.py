@@ -272,6 +272,12 @@ class Instance:
                 )
                 _log.error("container broke the protocol", feature=self.feature, error=str(exc))
                 self.send_signal(signal.SIGKILL)
+            except Exception as exc:  # a bug of ours: end this container, keep the app
+                self._broker.audit.record(
+                    "end", feature=self.feature, decision="end", reason=f"internal error: {exc!r}"
+                )
+                _log.exception("internal error serving a container", feature=self.feature)
+                self.send_signal(signal.SIGKILL)
             tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(_EXIT_WAIT) as scope:
