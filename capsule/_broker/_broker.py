@@ -19,7 +19,7 @@ import msgspec
 import structlog
 
 from capsule._broker._audit import AuditLog
-from capsule._broker._connection import Connection
+from capsule._broker._connection import Connection, Outbox
 from capsule._broker._host import HostCall, Stream, Subscription, decode_payload
 from capsule._broker._routes import Deadlines, Handle, Peer, Route, Subscriber
 from capsule._broker._topics import TopicIndex, valid_call, valid_pattern, valid_topic
@@ -114,6 +114,7 @@ class Broker:
         self._grants: dict[str, list[Handle]] = {}  # token id -> its live handles
         self._delegated: dict[str, tuple[str, str, str]] = {}  # token id -> (by, to, parent)
         self.deadlines = Deadlines(self._expire)
+        self.outbox = Outbox()
         self.events = 0
         self.routed = 0
         self._dispatch: dict[type, Callable[[Peer, Any], None]] = {

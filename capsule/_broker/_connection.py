@@ -21,7 +21,7 @@ from capsule._ipc._channel import FrameBuffer, encode_frame
 from capsule._ipc._messages import FromContainer
 from capsule.errors import ChannelClosedError, ProtocolError
 
-__all__ = ["FAIR_BATCH", "HARD_LIMIT", "SOFT_LIMIT", "Connection"]
+__all__ = ["FAIR_BATCH", "HARD_LIMIT", "SOFT_LIMIT", "Connection", "Outbox"]
 
 _READ_SIZE: Final = 65536
 _ANCILLARY: Final = socket.CMSG_SPACE(64 * array.array("i").itemsize)
@@ -48,6 +48,40 @@ def _close_passed_fds(ancillary: list[tuple[int, int, bytes]]) -> int:
 
 
 @final
+class Outbox:
+    """Connections with frames to write, shared by every connection of one broker.
+
+    Frames queued while a read loop dispatches a batch are written when the batch
+    ends, one system call per connection, without a trip through the scheduler;
+    frames queued elsewhere (the host, timers) wake ``run``, which does the same.
+    """
+
+    def __init__(self) -> None:
+        self._dirty: list[Connection] = []
+        self.batching = 0
+        self._wake = anyio.Event()
+        self._woken = False
+
+    def mark(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self.batching and not self._woken:
+            self._woken = True
+            self._wake.set()
+
+    def flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.push()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            self._woken = False
+            self.flush()
+
+
+@final
 class Connection:
     """One container's channel as the broker sees it.
 
@@ -57,10 +91,13 @@ class Connection:
     FAIR_BATCH frames so a flooding container gets its turn and no more.
     """
 
-    def __init__(self, sock: socket.socket, feature: str) -> None:
+    def __init__(self, sock: socket.socket, feature: str, outbox: Outbox) -> None:
         sock.setblocking(False)  # noqa: FBT003 - the socket API's own signature
         self.sock = sock
         self.feature = feature
+        self._outbox = outbox
+        self._dirty = False
+        self._blocked = False
         self._frames: FrameBuffer[FromContainer] = FrameBuffer(FromContainer)
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -88,8 +125,34 @@ class Connection:
                 return False
         self._out.append(frame)
         self._out_bytes += len(frame)
-        self._wake.set()
+        if not self._dirty and not self._blocked:
+            self._dirty = True
+            self._outbox.mark(self)
         return True
+
+    def push(self) -> None:
+        """Write what is queued without waiting; the writer task takes over a full socket."""
+        self._dirty = False
+        if self._blocked or self.closed or not self._out:
+            return
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.closed = True
+            self._out_bytes = 0
+            return
+        if sent < len(data):
+            out.append(data[sent:])
+            self._out_bytes = len(data) - sent
+            self._blocked = True
+            self._wake.set()
+        else:
+            self._out_bytes = 0
 
     def send(self, message: object) -> bool:
         return self.put(encode_frame(message))
@@ -100,30 +163,19 @@ class Connection:
         return self._out_bytes
 
     async def write_loop(self) -> None:
-        """Write queued frames until the channel closes (then return quietly)."""
+        """Write what ``push`` could not, once the socket drains (until the channel closes)."""
         while not self.closed:
-            if not self._out:
+            if not self._blocked:
                 self._wake = anyio.Event()
                 await self._wake.wait()
                 continue
-            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-            self._out.clear()
-            self._out_bytes = 0
-            view = memoryview(data)
-            while view:
-                try:
-                    sent = self.sock.send(view)
-                except BlockingIOError:
-                    try:
-                        await anyio.wait_writable(self.sock)
-                    except (OSError, anyio.ClosedResourceError):
-                        self.closed = True
-                        return
-                    continue
-                except OSError:
-                    self.closed = True
-                    return
-                view = view[sent:]
+            try:
+                await anyio.wait_writable(self.sock)
+            except (OSError, anyio.ClosedResourceError):
+                self.closed = True
+                return
+            self._blocked = False
+            self.push()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -146,6 +198,11 @@ class Connection:
                     "the channel carries bytes only"
                 )
             if not data:
+                if self._frames.pending:  # a truncated frame is a breach, not a clean close
+                    raise ProtocolError(
+                        f"closed the channel in the middle of a frame "
+                        f"({self._frames.pending} bytes of it received)"
+                    )
                 raise ChannelClosedError("the channel is closed")
             self._frames.feed(data)
             return
@@ -162,17 +219,25 @@ class Connection:
         """Dispatch every message until the channel closes (ChannelClosedError) or a
         frame breaks the protocol (ProtocolError)."""
         frames = self._frames
+        outbox = self._outbox
         while True:
             handled = 0
-            message = frames.next()
-            while message is not None:
-                dispatch(message)
-                handled += 1
-                if handled >= FAIR_BATCH:
-                    handled = 0
-                    await anyio.lowlevel.checkpoint()
+            outbox.batching += 1
+            try:
                 message = frames.next()
-            await self._fill()
+                while message is not None:
+                    dispatch(message)
+                    handled += 1
+                    if handled >= FAIR_BATCH:
+                        break
+                    message = frames.next()
+            finally:
+                outbox.batching -= 1
+                outbox.flush()
+            if handled >= FAIR_BATCH:
+                await anyio.lowlevel.checkpoint()
+            else:
+                await self._fill()
 
     def close(self) -> None:
         """Stop writing and close the socket (idempotent)."""

@@ -6,6 +6,7 @@ never trusts the feature code it loads to behave (a failing handler fails its ca
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import io
@@ -45,7 +46,7 @@ from capsule._ipc._messages import (
     Start,
     Stop,
 )
-from capsule.errors import ProtocolError
+from capsule.errors import ChannelClosedError, ProtocolError
 
 __all__ = ["EXIT_CLEAN", "EXIT_FAILED", "serve"]
 
@@ -256,24 +257,27 @@ async def _pump_logs(
     channel: Channel[FromSupervisor], logs: MemoryObjectReceiveStream[Log]
 ) -> None:
     async for log in logs:
-        await channel.send(log)
+        await channel.send_soon(log)
 
 
 async def _main(fd: int, status: SandboxStatus) -> int:
-    sock = socket.socket(fileno=fd)
-    stream = await anyio.abc.UNIXSocketStream.from_socket(sock)
-    channel: Channel[FromSupervisor] = Channel(stream, FromSupervisor)
+    channel: Channel[FromSupervisor] = Channel(socket.socket(fileno=fd), FromSupervisor)
     send_log, receive_log = anyio.create_memory_object_stream[Log](_LOG_BUFFER)
     stdout, stderr = _LogWriter("stdout", send_log), _LogWriter("stderr", send_log)
     sys.stdout, sys.stderr = stdout, stderr
     async with anyio.create_task_group() as tg:
         tg.start_soon(_pump_logs, channel, receive_log)
-        try:
-            code = await _session(channel, status)
-        finally:
-            stdout.flush()
-            stderr.flush()
-            send_log.close()  # the pump sends what is buffered, then ends
+        async with anyio.create_task_group() as writer:
+            writer.start_soon(channel.write_loop)
+            try:
+                code = await _session(channel, status)
+            finally:
+                stdout.flush()
+                stderr.flush()
+                send_log.close()  # the pump sends what is buffered, then ends
+                writer.cancel_scope.cancel()
+    with contextlib.suppress(ChannelClosedError), anyio.move_on_after(1):
+        await channel.flush()  # the last log lines the pump queued
     return code
 
 

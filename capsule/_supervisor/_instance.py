@@ -154,7 +154,7 @@ class Instance:
         except BaseException:
             ours.close()
             raise
-        conn = Connection(ours, spec.feature)
+        conn = Connection(ours, spec.feature, broker.outbox)
         instance = cls(spec, zygote, spawned, conn, broker=broker, cgroup=cgroup)
         try:
             with anyio.fail_after(spec.start_timeout):

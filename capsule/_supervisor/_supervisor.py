@@ -440,6 +440,7 @@ class Supervisor(metaclass=_NoPublicConstructor):
             await anyio.to_thread.run_sync(tree.open)
             self._cgroups = tree
         self._tg.start_soon(self._broker.deadlines.run)
+        self._tg.start_soon(self._broker.outbox.run)
         self._tg.start_soon(self._audit.run)
         self._zygote = ZygoteClient.launch(self._rundir.stage)
         await self._zygote.wait_started()

@@ -1,0 +1,953 @@
+"""The broker: brokered calls, pipelined calls, events, authorization and fairness.
+
+Must not gate: targets are reported, met or not; only a real error exits non-zero.
+
+Measures, in one run and on one machine:
+
+* the floor: a 64-byte ping-pong over a Unix socketpair between this process (trio)
+  and a child Python process running a trio echo loop on the other end (``pass_fds``);
+* brokered request/reply between two containers: a ``caller`` feature's service makes
+  sequential ``await ctx.call("echo", "echo", payload)`` calls (64 B) and times each
+  with ``time.perf_counter_ns`` inside its container; target p50 <= 2.5x the floor's p50;
+  a host ``sup.call("echo", "echo", ...)`` beside it, for comparison;
+* pipelined calls: 64 tasks of the ``caller`` container calling ``echo.echo`` in a loop
+  (64 in flight), timed inside the container: calls/s, target >= 20,000;
+* one-way events: a ``publisher`` container publishes a burst of ``bench.tick`` events
+  to a ``subscriber`` container that counts them; timed by the host from the start of
+  the burst to the subscriber's last counted event: events/s, target >= 100,000, with
+  the events counted against those sent (the broker drops events to a subscriber whose
+  queue passes 4 MiB, and the container drops past its own buffer);
+* per-message authorization in this process: the handle lookup + ``Grant.allows`` as
+  ``Broker._check`` does them, and ``Broker._check`` itself on a fake peer; target
+  <= 1 us p50; admission (``diagnose`` + ``compile_grant`` of the token text, as
+  ``Broker._admit``), target <= 100 us p50;
+* fairness: the p99 of sequential host calls to a ``quiet`` feature alone, then while a
+  ``flooder`` feature publishes as fast as it can, then while it calls with 64 in flight;
+  target: flooded p99 <= 2x the quiet p99.
+
+All measures run interleaved, in rounds, so machine noise spreads over all of them.
+Must run where containers can start (as root here). Run:
+``python benchmarks/broker.py [--json PATH] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Final, cast
+
+import structlog
+import trio
+from _common import (
+    Job,
+    Measure,
+    Target,
+    flatten,
+    gc_paused,
+    machine_info,
+    parse_arguments,
+    percentile,
+    print_report,
+    report_payload,
+    run_interleaved,
+    time_batches,
+    time_each,
+    write_json,
+)
+
+from capsule import Supervisor
+from capsule._broker._audit import AuditLog
+from capsule._broker._broker import Broker
+from capsule._broker._routes import Handle, Peer
+from capsule._broker._topics import valid_call
+from capsule.feature import Context
+from capsule.testing import TestApp
+from capsule.tokens import Action, KeyRing, TokenAuthority, compile_grant
+
+NAME: Final = "broker"
+MESSAGE_SIZE: Final = 64
+PAYLOAD: Final = b"\x5a" * MESSAGE_SIZE
+TICK: Final = "bench.tick"
+FLOOD_TOPIC: Final = "bench.flood"
+
+CALL_RATIO_TARGET: Final = 2.5  # brokered call p50 / floor p50
+PIPELINE_TARGET: Final = 20_000.0  # calls/s, 64 in flight
+EVENTS_TARGET: Final = 100_000.0  # events/s
+CHECK_TARGET: Final = Target(1.0)
+ADMISSION_TARGET: Final = Target(100.0)
+FAIRNESS_TARGET: Final = 2.0  # flooded p99 / quiet p99
+IN_FLIGHT: Final = 64
+
+CALL_ROW: Final = "brokered call container -> container, 64 B, sequential"
+HOST_CALL_ROW: Final = "host sup.call -> container, 64 B, sequential"
+PIPELINE_ROW: Final = f"pipelined calls, {IN_FLIGHT} in flight: time per call"
+EVENTS_ROW: Final = "events publisher -> subscriber: time per event counted"
+CHECK_ROW: Final = "per-message check: Broker._check on a fake peer"
+ADMISSION_ROW: Final = "admission: diagnose + compile_grant (ctk1 text, as _admit)"
+QUIET_ALONE: Final = "quiet host -> quiet.ping, alone"
+QUIET_PUBLISH: Final = "quiet ping while flooder publishes flat out"
+QUIET_CALL: Final = f"quiet ping while flooder calls, {IN_FLIGHT} in flight"
+
+#: The floor's other end: a trio echo loop on the socket inherited as fd argv[1].
+ECHO_CHILD: Final = """
+import socket, sys, trio
+
+async def main(fd):
+    sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
+    with sock:
+        while True:
+            data = await sock.recv(65536)
+            if not data:
+                return
+            view = memoryview(data)
+            while view:
+                view = view[await sock.send(view):]
+
+trio.run(main, int(sys.argv[1]))
+"""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Sample counts for one run (full or ``--quick``); each is split over the rounds."""
+
+    rounds: int
+    floor_round_trips: int
+    floor_warmup: int  # per round
+    calls: int  # sequential container -> container calls
+    call_warmup: int  # per round
+    host_calls: int  # sequential host -> container calls
+    pipeline_per_task: int  # calls each task makes per round (one sample per round)
+    pipeline_warmup_per_task: int  # per round
+    events: int  # events per burst (one burst, one sample, per round)
+    event_stall_s: float  # the subscriber gives up waiting after this long without an event
+    check_batch: int  # calls per timing sample for the per-message check
+    check_samples: int
+    check_warmup: int  # batches, per round
+    admissions: int
+    admission_warmup: int  # per round
+    quiet_pings: int  # per condition (alone, publish flood, call flood)
+    quiet_warmup: int  # per round and condition
+    flood_ramp_s: float  # how long a flood runs before the quiet calls start
+
+
+FULL: Final = Sizes(
+    rounds=10,
+    floor_round_trips=10_000,
+    floor_warmup=100,
+    calls=5_000,
+    call_warmup=50,
+    host_calls=3_000,
+    pipeline_per_task=80,
+    pipeline_warmup_per_task=5,
+    events=20_000,
+    event_stall_s=0.5,
+    check_batch=1_000,
+    check_samples=1_000,
+    check_warmup=5,
+    admissions=3_000,
+    admission_warmup=20,
+    quiet_pings=3_000,
+    quiet_warmup=20,
+    flood_ramp_s=0.05,
+)
+QUICK: Final = Sizes(
+    rounds=3,
+    floor_round_trips=1_500,
+    floor_warmup=50,
+    calls=600,
+    call_warmup=20,
+    host_calls=300,
+    pipeline_per_task=10,
+    pipeline_warmup_per_task=2,
+    events=3_000,
+    event_stall_s=0.3,
+    check_batch=1_000,
+    check_samples=60,
+    check_warmup=2,
+    admissions=300,
+    admission_warmup=10,
+    quiet_pings=300,
+    quiet_warmup=10,
+    flood_ramp_s=0.03,
+)
+
+
+@dataclass(frozen=True)
+class LabelledTarget(Target):
+    """A p50 bound derived from another figure (a ratio, a rate), described in its own terms."""
+
+    label: str = ""
+
+    def describe(self) -> str:
+        return self.label or super().describe()
+
+
+def _quiet_logs() -> None:
+    """Supervisor log lines go to stderr, warnings and worse only: stdout holds the table."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+def build_app(root: Path) -> TestApp:
+    """Six inline features: echo, caller, publisher, subscriber, quiet and flooder.
+
+    The handlers run inside their containers (each feature is pickled whole, so the
+    state dicts below are shared by the handlers of one feature, in its container).
+    """
+    app = TestApp(root, name="brokerbench")
+    _call_features(app)
+    _event_features(app)
+    _fairness_features(app)
+    return app
+
+
+def _call_features(app: TestApp) -> None:
+    """``echo`` answers with its request; ``caller`` times calls to it from its container."""
+    echo = app.feature("echo", faults=False)
+    caller = app.feature("caller", requires=["echo"], policy={"call": ["echo.echo"]}, faults=False)
+
+    @echo.service("echo")
+    async def _echo(ctx: Context, request: Any) -> Any:
+        return request
+
+    @caller.service("bench")
+    async def _bench(ctx: Context, request: Any) -> list[int]:
+        """``n`` sequential calls to echo.echo, each timed here; the durations in ns."""
+        payload = request["payload"]
+        for _ in range(request["warmup"]):
+            await ctx.call("echo", "echo", payload)
+        clock = time.perf_counter_ns
+        durations: list[int] = []
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(request["n"]):
+                start = clock()
+                reply = await ctx.call("echo", "echo", payload)
+                durations.append(clock() - start)
+                if reply != payload:
+                    raise RuntimeError(f"echo.echo answered {reply!r}")
+        finally:
+            gc.enable()
+        return durations
+
+    @caller.service("pipeline")
+    async def _pipeline(ctx: Context, request: Any) -> int:
+        """``tasks`` tasks each making ``per_task`` calls in a loop; the elapsed ns."""
+        payload = request["payload"]
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                await ctx.call("echo", "echo", payload)
+
+        async def burst(count: int) -> int:
+            start = time.perf_counter_ns()
+            async with trio.open_nursery() as nursery:
+                for _ in range(request["tasks"]):
+                    nursery.start_soon(worker, count)
+            return time.perf_counter_ns() - start
+
+        await burst(request["warmup"])
+        gc.collect()
+        gc.disable()
+        try:
+            return await burst(request["per_task"])
+        finally:
+            gc.enable()
+
+
+def _event_features(app: TestApp) -> None:
+    """``publisher`` publishes bursts; ``subscriber`` counts them (and the flooder's events)."""
+    publisher = app.feature("publisher", policy={"publish": [TICK]}, faults=False)
+    subscriber = app.feature("subscriber", policy={"subscribe": [TICK, FLOOD_TOPIC]}, faults=False)
+
+    @publisher.service("burst")
+    async def _burst(ctx: Context, request: Any) -> int:
+        """Publish ``m`` events as fast as one task can; the elapsed ns."""
+        start = time.perf_counter_ns()
+        for index in range(request["m"]):
+            await ctx.publish(TICK, index)
+        return time.perf_counter_ns() - start
+
+    ticks = {"count": 0, "last": 0, "flood": 0}
+
+    @subscriber.on(TICK)
+    async def _tick(ctx: Context, event: Any) -> None:
+        ticks["count"] += 1
+        ticks["last"] = time.perf_counter_ns()
+
+    @subscriber.on(FLOOD_TOPIC)
+    async def _flooded(ctx: Context, event: Any) -> None:
+        ticks["flood"] += 1
+
+    @subscriber.service("count")
+    async def _count(ctx: Context, request: Any) -> int:
+        return ticks["count"]
+
+    @subscriber.service("wait")
+    async def _wait(ctx: Context, request: Any) -> dict[str, int]:
+        """Until ``target`` events are counted, or none came for ``stall_s``: the count and
+        how long ago (ns, by this container's clock) the last one was counted."""
+        stall_ns = int(request["stall_s"] * 1e9)
+        while ticks["count"] < request["target"]:
+            seen = ticks["count"]
+            await trio.sleep(0.001)
+            if ticks["count"] == seen and time.perf_counter_ns() - ticks["last"] > stall_ns:
+                break
+        return {"count": ticks["count"], "since_last_ns": time.perf_counter_ns() - ticks["last"]}
+
+
+def _fairness_features(app: TestApp) -> None:
+    """``quiet`` answers pings; ``flooder`` publishes or calls flat out until told to stop."""
+    quiet = app.feature("quiet", faults=False)
+    flooder = app.feature(
+        "flooder",
+        requires=["echo"],
+        policy={"call": ["echo.echo"], "publish": [FLOOD_TOPIC]},
+        faults=False,
+    )
+
+    @quiet.service("ping")
+    async def _ping(ctx: Context, request: Any) -> Any:
+        return request
+
+    flood = {"stop": False}
+
+    @flooder.service("flood")
+    async def _flood(ctx: Context, request: Any) -> int:
+        """Publish, or call with ``tasks`` in flight, until ``stop``; how many were sent."""
+        flood["stop"] = False
+        sent = [0]
+        payload = request["payload"]
+
+        async def publish() -> None:
+            while not flood["stop"]:
+                await ctx.publish(FLOOD_TOPIC, payload)
+                sent[0] += 1
+
+        async def call() -> None:
+            while not flood["stop"]:
+                await ctx.call("echo", "echo", payload)
+                sent[0] += 1
+
+        async with trio.open_nursery() as nursery:
+            if request["mode"] == "publish":
+                nursery.start_soon(publish)
+            else:
+                for _ in range(request["tasks"]):
+                    nursery.start_soon(call)
+        return sent[0]
+
+    @flooder.service("stop")
+    async def _stop(ctx: Context, request: Any) -> None:
+        flood["stop"] = True
+
+
+# -- the floor -------------------------------------------------------------------------------
+
+
+class EchoChild:
+    """A child Python process echoing on one end of a socketpair; this process holds the other."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = ours
+        with theirs:
+            fd = theirs.fileno()
+            # A fixed argument list: this interpreter and the echo program above.
+            self.process = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-c", ECHO_CHILD, str(fd)], pass_fds=[fd]
+            )
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)  # the child reads EOF and returns
+        self.sock.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class PingPong:
+    """The parent side of the floor, in trio: send 64 B, receive the 64 B echoed."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = trio.socket.from_stdlib_socket(sock)
+
+    async def exchange(self) -> None:
+        sent = 0
+        while sent < MESSAGE_SIZE:
+            sent += await self.sock.send(PAYLOAD[sent:])
+        received = 0
+        while received < MESSAGE_SIZE:
+            chunk = await self.sock.recv(MESSAGE_SIZE - received)
+            if not chunk:
+                raise RuntimeError("the echo child closed the socket")
+            received += len(chunk)
+
+    async def round_trips(self, count: int, warmup: int) -> list[int]:
+        clock = time.perf_counter_ns
+        durations: list[int] = []
+        with gc_paused():
+            for _ in range(warmup):
+                await self.exchange()
+            for _ in range(count):
+                start = clock()
+                await self.exchange()
+                durations.append(clock() - start)
+        return durations
+
+
+def floor_job(pong: PingPong, sizes: Sizes) -> Job:
+    def run(count: int) -> list[int]:
+        return trio.from_thread.run(pong.round_trips, count, sizes.floor_warmup)
+
+    return Job(
+        f"Unix socket ping-pong, {MESSAGE_SIZE} B, two processes, trio both sides",
+        sizes.floor_round_trips,
+        run,
+        extra={"message_bytes": MESSAGE_SIZE},
+    )
+
+
+# -- calls -----------------------------------------------------------------------------------
+
+
+def call_jobs(sup: Supervisor, sizes: Sizes) -> list[Job]:
+    async def in_container(count: int) -> list[int]:
+        request = {"n": count, "warmup": sizes.call_warmup, "payload": PAYLOAD}
+        durations = await sup.call("caller", "bench", request)
+        if not isinstance(durations, list) or len(durations) != count:
+            raise RuntimeError(f"caller.bench returned {type(durations).__name__}")
+        return [int(value) for value in durations]
+
+    async def from_host(count: int) -> list[int]:
+        clock = time.perf_counter_ns
+        durations: list[int] = []
+        with gc_paused():
+            for _ in range(sizes.call_warmup):
+                await sup.call("echo", "echo", PAYLOAD)
+            for _ in range(count):
+                start = clock()
+                reply = await sup.call("echo", "echo", PAYLOAD)
+                durations.append(clock() - start)
+                if reply != PAYLOAD:
+                    raise RuntimeError(f"echo.echo answered {reply!r}")
+        return durations
+
+    async def pipelined(count: int) -> list[float]:
+        per_call: list[float] = []
+        request = {
+            "tasks": IN_FLIGHT,
+            "per_task": sizes.pipeline_per_task,
+            "warmup": sizes.pipeline_warmup_per_task,
+            "payload": PAYLOAD,
+        }
+        for _ in range(count):
+            elapsed = await sup.call("caller", "pipeline", request)
+            per_call.append(int(elapsed) / (IN_FLIGHT * sizes.pipeline_per_task))
+        return per_call
+
+    return [
+        Job(
+            CALL_ROW,
+            sizes.calls,
+            lambda count: trio.from_thread.run(in_container, count),
+            note="timed inside the caller's container around each await ctx.call(...)",
+        ),
+        Job(
+            HOST_CALL_ROW,
+            sizes.host_calls,
+            lambda count: trio.from_thread.run(from_host, count),
+            detail=True,
+        ),
+        Job(
+            PIPELINE_ROW,
+            sizes.rounds,
+            lambda count: trio.from_thread.run(pipelined, count),
+            calls_per_sample=IN_FLIGHT * sizes.pipeline_per_task,
+            target=LabelledTarget(
+                1e6 / PIPELINE_TARGET, label=f">= {PIPELINE_TARGET:,.0f} calls/s"
+            ),
+            note=(
+                f"one sample per round: {IN_FLIGHT} tasks x"
+                f" {sizes.pipeline_per_task} calls, timed inside the caller's container"
+            ),
+        ),
+    ]
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+@dataclass
+class EventTally:
+    sent: int = 0
+    counted: int = 0
+    publish_ns: int = 0
+    bursts: int = 0
+    broker_dropped_before: int = -1
+    broker_dropped_after: int = -1
+
+
+def _broker_dropped(sup: Supervisor, feature: str) -> int:
+    """Events the broker dropped to ``feature`` (its queue past 4 MiB); -1 if unknown."""
+    instance = sup.feature(feature).instance
+    peer = getattr(instance, "peer", None)
+    return int(getattr(getattr(peer, "conn", None), "dropped", -1))
+
+
+def event_job(sup: Supervisor, sizes: Sizes, tally: EventTally) -> Job:
+    async def bursts(count: int) -> list[float]:
+        per_event: list[float] = []
+        clock = time.perf_counter_ns
+        for _ in range(count):
+            base = int(await sup.call("subscriber", "count"))
+            with gc_paused():
+                start = clock()
+                publish_ns = int(await sup.call("publisher", "burst", {"m": sizes.events}))
+                answer = await sup.call(
+                    "subscriber",
+                    "wait",
+                    {"target": base + sizes.events, "stall_s": sizes.event_stall_s},
+                )
+                done = clock() - int(answer["since_last_ns"])
+            counted = int(answer["count"]) - base
+            if counted <= 0:
+                raise RuntimeError("the subscriber counted no events")
+            tally.sent += sizes.events
+            tally.counted += counted
+            tally.publish_ns += publish_ns
+            tally.bursts += 1
+            per_event.append((done - start) / counted)
+        return per_event
+
+    return Job(
+        EVENTS_ROW,
+        sizes.rounds,
+        lambda count: trio.from_thread.run(bursts, count),
+        calls_per_sample=sizes.events,
+        target=LabelledTarget(1e6 / EVENTS_TARGET, label=f">= {EVENTS_TARGET:,.0f} events/s"),
+        note=(
+            f"one burst of {sizes.events:,} per round, timed by the host from the burst's"
+            " start to the last event the subscriber counted"
+        ),
+    )
+
+
+# -- authorization ---------------------------------------------------------------------------
+
+
+def authorization_jobs(sizes: Sizes) -> list[Job]:
+    """The broker's per-message check and admission, in this process, on a fake peer."""
+    authority = TokenAuthority(KeyRing.generate())
+    verifier = authority.verifier
+    token = authority.mint("caller", ["icc:call:echo.echo", f"icc:publish:{TICK}"], ttl=3600)
+    text = token.text
+    claims = verifier.verify(text, aud="caller")
+    grant = compile_grant(claims)
+    # A real audit log that writes nothing: _check counts each allowed message in it.
+    audit = AuditLog(None, app="brokerbench", run="bench")
+    broker = Broker(authority, audit, lambda _: None, cast(Any, None), call_timeout=30.0)
+    peer = Peer(cast(Any, None), "caller")
+    number = 12345
+    peer.handles[number] = Handle(number, text, claims, grant)
+    action = Action.ICC_CALL
+    if broker._check(peer, number, action, "echo.echo", valid=True) is not peer.handles[number]:
+        raise RuntimeError("Broker._check refused a call its token allows")
+    if broker._check(peer, number, action, "echo.other", valid=True) != (
+        f"no capability of token {grant.token_id} covers it"
+    ):
+        raise RuntimeError("Broker._check allowed a call its token does not hold")
+
+    def lookup_and_allows(count: int) -> None:
+        handles = peer.handles
+        clock = time.time
+        for _ in range(count):
+            handle = handles.get(number)
+            if handle is not None:
+                handle.grant.allows(action, "echo.echo", clock())
+
+    def check(count: int) -> None:
+        run_check = broker._check
+        for _ in range(count):
+            run_check(peer, number, action, "echo.echo", valid=True)
+
+    def request_path(count: int) -> None:
+        """What Broker._request does before forwarding: target name, validity, check."""
+        run_check = broker._check
+        feature, service = "echo", "echo"
+        for _ in range(count):
+            target = f"{feature}.{service}"
+            run_check(peer, number, action, target, valid=valid_call(feature, service))
+
+    def loop_only(count: int) -> None:
+        clock = time.time
+        for _ in range(count):
+            clock()
+
+    def admit() -> object:
+        found, reason = verifier.diagnose(text, aud="caller")
+        if found is None:
+            raise RuntimeError(f"the token was refused: {reason}")
+        return compile_grant(found)
+
+    def batch(name: str, run_batch: Callable[[int], None], **fields: Any) -> Job:
+        def run(count: int) -> list[float]:
+            return time_batches(
+                run_batch, batch=sizes.check_batch, samples=count, warmup=sizes.check_warmup
+            )
+
+        return Job(name, sizes.check_samples, run, calls_per_sample=sizes.check_batch, **fields)
+
+    def admission(count: int) -> list[int]:
+        return time_each(admit, samples=count, warmup=sizes.admission_warmup)
+
+    return [
+        batch(
+            CHECK_ROW,
+            check,
+            target=CHECK_TARGET,
+            note=(
+                "includes the audit log's per-message allow counter; "
+                f"{sizes.check_batch} calls per sample, so p99 is over batch averages"
+            ),
+        ),
+        batch(
+            "handle dict lookup + Grant.allows, time.time() per call",
+            lookup_and_allows,
+            detail=True,
+        ),
+        batch("name + valid_call + Broker._check (as _request)", request_path, detail=True),
+        batch("batch loop + time.time() only", loop_only, detail=True),
+        Job(
+            ADMISSION_ROW,
+            sizes.admissions,
+            admission,
+            target=ADMISSION_TARGET,
+            extra={"token_chars": len(text)},
+        ),
+    ]
+
+
+# -- fairness --------------------------------------------------------------------------------
+
+
+def fairness_jobs(sup: Supervisor, sizes: Sizes, floods: dict[str, list[int]]) -> list[Job]:
+    async def pings(count: int) -> list[int]:
+        clock = time.perf_counter_ns
+        durations: list[int] = []
+        for _ in range(sizes.quiet_warmup):
+            await sup.call("quiet", "ping", PAYLOAD)
+        for _ in range(count):
+            start = clock()
+            reply = await sup.call("quiet", "ping", PAYLOAD)
+            durations.append(clock() - start)
+            if reply != PAYLOAD:
+                raise RuntimeError(f"quiet.ping answered {reply!r}")
+        return durations
+
+    async def alone(count: int) -> list[int]:
+        with gc_paused():
+            return await pings(count)
+
+    async def flooded(mode: str, count: int) -> list[int]:
+        sent: list[int] = []
+        request = {"mode": mode, "tasks": IN_FLIGHT, "payload": PAYLOAD}
+
+        async def flood() -> None:
+            sent.append(int(await sup.call("flooder", "flood", request, timeout=120)))
+
+        with gc_paused():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(flood)
+                await trio.sleep(sizes.flood_ramp_s)
+                durations = await pings(count)
+                await sup.call("flooder", "stop")
+        floods[mode].extend(sent)
+        return durations
+
+    return [
+        Job(QUIET_ALONE, sizes.quiet_pings, lambda n: trio.from_thread.run(alone, n)),
+        Job(
+            QUIET_PUBLISH,
+            sizes.quiet_pings,
+            lambda n: trio.from_thread.run(flooded, "publish", n),
+            detail=True,
+        ),
+        Job(
+            QUIET_CALL,
+            sizes.quiet_pings,
+            lambda n: trio.from_thread.run(flooded, "call", n),
+            detail=True,
+        ),
+    ]
+
+
+# -- the timed run ---------------------------------------------------------------------------
+
+
+@dataclass
+class Collected:
+    jobs: list[Job]
+    samples: list[list[list[float]]]
+    tally: EventTally
+    floods: dict[str, list[int]]
+
+
+async def run_timed(root: Path, sizes: Sizes, child: EchoChild) -> Collected:
+    """Open the supervisor and run every job interleaved from a worker thread."""
+    pong = PingPong(child.sock)
+    with trio.fail_after(30):
+        await pong.exchange()  # the child is up and echoing
+    tally = EventTally()
+    floods: dict[str, list[int]] = {"publish": [], "call": []}
+    async with build_app(root).open() as sup:
+        if await sup.call("echo", "echo", PAYLOAD) != PAYLOAD:
+            raise RuntimeError("echo.echo does not return its request")
+        tally.broker_dropped_before = _broker_dropped(sup, "subscriber")
+        jobs = [
+            floor_job(pong, sizes),
+            *call_jobs(sup, sizes),
+            event_job(sup, sizes, tally),
+            *authorization_jobs(sizes),
+            *fairness_jobs(sup, sizes, floods),
+        ]
+        samples = await trio.to_thread.run_sync(lambda: run_interleaved(jobs, rounds=sizes.rounds))
+        tally.broker_dropped_after = _broker_dropped(sup, "subscriber")
+    return Collected(jobs, samples, tally, floods)
+
+
+# -- the summary -----------------------------------------------------------------------------
+
+
+def _row(measures: Sequence[Measure], name: str) -> Measure:
+    found = next((m for m in measures if m.name == name), None)
+    if found is None:
+        raise RuntimeError(f"no row {name!r}")
+    return found
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}/s"
+
+
+def summary(floor: Measure, measures: Sequence[Measure], tally: EventTally) -> list[dict[str, Any]]:
+    """The headline figures against their targets: value, floor, ratio, target, met."""
+    floor_rate = 1e6 / floor.p50_us
+    call = _row(measures, CALL_ROW)
+    pipeline = _row(measures, PIPELINE_ROW)
+    events = _row(measures, EVENTS_ROW)
+    check = _row(measures, CHECK_ROW)
+    admission = _row(measures, ADMISSION_ROW)
+    alone = _row(measures, QUIET_ALONE)
+    rows: list[dict[str, Any]] = []
+
+    def add(*cells: Any, **more: Any) -> None:
+        name, value, ref, ratio, target, met = cells
+        rows.append(
+            {
+                "measure": name,
+                "value": value,
+                "floor": ref,
+                "ratio": round(ratio, 4),
+                "target": target,
+                "met": bool(met),
+                **more,
+            }
+        )
+
+    call_ratio = call.p50_us / floor.p50_us
+    add(
+        "brokered call p50 / floor p50",
+        f"{call.p50_us:.1f} us",
+        f"{floor.p50_us:.1f} us",
+        call_ratio,
+        f"<= {CALL_RATIO_TARGET:g}x",
+        call_ratio <= CALL_RATIO_TARGET,
+    )
+    pipeline_rate = 1e6 / pipeline.p50_us
+    add(
+        f"pipelined calls, {IN_FLIGHT} in flight",
+        _rate(pipeline_rate),
+        _rate(floor_rate),
+        pipeline_rate / floor_rate,
+        f">= {PIPELINE_TARGET:,.0f}/s",
+        pipeline_rate >= PIPELINE_TARGET,
+        calls_per_s=round(pipeline_rate),
+    )
+    event_rate = 1e6 / events.p50_us
+    add(
+        "one-way events through the broker",
+        _rate(event_rate),
+        _rate(floor_rate),
+        event_rate / floor_rate,
+        f">= {EVENTS_TARGET:,.0f}/s",
+        event_rate >= EVENTS_TARGET,
+        events_per_s=round(event_rate),
+        sent=tally.sent,
+        counted=tally.counted,
+    )
+    add(
+        "per-message check p50 (Broker._check)",
+        f"{check.p50_us * 1000:.0f} ns",
+        f"{floor.p50_us:.1f} us",
+        check.p50_us / floor.p50_us,
+        "<= 1 us",
+        check.p50_us <= CHECK_TARGET.p50_us,
+    )
+    add(
+        "admission p50 (diagnose + compile_grant)",
+        f"{admission.p50_us:.1f} us",
+        f"{floor.p50_us:.1f} us",
+        admission.p50_us / floor.p50_us,
+        "<= 100 us",
+        admission.p50_us <= ADMISSION_TARGET.p50_us,
+    )
+    for name, label in ((QUIET_PUBLISH, "publish flood"), (QUIET_CALL, "call flood")):
+        flooded = _row(measures, name)
+        ratio = flooded.p99_us / alone.p99_us
+        add(
+            f"fairness, {label}: quiet p99 / alone p99",
+            f"{flooded.p99_us:.0f} us",
+            f"{alone.p99_us:.0f} us (alone)",
+            ratio,
+            f"<= {FAIRNESS_TARGET:g}x",
+            ratio <= FAIRNESS_TARGET,
+        )
+    return rows
+
+
+def print_summary(rows: Sequence[dict[str, Any]]) -> None:
+    header = ("measure", "value", "floor", "ratio", "target", "met")
+    cells = [
+        (
+            r["measure"],
+            r["value"],
+            r["floor"],
+            f"{r['ratio']:.3g}x",
+            r["target"],
+            "yes" if r["met"] else "NOT met",
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        left = row[0].ljust(widths[0])
+        middle = [c.rjust(w) for c, w in zip(row[1:4], widths[1:4], strict=True)]
+        right = [c.ljust(w) for c, w in zip(row[4:], widths[4:], strict=True)]
+        return "  ".join([left, *middle, *right]).rstrip()
+
+    rule = "-" * len(line(header))
+    print()
+    print("headline figures against the targets (PERFORMANCE.md)")
+    print(rule)
+    print(line(header))
+    print(rule)
+    for row in cells:
+        print(line(row))
+    print(rule)
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_arguments(
+        NAME, "Brokered calls, events, authorization and fairness against a socket floor.", argv
+    )
+    sizes = QUICK if args.quick else FULL
+    _quiet_logs()
+    started = time.perf_counter()
+
+    child = EchoChild()
+    try:
+        with tempfile.TemporaryDirectory(prefix="capsule-bench-broker-") as scratch:
+            collected = trio.run(run_timed, Path(scratch) / "app", sizes, child)
+    finally:
+        child.close()
+    elapsed = time.perf_counter() - started
+
+    jobs, tally = collected.jobs, collected.tally
+    (floor_spec, floor_samples), *measured = zip(jobs, collected.samples, strict=True)
+    floor_rounds_us = [percentile(chunk, 50) / 1000 for chunk in floor_samples]
+    floor_extra = {**floor_spec.extra, "round_p50_us": [round(v, 3) for v in floor_rounds_us]}
+    floor = replace(floor_spec, extra=floor_extra).summarize(flatten(floor_samples))
+    call_target = LabelledTarget(
+        CALL_RATIO_TARGET * floor.p50_us, label=f"p50 <= {CALL_RATIO_TARGET:g}x floor"
+    )
+    measures: list[Measure] = []
+    for job, samples in measured:
+        spec = replace(job, target=call_target) if job.name == CALL_ROW else job
+        measures.append(spec.summarize(flatten(samples)))
+
+    print_report(
+        f"capsule broker benchmark ({'quick' if args.quick else 'full'} run,"
+        f" {sizes.rounds} interleaved rounds, {elapsed:.1f} s)",
+        floor,
+        measures,
+    )
+    print(
+        f"  floor p50 per round: {min(floor_rounds_us):.1f} to {max(floor_rounds_us):.1f} us"
+        " (the spread shows how steady the machine was)"
+    )
+    dropped = (
+        tally.broker_dropped_after - tally.broker_dropped_before
+        if tally.broker_dropped_before >= 0
+        else None
+    )
+    publish_rate = tally.sent / (tally.publish_ns / 1e9) if tally.publish_ns else 0.0
+    print(
+        f"  events: {tally.counted:,} counted of {tally.sent:,} sent in {tally.bursts} bursts;"
+        f" dropped by the broker (subscriber queue > 4 MiB): "
+        f"{'unknown' if dropped is None else f'{dropped:,}'};"
+        f" publisher's own loop: {publish_rate:,.0f} publishes/s"
+    )
+    for mode, counts in collected.floods.items():
+        print(f"  flood by {mode}: {sum(counts):,} sent over {len(counts)} floods")
+    rows = summary(floor, measures, tally)
+    print_summary(rows)
+
+    payload = report_payload(
+        NAME,
+        machine=machine_info(["capsule-rt", "trio", "anyio", "msgspec", "cloudpickle"]),
+        floor=floor,
+        measures=measures,
+        settings={"quick": args.quick, **asdict(sizes)},
+        elapsed_s=elapsed,
+    )
+    payload["summary"] = rows
+    payload["events"] = {
+        "sent": tally.sent,
+        "counted": tally.counted,
+        "bursts": tally.bursts,
+        "broker_dropped": dropped,
+        "publisher_loop_per_s": round(publish_rate),
+    }
+    payload["floods"] = dict(collected.floods)
+    written = write_json(args.json, payload)
+    print(f"results written to {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
