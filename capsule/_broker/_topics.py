@@ -21,30 +21,32 @@ _PATTERN: Final = re.compile(
 )
 _CACHE: Final = 4096
 
-_seen: set[str] = set()
+_seen_calls: set[str] = set()  # "feature\0service" keys: never looked up as topics
+_seen_topics: set[str] = set()
 
 
-def _remember(text: str, *, ok: bool) -> bool:
+def _remember(seen: set[str], text: str, *, ok: bool) -> bool:
     if ok:
-        if len(_seen) >= _CACHE:
-            _seen.clear()
-        _seen.add(text)
+        if len(seen) >= _CACHE:
+            seen.clear()
+        seen.add(text)
     return ok
 
 
 def valid_call(feature: str, service: str) -> bool:
     """A concrete ``feature.service``: ASCII lower-case names, no wildcard, no look-alikes."""
     key = feature + "\x00" + service
-    if key in _seen:
+    if key in _seen_calls:
         return True
-    return _remember(key, ok=bool(_FEATURE.fullmatch(feature) and _NAME.fullmatch(service)))
+    ok = bool(_FEATURE.fullmatch(feature) and _NAME.fullmatch(service))
+    return _remember(_seen_calls, key, ok=ok)
 
 
 def valid_topic(topic: str) -> bool:
     """A concrete topic one may publish on (no ``*``)."""
-    if topic in _seen:
+    if topic in _seen_topics:
         return True
-    return _remember(topic, ok=bool(_NAME.fullmatch(topic)))
+    return _remember(_seen_topics, topic, ok=bool(_NAME.fullmatch(topic)))
 
 
 def valid_pattern(pattern: str) -> bool:
