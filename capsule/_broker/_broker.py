@@ -20,7 +20,7 @@ import structlog
 
 from capsule._broker._audit import AuditLog
 from capsule._broker._connection import Connection, Outbox
-from capsule._broker._host import HostCall, Stream, Subscription, decode_payload
+from capsule._broker._host import HostCall, Stream, Subscription
 from capsule._broker._routes import Deadlines, Handle, Peer, Route, Subscriber
 from capsule._broker._topics import TopicIndex, valid_call, valid_pattern, valid_topic
 from capsule._ipc._channel import encode_frame
@@ -47,6 +47,7 @@ from capsule._ipc._messages import (
     Subscribe,
 )
 from capsule._ipc._outcome import error_for, exception_for
+from capsule._ipc._payload import NIL, decode_payload, encode_payload
 from capsule._tokens._authority import TokenAuthority
 from capsule._tokens._caps import Action
 from capsule._tokens._grant import compile_grant
@@ -71,8 +72,6 @@ MAX_HANDLES: Final = 256
 MAX_REFUSED: Final = 32
 """Invalid tokens one container may present; past it, the container is ended."""
 MAX_CREDIT: Final = 1 << 16
-_NIL: Final = msgspec.Raw(msgspec.msgpack.encode(None))
-_encode: Final = msgspec.msgpack.Encoder().encode
 
 _ACTION_WORD: Final = {
     Action.ICC_CALL: "call",
@@ -413,7 +412,7 @@ class Broker:
             elif route.stream:
                 caller.conn.send(End(id=route.caller_id))
             else:
-                caller.conn.send(Result(id=route.caller_id, value=value or _NIL))
+                caller.conn.send(Result(id=route.caller_id, value=value or NIL))
         elif route.host is not None:
             route.host.finish(value, error)
 
@@ -540,7 +539,7 @@ class Broker:
             self._deny_reply(peer, msg.id, Action.ICC_SUBSCRIBE, msg.pattern, handle)
             return
         self._topics.add(msg.pattern, Subscriber(msg.pattern, peer=peer, grant=handle.grant))
-        peer.conn.send(Result(id=msg.id, value=_NIL))
+        peer.conn.send(Result(id=msg.id, value=NIL))
 
     # -- delegation --------------------------------------------------------------------
 
@@ -599,7 +598,7 @@ class Broker:
             expires=token.claims.exp,
         )
         recipient.conn.send(Granted(token=token.text, sender=peer.feature))
-        peer.conn.send(Result(id=msg.id, value=msgspec.Raw(_encode(token.token_id))))
+        peer.conn.send(Result(id=msg.id, value=encode_payload(token.token_id, "a token id")))
 
     def _denied_delegation(
         self, peer: Peer, handle: Handle | None, msg: Delegate, wanted: str
@@ -641,17 +640,14 @@ class Broker:
             )
             return
         revoked = self._authority.revoke(msg.token_id)
-        peer.conn.send(Result(id=msg.id, value=msgspec.Raw(_encode(len(revoked)))))
+        peer.conn.send(Result(id=msg.id, value=encode_payload(len(revoked), "a count")))
 
     # -- the host's side ---------------------------------------------------------------
 
     def _host_route(
         self, feature: str, service: str, payload: Any, timeout: float, window: int
     ) -> tuple[Route, HostCall]:
-        try:
-            raw = msgspec.Raw(_encode(payload))
-        except (msgspec.EncodeError, TypeError) as exc:
-            raise TypeError(f"the request to {feature}.{service}: {exc}") from None
+        raw = encode_payload(payload, f"the request to {feature}.{service}")
         call = HostCall(window)
         route = Route(
             feature,
@@ -675,7 +671,7 @@ class Broker:
             raise
         if call.error is not None:
             raise exception_for(call.error, caller=HOST)
-        return decode_payload(call.value or _NIL, what=f"reply of {feature}.{service}")
+        return decode_payload(call.value or NIL, f"the reply of {feature}.{service}")
 
     def host_stream(
         self, feature: str, service: str, payload: Any, timeout: float, window: int
@@ -694,10 +690,7 @@ class Broker:
             raise ConfigError(
                 f"topic {topic!r}: expected dot-separated lower-case names, e.g. spell.checked"
             )
-        try:
-            raw = msgspec.Raw(_encode(payload))
-        except (msgspec.EncodeError, TypeError) as exc:
-            raise TypeError(f"the event on {topic}: {exc}") from None
+        raw = encode_payload(payload, f"the event on {topic}")
         return self._deliver_event(topic, raw, HOST)
 
     def host_subscribe(self, pattern: str, buffer: int) -> Subscription:

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, final
+from typing import Any, final
 
 import anyio
 import msgspec
@@ -18,19 +18,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from capsule._ipc._messages import Error
 from capsule._ipc._outcome import exception_for
+from capsule._ipc._payload import decode_payload
 from capsule.errors import ProtocolError
 
-__all__ = ["Event", "HostCall", "Stream", "Subscription", "decode_payload"]
-
-_decoder: Final = msgspec.msgpack.Decoder()
-
-
-def decode_payload(raw: msgspec.Raw | bytes, *, what: str) -> Any:
-    """Decode a payload that crossed the broker; ProtocolError (naming ``what``) if it cannot."""
-    try:
-        return _decoder.decode(raw)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise ProtocolError(f"{what}: undecodable payload: {exc}") from None
+__all__ = ["Event", "HostCall", "Stream", "Subscription"]
 
 
 @final
@@ -68,7 +59,7 @@ class Subscription:
         if self.closed:
             return False
         try:
-            value = decode_payload(payload, what=f"event {topic} from {sender}")
+            value = decode_payload(payload, f"event {topic} from {sender}")
         except ProtocolError:
             self.dropped += 1
             return False
@@ -193,7 +184,7 @@ class Stream:
             self._stop()
             raise
         self._grant_more(1)
-        return decode_payload(value, what=f"stream {self.feature}.{self.service}")
+        return decode_payload(value, f"stream {self.feature}.{self.service}")
 
     def _stop(self) -> None:
         if not self._finished:

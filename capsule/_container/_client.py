@@ -37,32 +37,18 @@ from capsule._ipc._messages import (
     Subscribe,
 )
 from capsule._ipc._outcome import exception_for
+from capsule._ipc._payload import decode_payload as decode
+from capsule._ipc._payload import encode_payload as encode
 from capsule._tokens._caps import Action, parse_capability
 from capsule._tokens._grant import Grant
 from capsule.errors import CapabilityDeniedError, ConfigError, ProtocolError
 
-__all__ = ["CALLER", "BrokerClient", "HeldToken", "ItemStream", "decode", "encode"]
+__all__ = ["CALLER", "BrokerClient", "HeldToken", "ItemStream"]
 
 CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("capsule_caller", default=None)
 """The verified caller of the handler running in this task (a feature name, or "@host")."""
 
-_encoder: Final = msgspec.msgpack.Encoder()
-_decoder: Final = msgspec.msgpack.Decoder()
 _WINDOW: Final = 16
-
-
-def encode(value: Any, what: str) -> msgspec.Raw:
-    try:
-        return msgspec.Raw(_encoder.encode(value))
-    except (msgspec.EncodeError, TypeError, OverflowError) as exc:
-        raise TypeError(f"{what}: {exc} (payloads are msgpack data)") from None
-
-
-def decode(raw: msgspec.Raw, what: str) -> Any:
-    try:
-        return _decoder.decode(raw)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise ProtocolError(f"{what}: undecodable payload: {exc}") from None
 
 
 @final

@@ -21,7 +21,7 @@ import cloudpickle
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from capsule._broker._topics import matches
-from capsule._container._client import CALLER, BrokerClient, decode, encode
+from capsule._container._client import CALLER, BrokerClient
 from capsule._container._feature import Context, Feature
 from capsule._ipc._channel import Channel
 from capsule._ipc._messages import (
@@ -46,6 +46,8 @@ from capsule._ipc._messages import (
     Start,
     Stop,
 )
+from capsule._ipc._payload import decode_payload as decode
+from capsule._ipc._payload import encode_payload as encode
 from capsule.errors import ChannelClosedError, ProtocolError
 
 __all__ = ["EXIT_CLEAN", "EXIT_FAILED", "serve"]
