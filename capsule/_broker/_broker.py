@@ -159,6 +159,8 @@ class Broker:
         self._topics.remove_where(lambda sub: sub.peer is peer)
         for handle in list(peer.handles.values()):
             self._authority.revoke(handle.claims)
+        for token_id in peer.granted:  # delegated to it, even if never presented
+            self._authority.revoke(token_id)
         peer.handles.clear()
 
     # -- admission ---------------------------------------------------------------------
@@ -597,6 +599,7 @@ class Broker:
             capabilities=[str(c) for c in token.claims.caps],
             expires=token.claims.exp,
         )
+        recipient.granted.append(token.token_id)
         recipient.conn.send(Granted(token=token.text, sender=peer.feature))
         peer.conn.send(Result(id=msg.id, value=encode_payload(token.token_id, "a token id")))
 

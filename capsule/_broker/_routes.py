@@ -48,6 +48,7 @@ class Peer:
         "denied",
         "detached",
         "feature",
+        "granted",
         "handles",
         "ids",
         "messages",
@@ -61,6 +62,7 @@ class Peer:
         self.feature = feature
         self.handles: dict[int, Handle] = {}
         self.admitted: dict[str, Handle] = {}  # token id -> handle
+        self.granted: list[str] = []  # ids of tokens delegated to it, admitted or not
         self.calls: dict[int, Route] = {}  # delivered into this container, awaiting its answer
         self.requests: dict[int, Route] = {}  # made by this container, in flight
         self.services: frozenset[str] = frozenset()

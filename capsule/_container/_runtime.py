@@ -135,13 +135,12 @@ class _Server:
         self.events_dropped = 0
         self.stopped = anyio.Event()
 
-    async def handle(self, call: Call) -> None:
+    async def handle(self, call: Call, scope: anyio.CancelScope) -> None:
         feature, ctx = self.feature, self.ctx
         assert feature is not None  # noqa: S101 - calls come after ready
         assert ctx is not None  # noqa: S101 - calls come after ready
         CALLER.set(call.caller)
-        with anyio.CancelScope() as scope:
-            self.calls[call.id] = scope
+        with scope:
             try:
                 handler = feature.services.get(call.service)
                 if handler is None:
@@ -229,7 +228,9 @@ class _Server:
         while True:
             message = await self.channel.receive()
             if isinstance(message, Call):
-                tg.start_soon(self.handle, message)
+                # registered before its task runs: a Cancel may arrive before it starts
+                call_scope = self.calls[message.id] = anyio.CancelScope()
+                tg.start_soon(self.handle, message, call_scope)
             elif isinstance(message, _ANSWERS):
                 self.client.answer(message)
             elif isinstance(message, Event):

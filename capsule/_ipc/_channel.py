@@ -65,7 +65,8 @@ class FrameBuffer(Generic[T]):
         del self._buffer[:end]
         try:
             message: T = self._decoder.decode(body)
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+            # msgspec raises UnicodeDecodeError, not DecodeError, for a string that is not UTF-8
             raise ProtocolError(f"undecodable frame: {exc}") from None
         return message
 

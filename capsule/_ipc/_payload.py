@@ -32,5 +32,6 @@ def decode_payload(raw: msgspec.Raw | bytes, what: str) -> Any:
     """The value of a payload; ProtocolError naming ``what`` if it does not decode."""
     try:
         return _decoder.decode(raw)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        # msgspec raises UnicodeDecodeError, not DecodeError, for a string that is not UTF-8
         raise ProtocolError(f"{what}: undecodable payload: {exc}") from None

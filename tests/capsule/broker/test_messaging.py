@@ -318,3 +318,21 @@ async def test_calls_to_a_stopped_feature_fail_at_once(tmp_path: Path) -> None:
                 await sup.call("spellcheck", "check", {"text": "a"})
             with pytest.raises(FeatureUnavailableError):
                 await sup.call("dictionary", "lookup", {"words": []})
+
+
+@pytest.mark.trio
+async def test_a_delegated_token_dies_with_the_container_it_was_given_to(tmp_path: Path) -> None:
+    app = notes_app(tmp_path)
+    async with app.open() as sup:
+        with trio.fail_after(10):
+            token_id = await sup.call(
+                "spellcheck", "give", {"caps": "icc:call:dictionary.lookup", "ttl": 60}
+            )
+            await sup.restart("editor")
+            assert token_id not in {t.token_id for t in sup.feature("editor").tokens()}
+            with pytest.raises(RemoteError, match="CapabilityDeniedError"):
+                await sup.call("editor", "lookup")
+    revoked = {
+        e["token"] for e in audit_lines(tmp_path / "audit.jsonl") if e["decision"] == "revoke"
+    }
+    assert token_id in revoked
