@@ -13,10 +13,12 @@ import io
 import socket
 import sys
 import traceback
+from collections import deque
 from typing import Any, Final, TextIO
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import cloudpickle
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -56,7 +58,9 @@ EXIT_CLEAN: Final = 0
 EXIT_FAILED: Final = 1
 _LOG_BUFFER: Final = 256
 _LOG_LINE: Final = 8192
-_EVENT_BUFFER: Final = 1024
+_EVENT_BUDGET: Final = 16 << 20
+"""Bytes of events waiting for this container's listeners; newer ones are dropped past it."""
+_EVENT_OVERHEAD: Final = 128
 _NAME_MAX: Final = 256
 _TEXT_MAX: Final = 32768
 
@@ -129,9 +133,9 @@ class _Server:
         self.calls: dict[int, anyio.CancelScope] = {}
         self.credits: dict[int, list[int]] = {}
         self.credit_events: dict[int, anyio.Event] = {}
-        send, receive = anyio.create_memory_object_stream[Event](_EVENT_BUFFER)
-        self.events_in: MemoryObjectSendStream[Event] = send
-        self.events_out: MemoryObjectReceiveStream[Event] = receive
+        self.events: deque[Event] = deque()
+        self.events_queued = 0  # bytes, against _EVENT_BUDGET
+        self.events_arrived = anyio.Event()
         self.events_dropped = 0
         self.stopped = anyio.Event()
 
@@ -195,7 +199,17 @@ class _Server:
 
     async def listen(self) -> None:
         """Run the listeners of each event in arrival order, one event at a time."""
-        async for event in self.events_out:
+        handled = 0
+        while True:
+            if not self.events:
+                self.events_arrived = anyio.Event()
+                await self.events_arrived.wait()
+                continue
+            event = self.events.popleft()
+            self.events_queued -= len(event.payload) + len(event.topic) + _EVENT_OVERHEAD
+            handled += 1
+            if handled % 64 == 0:  # listeners that never wait must not starve the reader
+                await anyio.lowlevel.checkpoint()
             feature, ctx = self.feature, self.ctx
             if feature is None or ctx is None:
                 continue
@@ -214,6 +228,18 @@ class _Server:
                     except Exception:
                         _note(f"listener for {pattern} failed on {event.topic}:")
                         traceback.print_exc()
+
+    def _queue_event(self, event: Event) -> None:
+        """Keep an event for the listeners; past the budget, drop it (and say so, sparingly)."""
+        size = len(event.payload) + len(event.topic) + _EVENT_OVERHEAD
+        if self.events_queued + size > _EVENT_BUDGET:
+            self.events_dropped += 1
+            if self.events_dropped in (1, 10, 100, 1000) or self.events_dropped % 10000 == 0:
+                _note(f"listeners are behind: {self.events_dropped} event(s) dropped so far")
+            return
+        self.events.append(event)
+        self.events_queued += size
+        self.events_arrived.set()
 
     async def admit_granted(self, granted: Granted) -> None:
         try:
@@ -234,10 +260,7 @@ class _Server:
             elif isinstance(message, _ANSWERS):
                 self.client.answer(message)
             elif isinstance(message, Event):
-                try:
-                    self.events_in.send_nowait(message)
-                except anyio.WouldBlock:
-                    self.events_dropped += 1
+                self._queue_event(message)
             elif isinstance(message, More):
                 self._more(message)
             elif isinstance(message, Cancel):
