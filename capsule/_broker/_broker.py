@@ -53,9 +53,8 @@ from capsule._tokens._caps import Action
 from capsule._tokens._grant import compile_grant
 from capsule.errors import (
     CapabilityDeniedError,
-    CapsuleError,
     ConfigError,
-    FeatureError,
+    FeatureCrashedError,
     FeatureUnavailableError,
     InvalidTokenError,
     ProtocolError,
@@ -78,6 +77,19 @@ _ACTION_WORD: Final = {
     Action.ICC_PUBLISH: "publish",
     Action.ICC_SUBSCRIBE: "subscribe",
 }
+
+
+def _unusable(handle: Handle | None, number: int) -> str | None:
+    """Why a handle cannot be acted under at all (whatever the action), or None."""
+    if number == 0:
+        return "no token it holds covers it"
+    if handle is None:
+        return f"handle {number} was not issued on this connection"
+    if not handle.grant.alive:
+        return f"token {handle.grant.token_id} is revoked"
+    if time.time() >= handle.grant.expires:
+        return f"token {handle.grant.token_id} expired"
+    return None
 
 
 class Target(Protocol):
@@ -145,15 +157,15 @@ class Broker:
         peer.messages += 1
         handler(peer, message)
 
-    def detach(self, peer: Peer, crashed: CapsuleError | None) -> None:
-        """``peer``'s container ended: fail the calls it was serving, cancel the ones it made,
-        drop its subscriptions and revoke every token it held (delegated ones included)."""
+    def detach(self, peer: Peer, crashed: FeatureCrashedError) -> None:
+        """``peer``'s container ended: fail the calls it was serving with ``crashed``, cancel
+        the ones it made, drop its subscriptions and revoke every token it held (delegated
+        ones included)."""
         if peer.detached:
             return
         peer.detached = True
-        error = crashed if crashed is not None else FeatureError(peer.feature, "ended")
         for route in list(peer.calls.values()):
-            self._finish(route, error=error_for(route.caller_id, error))
+            self._finish(route, error=error_for(route.caller_id, crashed))
         for route in list(peer.requests.values()):
             self._abandon(route)
         self._topics.remove_where(lambda sub: sub.peer is peer)
@@ -232,78 +244,84 @@ class Broker:
         """Revoke a token and all derived from it (host authority)."""
         return self._authority.revoke(token_id)
 
-    def held(self, peer: Peer) -> tuple[Handle, ...]:
-        return tuple(h for h in peer.handles.values() if h.grant.alive)
-
     # -- authorization -----------------------------------------------------------------
 
     def _check(
-        self, peer: Peer, number: int, action: Action, target: str, *, valid: bool
-    ) -> Handle | str:
-        """The handle when it allows ``action`` on ``target`` now; else audit the denial
-        and return its reason."""
-        handle = peer.handles.get(number)
-        if valid and handle is not None and handle.grant.allows(action, target, time.time()):
-            self.audit.allow(peer.feature, handle.grant.token_id, _ACTION_WORD[action], target)
-            return handle
-        return self._denied(peer, handle, number, action, target, valid=valid)
-
-    def _denied(
         self,
         peer: Peer,
-        handle: Handle | None,
         number: int,
         action: Action,
         target: str,
         *,
         valid: bool,
-    ) -> str:
-        peer.denied += 1
+        request_id: int | None = None,
+    ) -> Handle | None:
+        """The handle when it allows ``action`` on ``target`` now; else deny (audited, and
+        answered when there is a ``request_id``) and return None."""
+        handle = peer.handles.get(number)
+        if valid and handle is not None and handle.grant.allows(action, target, time.time()):
+            self.audit.allow(peer.feature, handle.grant.token_id, _ACTION_WORD[action], target)
+            return handle
         word = _ACTION_WORD[action]
+        token = None if handle is None else handle.grant.token_id
         if not valid:
             reason = f"{target!r} is not a valid {word} target (ASCII lower-case names only)"
-        elif number == 0:
-            reason = "no token it holds covers it"
-        elif handle is None:
-            reason = f"handle {number} was not issued on this connection"
-        elif not handle.grant.alive:
-            reason = f"token {handle.grant.token_id} is revoked"
-        elif time.time() >= handle.grant.expires:
-            reason = f"token {handle.grant.token_id} expired"
         else:
-            reason = f"no capability of token {handle.grant.token_id} covers it"
-        self.audit.record(
+            reason = _unusable(handle, number) or f"no capability of token {token} covers it"
+        self._deny(
+            peer,
             word,
+            reason,
+            capability=f"icc:{word}:{target}",
+            token=token,
+            request_id=request_id,
+            handle=number,
+        )
+        return None
+
+    def _deny(
+        self,
+        peer: Peer,
+        event: str,
+        reason: str,
+        *,
+        capability: str,
+        token: str | None = None,
+        request_id: int | None = None,
+        **fields: Any,
+    ) -> None:
+        """Count and audit a denial; answer ``request_id`` with CapabilityDeniedError data."""
+        peer.denied += 1
+        capability = capability[:300]
+        self.audit.record(
+            event,
             feature=peer.feature,
             decision="deny",
             reason=reason,
-            token=None if handle is None else handle.grant.token_id,
-            capability=f"icc:{word}:{target}"[:300],
-            handle=number,
+            token=token,
+            capability=capability,
+            **fields,
         )
-        return reason
-
-    def _deny_reply(
-        self, peer: Peer, request_id: int, action: Action, target: str, reason: str
-    ) -> None:
-        peer.conn.send(
-            Error(
-                id=request_id,
-                kind="denied",
-                feature=peer.feature,
-                message=reason,
-                capability=f"icc:{_ACTION_WORD[action]}:{target}"[:300],
+        if request_id is not None:
+            peer.conn.send(
+                Error(
+                    id=request_id,
+                    kind="denied",
+                    feature=peer.feature,
+                    message=reason,
+                    capability=capability,
+                )
             )
-        )
 
     # -- calls -------------------------------------------------------------------------
 
     def _request(self, peer: Peer, msg: Request) -> None:
         target = f"{msg.feature}.{msg.service}"
         valid = valid_call(msg.feature, msg.service)
-        checked = self._check(peer, msg.handle, Action.ICC_CALL, target, valid=valid)
-        if isinstance(checked, str):
-            self._deny_reply(peer, msg.id, Action.ICC_CALL, target, checked)
+        if (
+            self._check(peer, msg.handle, Action.ICC_CALL, target, valid=valid, request_id=msg.id)
+            is None
+        ):
             return
         if msg.id in peer.requests:
             raise ProtocolError(f"reused request id {msg.id} while it is in flight")
@@ -507,9 +525,7 @@ class Broker:
 
     def _publish(self, peer: Peer, msg: Publish) -> None:
         valid = valid_topic(msg.topic)
-        if not isinstance(
-            self._check(peer, msg.handle, Action.ICC_PUBLISH, msg.topic, valid=valid), str
-        ):
+        if self._check(peer, msg.handle, Action.ICC_PUBLISH, msg.topic, valid=valid):
             self._deliver_event(msg.topic, msg.payload, peer.feature)
 
     def _deliver_event(self, topic: str, payload: msgspec.Raw, sender: str) -> int:
@@ -534,11 +550,11 @@ class Broker:
         return delivered
 
     def _subscribe(self, peer: Peer, msg: Subscribe) -> None:
+        valid = valid_pattern(msg.pattern)
         handle = self._check(
-            peer, msg.handle, Action.ICC_SUBSCRIBE, msg.pattern, valid=valid_pattern(msg.pattern)
+            peer, msg.handle, Action.ICC_SUBSCRIBE, msg.pattern, valid=valid, request_id=msg.id
         )
-        if isinstance(handle, str):
-            self._deny_reply(peer, msg.id, Action.ICC_SUBSCRIBE, msg.pattern, handle)
+        if handle is None:
             return
         self._topics.add(msg.pattern, Subscriber(msg.pattern, peer=peer, grant=handle.grant))
         peer.conn.send(Result(id=msg.id, value=NIL))
@@ -547,17 +563,15 @@ class Broker:
 
     def _delegate(self, peer: Peer, msg: Delegate) -> None:
         handle = peer.handles.get(msg.handle)
-        wanted = ", ".join(msg.capabilities)
-        if handle is None or not handle.grant.alive or time.time() >= handle.grant.expires:
-            reason = self._denied_delegation(peer, handle, msg, wanted)
-            peer.conn.send(
-                Error(
-                    id=msg.id,
-                    kind="denied",
-                    feature=peer.feature,
-                    message=reason,
-                    capability=wanted,
-                )
+        unusable = _unusable(handle, msg.handle)
+        if handle is None or unusable is not None:
+            self._deny(
+                peer,
+                "delegate",
+                unusable or f"handle {msg.handle} was not issued on this connection",
+                capability=", ".join(msg.capabilities),
+                token=None if handle is None else handle.grant.token_id,
+                request_id=msg.id,
             )
             return
         target = self._resolve(msg.to)
@@ -571,18 +585,14 @@ class Broker:
                 handle.token, msg.capabilities, holder=peer.feature, aud=msg.to, ttl=msg.ttl
             )
         except CapabilityDeniedError as exc:
-            peer.denied += 1
-            self.audit.record(
+            self._deny(
+                peer,
                 "delegate",
-                feature=peer.feature,
-                decision="deny",
-                reason=exc.reason,
-                token=handle.grant.token_id,
+                exc.reason,
                 capability=exc.capability,
+                token=handle.grant.token_id,
+                request_id=msg.id,
                 to=msg.to,
-            )
-            peer.conn.send(
-                error_for(msg.id, CapabilityDeniedError(exc.capability, peer.feature, exc.reason))
             )
             return
         except (ConfigError, InvalidTokenError) as exc:
@@ -603,43 +613,12 @@ class Broker:
         recipient.conn.send(Granted(token=token.text, sender=peer.feature))
         peer.conn.send(Result(id=msg.id, value=encode_payload(token.token_id, "a token id")))
 
-    def _denied_delegation(
-        self, peer: Peer, handle: Handle | None, msg: Delegate, wanted: str
-    ) -> str:
-        peer.denied += 1
-        if handle is None:
-            reason = f"handle {msg.handle} was not issued on this connection"
-        elif not handle.grant.alive:
-            reason = f"token {handle.grant.token_id} is revoked"
-        else:
-            reason = f"token {handle.grant.token_id} expired"
-        self.audit.record(
-            "delegate",
-            feature=peer.feature,
-            decision="deny",
-            reason=reason,
-            token=None if handle is None else handle.grant.token_id,
-            capability=wanted[:300],
-            to=msg.to,
-        )
-        return reason
-
     def _revoke(self, peer: Peer, msg: Revoke) -> None:
         record = self._delegated.get(msg.token_id)
         if record is None or record[0] != peer.feature:
-            peer.denied += 1
             reason = f"token {msg.token_id} was not delegated by {peer.feature}"
-            self.audit.record(
-                "revoke", feature=peer.feature, decision="deny", reason=reason, token=msg.token_id
-            )
-            peer.conn.send(
-                Error(
-                    id=msg.id,
-                    kind="denied",
-                    feature=peer.feature,
-                    message=reason,
-                    capability="revoke",
-                )
+            self._deny(
+                peer, "revoke", reason, capability="revoke", request_id=msg.id, token=msg.token_id
             )
             return
         revoked = self._authority.revoke(msg.token_id)
@@ -710,6 +689,3 @@ class Broker:
         subscriber.host = subscription
         self._topics.add(pattern, subscriber)
         return subscription
-
-    def subscribers(self) -> int:
-        return len(self._topics)

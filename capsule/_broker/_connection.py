@@ -157,11 +157,6 @@ class Connection:
     def send(self, message: object) -> bool:
         return self.put(encode_frame(message))
 
-    @property
-    def queued(self) -> int:
-        """Bytes waiting to be written to the container."""
-        return self._out_bytes
-
     async def write_loop(self) -> None:
         """Write what ``push`` could not, once the socket drains (until the channel closes)."""
         while not self.closed:

@@ -168,9 +168,6 @@ class Deadlines:
         self._heap = [entry for entry in self._heap if entry[2].live]
         heapq.heapify(self._heap)
 
-    def __len__(self) -> int:
-        return len(self._heap)
-
     async def run(self) -> None:
         while True:
             heap = self._heap

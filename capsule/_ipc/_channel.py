@@ -213,7 +213,3 @@ class Channel(Generic[T]):
             if not data:
                 raise ChannelClosedError("the channel is closed")
             self._frames.feed(data)
-
-    async def aclose(self) -> None:
-        anyio.notify_closing(self._sock)
-        self._sock.close()

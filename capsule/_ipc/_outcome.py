@@ -44,48 +44,24 @@ def exception_for(error: Error, *, caller: str) -> CapsuleError:
     return FeatureError(error.feature or caller, error.message)
 
 
-def error_for(request_id: int, exc: CapsuleError) -> Error:
-    """The Error message for an exception the broker raised while handling a request."""
-    if isinstance(exc, CapabilityDeniedError):
-        return Error(
-            id=request_id,
-            kind="denied",
-            feature=exc.feature or "",
-            message=exc.reason,
-            capability=exc.capability,
-        )
+_FEATURE_KINDS: tuple[tuple[type[FeatureError], str], ...] = (
+    (FeatureCrashedError, "crashed"),
+    (FeatureUnavailableError, "unavailable"),
+    (FeatureTimeoutError, "timeout"),
+)
+
+
+def error_for(request_id: int, exc: FeatureError | InvalidTokenError) -> Error:
+    """The Error message for a feature's state (crashed, unavailable, ...) or a refused token."""
     if isinstance(exc, InvalidTokenError):
         return Error(id=request_id, kind="token", feature="", message=str(exc))
-    if isinstance(exc, RemoteError):
-        return Error(
-            id=request_id,
-            kind="remote",
-            feature=exc.feature,
-            message=exc.remote_message,
-            type=exc.remote_type,
-            traceback=exc.remote_traceback,
-        )
-    if isinstance(exc, OverloadedError):
-        return Error(id=request_id, kind="overloaded", feature="", message=str(exc))
-    kinds: list[tuple[type[FeatureError], str]] = [
-        (FeatureUnavailableError, "unavailable"),
-        (FeatureTimeoutError, "timeout"),
-    ]
-    feature = exc.feature if isinstance(exc, FeatureError) else ""
-    message = str(exc)
-    if isinstance(exc, FeatureError):
-        prefix = f"feature {exc.feature!r}: "
-        message = message.removeprefix(prefix)
-    if isinstance(exc, FeatureCrashedError):
-        return Error(
-            id=request_id,
-            kind="crashed",
-            feature=feature,
-            message=message,
-            exit_code=exc.exit_code,
-            signal=exc.signal,
-        )
-    for cls, kind in kinds:
-        if isinstance(exc, cls):
-            return Error(id=request_id, kind=kind, feature=feature, message=message)
-    return Error(id=request_id, kind="invalid", feature=feature, message=message)
+    kind = next((k for cls, k in _FEATURE_KINDS if isinstance(exc, cls)), "invalid")
+    crashed = exc if isinstance(exc, FeatureCrashedError) else None
+    return Error(
+        id=request_id,
+        kind=kind,
+        feature=exc.feature,
+        message=str(exc).removeprefix(f"feature {exc.feature!r}: "),
+        exit_code=None if crashed is None else crashed.exit_code,
+        signal=None if crashed is None else crashed.signal,
+    )

@@ -93,6 +93,7 @@ class FeatureStatistics:
     calls_in_flight: int
     messages: int
     denied: int
+    events_dropped: int
     uptime: float | None
     last_exit: str | None
     memory_current: int | None
@@ -236,6 +237,7 @@ class FeatureHandle(metaclass=_NoPublicConstructor):
             calls_in_flight=0 if instance is None else instance.in_flight,
             messages=0 if instance is None else instance.peer.messages,
             denied=0 if instance is None else instance.peer.denied,
+            events_dropped=0 if instance is None else instance.peer.conn.dropped,
             uptime=anyio.current_time() - instance.started_at if running and instance else None,
             last_exit=self.last_exit,
             memory_current=None if stats is None else stats.memory_current,

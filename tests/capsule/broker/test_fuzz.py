@@ -45,7 +45,7 @@ from capsule._ipc._messages import (
     Revoke,
     Subscribe,
 )
-from capsule.errors import ChannelClosedError, ProtocolError
+from capsule.errors import ChannelClosedError, FeatureCrashedError, ProtocolError
 from capsule.tokens import KeyRing, TokenAuthority
 
 _MESSAGE_TYPES: Final = typing.get_args(FromContainer)
@@ -218,7 +218,7 @@ async def _read_through_broker(data: bytes) -> BaseException:
             theirs.shutdown(socket.SHUT_WR)
             with pytest.raises((ProtocolError, ChannelClosedError)) as ended:
                 await conn.read_loop(lambda message: broker.dispatch(peer, message))
-            broker.detach(peer, None)
+            broker.detach(peer, FeatureCrashedError("fuzz", "ended"))
             conn.close()
             tg.cancel_scope.cancel()
     return ended.value
