@@ -98,7 +98,7 @@ def alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before or while it was read
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in {"Z", "X"}
 
