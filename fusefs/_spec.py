@@ -38,6 +38,16 @@ class MountSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     upper: str | None = None  # COW only: absolute host directory holding this view's changes
     quota_bytes: int | None = None
     quota_inodes: int | None = None
+    token: str | None = None  # id of the token that grants this mount (revocation, audit)
+    capability: str = ""  # the granting capability's text form (audit)
+    expires: float | None = None  # Unix time the grant ends; None: never
+
+    @property
+    def grant(self) -> str:
+        """What grants this mount, as audit lines name it."""
+        return (
+            self.capability or f"fs:{'read,write' if self.writable else 'read'}:{self.view_path}/"
+        )
 
     @property
     def writable(self) -> bool:
@@ -50,10 +60,18 @@ class ViewSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     owner: str  # the feature (container) this view belongs to
     mounts: tuple[MountSpec, ...]
+    uid: int = 0  # host uid of the container: files appear owned by it, and it may call
+    gid: int = 0
+    callers: tuple[int, ...] = ()  # further host uids allowed to call (the one building the view)
+    info: dict[str, str] = msgspec.field(default_factory=dict)  # files of /capsule/
+    cache_timeout: float = 1.0  # seconds the kernel may keep names and attributes
 
     def validate(self) -> ViewSpec:
         """Return self, or raise ViewSpecError naming the first broken rule."""
         seen: set[str] = set()
+        for name in self.info:
+            if not name or "/" in name or name.startswith(".") or name == "mounts":
+                raise ViewSpecError(f"view of {self.owner!r}: /capsule/{name} is not a valid name")
         for mount in self.mounts:
             where = f"view of {self.owner!r}, mount {mount.view_path!r}"
             _check_absolute(mount.view_path, where, "view path")

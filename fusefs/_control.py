@@ -1,0 +1,128 @@
+"""The control channel between a view's owner and its file-system server: a closed set of
+messages, one per SEQPACKET datagram (msgpack).
+
+Data only: no I/O here. The owner is trusted; so is the server. The container the view
+belongs to never sees this channel.
+"""
+
+from __future__ import annotations
+
+from typing import Final, TypeAlias
+
+import msgspec
+
+from fusefs._spec import ViewSpec
+
+__all__ = [
+    "MAX_DATAGRAM",
+    "Allowed",
+    "Denied",
+    "FromServer",
+    "Mounted",
+    "Probe",
+    "ProbeReply",
+    "Revoke",
+    "Revoked",
+    "Serve",
+    "Shutdown",
+    "ToServer",
+    "decode_from_server",
+    "decode_to_server",
+    "encode",
+]
+
+MAX_DATAGRAM: Final = 1 << 20
+
+
+class _Msg(msgspec.Struct, frozen=True, tag_field="t"):
+    pass
+
+
+# -- owner to server ---------------------------------------------------------------------
+
+
+class Serve(_Msg, tag="serve", frozen=True):
+    """The first message: the view to serve and where to mount it."""
+
+    view: ViewSpec
+    mountpoint: str
+
+
+class Revoke(_Msg, tag="revoke", frozen=True):
+    """These tokens are revoked: the mounts they grant fail from the next operation on."""
+
+    tokens: tuple[str, ...]
+    reason: str = "revoked"
+
+
+class Probe(_Msg, tag="probe", frozen=True):
+    """Answer with ProbeReply once a request through the kernel has been served."""
+
+    seq: int
+
+
+class Shutdown(_Msg, tag="shutdown", frozen=True):
+    pass
+
+
+ToServer: TypeAlias = Serve | Revoke | Probe | Shutdown
+
+# -- server to owner ---------------------------------------------------------------------
+
+
+class Mounted(_Msg, tag="mounted", frozen=True):
+    """The view is mounted and served; ``connection`` names /sys/fs/fuse/connections/N."""
+
+    pid: int
+    connection: int | None
+    mountpoint: str
+
+
+class Denied(_Msg, tag="denied", frozen=True):
+    """An operation was refused by policy (rate-limited; ``suppressed`` counts the rest)."""
+
+    operation: str
+    path: str
+    mount: str
+    capability: str
+    reason: str
+    token: str | None = None
+    uid: int | None = None
+    suppressed: int = 0
+
+
+class Allowed(_Msg, tag="allowed", frozen=True):
+    """Operations served since the last report: ``{"mount op": count}``."""
+
+    counts: dict[str, int]
+
+
+class Revoked(_Msg, tag="revoked", frozen=True):
+    """The mounts that the revoked tokens granted are closed and the kernel caches dropped."""
+
+    tokens: tuple[str, ...]
+    mounts: tuple[str, ...]
+    reason: str
+
+
+class ProbeReply(_Msg, tag="probe_reply", frozen=True):
+    seq: int
+
+
+FromServer: TypeAlias = Mounted | Denied | Allowed | Revoked | ProbeReply
+
+_encoder = msgspec.msgpack.Encoder()
+_to_server = msgspec.msgpack.Decoder(ToServer)
+_from_server = msgspec.msgpack.Decoder(FromServer)
+
+
+def encode(message: ToServer | FromServer) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_to_server(data: bytes) -> ToServer:
+    return _to_server.decode(data)
+
+
+def decode_from_server(data: bytes) -> FromServer:
+    return _from_server.decode(data)

@@ -1,0 +1,542 @@
+"""The FUSE operations of one view: each handler decodes, resolves, checks, acts, answers.
+
+Resolution is the node table's (descriptors, never path strings); checks are the
+policy's; OSError becomes FUSEError in one place (``_errno_boundary``). Fast metadata
+calls on the backing file system run inline; fsync runs in a worker thread. The
+server serves one container only, so a slow backing call stalls nobody else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import os
+import stat
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from fusefs import _sys
+from fusefs._nodes import Kind, Node, NodeTable, SpecialFileError, proc_path
+from fusefs._policy import MountState, ViewPolicy
+
+__all__ = ["ViewOperations"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_STRIP: Final = stat.S_ISUID | stat.S_ISGID
+_OPEN_DROP: Final = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_PATH
+_INFO_FH: Final = 1 << 62  # file handles at and above this are /capsule/ snapshots
+
+
+def _errno_boundary(
+    handler: Callable[_P, Coroutine[Any, Any, _R]],
+) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    """The one place where an OSError of a backing call becomes the errno the caller sees."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await handler(*args, **kwargs)
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+
+    return wrapper
+
+
+def _name(name: bytes) -> bytes:
+    if name in (b"", b".", b"..") or b"/" in name or b"\0" in name:
+        raise pyfuse3.FUSEError(errno.EINVAL)
+    return name
+
+
+@dataclass(slots=True)
+class _Open:
+    node: Node
+    fd: int
+    write: bool
+    content: bytes = b""
+
+
+@dataclass(slots=True)
+class _Listing:
+    node: Node
+    names: list[bytes]
+
+
+class ViewOperations(pyfuse3.Operations):
+    """One container's view: synthetic directories down to each mount, and /capsule/."""
+
+    enable_writeback_cache = False  # writes reach the server at once: quotas hold, fsync is real
+
+    def __init__(self, policy: ViewPolicy, nodes: NodeTable) -> None:
+        super().__init__()
+        self.policy = policy
+        self.nodes = nodes
+        self.timeout = policy.view.cache_timeout
+        self._handles: dict[int, _Open] = {}
+        self._listings: dict[int, _Listing] = {}
+        self._next_fh = 1
+        self.probes = 0
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _fh(self) -> int:
+        self._next_fh += 1
+        return self._next_fh
+
+    def _attrs(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = node.ino
+        attrs.entry_timeout = attrs.attr_timeout = self.timeout
+        view = self.policy.view
+        attrs.st_uid, attrs.st_gid = view.uid, view.gid
+        if node.kind is Kind.BACKING:
+            st = st or os.fstat(node.fd)
+            mode = st.st_mode & ~_STRIP
+            if node.mount is None or not node.mount.spec.writable:
+                mode &= ~0o222
+            attrs.st_mode = mode
+            attrs.st_nlink = st.st_nlink
+            attrs.st_size = st.st_size
+            attrs.st_blocks = st.st_blocks
+            attrs.st_blksize = st.st_blksize
+            attrs.st_atime_ns, attrs.st_mtime_ns = st.st_atime_ns, st.st_mtime_ns
+            attrs.st_ctime_ns = st.st_ctime_ns
+        elif node.kind is Kind.INFO:
+            assert node.content is not None  # noqa: S101 - info nodes always have content
+            attrs.st_mode = stat.S_IFREG | 0o444
+            attrs.st_nlink = 1
+            attrs.st_size = len(node.content())
+        else:
+            attrs.st_mode = stat.S_IFDIR | 0o555
+            attrs.st_nlink = 2
+        return attrs
+
+    def _where(self, node: Node, name: bytes = b"") -> Callable[[], str]:
+        return functools.partial(self.nodes.path, node, name)
+
+    def _backing(self, node: Node, ctx: pyfuse3.RequestContext, operation: str) -> MountState:
+        """The node's mount, after the caller was checked."""
+        path = self._where(node)
+        if node.kind is not Kind.BACKING or node.mount is None:
+            self.policy.caller(ctx.uid, operation, path, None)
+            raise pyfuse3.FUSEError(errno.EROFS)
+        self.policy.caller(ctx.uid, operation, path, node.mount)
+        return node.mount
+
+    def _check(
+        self,
+        node: Node,
+        ctx: pyfuse3.RequestContext,
+        operation: str,
+        *,
+        write: bool,
+        name: bytes = b"",
+    ) -> MountState:
+        """Check the caller and the grant of ``node`` (of ``name`` in it, for messages)."""
+        mount = self._backing(node, ctx, operation)
+        self.policy.check(mount, operation, self._where(node, name), write=write, uid=ctx.uid)
+        return mount
+
+    def _charge(
+        self,
+        mount: MountState,
+        where: Callable[[], str],
+        operation: str,
+        *,
+        nbytes: int = 0,
+        inodes: int = 0,
+    ) -> None:
+        """Account ``nbytes`` and ``inodes`` to the mount's quota; EDQUOT (audited) if over."""
+        spec = mount.spec
+        for used, delta, limit, what in (
+            (mount.usage_bytes, nbytes, spec.quota_bytes, "bytes"),
+            (mount.usage_inodes, inodes, spec.quota_inodes, "inodes"),
+        ):
+            if delta > 0 and limit is not None and used + delta > limit:
+                self.policy.deny(
+                    operation,
+                    where,
+                    mount,
+                    f"over its quota of {limit} {what}",
+                    code=errno.EDQUOT,
+                )
+        mount.usage_bytes = max(0, mount.usage_bytes + nbytes)
+        mount.usage_inodes = max(0, mount.usage_inodes + inodes)
+
+    def _release_entry(self, mount: MountState, parent: Node, name: bytes) -> None:
+        """Give back the quota of ``name`` when its last link goes."""
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        if st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):
+            size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+            mount.usage_bytes = max(0, mount.usage_bytes - size)
+            mount.usage_inodes = max(0, mount.usage_inodes - 1)
+
+    def _child(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
+        try:
+            return self.nodes.child(parent, name)
+        except SpecialFileError as exc:
+            self.policy.deny("lookup", self._where(parent, name), parent.mount, str(exc))
+            raise  # pragma: no cover - deny raised
+
+    # -- names -------------------------------------------------------------------------
+
+    @_errno_boundary
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self.nodes[parent_inode]
+        name = _name(name)
+        if parent.kind is not Kind.BACKING:
+            self.policy.caller(ctx.uid, "lookup", self._where(parent), None)
+            if name.startswith(b".probe-"):
+                self.probes += 1
+            child = self.nodes[parent.children.get(name, -1)]
+            child.lookups += 1
+            return self._attrs(child)
+        self._check(parent, ctx, "lookup", write=False, name=name)
+        node, st = self._child(parent, name)
+        return self._attrs(node, st)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.nodes.forget(ino, count)
+
+    @_errno_boundary
+    async def getattr(
+        self, inode: int, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        node = self.nodes[inode]
+        if node.kind is Kind.BACKING and ctx is not None:
+            self._check(node, ctx, "getattr", write=False)
+        return self._attrs(node)
+
+    @_errno_boundary
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self.nodes[inode]
+        mount = self._check(node, ctx, "setattr", write=True)
+        st = os.fstat(node.fd)
+        if fields.update_uid or fields.update_gid:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        if fields.update_size:
+            if not stat.S_ISREG(st.st_mode):
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            self._charge(mount, self._where(node), "truncate", nbytes=attr.st_size - st.st_size)
+            os.truncate(proc_path(node.fd), attr.st_size)
+        if fields.update_mode and not stat.S_ISLNK(st.st_mode):
+            os.chmod(proc_path(node.fd), stat.S_IMODE(attr.st_mode) & ~_STRIP)
+        if (fields.update_atime or fields.update_mtime) and not stat.S_ISLNK(st.st_mode):
+            atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+            mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+            os.utime(proc_path(node.fd), ns=(atime, mtime))
+        return self._attrs(node)
+
+    @_errno_boundary
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.nodes[inode]
+        self._check(node, ctx, "readlink", write=False)
+        return os.readlink(b"", dir_fd=node.fd)
+
+    @_errno_boundary
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        node = self.nodes[inode]
+        self.policy.caller(ctx.uid, "access", self._where(node), node.mount)
+        writable = node.mount is not None and node.mount.spec.writable
+        alive = node.mount is None or node.mount.closed is None
+        return alive and not (mode & os.W_OK and not writable)
+
+    # -- creating and removing ----------------------------------------------------------
+
+    async def _created(
+        self, parent: Node, name: bytes, mount: MountState, make: Callable[[], object]
+    ) -> pyfuse3.EntryAttributes:
+        self._charge(mount, self._where(parent, name), "create", inodes=1)
+        try:
+            make()
+        except BaseException:
+            mount.usage_inodes -= 1
+            raise
+        node, st = self._child(parent, name)
+        return self._attrs(node, st)
+
+    @_errno_boundary
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self.nodes[parent_inode]
+        name = _name(name)
+        mount = self._check(parent, ctx, "mkdir", write=True, name=name)
+        return await self._created(
+            parent, name, mount, lambda: os.mkdir(name, mode & 0o777, dir_fd=parent.fd)
+        )
+
+    @_errno_boundary
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self.nodes[parent_inode]
+        name = _name(name)
+        mount = self._check(parent, ctx, "symlink", write=True, name=name)
+        return await self._created(
+            parent, name, mount, lambda: os.symlink(target, name, dir_fd=parent.fd)
+        )
+
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self.nodes[parent_inode]
+        self._check(parent, ctx, "mknod", write=True, name=name)
+        where = self._where(parent, name)
+        self.policy.deny(
+            "mknod", where, parent.mount, "device nodes, sockets and FIFOs are refused"
+        )
+        raise AssertionError  # pragma: no cover - deny raised
+
+    @_errno_boundary
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self.nodes[parent_inode]
+        name = _name(name)
+        mount = self._check(parent, ctx, "create", write=True, name=name)
+        base = (flags & ~_OPEN_DROP) | os.O_CLOEXEC | os.O_NOFOLLOW
+        self._charge(mount, self._where(parent, name), "create", inodes=1)
+        try:
+            fd = os.open(name, base | os.O_CREAT | os.O_EXCL, mode & 0o777, dir_fd=parent.fd)
+        except FileExistsError:
+            mount.usage_inodes -= 1
+            if flags & os.O_EXCL:
+                raise
+            fd = os.open(name, base, dir_fd=parent.fd)
+        except BaseException:
+            mount.usage_inodes -= 1
+            raise
+        try:
+            path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
+            node, st = self.nodes.adopt(parent, name, path_fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        fh = self._fh()
+        self._handles[fh] = _Open(node, fd, write=True)
+        return pyfuse3.FileInfo(fh=fh), self._attrs(node, st)
+
+    @_errno_boundary
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        node, parent = self.nodes[inode], self.nodes[new_parent_inode]
+        mount = self._check(parent, ctx, "link", write=True, name=new_name)
+        if node.mount is not mount:
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        if stat.S_ISDIR(os.fstat(node.fd).st_mode):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        new_name = _name(new_name)
+        os.link(proc_path(node.fd), new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
+        linked, st = self._child(parent, new_name)
+        return self._attrs(linked, st)
+
+    @_errno_boundary
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self.nodes[parent_inode]
+        name = _name(name)
+        mount = self._check(parent, ctx, "unlink", write=True, name=name)
+        self._release_entry(mount, parent, name)
+        os.unlink(name, dir_fd=parent.fd)
+
+    @_errno_boundary
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self.nodes[parent_inode]
+        name = _name(name)
+        mount = self._check(parent, ctx, "rmdir", write=True, name=name)
+        os.rmdir(name, dir_fd=parent.fd)
+        mount.usage_inodes = max(0, mount.usage_inodes - 1)
+
+    @_errno_boundary
+    async def rename(  # noqa: PLR0917 - pyfuse3's signature
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        old, new = self.nodes[parent_inode_old], self.nodes[parent_inode_new]
+        mount = self._check(old, ctx, "rename", write=True, name=name_old)
+        if new.mount is not mount:
+            self._backing(new, ctx, "rename")
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        name_old, name_new = _name(name_old), _name(name_new)
+        if not flags & _sys.RENAME_EXCHANGE:
+            with contextlib.suppress(FileNotFoundError):
+                self._release_entry(mount, new, name_new)
+        _sys.renameat2(old.fd, name_old, new.fd, name_new, flags)
+        self.nodes.moved(old.ino, name_old, new.ino, name_new)
+
+    # -- files -------------------------------------------------------------------------
+
+    @_errno_boundary
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.nodes[inode]
+        write = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        if node.kind is Kind.INFO:
+            self.policy.caller(ctx.uid, "open", self._where(node), None)
+            if write:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            assert node.content is not None  # noqa: S101 - info nodes always have content
+            fh = _INFO_FH + self._fh()
+            self._handles[fh] = _Open(node, -1, write=False, content=node.content())
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)
+        mount = self._check(node, ctx, "open", write=write)
+        st = os.fstat(node.fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise pyfuse3.FUSEError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.ELOOP)
+        if flags & os.O_TRUNC:
+            self._charge(mount, self._where(node), "open", nbytes=-st.st_size)
+        fd = os.open(proc_path(node.fd), (flags & ~_OPEN_DROP) | os.O_CLOEXEC)
+        keep = node.cache_key == (st.st_mtime_ns, st.st_size) and not flags & os.O_TRUNC
+        node.cache_key = (st.st_mtime_ns, st.st_size)
+        fh = self._fh()
+        self._handles[fh] = _Open(node, fd, write=write)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    def _live(self, handle: _Open, operation: str, *, write: bool) -> MountState:
+        mount = handle.node.mount
+        assert mount is not None  # noqa: S101 - only backing files have descriptors
+        self.policy.check(mount, operation, self._where(handle.node), write=write)
+        return mount
+
+    @_errno_boundary
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handles[fh]
+        if handle.fd < 0:
+            return handle.content[off : off + size]
+        self._live(handle, "read", write=False)
+        return os.pread(handle.fd, size, off)
+
+    @_errno_boundary
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._handles[fh]
+        mount = self._live(handle, "write", write=True)
+        grow = off + len(buf) - os.fstat(handle.fd).st_size
+        if grow > 0:
+            self._charge(mount, self._where(handle.node), "write", nbytes=grow)
+        return os.pwrite(handle.fd, buf, off)
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @_errno_boundary
+    async def fsync(self, fh: int, datasync: bool) -> None:  # noqa: FBT001 - pyfuse3's signature
+        handle = self._handles[fh]
+        if handle.fd >= 0:
+            sync = os.fdatasync if datasync else os.fsync
+            await trio.to_thread.run_sync(sync, handle.fd)
+
+    @_errno_boundary
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is None or handle.fd < 0:
+            return
+        if handle.write:
+            st = os.fstat(handle.fd)
+            handle.node.cache_key = (st.st_mtime_ns, st.st_size)
+        os.close(handle.fd)
+
+    # -- directories -------------------------------------------------------------------
+
+    @_errno_boundary
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self.nodes[inode]
+        if node.kind is Kind.BACKING:
+            self._check(node, ctx, "readdir", write=False)
+            fd = os.open(proc_path(node.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                names = [os.fsencode(name) for name in os.listdir(fd)]
+            finally:
+                os.close(fd)
+        elif node.kind is Kind.SYNTHETIC:
+            self.policy.caller(ctx.uid, "readdir", self._where(node), None)
+            names = sorted(node.children)
+        else:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        fh = self._fh()
+        self._listings[fh] = _Listing(node, names)
+        return fh
+
+    @_errno_boundary
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        listing = self._listings[fh]
+        for index in range(start_id, len(listing.names)):
+            name = listing.names[index]
+            node, attrs = self._entry(listing.node, name)
+            if node is None:
+                continue
+            if not pyfuse3.readdir_reply(token, name, attrs, index + 1):
+                self.nodes.forget(node.ino, 1)
+                return
+
+    def _entry(self, directory: Node, name: bytes) -> tuple[Node | None, Any]:
+        if directory.kind is not Kind.BACKING:
+            child = self.nodes[directory.children[name]]
+            child.lookups += 1
+            return child, self._attrs(child)
+        try:
+            node, st = self.nodes.child(directory, name)
+        except (OSError, SpecialFileError):
+            return None, None  # gone since the listing, or never served: not listed
+        return node, self._attrs(node, st)
+
+    async def releasedir(self, fh: int) -> None:
+        self._listings.pop(fh, None)
+
+    @_errno_boundary
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:  # noqa: FBT001 - pyfuse3's signature
+        listing = self._listings[fh]
+        if listing.node.kind is Kind.BACKING:
+            fd = os.open(proc_path(listing.node.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                await trio.to_thread.run_sync(os.fsync, fd)
+            finally:
+                os.close(fd)
+
+    @_errno_boundary
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        data.f_namemax = 255
+        writable = [m for m in self.policy.mounts if m.spec.writable]
+        for mount in writable[:1]:
+            root = next(n for n in self.nodes if n.mount is mount and n.is_root)
+            host = os.statvfs(proc_path(root.fd))
+            free, files = host.f_bavail * host.f_frsize // 4096, host.f_favail
+            if mount.spec.quota_bytes is not None:
+                free = min(free, max(0, mount.spec.quota_bytes - mount.usage_bytes) // 4096)
+            if mount.spec.quota_inodes is not None:
+                files = min(files, max(0, mount.spec.quota_inodes - mount.usage_inodes))
+            data.f_blocks = max(free, host.f_blocks * host.f_frsize // 4096)
+            data.f_bfree = data.f_bavail = free
+            data.f_files = max(files, host.f_files)
+            data.f_ffree = data.f_favail = files
+        return data
+
+    # -- the owner's side --------------------------------------------------------------
+
+    def inodes_of(self, mounts: Sequence[MountState]) -> Iterator[int]:
+        wanted = {id(m) for m in mounts}
+        for node in self.nodes:
+            if node.mount is not None and id(node.mount) in wanted:
+                yield node.ino

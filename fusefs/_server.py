@@ -1,0 +1,305 @@
+"""The file-system server process of one view: set up, mount, serve, answer the owner.
+
+Runs in a process of its own (pyfuse3 hosts one mount per process), started by the
+view's owner. It never unmounts: the owner does, so a server that dies or hangs never
+leaves the owner waiting on it. Copy-on-write mounts are overlayfs mounts in the
+server's private mount namespace, so nothing but the server ever sees them and they
+go when it does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import resource
+import signal
+import socket
+import stat
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import pyfuse3
+import trio
+
+from fusefs import _sys
+from fusefs._control import (
+    FromServer,
+    Mounted,
+    Probe,
+    ProbeReply,
+    Revoke,
+    Revoked,
+    Shutdown,
+    decode_to_server,
+    encode,
+)
+from fusefs._lifecycle import connection_of
+from fusefs._nodes import NodeTable
+from fusefs._ops import ViewOperations
+from fusefs._policy import MountState, ViewPolicy
+from fusefs._spec import MountKind, ViewSpec
+
+__all__ = ["Confine", "serve"]
+
+#: called once the view is mounted with the backing directories the server needs; it may
+#: restrict the process (Landlock) to them. Provided by the owner.
+Confine = Callable[[Sequence[str]], None]
+
+_NOFILE: Final = 65536
+_FLUSH_INTERVAL: Final = 1.0
+
+
+class _Server:
+    def __init__(self, view: ViewSpec, mountpoint: str, control: socket.socket) -> None:
+        self.view = view
+        self.mountpoint = mountpoint
+        self.control = control
+        self.dropped = 0
+        self.policy = ViewPolicy(view, self.send)
+        self.nodes = NodeTable()
+        self.ops = ViewOperations(self.policy, self.nodes)
+
+    def send(self, message: FromServer) -> None:
+        """Report to the owner without ever blocking a request handler."""
+        try:
+            self.control.send(encode(message), socket.MSG_DONTWAIT)
+        except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+            self.dropped += 1
+
+    # -- building the view --------------------------------------------------------------
+
+    def _parent_of(self, view_path: str) -> tuple[int, bytes]:
+        """Create the synthetic directories down to ``view_path``; its parent and name."""
+        parts = [os.fsencode(p) for p in view_path.strip("/").split("/")]
+        parent = self.nodes.root
+        for part in parts[:-1]:
+            known = parent.children.get(part)
+            parent = self.nodes[known] if known else self.nodes.synthetic(parent.ino, part)
+        return parent.ino, parts[-1]
+
+    def build(self, roots: dict[int, int]) -> None:
+        for mount in self.policy.mounts:
+            parent, name = self._parent_of(mount.spec.view_path)
+            fd = roots[mount.index]
+            if mount.spec.kind is not MountKind.COW:
+                mount.dev = os.fstat(fd).st_dev
+            self.nodes.mount_root(parent, name, mount, fd)
+        info = self.nodes.synthetic(self.nodes.root.ino, b"capsule")
+        for file_name, text in sorted(self.view.info.items()):
+            content = functools.partial(bytes, text, "utf-8")
+            self.nodes.info(info.ino, os.fsencode(file_name), content)
+        self.nodes.info(info.ino, b"mounts", self._mounts_text)
+
+    def _mounts_text(self) -> bytes:
+        lines = []
+        for mount in self.policy.mounts:
+            spec = mount.spec
+            mode = "rw" if spec.writable else "ro"
+            quota = f" bytes={mount.usage_bytes}/{spec.quota_bytes or '-'}"
+            quota += f" inodes={mount.usage_inodes}/{spec.quota_inodes or '-'}"
+            lines.append(f"{spec.view_path} {spec.kind.value} {mode} {mount.status}{quota}\n")
+        return "".join(lines).encode()
+
+    # -- serving ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._fuse, nursery.cancel_scope)
+            nursery.start_soon(self._control, nursery)
+            nursery.start_soon(self._flush)
+            nursery.start_soon(self._expiry)
+
+    async def _fuse(self, scope: trio.CancelScope) -> None:
+        await pyfuse3.main()
+        scope.cancel()
+
+    async def _control(self, nursery: trio.Nursery) -> None:
+        sock = trio.socket.from_stdlib_socket(self.control)
+        while True:
+            data = await sock.recv(1 << 16)
+            if not data:
+                break
+            message = decode_to_server(data)
+            if isinstance(message, Shutdown):
+                break
+            if isinstance(message, Revoke):
+                closed = self.policy.revoke(set(message.tokens), message.reason)
+                await self._closed(closed, message.tokens, message.reason)
+            elif isinstance(message, Probe):
+                nursery.start_soon(self._probe, message.seq)
+        self.policy.flush()
+        pyfuse3.terminate()
+        nursery.cancel_scope.cancel()
+
+    async def _closed(self, closed: list[MountState], tokens: Sequence[str], reason: str) -> None:
+        """Drop the kernel's caches of closed mounts, so their next use reaches the policy."""
+        inodes = list(self.ops.inodes_of(closed))
+
+        def invalidate() -> None:
+            for ino in inodes:
+                with contextlib.suppress(OSError):
+                    pyfuse3.invalidate_inode(ino, attr_only=False)
+
+        await trio.to_thread.run_sync(invalidate, abandon_on_cancel=True)
+        mounts = tuple(m.spec.view_path for m in closed)
+        self.send(Revoked(tokens=tuple(tokens), mounts=mounts, reason=reason))
+
+    async def _probe(self, seq: int) -> None:
+        """A lookup through the kernel, from a worker thread: proves requests are served."""
+        path = os.path.join(self.mountpoint, "capsule", f".probe-{seq}")
+        with contextlib.suppress(FileNotFoundError):
+            await trio.to_thread.run_sync(os.stat, path, abandon_on_cancel=True)
+        self.send(ProbeReply(seq=seq))
+
+    async def _flush(self) -> None:
+        while True:
+            await trio.sleep(_FLUSH_INTERVAL)
+            self.policy.flush()
+
+    async def _expiry(self) -> None:
+        while True:
+            expires = self.policy.next_expiry()
+            if expires is None:
+                return
+            await trio.sleep_until(trio.current_time() + max(0.0, expires - _now()))
+            closed = self.policy.expired()
+            if closed:
+                tokens = tuple(sorted({m.spec.token for m in closed if m.spec.token}))
+                await self._closed(closed, tokens, "expired")
+
+
+def _now() -> float:
+    import time  # noqa: PLC0415 - wall clock, as token expiry is
+
+    return time.time()
+
+
+# -- set-up helpers ----------------------------------------------------------------------
+
+
+def _open_dir(path: str) -> int:
+    fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    if not stat.S_ISDIR(os.fstat(fd).st_mode):  # pragma: no cover - O_DIRECTORY ensures it
+        os.close(fd)
+        raise NotADirectoryError(path)
+    return fd
+
+
+def _overlay_option(path: str) -> str:
+    if any(c in path for c in ",:\\"):
+        raise ValueError(f"{path!r}: a copy-on-write directory must not contain ',', ':' or '\\'")
+    return path
+
+
+def _enter_private_namespace() -> None:
+    """A mount namespace of the server's own (and a user namespace when not root)."""
+    if os.geteuid() == 0:
+        _sys.unshare(_sys.CLONE_NEWNS)
+    else:
+        uid, gid = os.geteuid(), os.getegid()
+        _sys.unshare(_sys.CLONE_NEWUSER | _sys.CLONE_NEWNS)
+        for name, text in (
+            ("setgroups", "deny"),
+            ("uid_map", f"0 {uid} 1"),
+            ("gid_map", f"0 {gid} 1"),
+        ):
+            with open(f"/proc/self/{name}", "w", encoding="ascii") as f:
+                f.write(text)
+    _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE, "")
+
+
+def _mount_overlays(view: ViewSpec, roots: dict[int, int]) -> list[str]:
+    """Mount each cow mount's overlay privately; returns the merged directories."""
+    merged_dirs: list[str] = []
+    cows = [(i, m) for i, m in enumerate(view.mounts) if m.kind is MountKind.COW]
+    if not cows:
+        return merged_dirs
+    _enter_private_namespace()
+    for index, spec in cows:
+        assert spec.upper is not None  # noqa: S101 - validated: cow mounts have an upper
+        changes, work, merged = (os.path.join(spec.upper, d) for d in ("changes", "work", "merged"))
+        for directory in (changes, work, merged):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        options = (
+            f"lowerdir={_overlay_option(spec.backing)},upperdir={_overlay_option(changes)},"
+            f"workdir={_overlay_option(work)}"
+        )
+        if os.geteuid() != 0:
+            options += ",userxattr"
+        _sys.mount("overlay", merged, "overlay", 0, options)
+        roots[index] = _open_dir(merged)
+        merged_dirs.append(merged)
+    return merged_dirs
+
+
+def _usage(policy: ViewPolicy, view: ViewSpec, roots: dict[int, int]) -> None:
+    """What each writable mount already holds (for cow: its own changes only)."""
+    for mount in policy.mounts:
+        spec = mount.spec
+        if not spec.writable:
+            continue
+        top = (
+            os.path.join(spec.upper, "changes")
+            if spec.upper
+            else f"/proc/self/fd/{roots[mount.index]}"
+        )
+        seen: set[tuple[int, int]] = set()
+        for _, dirs, files, dir_fd in os.fwalk(top, follow_symlinks=False):
+            for name in files + dirs:
+                with contextlib.suppress(OSError):
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if (st.st_dev, st.st_ino) in seen:
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                    mount.usage_inodes += 1
+                    if stat.S_ISREG(st.st_mode):
+                        mount.usage_bytes += st.st_size
+
+
+def _options(view: ViewSpec) -> set[str]:
+    options = set(pyfuse3.default_options) - {"default_permissions"}  # the policy decides
+    options |= {f"fsname=capsule-{view.owner}", "subtype=capsule", "nosuid", "nodev"}
+    if os.geteuid() == 0:
+        options.add("allow_other")  # the container runs as a uid of its own
+    return options
+
+
+def serve(
+    view: ViewSpec,
+    mountpoint: str,
+    control: socket.socket,
+    *,
+    confine: Confine | None = None,
+) -> None:
+    """Mount ``view`` at ``mountpoint`` and serve it until the owner says stop or goes away.
+
+    ``control`` is this server's end of a SEQPACKET socket to the owner. Reports
+    :class:`~fusefs._control.Mounted` once the view is in place. Never unmounts.
+    """
+    view.validate()
+    _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (_NOFILE, _NOFILE))
+    server = _Server(view, mountpoint, control)
+    server.policy.callers = frozenset({*server.policy.callers, os.geteuid()})  # its own probes
+    roots: dict[int, int] = {}
+    for index, spec in enumerate(view.mounts):
+        if spec.kind is MountKind.PRIVATE:
+            os.makedirs(spec.backing, mode=0o700, exist_ok=True)
+        if spec.kind is not MountKind.COW:
+            roots[index] = _open_dir(spec.backing)
+    pyfuse3.init(server.ops, mountpoint, _options(view))
+    connection = connection_of(mountpoint)
+    merged = _mount_overlays(view, roots)
+    server.build(roots)
+    _usage(server.policy, view, roots)
+    if confine is not None:
+        backing = [m.backing for m in view.mounts if m.kind is not MountKind.COW]
+        confine([*backing, *merged, *(m.upper for m in view.mounts if m.upper)])
+    server.send(Mounted(pid=os.getpid(), connection=connection, mountpoint=mountpoint))
+    try:
+        trio.run(server.run)
+    finally:
+        pyfuse3.close(unmount=False)
+        server.nodes.close()

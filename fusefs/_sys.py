@@ -1,0 +1,70 @@
+"""ctypes wrappers for the few Linux calls the file-system server needs and Python lacks.
+
+Thin and checked: each raises OSError with the errno and what was called; no policy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from typing import Final
+
+__all__ = [
+    "CLONE_NEWNS",
+    "CLONE_NEWUSER",
+    "MNT_DETACH",
+    "MS_PRIVATE",
+    "MS_REC",
+    "PR_SET_PDEATHSIG",
+    "RENAME_EXCHANGE",
+    "RENAME_NOREPLACE",
+    "mount",
+    "prctl",
+    "renameat2",
+    "umount2",
+    "unshare",
+]
+
+CLONE_NEWNS: Final = 0x00020000
+CLONE_NEWUSER: Final = 0x10000000
+MS_REC: Final = 0x4000
+MS_PRIVATE: Final = 0x40000
+MNT_DETACH: Final = 0x2
+RENAME_NOREPLACE: Final = 1
+RENAME_EXCHANGE: Final = 2
+PR_SET_PDEATHSIG: Final = 1
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_AT_FDCWD: Final = -100
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        number = ctypes.get_errno()
+        raise OSError(number, f"{what}: {os.strerror(number)}")
+    return result
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), f"unshare({flags:#x})")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str) -> None:
+    encoded = [None if s is None else os.fsencode(s) for s in (source, target, fstype, data)]
+    result = _libc.mount(encoded[0], encoded[1], encoded[2], ctypes.c_ulong(flags), encoded[3])
+    _check(result, f"mount({source!r}, {target!r}, {fstype!r})")
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_libc.umount2(os.fsencode(target), ctypes.c_int(flags)), f"umount2({target!r})")
+
+
+def prctl(option: int, arg2: int = 0) -> int:
+    return _check(_libc.prctl(option, ctypes.c_ulong(arg2), 0, 0, 0), f"prctl({option})")
+
+
+def renameat2(old_dir: int, old: bytes, new_dir: int, new: bytes, flags: int) -> None:
+    """renameat2(2); names are single path components beneath the two directory fds."""
+    result = _libc.renameat2(old_dir, old, new_dir, new, ctypes.c_uint(flags))
+    _check(result, f"renameat2({old!r}, {new!r}, {flags})")
