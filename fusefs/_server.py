@@ -42,9 +42,9 @@ from fusefs._spec import MountKind, ViewSpec
 
 __all__ = ["Confine", "serve"]
 
-#: called once the view is mounted with the backing directories the server needs; it may
-#: restrict the process (Landlock) to them. Provided by the owner.
-Confine = Callable[[Sequence[str]], None]
+#: called once the view is mounted with the directories the server needs and whether it
+#: writes beneath each; it may restrict the process (Landlock) to them. Given by the owner.
+Confine = Callable[[Sequence[tuple[str, bool]]], None]
 
 _NOFILE: Final = 65536
 _FLUSH_INTERVAL: Final = 1.0
@@ -295,8 +295,10 @@ def serve(
     server.build(roots)
     _usage(server.policy, view, roots)
     if confine is not None:
-        backing = [m.backing for m in view.mounts if m.kind is not MountKind.COW]
-        confine([*backing, *merged, *(m.upper for m in view.mounts if m.upper)])
+        needed = [(m.backing, m.writable) for m in view.mounts if m.kind is not MountKind.COW]
+        needed += [(path, True) for path in merged]
+        needed += [(m.upper, True) for m in view.mounts if m.upper]
+        confine(needed)
     server.send(Mounted(pid=os.getpid(), connection=connection, mountpoint=mountpoint))
     try:
         trio.run(server.run)

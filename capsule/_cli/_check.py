@@ -140,7 +140,10 @@ def _feature_lines(report: CheckReport, manifest: FeatureManifest) -> list[str]:
         mount = mounts.get(view or "")
         if mount is not None:
             quota = f", quota {format_size(mount.quota)}" if mount.quota is not None else ""
-            text = f"{text:<{len(pad) + 9 + width}}  <- volume {mount.volume} ({mount.mode}{quota})"
+            quota += f", {mount.inodes} inodes" if mount.inodes is not None else ""
+            mode = "cow" if mount.storage == "cow" else mount.mode
+            source = "private storage" if mount.storage == "private" else f"volume {mount.volume}"
+            text = f"{text:<{len(pad) + 9 + width}}  <- {source} ({mode}{quota})"
         lines.append(text.rstrip())
     return lines
 
@@ -248,9 +251,11 @@ def _as_json(report: CheckReport, shown: str, *, failed: bool) -> dict[str, Any]
                     {
                         "view": m.view,
                         "volume": m.volume,
-                        "host": str(m.host),
+                        "host": None if m.host is None else str(m.host),
                         "mode": m.mode,
+                        "storage": m.storage,
                         "quota": m.quota,
+                        "inodes": m.inodes,
                     }
                     for m in grant.mounts
                 ],

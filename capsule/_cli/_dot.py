@@ -42,7 +42,8 @@ def render_dot(report: CheckReport) -> str:
     destinations: dict[str, None] = {}
     for grant in report.grants.values():
         for mount in grant.mounts:
-            volumes.setdefault(mount.volume.partition("/")[0])
+            if mount.storage != "private":
+                volumes.setdefault(mount.volume.partition("/")[0])
         for cap in grant.capabilities:
             if cap.kind == "net":
                 destinations.setdefault(cap.target)
@@ -75,7 +76,9 @@ def render_dot(report: CheckReport) -> str:
     for feature, grant in report.grants.items():
         source = _quote("feature:" + feature)
         for mount in grant.mounts:
-            label = f"{mount.mode} {mount.view}"
+            if mount.storage == "private":
+                continue  # the feature's own storage: no edge to a shared volume
+            label = f"{'cow' if mount.storage == 'cow' else mount.mode} {mount.view}"
             _, _, sub = mount.volume.partition("/")
             if sub:
                 label += f"\n({sub}/)"

@@ -30,7 +30,7 @@ from capsule._manifest._model import (
 )
 from capsule._manifest._reader import Table
 from capsule._tokens._caps import Capability, parse_capability
-from capsule._units import format_size, parse_size
+from capsule._units import parse_size
 from capsule.errors import ConfigError
 
 __all__ = [
@@ -47,6 +47,11 @@ __all__ = [
 ACCESS_KEYS: Final = ("call", "publish", "subscribe", "fs", "net")
 VOLUME_NAME: Final = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _MODES: Final[tuple[Mode, ...]] = ("ro", "rw")
+#: the modes an app may approve: a feature asks for ro or rw; the app also chooses how a
+#: writable view is backed (cow: a copy-on-write layer over the volume; private: storage
+#: of the feature's own, no volume)
+_POLICY_MODES: Final = ("ro", "rw", "cow", "private")
+_MAX_INODES: Final = 1 << 40
 
 
 @final
@@ -201,6 +206,50 @@ def _check_volume_ref(value: str) -> str | None:
     return None
 
 
+def _policy_fs(entry: Table) -> FsApproval | None:
+    """One fs entry of a [policy.NAME] table, or None (reported) when it is broken."""
+    mode = entry.choice("mode", _POLICY_MODES)
+    if mode is None and "mode" in entry:
+        return None
+    mode = mode or "ro"
+    if mode == "private":
+        volume: str | None = ""
+        if "volume" in entry:
+            entry.doc.error(
+                (*entry.key, "volume"),
+                'mode = "private" is storage of the feature\'s own: remove volume, or use '
+                'mode = "rw" or "cow" to show a volume',
+            )
+            volume = None
+    else:
+        volume = entry.string("volume", required='volume = "words"', check=_check_volume_ref)
+    quota = entry.converted("quota", parse_size)
+    inodes = entry.integer("inodes", minimum=1, maximum=_MAX_INODES)
+    broken = volume is None or (quota is None and "quota" in entry)
+    broken = broken or (inodes is None and "inodes" in entry)
+    for key, value in (("quota", quota), ("inodes", inodes)):
+        if value is not None and mode == "ro":
+            entry.doc.error(
+                (*entry.key, key),
+                f'{key} applies to writable views only: set mode = "rw", "cow" or '
+                f'"private", or remove {key}',
+            )
+            broken = True
+    if quota == 0:
+        entry.doc.error((*entry.key, "quota"), "quota must be more than 0 bytes")
+        broken = True
+    if broken or volume is None:
+        return None
+    return FsApproval(
+        path=view_path(str(entry.data["path"])),
+        volume=volume,
+        mode="ro" if mode == "ro" else "rw",
+        quota=quota,
+        inodes=inodes,
+        storage="cow" if mode == "cow" else "private" if mode == "private" else "volume",
+    )
+
+
 def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
     """One ``[policy.NAME]`` table of an app.toml: what the app approves for NAME."""
     table.allow(*ACCESS_KEYS)
@@ -208,27 +257,13 @@ def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
     approvals = [Approval(key=key, capability=cap) for name in icc for key, cap in icc[name]]
     fs: list[FsApproval] = []
     example = '{ path = "/data/words", volume = "words", mode = "ro" }'
-    for entry in _fs_entries(table, ("path", "volume", "mode", "quota"), example):
-        volume = entry.string("volume", required='volume = "words"', check=_check_volume_ref)
-        mode = entry.choice("mode", _MODES)
-        quota = entry.converted("quota", parse_size)
-        path = view_path(str(entry.data["path"]))
-        bad_mode = mode is None and "mode" in entry
-        if quota is not None and mode != "rw" and not bad_mode:
-            entry.doc.error(
-                (*entry.key, "quota"),
-                f'quota = "{format_size(quota)}" applies to writable views only: set mode = "rw" '
-                "or remove the quota",
-            )
-            quota = None
-        elif quota == 0:
-            entry.doc.error((*entry.key, "quota"), "quota must be more than 0 bytes")
-            quota = None
-        if volume is None or bad_mode or (quota is None and "quota" in entry):
-            widest = fs_capability(path, "rw")
+    keys = ("path", "volume", "mode", "quota", "inodes")
+    for entry in _fs_entries(table, keys, example):
+        approval = _policy_fs(entry)
+        if approval is None:
+            widest = fs_capability(view_path(str(entry.data["path"])), "rw")
             approvals.append(Approval(key=entry.key, capability=widest, broken=True))
             continue
-        approval = FsApproval(path=path, volume=volume, mode=_mode(mode), quota=quota)
         fs.append(approval)
         approvals.append(Approval(key=entry.key, capability=approval.capability, fs=approval))
     policy = Policy(

@@ -125,7 +125,7 @@ def _check_policy_volumes(
 ) -> None:
     """Report fs approvals naming undeclared volumes or missing subdirectories."""
     for approval in parsed.approvals:
-        if approval.fs is None:
+        if approval.fs is None or approval.fs.storage == "private":
             continue
         reference = approval.fs.volume
         name, _, sub = reference.partition("/")

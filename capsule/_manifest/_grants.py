@@ -59,6 +59,17 @@ def _mount(
     """The host directory behind a granted view, or None (reported) when there is none."""
     if request.fs is None or approval.fs is None:  # pragma: no cover - fs covers fs only
         raise InternalError("an fs request was matched with a non-fs approval")
+    writable = request.fs.mode == "rw"
+    if approval.fs.storage == "private":
+        return MountGrant(
+            view=request.fs.path,
+            host=None,
+            mode=request.fs.mode,
+            volume="",
+            quota=approval.fs.quota if writable else None,
+            inodes=approval.fs.inodes if writable else None,
+            storage="private",
+        )
     if volume_dir(volumes, approval.fs.volume) is None:
         return None  # an unknown or missing volume is reported where app.toml names it
     below = PurePosixPath(request.fs.path).relative_to(PurePosixPath(approval.fs.path))
@@ -72,9 +83,14 @@ def _mount(
             f'"{approval.fs.path}"',
         )
         return None
-    quota = approval.fs.quota if request.fs.mode == "rw" else None
     return MountGrant(
-        view=request.fs.path, host=host, mode=request.fs.mode, volume=reference, quota=quota
+        view=request.fs.path,
+        host=host,
+        mode=request.fs.mode,
+        volume=reference,
+        quota=approval.fs.quota if writable else None,
+        inodes=approval.fs.inodes if writable else None,
+        storage=approval.fs.storage if writable else "volume",
     )
 
 

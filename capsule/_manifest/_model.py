@@ -29,20 +29,27 @@ __all__ = [
     "Policy",
     "RestartPolicy",
     "Route",
+    "Storage",
     "Strategy",
 ]
 
 Mode: TypeAlias = Literal["ro", "rw"]
+#: what backs a granted view: a volume as it is, a copy-on-write layer over a volume
+#: (the feature's changes are its own), or storage that belongs to the feature alone
+Storage: TypeAlias = Literal["volume", "cow", "private"]
 Strategy: TypeAlias = Literal["one_for_one", "one_for_all", "rest_for_one"]
 RestartMode: TypeAlias = Literal["always", "on-failure", "never"]
 
 _MiB: Final = 1 << 20
 
 
-def fs_capability(path: str, mode: Mode, quota: int | None = None) -> Capability:
-    """``/data/words`` + ``ro`` -> ``fs:read:/data/words/`` (``rw`` adds write and the quota)."""
+def fs_capability(
+    path: str, mode: Mode, quota: int | None = None, inodes: int | None = None
+) -> Capability:
+    """``/data/words`` + ``ro`` -> ``fs:read:/data/words/`` (``rw`` adds write and the quotas)."""
     actions = "read" if mode == "ro" else "read,write"
-    limit = "" if quota is None else f"?bytes={quota}"
+    limits = [f"{k}={v}" for k, v in (("bytes", quota), ("inodes", inodes)) if v is not None]
+    limit = "?" + "&".join(limits) if limits else ""
     return parse_capability(f"fs:{actions}:{path.rstrip('/')}/{limit}")
 
 
@@ -136,16 +143,22 @@ class FeatureManifest(msgspec.Struct, frozen=True, kw_only=True):
 
 @final
 class FsApproval(msgspec.Struct, frozen=True, kw_only=True):
-    """A file-system view an app approves, and the volume (``name`` or ``name/sub``) behind it."""
+    """A file-system view an app approves, and the volume (``name`` or ``name/sub``) behind it.
+
+    ``storage`` says how it is backed: the volume itself, a copy-on-write layer over it,
+    or the feature's private storage (``volume`` is then empty).
+    """
 
     path: str
     volume: str
     mode: Mode = "ro"
     quota: int | None = None
+    inodes: int | None = None
+    storage: Storage = "volume"
 
     @property
     def capability(self) -> Capability:
-        return fs_capability(self.path, self.mode, self.quota)
+        return fs_capability(self.path, self.mode, self.quota, self.inodes)
 
 
 @final
@@ -179,15 +192,19 @@ class AppManifest(msgspec.Struct, frozen=True, kw_only=True):
 class MountGrant(msgspec.Struct, frozen=True, kw_only=True):
     """One granted file-system view: ``view`` in the feature, backed by ``host`` on the host.
 
-    ``volume`` is the volume name plus any subdirectory (``words/en``); ``quota`` is
-    the byte limit of a writable view, or None.
+    ``volume`` is the volume name plus any subdirectory (``words/en``); ``quota`` and
+    ``inodes`` are the limits of a writable view, or None. ``storage`` is ``volume``
+    (``host`` itself), ``cow`` (a copy-on-write layer over ``host``, kept per feature)
+    or ``private`` (the feature's own storage; ``host`` is None and ``volume`` empty).
     """
 
     view: str
-    host: Path
+    host: Path | None
     mode: Mode
     volume: str
     quota: int | None = None
+    inodes: int | None = None
+    storage: Storage = "volume"
 
 
 @final

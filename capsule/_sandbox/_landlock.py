@@ -163,9 +163,9 @@ class PathRule:
     """What a container may do beneath ``path``: a directory, or a single file (``/dev/null``).
 
     ``read`` lists directories and reads files; ``write`` writes, truncates, creates and
-    removes regular files, directories and symlinks (never device nodes, sockets or FIFOs, and
-    never links or renames across directories); ``execute`` runs files; ``ioctl`` issues ioctl
-    commands on devices.
+    removes regular files, directories and symlinks (never device nodes, sockets or FIFOs);
+    ``refer`` also links and renames across directories beneath ``path`` (ABI 2+);
+    ``execute`` runs files; ``ioctl`` issues ioctl commands on devices.
     """
 
     path: str
@@ -173,6 +173,7 @@ class PathRule:
     write: bool = False
     execute: bool = False
     ioctl: bool = False
+    refer: bool = False
 
 
 def _errno_text(number: int) -> str:
@@ -266,6 +267,8 @@ def _rule_access(rule: PathRule, *, is_dir: bool, handled_fs: int) -> int:
         access |= _FS_EXECUTE
     if rule.ioctl:
         access |= _FS_IOCTL_DEV
+    if rule.refer:
+        access |= _FS_REFER
     if not is_dir:
         access &= _FS_FILE_RIGHTS
     return access & handled_fs

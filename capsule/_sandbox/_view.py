@@ -27,11 +27,14 @@ class Bind(msgspec.Struct, frozen=True):
     """A host path (file or directory) shown read-only at ``target`` inside the container.
 
     ``executable`` keeps exec rights (the Python runtime); data binds are ``noexec``.
+    ``writable`` leaves the bind writable (never executable): only for a mount of the
+    container's FUSE view, whose server checks and audits every write itself.
     """
 
     source: str
     target: str
     executable: bool = False
+    writable: bool = False
 
 
 class ViewPlan(msgspec.Struct, frozen=True):
@@ -46,9 +49,12 @@ class ViewPlan(msgspec.Struct, frozen=True):
         return max(1024, self.tmp_size // 16384)
 
 
-def _restrict_mount(path: str, *, noexec: bool) -> None:
-    """Read-only, nosuid, nodev (and noexec) on the bind at ``path`` and everything beneath it."""
-    flags = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+def _restrict_mount(path: str, *, noexec: bool, writable: bool = False) -> None:
+    """nosuid, nodev (and noexec, and read-only unless ``writable``) on the bind at ``path``
+    and everything beneath it."""
+    flags = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+    if not writable:
+        flags |= sc.MOUNT_ATTR_RDONLY
     if noexec:
         flags |= sc.MOUNT_ATTR_NOEXEC
     sc.mount_setattr(path, flags, recursive=True)
@@ -59,7 +65,7 @@ def _here(path: str) -> str:
     return "." + path if path.startswith("/") else "./" + path
 
 
-def _bind(source: int, target: str, *, executable: bool) -> None:
+def _bind(source: int, target: str, *, executable: bool, writable: bool) -> None:
     if stat.S_ISDIR(os.fstat(source).st_mode):
         os.makedirs(target, exist_ok=True)
     else:
@@ -67,7 +73,7 @@ def _bind(source: int, target: str, *, executable: bool) -> None:
         with open(target, "a"):
             pass
     sc.mount(f"/proc/self/fd/{source}", target, None, sc.MS_BIND | sc.MS_REC)
-    _restrict_mount(target, noexec=not executable)
+    _restrict_mount(target, noexec=writable or not executable, writable=writable)
 
 
 def build_root(stage: str, plan: ViewPlan, become: Callable[[], None]) -> None:
@@ -90,7 +96,7 @@ def build_root(stage: str, plan: ViewPlan, become: Callable[[], None]) -> None:
         os.fchdir(root)
         _mount_tmp(plan)  # first: the runtime itself may live beneath /tmp on the host
         for bind, fd in zip(plan.binds, opened[1:], strict=True):
-            _bind(fd, _here(bind.target), executable=bind.executable)
+            _bind(fd, _here(bind.target), executable=bind.executable, writable=bind.writable)
     finally:
         for fd in opened:
             os.close(fd)

@@ -29,7 +29,7 @@ from capsule._sandbox._view import DEVICES, ViewPlan, build_root, enter_root
 from capsule._spawn._protocol import SpawnRequest
 from capsule.errors import SandboxError
 
-__all__ = ["EXIT_BOOTSTRAP", "run_outer"]
+__all__ = ["EXIT_BOOTSTRAP", "close_all_but", "reset_signals", "run_outer"]
 
 EXIT_BOOTSTRAP: Final = 70
 _ALL_NAMESPACES: Final = (
@@ -57,7 +57,7 @@ def _report(channel: int, exc: BaseException) -> None:
         os.write(channel, encode_frame(message))
 
 
-def _close_all_but(keep: set[int]) -> None:
+def close_all_but(keep: set[int]) -> None:
     low = 0
     for fd in sorted(keep):
         if fd > low:
@@ -66,7 +66,7 @@ def _close_all_but(keep: set[int]) -> None:
     os.closerange(low, 1 << 20)
 
 
-def _reset_signals() -> None:
+def reset_signals() -> None:
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
@@ -84,9 +84,9 @@ def run_outer(
 ) -> NoReturn:
     """The outer process, from the zygote's fork: never returns."""
     try:
-        _reset_signals()
+        reset_signals()
         os.setsid()
-        _close_all_but({channel, go, unshared})
+        close_all_but({channel, go, unshared})
         for procs in request.cgroup_procs:
             with open(procs, "w", encoding="ascii") as f:
                 f.write(str(os.getpid()))
@@ -132,7 +132,12 @@ def _mirror_exit(pid: int) -> NoReturn:
 
 
 def _landlock_rules(plan: ViewPlan) -> list[_landlock.PathRule]:
-    rules = [_landlock.PathRule(b.target, execute=b.executable) for b in plan.binds]
+    rules = [
+        _landlock.PathRule(
+            b.target, execute=b.executable and not b.writable, write=b.writable, refer=b.writable
+        )
+        for b in plan.binds
+    ]
     rules.append(_landlock.PathRule("/tmp", write=True))  # noqa: S108 - the container's own tmpfs
     rules.append(_landlock.PathRule("/proc"))
     for name in DEVICES:
@@ -198,7 +203,7 @@ def _run_inner(
             os.dup2(null, fd)
         if channel != CHANNEL_FD:
             os.dup2(channel, CHANNEL_FD)
-        _close_all_but({0, 1, 2, CHANNEL_FD})
+        close_all_but({0, 1, 2, CHANNEL_FD})
         _apply_limits(request)
         sc.drop_capabilities()
         sc.prctl(sc.PR_SET_DUMPABLE, 0)

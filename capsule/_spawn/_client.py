@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -29,6 +30,8 @@ from capsule._spawn._protocol import (
     Spawned,
     SpawnFailed,
     SpawnRequest,
+    SpawnView,
+    ViewRequest,
     ZygoteReady,
 )
 from capsule.errors import SandboxError
@@ -174,12 +177,24 @@ class ZygoteClient:
 
     async def spawn(self, request: SpawnRequest, channel: socket.socket) -> SpawnResult:
         """Start one container; ``channel`` is its end of the socketpair (closed here)."""
+        return await self._spawn(lambda seq: Spawn(seq=seq, request=request), channel, "container")
+
+    async def spawn_view(self, request: ViewRequest, control: socket.socket) -> SpawnResult:
+        """Start one file-system server; ``control`` is its end of the socketpair (closed here)."""
+        return await self._spawn(
+            lambda seq: SpawnView(seq=seq, request=request), control, "file-system server"
+        )
+
+    async def _spawn(
+        self, make: Callable[[int], Spawn | SpawnView], channel: socket.socket, what: str
+    ) -> SpawnResult:
         if self._closed:
+            channel.close()
             raise SandboxError("the zygote is not running")
         self._seq += 1
         pending = _Pending()
         self._pending[self._seq] = pending
-        data = _encoder.encode(Spawn(seq=self._seq, request=request))
+        data = _encoder.encode(make(self._seq))
         try:
             while True:
                 try:
@@ -194,7 +209,7 @@ class ZygoteClient:
             channel.close()
         await pending.done.wait()
         if pending.result is None:
-            raise SandboxError(f"could not start the container: {pending.error}")
+            raise SandboxError(f"could not start the {what}: {pending.error}")
         self._exits.setdefault(pending.result.pid, _Exit())
         return pending.result
 

@@ -1,7 +1,8 @@
 """Messages between the supervisor and its zygote (both trusted), one per SEQPACKET datagram.
 
 Data only. File descriptors travel beside a message as SCM_RIGHTS: a Spawn carries
-the container's end of its channel, a Spawned carries a pidfd of the container.
+the container's end of its channel, a SpawnView the view server's end of its control
+socket, and a Spawned carries a pidfd of the process started.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ __all__ = [
     "Spawn",
     "SpawnFailed",
     "SpawnRequest",
+    "SpawnView",
     "Spawned",
     "ToZygote",
+    "ViewRequest",
     "ZygoteReady",
 ]
 
@@ -48,6 +51,16 @@ class SpawnRequest(msgspec.Struct, frozen=True):
     seccomp: bool = True
 
 
+class ViewRequest(msgspec.Struct, frozen=True):
+    """How to start one container's file-system server: its view (a ``fusefs.ViewSpec``
+    as msgpack) and where to mount it; ``landlock`` confines the server to what it serves."""
+
+    name: str
+    view: bytes
+    mountpoint: str
+    landlock: bool = True
+
+
 class _Msg(msgspec.Struct, frozen=True, tag_field="t"):
     pass
 
@@ -57,7 +70,12 @@ class Spawn(_Msg, tag="spawn", frozen=True):
     request: SpawnRequest
 
 
-ToZygote: TypeAlias = Spawn
+class SpawnView(_Msg, tag="spawn_view", frozen=True):
+    seq: int
+    request: ViewRequest
+
+
+ToZygote: TypeAlias = Spawn | SpawnView
 
 
 class ZygoteReady(_Msg, tag="ready", frozen=True):

@@ -29,7 +29,7 @@ import fusefs
 from capsule._sandbox import _seccomp
 from capsule._sandbox import _syscalls as sc
 from capsule._sandbox._view import runtime_binds
-from capsule._spawn import _bootstrap
+from capsule._spawn import _bootstrap, _viewserver
 from capsule._spawn._protocol import (
     MAX_DATAGRAM,
     Exited,
@@ -37,7 +37,9 @@ from capsule._spawn._protocol import (
     Spawned,
     SpawnFailed,
     SpawnRequest,
+    SpawnView,
     ToZygote,
+    ViewRequest,
     ZygoteReady,
 )
 
@@ -113,6 +115,28 @@ class _Zygote:
         finally:
             os.close(pidfd)
 
+    def spawn_view(self, seq: int, request: ViewRequest, control: int) -> None:
+        """Fork one container's file-system server: no namespaces of its own to wait for."""
+        runtime = [bind.source for bind in self.binds]
+        pid = os.fork()
+        if pid == 0:  # never return into the zygote's code, whatever happens
+            try:
+                _viewserver.run(request, control=control, runtime=runtime)
+            finally:
+                os._exit(_bootstrap.EXIT_BOOTSTRAP)
+        os.close(control)
+        self.children.add(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            os.kill(pid, signal.SIGKILL)
+            self.send(SpawnFailed(seq=seq, error=f"{request.name}: {exc}"))
+            return
+        try:
+            self.send(Spawned(seq=seq, pid=pid), [pidfd])
+        finally:
+            os.close(pidfd)
+
     def reap(self) -> None:
         while True:
             try:
@@ -159,6 +183,8 @@ class _Zygote:
         message = _decoder.decode(data)
         if isinstance(message, Spawn) and len(fds) == 1:
             self.spawn(message.seq, message.request, fds[0])
+        elif isinstance(message, SpawnView) and len(fds) == 1:
+            self.spawn_view(message.seq, message.request, fds[0])
         else:
             for fd in fds:
                 os.close(fd)

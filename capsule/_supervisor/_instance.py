@@ -34,6 +34,7 @@ from capsule._sandbox._cgroups import CgroupStats, ContainerCgroup
 from capsule._spawn._client import SpawnResult, ZygoteClient
 from capsule._spawn._protocol import SpawnRequest
 from capsule._supervisor._handshake import Expectation, check_status
+from capsule._supervisor._views import ViewServer
 from capsule.errors import (
     ChannelClosedError,
     FeatureCrashedError,
@@ -108,8 +109,11 @@ class Instance:
         *,
         broker: Broker,
         cgroup: ContainerCgroup | None,
+        view: ViewServer | None = None,
     ) -> None:
         self.spec = spec
+        self.view = view
+        self._failure: str | None = None
         self.feature = spec.feature
         self.pid = spawned.pid
         self._pidfd = spawned.pidfd
@@ -142,11 +146,14 @@ class Instance:
         *,
         broker: Broker,
         task_group: anyio.abc.TaskGroup,
+        view: ViewServer | None = None,
     ) -> Instance:
         """Spawn, check the sandbox report, deliver tokens and code, wait for ready.
 
         From the moment the code is delivered the container is served in
         ``task_group``: it may admit tokens and call other features while it starts.
+        ``view`` is its file-system server, already serving: it is watched from now on
+        (its failure ends the container) and stopped when the container has ended.
         """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -155,7 +162,9 @@ class Instance:
             ours.close()
             raise
         conn = Connection(ours, spec.feature, broker.outbox)
-        instance = cls(spec, zygote, spawned, conn, broker=broker, cgroup=cgroup)
+        instance = cls(spec, zygote, spawned, conn, broker=broker, cgroup=cgroup, view=view)
+        if view is not None:
+            task_group.start_soon(view.serve, instance.fail)
         try:
             with anyio.fail_after(spec.start_timeout):
                 await instance._handshake()
@@ -249,6 +258,15 @@ class Instance:
         else:
             self._broker.dispatch(self.peer, message)
 
+    def fail(self, reason: str) -> None:
+        """End the container for ``reason`` (its view failed, say): audited, then SIGKILL."""
+        if self.ended.is_set():
+            return
+        self._failure = reason
+        self._broker.audit.record("end", feature=self.feature, decision="end", reason=reason)
+        _log.error("container ended", feature=self.feature, reason=reason)
+        self.send_signal(signal.SIGKILL)
+
     def _overrun(self) -> None:
         reason = "stopped reading its channel (over 32 MiB queued for it)"
         self._broker.audit.record("end", feature=self.feature, decision="end", reason=reason)
@@ -287,6 +305,8 @@ class Instance:
                 status = await self._zygote.wait_exit(self.pid)
             self._finish(status)
             self._conn.close()
+            if self.view is not None:
+                await self.view.stop()
             if self.cgroup is not None:
                 await anyio.to_thread.run_sync(self.cgroup.remove)
 
@@ -295,6 +315,8 @@ class Instance:
             return self.ending
         stats = self.statistics()
         code, sig, reason = _describe(status, 0 if stats is None else stats.oom_kills)
+        if self._failure is not None:
+            reason = f"{self._failure}; {reason}"
         self.ending = Ending(code, sig, requested=self._stop_requested, reason=reason)
         if self.on_end is not None:  # the supervisor acts before any caller hears of it
             self.on_end(self.ending)
@@ -343,6 +365,8 @@ class Instance:
             status = await self._zygote.wait_exit(self.pid)
             self._finish(status)
             self._conn.close()
+            if self.view is not None:
+                await self.view.stop()
 
     def statistics(self) -> CgroupStats | None:
         if self.cgroup is None:

@@ -11,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
+import fusefs
 from capsule._sandbox import _syscalls as sc
 from capsule._sandbox._cgroups import run_name_for
 
@@ -38,6 +39,10 @@ def _alive(run_name: str) -> bool:
 
 
 def _unmount_beneath(path: Path) -> None:
+    """Detach every mount beneath ``path``; views first have their FUSE connection aborted,
+    so a server that still hangs there can never block the unmount or the removal."""
+    for _, connection in fusefs.fuse_mounts_beneath(str(path)):
+        fusefs.abort_connection(connection)
     prefix = str(path) + "/"
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         points = [line.split()[4] for line in f]
@@ -55,6 +60,11 @@ class RunDir:
         self.path = self.base / self.name
 
     @property
+    def views(self) -> Path:
+        """Where each container's file-system server mounts its view (in the host's namespace)."""
+        return self.path / "views"
+
+    @property
     def stage(self) -> Path:
         """The empty directory each container mounts its new root on (in its own namespace)."""
         return self.path / "stage"
@@ -68,6 +78,7 @@ class RunDir:
         removed = self.cleanup_stale()
         self.path.mkdir(mode=0o700, exist_ok=True)
         self.stage.mkdir(mode=0o700, exist_ok=True)
+        self.views.mkdir(mode=0o700, exist_ok=True)
         return removed
 
     def cleanup_stale(self) -> list[Path]:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -30,7 +31,7 @@ from capsule._broker._host import Stream, Subscription
 from capsule._broker._routes import Peer
 from capsule._container._feature import Feature
 from capsule._ipc._messages import Entry, Inline, Start
-from capsule._manifest import App, FeatureManifest, load_app
+from capsule._manifest import App, FeatureManifest, MountGrant, load_app
 from capsule._sandbox import _isolation
 from capsule._sandbox._cgroups import CgroupTree, ContainerCgroup
 from capsule._sandbox._view import Bind, ViewPlan
@@ -40,7 +41,8 @@ from capsule._supervisor._handshake import Expectation
 from capsule._supervisor._instance import Ending, Instance, LaunchSpec
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._rundir import RunDir
-from capsule._tokens._authority import TokenAuthority
+from capsule._supervisor._views import ViewServer, ViewTimeouts
+from capsule._tokens._authority import Token, TokenAuthority
 from capsule._tokens._format import MAX_CAPABILITIES
 from capsule._tokens._keys import KeyRing
 from capsule.errors import (
@@ -50,6 +52,7 @@ from capsule.errors import (
     FeatureStartError,
     FeatureUnavailableError,
 )
+from fusefs import MountKind, MountSpec, ViewSpec
 
 __all__ = [
     "FeatureHandle",
@@ -262,8 +265,12 @@ class Supervisor(metaclass=_NoPublicConstructor):
         stop_timeout: float,
         call_timeout: float,
         audit: Path | None,
+        state_dir: Path | None,
+        view_timeouts: ViewTimeouts,
     ) -> None:
         self.app = app
+        self.state_dir = state_dir or default_state_dir(app.manifest.name)
+        self.view_timeouts = view_timeouts
         self._tg = task_group
         self._inline = dict(inline)
         self.start_timeout = start_timeout
@@ -395,8 +402,14 @@ class Supervisor(metaclass=_NoPublicConstructor):
 
     def revoke(self, token_id: str) -> frozenset[str]:
         """Revoke a token (by its id) and everything derived from it; takes effect before
-        the next message. Returns the ids revoked."""
-        return self._broker.revoke(token_id)
+        the next message (file access through the views those tokens grant fails from the
+        next operation the file-system server sees). Returns the ids revoked."""
+        revoked = self._broker.revoke(token_id)
+        for handle in self._handles.values():
+            instance = handle.instance
+            if instance is not None and instance.view is not None and not instance.ended.is_set():
+                instance.view.revoke(revoked)
+        return revoked
 
     @property
     def audit_path(self) -> Path | None:
@@ -467,16 +480,83 @@ class Supervisor(metaclass=_NoPublicConstructor):
         uid = uids[self._slots % len(uids)]
         return uid, uid
 
+    def _tokens(self, handle: FeatureHandle) -> list[Token]:
+        """Fresh tokens for a new container of ``handle``: its grant, a few capabilities each."""
+        caps = list(self.app.grants[handle.name].capabilities)
+        return [
+            self._authority.mint(handle.name, caps[i : i + MAX_CAPABILITIES], ttl=_TOKEN_TTL)
+            for i in range(0, len(caps), MAX_CAPABILITIES)
+        ]
+
+    def _view(self, handle: FeatureHandle, tokens: list[Token], uid: int, gid: int) -> ViewSpec:
+        """The file-system view of a new container: one mount per granted fs capability,
+        each tied to the token that carries it (revocation and expiry close that mount)."""
+        carriers = {
+            str(cap): token for token in tokens for cap in token.claims.caps if cap.kind == "fs"
+        }
+        mounts = []
+        for grant in self.app.grants[handle.name].mounts:
+            text, token = next(
+                (text, token)
+                for text, token in carriers.items()
+                if text.split(":", 2)[2].partition("?")[0].rstrip("/") == grant.view
+            )
+            kind, backing, upper = self._backing(handle.name, grant)
+            mounts.append(
+                MountSpec(
+                    view_path=grant.view,
+                    kind=kind,
+                    backing=backing,
+                    upper=upper,
+                    quota_bytes=grant.quota,
+                    quota_inodes=grant.inodes,
+                    token=token.token_id,
+                    capability=text,
+                    expires=token.claims.exp,
+                )
+            )
+        manifest = handle.manifest
+        expires = min((t.claims.exp for t in tokens), default=None)
+        info = {
+            "feature": f"{handle.name}\n",
+            "version": f"{manifest.version}\n",
+            "capabilities": "".join(f"{cap}\n" for t in tokens for cap in t.claims.caps),
+            "tokens": "".join(f"{t.token_id} {t.claims.exp:.0f}\n" for t in tokens),
+            "expires": "never\n" if expires is None else f"{_iso(expires)}\n",
+        }
+        return ViewSpec(
+            owner=handle.name, mounts=tuple(mounts), uid=uid, gid=gid, info=info
+        ).validate()
+
+    def _backing(self, feature: str, grant: MountGrant) -> tuple[MountKind, str, str | None]:
+        """How a granted mount is backed: kind, backing directory and (cow) upper directory."""
+        inside = grant.view.strip("/")
+        if grant.storage == "private":
+            return MountKind.PRIVATE, str(self.state_dir / "private" / feature / inside), None
+        assert grant.host is not None  # noqa: S101 - only private storage has no host directory
+        if grant.storage == "cow":
+            upper = str(self.state_dir / "cow" / feature / inside)
+            return MountKind.COW, str(grant.host), upper
+        return (MountKind.RW if grant.mode == "rw" else MountKind.RO), str(grant.host), None
+
     def _spec(
-        self, handle: FeatureHandle, uid: int, gid: int, cgroup: ContainerCgroup | None
+        self,
+        handle: FeatureHandle,
+        uid: int,
+        gid: int,
+        cgroup: ContainerCgroup | None,
+        *,
+        tokens: list[Token],
+        view: ViewServer,
     ) -> LaunchSpec:
         manifest = handle.manifest
         grant = self.app.grants[handle.name]
         limits = manifest.limits
         isolation = self._isolation
         assert isolation is not None  # noqa: S101 - set by _open
-        binds = [Bind(str(manifest.root), "/bundle")]
-        binds += [Bind(str(m.host), m.view) for m in grant.mounts]
+        served = str(view.mountpoint)
+        binds = [Bind(str(manifest.root), "/bundle"), Bind(f"{served}/capsule", "/capsule")]
+        binds += [Bind(f"{served}{m.view}", m.view, writable=True) for m in grant.mounts]
         quota = max((m.quota or 0 for m in grant.mounts), default=0)
         request = SpawnRequest(
             name=handle.name,
@@ -493,11 +573,6 @@ class Supervisor(metaclass=_NoPublicConstructor):
             landlock=isolation.get("landlock").available,
             seccomp=isolation.get("seccomp").available,
         )
-        caps = list(grant.capabilities)
-        tokens = [
-            self._authority.mint(handle.name, caps[i : i + MAX_CAPABILITIES], ttl=_TOKEN_TTL).text
-            for i in range(0, len(caps), MAX_CAPABILITIES)
-        ]
         inline = self._inline.get(handle.name)
         code = (
             Inline(pickled=_pickle_feature(inline))
@@ -507,7 +582,7 @@ class Supervisor(metaclass=_NoPublicConstructor):
         start = Start(
             feature=handle.name,
             version=manifest.version,
-            tokens=tokens,
+            tokens=[token.text for token in tokens],
             code=code,
             bundle="/bundle",
         )
@@ -520,6 +595,22 @@ class Supervisor(metaclass=_NoPublicConstructor):
             handle.name, manifest.version, request, expectation, start, self.start_timeout
         )
 
+    async def _open_view(
+        self, handle: FeatureHandle, tokens: list[Token], uid: int, gid: int
+    ) -> ViewServer:
+        """Start the file-system server of a new container and wait until its view is mounted."""
+        assert self._zygote is not None  # noqa: S101 - set by _open
+        assert self._isolation is not None  # noqa: S101 - set by _open
+        return await ViewServer.launch(
+            handle.name,
+            self._view(handle, tokens, uid, gid),
+            self._rundir.views / f"{handle.name}-{handle.generation}",
+            zygote=self._zygote,
+            audit=self._audit,
+            landlock=self._isolation.get("landlock").available,
+            timeouts=self.view_timeouts,
+        )
+
     async def _launch(self, handle: FeatureHandle) -> None:
         """Start one container for ``handle`` (lock held); on failure, hand it to restart logic."""
         assert self._zygote is not None  # noqa: S101 - set by _open
@@ -527,7 +618,10 @@ class Supervisor(metaclass=_NoPublicConstructor):
         handle.generation += 1
         uid, gid = self._uid()
         cgroup = None
+        view = None
         try:
+            tokens = self._tokens(handle)
+            view = await self._open_view(handle, tokens, uid, gid)
             if self._cgroups is not None:
                 limits = handle.manifest.limits
                 cgroup = await anyio.to_thread.run_sync(
@@ -538,13 +632,15 @@ class Supervisor(metaclass=_NoPublicConstructor):
                         cpu=limits.cpu,
                     )
                 )
-            spec = self._spec(handle, uid, gid, cgroup)
+            spec = self._spec(handle, uid, gid, cgroup, tokens=tokens, view=view)
             instance = await Instance.launch(
-                spec, self._zygote, cgroup, broker=self._broker, task_group=self._tg
+                spec, self._zygote, cgroup, broker=self._broker, task_group=self._tg, view=view
             )
-        except CapsuleError as exc:
-            if cgroup is not None:  # an instance that was served removes its own
-                with anyio.CancelScope(shield=True):
+        except (CapsuleError, OSError) as exc:
+            with anyio.CancelScope(shield=True):
+                if view is not None:  # an instance stops its own view, twice is harmless
+                    await view.stop()
+                if cgroup is not None:  # an instance that was served removes its own
                     await anyio.to_thread.run_sync(cgroup.remove)
             error = (
                 exc if isinstance(exc, FeatureError) else FeatureStartError(handle.name, str(exc))
@@ -645,6 +741,18 @@ class Supervisor(metaclass=_NoPublicConstructor):
             self._audit.close()
 
 
+def default_state_dir(app: str) -> Path:
+    """``$XDG_STATE_HOME/capsule/state/<app>`` (default ``~/.local/state``): private storage
+    and copy-on-write changes of the app's features."""
+    state = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
+    return base / "capsule" / "state" / app
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
 def container_uids(supervisor_pid: int) -> range:
     """The host uids a root supervisor maps its containers' root to: 256 of its own."""
     first = _UID_BASE + ((supervisor_pid & 0xFFFF) << 8)
@@ -693,6 +801,8 @@ async def open_supervisor(
     stop_timeout: float = 5.0,
     call_timeout: float = 30.0,
     audit: str | os.PathLike[str] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    view_timeouts: ViewTimeouts | None = None,
 ) -> AsyncIterator[Supervisor]:
     """Run every feature of ``app`` (an app directory, or a loaded App) until the block ends.
 
@@ -703,8 +813,14 @@ async def open_supervisor(
     bundles' entries, for tests and embedding. On exit every container is stopped
     and every mount, cgroup and temporary directory is removed.
 
-    Every decision of the broker is written as JSON lines to ``audit`` (by default
-    ``$XDG_STATE_HOME/capsule/audit/<app>/<run>.jsonl``; ``sup.audit_path`` says where).
+    Every decision of the broker and of the file-system servers is written as JSON lines
+    to ``audit`` (by default ``$XDG_STATE_HOME/capsule/audit/<app>/<run>.jsonl``;
+    ``sup.audit_path`` says where). Features' private storage and their copy-on-write
+    changes are kept beneath ``state_dir`` (by default
+    ``$XDG_STATE_HOME/capsule/state/<app>``), across restarts and updates.
+    ``view_timeouts`` bounds how long a file-system server may take to mount a view and to
+    answer its liveness probe (a server that does not answer is aborted, and its
+    container ended and restarted per its policy).
     """
     loaded = _load(app)
     unknown = sorted(set(inline or ()) - set(loaded.features))
@@ -721,6 +837,8 @@ async def open_supervisor(
             stop_timeout=stop_timeout,
             call_timeout=call_timeout,
             audit=None if audit is None else Path(audit),
+            state_dir=None if state_dir is None else Path(state_dir),
+            view_timeouts=view_timeouts or ViewTimeouts(),
         )
         try:
             await sup._open()

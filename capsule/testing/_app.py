@@ -49,6 +49,11 @@ def _fs_items(value: TomlValue) -> list[dict[str, Any]]:
     return value
 
 
+def _requested(mode: TomlValue) -> TomlValue:
+    """The mode a feature asks for, given the mode its app approves (cow and private are rw)."""
+    return "rw" if mode in ("cow", "private") else mode
+
+
 def _table(name: str, values: Mapping[str, TomlValue]) -> str:
     lines = [f"[{name}]"] + [f"{key} = {_toml(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
@@ -176,7 +181,10 @@ class TestApp:
         bundle.mkdir(parents=True, exist_ok=True)
         (bundle / "inline.py").write_text(_PLACEHOLDER, encoding="utf-8")
         access: dict[str, TomlValue] = {
-            key: [{"path": i["path"], "mode": i.get("mode", "ro")} for i in _fs_items(value)]
+            key: [
+                {"path": i["path"], "mode": _requested(i.get("mode", "ro"))}
+                for i in _fs_items(value)
+            ]
             if key == "fs"
             else value
             for key, value in spec.policy.items()
@@ -202,9 +210,11 @@ class TestApp:
     async def open(self, **options: Any) -> AsyncIterator[Supervisor]:
         """Write the app and run it: ``open_supervisor`` with the inline features.
 
-        The audit log goes to ``audit.jsonl`` beside the app unless ``audit`` is given.
+        The audit log goes to ``audit.jsonl`` beside the app unless ``audit`` is given, and
+        private and copy-on-write storage to ``state/`` beside it unless ``state_dir`` is.
         """
         options.setdefault("audit", self.root / "audit.jsonl")
+        options.setdefault("state_dir", self.root / "state")
         async with open_supervisor(self.write(), inline=self.inline, **options) as sup:
             yield sup
 
