@@ -134,6 +134,8 @@ class _Server:
 
     async def _closed(self, closed: list[MountState], tokens: Sequence[str], reason: str) -> None:
         """Drop the kernel's caches of closed mounts, so their next use reaches the policy."""
+        if not closed:
+            return
         inodes = list(self.ops.inodes_of(closed))
 
         def invalidate() -> None:
@@ -239,13 +241,13 @@ def _usage(policy: ViewPolicy, view: ViewSpec, roots: dict[int, int]) -> None:
         spec = mount.spec
         if not spec.writable:
             continue
-        top = (
-            os.path.join(spec.upper, "changes")
-            if spec.upper
-            else f"/proc/self/fd/{roots[mount.index]}"
+        # from the root descriptor itself: fwalk does not walk a /proc/self/fd/N link
+        # when it must not follow symlinks, and would find nothing
+        top, root_fd = (
+            (os.path.join(spec.upper, "changes"), None) if spec.upper else (".", roots[mount.index])
         )
         seen: set[tuple[int, int]] = set()
-        for _, dirs, files, dir_fd in os.fwalk(top, follow_symlinks=False):
+        for _, dirs, files, dir_fd in os.fwalk(top, follow_symlinks=False, dir_fd=root_fd):
             for name in files + dirs:
                 with contextlib.suppress(OSError):
                     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)

@@ -1,4 +1,5 @@
-"""Finds what a supervisor of this process might have left behind: directories, cgroups, processes.
+"""Finds what a supervisor of this process might have left behind: directories, mounts,
+cgroups, processes.
 
 Read-only checks for tests; it removes nothing.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import fusefs
 from capsule._sandbox._cgroups import detect, run_name_for
 from capsule._supervisor._rundir import runtime_base
 from capsule._supervisor._supervisor import container_uids
@@ -46,10 +48,12 @@ def _container_processes() -> list[str]:
 
 
 def leftovers() -> list[str]:
-    """Run directories, cgroups, child and container processes of this process's supervisors."""
+    """Run directories, view mounts, cgroups, child and container processes of this process's
+    supervisors."""
     name = run_name_for(os.getpid())
     found: list[str] = []
     rundir = runtime_base() / name
+    found += [f"view mount {point}" for point, _ in fusefs.fuse_mounts_beneath(str(rundir))]
     if rundir.exists():
         found.append(f"run directory {rundir}")
     support = detect()
