@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -145,32 +147,81 @@ def misuse_is_refused(tokens: dict[str, Token], authority: TokenAuthority) -> No
 
 
 async def run_in_containers() -> None:
-    print("\nthe notes app, each feature in its own container")
-    async with capsule.open_supervisor(HERE / "notes") as sup:
-        serving = ["dictionary", "spellcheck", "exporter", "plugin"]
-        for name in serving:
-            stats = sup.feature(name).statistics()
-            memory = f"{(stats.memory_current or 0) / 2**20:.1f} MiB"
-            step(f"{name} runs in a container", ok=stats.state == "running", detail=memory)
-        words = await sup.call("plugin", "stats", {})
-        step(
-            "the plugin counts the public notes it can see",
-            ok=words["notes"] > 0,
-            detail=str(words),
-        )
-        old = await capsule.testing.crash(sup, "plugin", signal.SIGKILL)
-        again = None
-        for _ in range(3):  # a call may still reach the dying container: then it fails at once
-            with contextlib.suppress(capsule.FeatureCrashedError):
-                again = await sup.call("plugin", "stats", {})
-                break
-        step(
-            "the plugin is restarted after its container is killed",
-            ok=again == words and sup.feature("plugin").statistics().pid != old,
-        )
-        reply = await sup.call("dictionary", "lookup", {"words": ["notes"]})
-        step("the others kept answering", ok="known" in reply)
-        await through_the_broker(sup)
+    print("\nthe notes app, each feature in its own container and its own file-system view")
+    with tempfile.TemporaryDirectory() as tmp:  # a copy: the demo never writes into demos/
+        root = Path(tmp)
+        shutil.copytree(HERE / "notes", root / "notes")
+        options: dict[str, Any] = {"state_dir": root / "state", "audit": root / "audit.jsonl"}
+        async with capsule.open_supervisor(root / "notes", **options) as sup:
+            # the editor's start exports every note, and the exporter then notifies a
+            # webhook through ctx.connect, which is not there yet: the editor fails to
+            # start and is quarantined, and the rest of the app goes on
+            for name in ["dictionary", "spellcheck", "exporter", "plugin"]:
+                stats = sup.feature(name).statistics()
+                memory = f"{(stats.memory_current or 0) / 2**20:.1f} MiB"
+                step(f"{name} runs in a container", ok=stats.state == "running", detail=memory)
+            await through_the_views(sup, root)
+            words = await sup.call("plugin", "stats", {})
+            step(
+                "the plugin counts the public notes it can see",
+                ok=words["notes"] > 0,
+                detail=str(words),
+            )
+            old = await capsule.testing.crash(sup, "plugin", signal.SIGKILL)
+            again = None
+            for _ in range(3):  # a call may still reach the dying container: it fails at once
+                with contextlib.suppress(capsule.FeatureCrashedError):
+                    again = await sup.call("plugin", "stats", {})
+                    break
+            step(
+                "the plugin is restarted after its container is killed",
+                ok=again is not None and sup.feature("plugin").statistics().pid != old,
+                detail=str(again),
+            )
+            reply = await sup.call("dictionary", "lookup", {"words": ["notes"]})
+            step("the others kept answering", ok="known" in reply)
+            await through_the_broker(sup)
+
+
+async def through_the_views(sup: capsule.Supervisor, root: Path) -> None:
+    """What the features wrote through their views, and what the plugin was refused."""
+    exports = sorted(p.name for p in (root / "notes" / "volumes" / "exports").glob("*.md"))
+    step(
+        "the exporter wrote the editor's first note through its writable view",
+        ok="ideas.md" in exports,
+        detail=", ".join(exports),
+    )
+    added = await sup.call("dictionary", "add", {"word": "capsule"})
+    stored = root / "notes" / "volumes" / "dictionary-state" / "words.txt"
+    step(
+        "the dictionary keeps its words in its own storage",
+        ok=added["word"] == "capsule" and "capsule" in stored.read_text(encoding="utf-8"),
+        detail=f"{added}",
+    )
+    tried = await sup.call("plugin", "rewrite", {"note": "welcome.md"})
+    welcome = root / "notes" / "volumes" / "notes" / "public" / "welcome.md"
+    step(
+        "the plugin cannot change the notes it may read",
+        ok=tried == "EROFS" and "plugin" not in welcome.read_text(encoding="utf-8"),
+        detail=f"its write failed with {tried}",
+    )
+    denials: list[dict[str, Any]] = []
+    with anyio.move_on_after(5):  # the audit log is written once a second
+        while not denials:
+            await anyio.sleep(0.1)
+            denials = [
+                json.loads(line)
+                for line in (root / "audit.jsonl").read_text(encoding="utf-8").splitlines()
+                if '"fs-deny"' in line
+            ]
+    shown = "; ".join(
+        f"{d['feature']} {d['operation']} {d['path']}: {d['reason']}" for d in denials
+    )
+    step(
+        "the file-system server audited the refusal",
+        ok=any(d["feature"] == "plugin" and d["path"] == "/notes/welcome.md" for d in denials),
+        detail=shown,
+    )
 
 
 async def through_the_broker(sup: capsule.Supervisor) -> None:
