@@ -31,6 +31,7 @@ from capsule._supervisor._supervisor import FeatureStatistics as FeatureStatisti
 from capsule._supervisor._supervisor import Supervisor as Supervisor
 from capsule._supervisor._supervisor import SupervisorStatistics as SupervisorStatistics
 from capsule._supervisor._supervisor import open_supervisor as open_supervisor
+from capsule._supervisor._views import ViewTimeouts as ViewTimeouts
 from capsule.errors import CapabilityDeniedError as CapabilityDeniedError
 from capsule.errors import CapsuleError as CapsuleError
 from capsule.errors import ChannelClosedError as ChannelClosedError
@@ -89,6 +90,7 @@ __all__ = [
     "Supervisor",
     "SupervisorStatistics",
     "TokenError",
+    "ViewTimeouts",
     "__version__",
     "check_app",
     "load_app",

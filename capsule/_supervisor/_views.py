@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, final
 
 import anyio
 import anyio.abc
@@ -37,9 +37,12 @@ _MAX_DATAGRAM: Final = 1 << 20
 _STOP_GRACE: Final = 2.0
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class ViewTimeouts:
-    """How long the server may take to mount, and how often and how long it is probed."""
+    """Seconds a file-system server may take to mount a view (``mount``), how often it is
+    probed (``probe_interval``), and how long a probe may take before the server is
+    aborted and its container ended (``probe``). ``open_supervisor(view_timeouts=...)``."""
 
     mount: float = 10.0
     probe_interval: float = 2.0

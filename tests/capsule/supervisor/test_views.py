@@ -25,9 +25,14 @@ from typing import Any
 import pytest
 import trio
 
-from capsule import FeatureCrashedError, FeatureUnavailableError, RemoteError, Supervisor
+from capsule import (
+    FeatureCrashedError,
+    FeatureUnavailableError,
+    RemoteError,
+    Supervisor,
+    ViewTimeouts,
+)
 from capsule._container._feature import Context
-from capsule._supervisor._views import ViewTimeouts
 from capsule.testing import TestApp, leftovers
 from tests.capsule.supervisor.helpers import FAST, LIMITS, wait_new_pid, wait_until
 
