@@ -34,6 +34,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
+# ``python benchmarks/x.py`` puts benchmarks/ first on sys.path so that this module is
+# found; once it is, take benchmarks/ off again, or benchmarks/fusefs.py would stand in
+# for the fusefs package whenever a script (or capsule) imports it.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != _HERE]
+
 __all__ = [
     "RESULTS_DIR",
     "Job",

@@ -252,3 +252,35 @@ def test_graph_of_a_broken_app_draws_what_checks_cleanly() -> None:
     assert set(nodes) == {"feature:editor", "volume:notes"}
     assert result.stderr.startswith("capsule graph: demos/broken has 22 errors;")
     assert result.stderr.count("\n") == 1
+
+
+def test_check_shows_how_each_view_is_backed(tmp_path: Path) -> None:
+    """Private storage and copy-on-write views are named as such, with their limits, in the
+    text report, the JSON and the graph (private storage draws no volume)."""
+    root = make_app(
+        tmp_path,
+        {
+            "a": '[access]\nfs = [{ path = "/cache", mode = "rw" }, '
+            '{ path = "/draft", mode = "rw" }]\n'
+        },
+        '[volumes]\nwords = "words"\n[policy.a]\nfs = [\n'
+        '  { path = "/cache", mode = "private", quota = "1MiB", inodes = 10 },\n'
+        '  { path = "/draft", volume = "words", mode = "cow" },\n]\n',
+        extra={"words/.keep": ""},
+    )
+    text = capsule("check", str(root))
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert re.search(
+        r"fs:read,write:/cache/\?bytes=1048576&inodes=10 +<- private storage "
+        r"\(rw, quota 1MiB, 10 inodes\)",
+        text.stdout,
+    ), text.stdout
+    assert re.search(r"fs:read,write:/draft/ +<- volume words \(cow\)", text.stdout), text.stdout
+    report = json.loads(capsule("check", "--format", "json", str(root)).stdout)
+    mounts = {m["view"]: m for f in report["features"] for m in f["mounts"]}
+    assert mounts["/cache"]["storage"] == "private"
+    assert mounts["/cache"]["host"] is None
+    assert mounts["/draft"]["storage"] == "cow"
+    graph = capsule("graph", str(root)).stdout
+    assert "cow /draft" in graph
+    assert "/cache" not in graph

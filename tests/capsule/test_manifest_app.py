@@ -344,6 +344,32 @@ def test_volumes_may_live_outside_the_app_dir(tmp_path: Path) -> None:
             "policy.a.fs[0].size",
             'unknown key "size"',
         ),
+        (
+            '{ path = "/d", volume = "words", mode = "private" }',
+            "policy.a.fs[0].volume",
+            "remove volume",
+        ),
+        (
+            '{ path = "/d", volume = "words", inodes = 10 }',
+            "policy.a.fs[0].inodes",
+            "writable views only",
+        ),
+        (
+            '{ path = "/d", mode = "private", inodes = 0 }',
+            "policy.a.fs[0].inodes",
+            "must be from 1",
+        ),
+        (
+            '{ path = "/d", mode = "private", inodes = "many" }',
+            "policy.a.fs[0].inodes",
+            "expected an integer",
+        ),
+        (
+            '{ path = "/d", volume = "words", mode = "overlay" }',
+            "policy.a.fs[0].mode",
+            '"ro", "rw", "cow", "private"',
+        ),
+        ('{ path = "/d", mode = "cow" }', "policy.a.fs[0].volume", "missing required key"),
     ],
 )
 def test_policy_fs_entries(tmp_path: Path, entry: str, key: str, fragment: str) -> None:

@@ -125,6 +125,60 @@ def test_fs_views_are_backed_by_the_approved_volume(tmp_path: Path) -> None:
     )
 
 
+def test_private_and_copy_on_write_views(tmp_path: Path) -> None:
+    """A feature asks for rw; the app backs it with private storage or a cow layer."""
+    root = make_app(
+        tmp_path,
+        {
+            "a": """\
+                [access]
+                fs = [
+                    { path = "/cache", mode = "rw" },
+                    { path = "/draft", mode = "rw" },
+                    { path = "/peek", mode = "ro" },
+                ]
+                """
+        },
+        VOLUMES
+        + """\
+        [policy.a]
+        fs = [
+            { path = "/cache", mode = "private", quota = "1MiB", inodes = 100 },
+            { path = "/draft", volume = "words", mode = "cow", inodes = 5 },
+            { path = "/peek", volume = "words", mode = "cow" },
+        ]
+        """,
+        extra=DIRS,
+    )
+    grant = load_app(root).grants["a"]
+    assert [str(c) for c in grant.capabilities] == [
+        "fs:read,write:/cache/?bytes=1048576&inodes=100",
+        "fs:read,write:/draft/?inodes=5",
+        "fs:read:/peek/",
+    ]
+    assert grant.mounts == (
+        MountGrant(
+            view="/cache",
+            host=None,
+            mode="rw",
+            volume="",
+            quota=1 << 20,
+            inodes=100,
+            storage="private",
+        ),
+        MountGrant(
+            view="/draft",
+            host=tmp_path / "vol/words",
+            mode="rw",
+            volume="words",
+            inodes=5,
+            storage="cow",
+        ),
+        # a read-only request under a cow approval is a plain read-only view of the volume
+        MountGrant(view="/peek", host=tmp_path / "vol/words", mode="ro", volume="words"),
+    )
+
+
 def test_a_volume_subdirectory_in_the_policy(tmp_path: Path) -> None:
     root = make_app(
         tmp_path,
