@@ -81,6 +81,20 @@ async def tour(ctx: Context, request: Any) -> Any:
     }
 
 
+async def escape(ctx: Context, request: Any) -> Any:
+    """Path tricks from inside: links to / and /etc, .. chains, a hard link across mounts."""
+    os.symlink("/", "/notes/to-root")
+    os.symlink("/etc", "/notes/to-etc")
+    return {
+        "root_link": os.readlink("/notes/to-root"),
+        "through_root": sorted(os.listdir("/notes/to-root/notes")),
+        "via_etc_link": _errno_of(lambda: open("/notes/to-etc/passwd").close()),
+        "dotdot": _errno_of(lambda: open("/notes/../../../etc/passwd").close()),
+        "hardlink": _errno_of(lambda: os.link("/words/list.txt", "/notes/linked")),
+        "fifo": _errno_of(lambda: os.mkfifo("/notes/fifo")),
+    }
+
+
 async def read_state(ctx: Context, request: Any) -> Any:
     try:
         return open("/state/counter", encoding="utf-8").read()
@@ -192,7 +206,8 @@ def _view_app(tmp_path: Path) -> TestApp:
             ]
         },
     )
-    for handler in (tour, read_state, read_words, hold_open, read_held, write_synced, hammer):
+    handlers = (tour, escape, read_state, read_words, hold_open, read_held, write_synced, hammer)
+    for handler in handlers:
         writer.service(handler.__name__)(handler)
     reader = app.feature(
         "reader",
@@ -246,6 +261,27 @@ async def test_each_kind_of_mount_behaves_as_granted(tmp_path: Path) -> None:
     assert all(e["capability"] == "fs:write:/words/" for e in denials)
     allowed = [e for e in _audit(app) if e["event"] == "fs-allow" and e["feature"] == "writer"]
     assert sum(e["count"] for e in allowed if e["operation"] == "write") >= 3
+    assert leftovers() == []
+
+
+@pytest.mark.trio
+async def test_path_tricks_from_inside_stay_inside_the_view(tmp_path: Path) -> None:
+    """A symlink to / written into a writable view resolves in the container's own root
+    (which holds the view, not the host); .. chains and links to /etc find nothing; a hard
+    link across mounts fails with EXDEV; a FIFO cannot be made (Landlock refuses it before
+    the server would)."""
+    app = _view_app(tmp_path)
+    async with app.open() as sup:
+        with trio.fail_after(20):
+            seen = await sup.call("writer", "escape")
+    assert seen["root_link"] == "/"
+    assert "to-root" in seen["through_root"]  # / of the container is where /notes lives
+    assert seen["via_etc_link"] == "ENOENT"
+    assert seen["dotdot"] == "ENOENT"
+    assert seen["hardlink"] == "EXDEV"
+    assert seen["fifo"] in {"EACCES", "EPERM"}
+    assert os.readlink(tmp_path / "volumes" / "notes" / "to-root") == "/"
+    assert not (tmp_path / "volumes" / "notes" / "linked").exists()
     assert leftovers() == []
 
 
