@@ -11,6 +11,7 @@ keeps its descriptor. Decides nothing about policy.
 from __future__ import annotations
 
 import enum
+import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import Final
 
 import pyfuse3
 
+from fusefs import _sys
 from fusefs._policy import MountState
 
 __all__ = ["Kind", "Node", "NodeTable", "SpecialFileError", "proc_path"]
@@ -113,7 +115,17 @@ class NodeTable:
 
     def child(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
         """The node for ``name`` in backing directory ``parent``, its lookup count raised."""
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
+        try:
+            fd = _sys.openat2(
+                parent.fd,
+                name,
+                os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                _sys.RESOLVE_BENEATH | _sys.RESOLVE_NO_XDEV,
+            )
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:  # a mount point, even a bind of the same file system
+                raise SpecialFileError("another file system is mounted here") from None
+            raise
         return self.adopt(parent, name, fd)
 
     def adopt(self, parent: Node, name: bytes, fd: int) -> tuple[Node, os.stat_result]:

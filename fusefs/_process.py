@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Final, TypeVar, final
 
@@ -95,11 +96,16 @@ class ServerProcess:
 
     def wait_for(self, kind: type[_M], *, after: int = 0, timeout: float | None = None) -> _M:
         """The first message of ``kind`` from index ``after`` on; ServerError on timeout."""
+        return self._wait(kind, lambda _: True, after, timeout)
+
+    def _wait(
+        self, kind: type[_M], match: Callable[[_M], bool], after: int, timeout: float | None
+    ) -> _M:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         with self._changed:
             while True:
                 for message in self.messages[after:]:
-                    if isinstance(message, kind):
+                    if isinstance(message, kind) and match(message):
                         return message
                 left = deadline - time.monotonic()
                 if left <= 0 or self.process.poll() is not None:
@@ -125,21 +131,33 @@ class ServerProcess:
     # -- driving --------------------------------------------------------------------------
 
     def revoke(self, *tokens: str, reason: str = "revoked") -> Revoked:
-        """Revoke ``tokens`` and wait until the server closed their mounts."""
+        """Revoke ``tokens`` and wait until the server closed their mounts.
+
+        The server reports only mounts it closed, so a probe sent behind the revocation
+        tells when it was handled: tokens that close nothing give a Revoked of no mounts.
+        """
         after = len(self.messages)
         self._sock.send(encode(Revoke(tokens=tokens, reason=reason)))
-        return self.wait_for(Revoked, after=after)
+        seq = self._send_probe()
+        self._wait(ProbeReply, lambda reply: reply.seq == seq, after, None)
+        with self._changed:
+            closed = [m for m in self.messages[after:] if isinstance(m, Revoked)]
+        return closed[0] if closed else Revoked(tokens=tokens, mounts=(), reason=reason)
 
     def probe(self, timeout: float) -> bool:
         """Whether a request through the kernel is served within ``timeout`` seconds."""
-        self._seq += 1
         after = len(self.messages)
-        self._sock.send(encode(Probe(seq=self._seq)))
+        seq = self._send_probe()
         try:
-            self.wait_for(ProbeReply, after=after, timeout=timeout)
+            self._wait(ProbeReply, lambda reply: reply.seq == seq, after, timeout)
         except ServerError:
-            return False
+            return False  # a late reply to this probe is ignored by the next one
         return True
+
+    def _send_probe(self) -> int:
+        self._seq += 1
+        self._sock.send(encode(Probe(seq=self._seq)))
+        return self._seq
 
     def abort(self) -> bool:
         """Abort the FUSE connection: waiting and later requests fail instead of hanging."""

@@ -19,7 +19,10 @@ __all__ = [
     "PR_SET_PDEATHSIG",
     "RENAME_EXCHANGE",
     "RENAME_NOREPLACE",
+    "RESOLVE_BENEATH",
+    "RESOLVE_NO_XDEV",
     "mount",
+    "openat2",
     "prctl",
     "renameat2",
     "umount2",
@@ -34,9 +37,16 @@ MNT_DETACH: Final = 0x2
 RENAME_NOREPLACE: Final = 1
 RENAME_EXCHANGE: Final = 2
 PR_SET_PDEATHSIG: Final = 1
+RESOLVE_NO_XDEV: Final = 0x01
+RESOLVE_BENEATH: Final = 0x08
+_SYS_OPENAT2: Final = 437  # the same number on every architecture but alpha
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _AT_FDCWD: Final = -100
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
 
 
 def _check(result: int, what: str) -> int:
@@ -68,3 +78,16 @@ def renameat2(old_dir: int, old: bytes, new_dir: int, new: bytes, flags: int) ->
     """renameat2(2); names are single path components beneath the two directory fds."""
     result = _libc.renameat2(old_dir, old, new_dir, new, ctypes.c_uint(flags))
     _check(result, f"renameat2({old!r}, {new!r}, {flags})")
+
+
+def openat2(dir_fd: int, name: bytes, flags: int, resolve: int) -> int:
+    """openat2(2) without O_CREAT; EXDEV when RESOLVE_NO_XDEV meets a mount point."""
+    how = _OpenHow(flags, 0, resolve)
+    result = _libc.syscall(
+        ctypes.c_long(_SYS_OPENAT2),
+        ctypes.c_int(dir_fd),
+        ctypes.c_char_p(name),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
+    return _check(result, f"openat2({name!r})")

@@ -1,0 +1,203 @@
+"""Grants at run time (THREATS.md item 24 for files): revocation while a file is open,
+expiry, callers other than the view's container, and the counts of allowed operations."""
+
+# Token ids in these tests are names that audit lines carry, not secrets.
+# ruff: noqa: S105, S106
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from fusefs import MountKind, Revoked, ServerProcess
+from tests.fusefs._support import (
+    client,
+    denial,
+    errno_of,
+    mount,
+    needs_root,
+    read,
+    view,
+    wait_until,
+    write,
+)
+
+
+@pytest.fixture
+def volumes(tmp_path: Path) -> tuple[Path, Path]:
+    data, work = tmp_path / "data", tmp_path / "work"
+    for root in (data, work):
+        root.mkdir()
+        (root / "file").write_bytes(b"x" * 10000)
+    return data, work
+
+
+def test_revoking_a_token_closes_its_mount_even_for_open_files(
+    mountpoint: Path, volumes: tuple[Path, Path]
+) -> None:
+    data, work = volumes
+    spec = view(
+        mount("/data", MountKind.RO, data, token="t-data", capability="fs:read:/vol/"),
+        mount("/work", MountKind.RW, work, token="t-work"),
+    )
+    with ServerProcess(spec, str(mountpoint)) as server:
+        fd = os.open(mountpoint / "data" / "file", os.O_RDONLY)
+        wfd = os.open(mountpoint / "work" / "file", os.O_RDWR)
+        try:
+            assert os.pread(fd, 100, 0) == b"x" * 100
+            revoked = server.revoke("t-data")
+            assert revoked == Revoked(tokens=("t-data",), mounts=("/data",), reason="revoked")
+            assert errno_of(os.pread, fd, 100, 0) == errno.EACCES  # the page cache was dropped
+            assert errno_of(os.pread, fd, 100, 5000) == errno.EACCES
+            assert errno_of(os.stat, mountpoint / "data" / "file") == errno.EACCES
+            assert errno_of(os.listdir, mountpoint / "data") == errno.EACCES
+            assert errno_of(os.open, mountpoint / "data" / "file", os.O_RDONLY) == errno.EACCES
+            # the kernel revalidates the attributes first: the read is refused at getattr
+            refused = denial(server, path="/data/file")
+            assert refused.operation in {"read", "getattr"}
+            assert refused.reason == "token revoked"
+            assert refused.token == "t-data"
+            assert refused.capability == "fs:read:/vol/"
+            assert denial(server, operation="getattr", path="/data/file").token == "t-data"
+            # the other mount, and its open file, still work
+            os.pwrite(wfd, b"still", 0)
+            assert read(mountpoint / "work" / "file")[:5] == b"still"
+            write(mountpoint / "work" / "new", b"new")
+            lines = read(mountpoint / "capsule" / "mounts").decode().splitlines()
+            assert lines[0].startswith("/data ro ro revoked ")
+            assert lines[1].startswith("/work rw rw open ")
+        finally:
+            os.close(fd)
+            os.close(wfd)
+    assert (work / "new").read_bytes() == b"new"
+
+
+def test_revoking_tokens_that_close_nothing_answers_with_no_mounts(
+    mountpoint: Path, volumes: tuple[Path, Path]
+) -> None:
+    data, _ = volumes
+    spec = view(mount("/data", MountKind.RO, data, token="t-data"))
+    with ServerProcess(spec, str(mountpoint), timeout=5.0) as server:
+        started = time.monotonic()
+        assert server.revoke("t-unknown") == Revoked(
+            tokens=("t-unknown",), mounts=(), reason="revoked"
+        )
+        assert server.revoke("t-data").mounts == ("/data",)
+        assert server.revoke("t-data").mounts == ()  # closed already
+        assert time.monotonic() - started < 2.5  # answered, not timed out
+        assert errno_of(os.stat, mountpoint / "data" / "file") == errno.EACCES
+
+
+def test_revocation_stops_writes_through_open_files(
+    mountpoint: Path, volumes: tuple[Path, Path]
+) -> None:
+    _, work = volumes
+    spec = view(mount("/work", MountKind.RW, work, token="t-work"))
+    with ServerProcess(spec, str(mountpoint)) as server:
+        fd = os.open(mountpoint / "work" / "file", os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"before", 0)
+            server.revoke("t-work", reason="feature stopped")
+            assert errno_of(os.pwrite, fd, b"after!", 0) == errno.EACCES
+            refused = denial(server, operation="write", path="/work/file")
+            assert refused.reason == "token feature stopped"
+            assert refused.token == "t-work"
+        finally:
+            os.close(fd)
+        assert errno_of(os.unlink, mountpoint / "work" / "file") == errno.EACCES
+    assert (work / "file").read_bytes()[:6] == b"before"
+
+
+def test_an_expired_grant_stops_working_on_its_own(
+    mountpoint: Path, volumes: tuple[Path, Path]
+) -> None:
+    data, work = volumes
+    expires = time.time() + 1.0
+    spec = view(
+        mount("/data", MountKind.RO, data, token="t-short", expires=expires),
+        mount("/work", MountKind.RW, work, token="t-long", expires=time.time() + 3600),
+    )
+    with ServerProcess(spec, str(mountpoint)) as server:
+        fd = os.open(mountpoint / "data" / "file", os.O_RDONLY)
+        try:
+            assert os.pread(fd, 10, 0) == b"x" * 10
+            revoked = server.wait_for(Revoked, timeout=5.0)
+            assert time.time() >= expires
+            assert revoked == Revoked(tokens=("t-short",), mounts=("/data",), reason="expired")
+            wait_until(lambda: errno_of(os.stat, mountpoint / "data" / "file") == errno.EACCES)
+            assert errno_of(os.pread, fd, 10, 0) == errno.EACCES
+        finally:
+            os.close(fd)
+        assert denial(server, operation="getattr", path="/data/file").reason == "token expired"
+        assert read(mountpoint / "work" / "file") == b"x" * 10000
+        assert "/data ro ro expired " in read(mountpoint / "capsule" / "mounts").decode()
+
+
+def test_a_grant_that_expired_before_the_start_never_works(
+    mountpoint: Path, volumes: tuple[Path, Path]
+) -> None:
+    data, _ = volumes
+    spec = view(mount("/data", MountKind.RO, data, token="t-old", expires=time.time() - 1))
+    with ServerProcess(spec, str(mountpoint)) as server:
+        assert errno_of(read, mountpoint / "data" / "file") == errno.EACCES
+        assert denial(server, mount="/data").reason == "token expired"
+
+
+@needs_root
+def test_only_the_views_container_may_call(mountpoint: Path, volumes: tuple[Path, Path]) -> None:
+    data, work = volumes
+    spec = view(
+        mount("/data", MountKind.RO, data, token="t-data"),
+        mount("/work", MountKind.RW, work),
+        uid=54321,
+        gid=54321,
+        # the kernel answers a stat from its cache without asking the server, for any
+        # uid: without caching every request of the other uid reaches the caller check
+        cache_timeout=0.0,
+    )
+    with ServerProcess(spec, str(mountpoint)) as server:
+        code = """
+print(json.dumps([
+    outcome(os.listdir, "/"),
+    outcome(readfile, "/data/file"),
+    outcome(lambda: readfile("/capsule/mounts").splitlines()[0]),
+    outcome(os.stat, "/work/file") == "ok",
+]))
+"""
+        assert client(code, root=mountpoint, uid=54321) == [
+            ["capsule", "data", "work"],
+            "x" * 10000,
+            "/data ro ro open bytes=0/- inodes=0/-",
+            True,
+        ]
+        assert client(code, root=mountpoint, uid=54322) == ["EACCES", "EACCES", "EACCES", False]
+        refused = denial(server, uid=54322)
+        assert refused.reason == "uid 54322 is not this view's container"
+    assert (work / "file").read_bytes() == b"x" * 10000
+
+
+def test_allowed_operations_are_counted_and_reported(
+    mountpoint: Path, volumes: tuple[Path, Path]
+) -> None:
+    data, work = volumes
+    spec = view(mount("/data", MountKind.RO, data), mount("/work", MountKind.RW, work))
+    with ServerProcess(spec, str(mountpoint)) as server:
+        assert read(mountpoint / "data" / "file") == b"x" * 10000
+        write(mountpoint / "work" / "new", b"abc")
+        os.listdir(mountpoint / "work")
+        wanted = {"/data read", "/work write", "/work create", "/work readdir"}
+
+        def reported() -> dict[str, int] | None:
+            counts = server.allowed()
+            return counts if wanted <= set(counts) else None
+
+        counts = wait_until(reported, what=f"Allowed counts of {wanted}")
+        assert counts["/data read"] >= 1
+        assert counts["/data open"] == 1
+        assert counts["/work create"] == 1
+        assert counts["/work write"] == 1
+        assert not any(key.startswith("/capsule") for key in counts)

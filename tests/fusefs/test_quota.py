@@ -1,0 +1,129 @@
+"""THREATS.md item 9: quotas of bytes and inodes per writable mount, enforced by the server
+(EDQUOT and a Denied naming the quota), freed by deletes and truncation, and counted again
+from what the volume holds when a server starts."""
+
+# Token ids in these tests are names that audit lines carry, not secrets.
+# ruff: noqa: S105, S106
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from fusefs import MountKind, ServerProcess
+from tests.fusefs._support import denial, errno_of, mount, read, view, write
+
+
+def _mounts_line(mountpoint: Path, view_path: str) -> str:
+    lines = read(mountpoint / "capsule" / "mounts").decode().splitlines()
+    return next(line for line in lines if line.startswith(view_path + " "))
+
+
+def test_byte_quota_refuses_growth_past_it(mountpoint: Path, tmp_path: Path) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    spec = view(mount("/w", MountKind.RW, volume, quota_bytes=1000, token="t-w"))
+    with ServerProcess(spec, str(mountpoint)) as server:
+        w = mountpoint / "w"
+        write(w / "a", b"a" * 600)
+        assert errno_of(write, w / "b", b"b" * 500) == errno.EDQUOT
+        refused = denial(server, operation="write", path="/w/b")
+        assert "quota" in refused.reason
+        assert "1000 bytes" in refused.reason
+        assert (refused.mount, refused.token) == ("/w", "t-w")
+        assert (volume / "b").read_bytes() == b""  # created, but nothing written
+        write(w / "b", b"b" * 400)  # exactly up to the quota
+        assert _mounts_line(mountpoint, "/w") == "/w rw rw open bytes=1000/1000 inodes=2/-"
+        fd = os.open(w / "a", os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"A" * 600, 0)  # overwriting in place costs nothing
+            assert errno_of(os.pwrite, fd, b"A", 600) == errno.EDQUOT
+        finally:
+            os.close(fd)
+        assert os.statvfs(w).f_bavail == 0
+    assert (volume / "a").read_bytes() == b"A" * 600
+
+
+def test_deleting_and_truncating_free_quota(mountpoint: Path, tmp_path: Path) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    spec = view(mount("/w", MountKind.RW, volume, quota_bytes=1000))
+    with ServerProcess(spec, str(mountpoint)) as server:
+        w = mountpoint / "w"
+        write(w / "a", b"a" * 900)
+        assert errno_of(write, w / "b", b"b" * 200) == errno.EDQUOT
+        os.unlink(w / "a")
+        write(w / "b", b"b" * 900)  # the deleted file's bytes are free again
+        assert errno_of(os.truncate, w / "b", 1001) == errno.EDQUOT  # growth by truncate
+        assert denial(server, operation="truncate", path="/w/b").reason.startswith("over its")
+        os.truncate(w / "b", 100)
+        assert _mounts_line(mountpoint, "/w").startswith("/w rw rw open bytes=100/1000")
+        write(w / "c", b"c" * 900)
+        write(w / "c", b"C" * 900)  # O_TRUNC gives back the old size first
+        os.rename(w / "c", w / "b")  # replacing a file gives back its bytes
+        assert _mounts_line(mountpoint, "/w").startswith("/w rw rw open bytes=900/1000")
+        write(w / "d", b"d" * 100)
+        assert errno_of(write, w / "e", b"e") == errno.EDQUOT
+    assert sorted(os.listdir(volume)) == ["b", "d", "e"]
+    assert (volume / "b").read_bytes() == b"C" * 900
+
+
+def test_inode_quota_counts_files_directories_and_links(mountpoint: Path, tmp_path: Path) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    spec = view(mount("/p", MountKind.PRIVATE, volume, quota_inodes=3, token="t-p"))
+    with ServerProcess(spec, str(mountpoint)) as server:
+        p = mountpoint / "p"
+        write(p / "one", b"1")
+        os.mkdir(p / "two")
+        os.symlink("one", p / "three")
+        assert errno_of(write, p / "four", b"4") == errno.EDQUOT
+        assert errno_of(os.mkdir, p / "four") == errno.EDQUOT
+        assert errno_of(os.symlink, "x", p / "four") == errno.EDQUOT
+        refused = denial(server, operation="create", path="/p/four")
+        assert refused.reason == "over its quota of 3 inodes"
+        assert refused.token == "t-p"
+        os.link(p / "one", p / "two" / "hard")  # a second name for an inode costs nothing
+        os.unlink(p / "two" / "hard")
+        os.unlink(p / "one")
+        os.rmdir(p / "two")
+        write(p / "four", b"4")
+        os.mkdir(p / "five")
+        assert errno_of(write, p / "six", b"6") == errno.EDQUOT
+        assert os.statvfs(p).f_favail == 0
+    assert sorted(os.listdir(volume)) == ["five", "four", "three"]
+
+
+def test_quota_counts_what_the_volume_already_holds(mountpoint: Path, tmp_path: Path) -> None:
+    """A restarted server does not start from zero: the usage is measured at start."""
+    volume = tmp_path / "volume"
+    (volume / "old").mkdir(parents=True)
+    (volume / "old" / "data").write_bytes(b"x" * 700)
+    spec = view(mount("/w", MountKind.RW, volume, quota_bytes=1000, quota_inodes=4))
+    with ServerProcess(spec, str(mountpoint)):
+        assert _mounts_line(mountpoint, "/w") == "/w rw rw open bytes=700/1000 inodes=2/4"
+        assert errno_of(write, mountpoint / "w" / "big", b"b" * 400) == errno.EDQUOT
+        write(mountpoint / "w" / "big", b"b" * 300)
+        write(mountpoint / "w" / "more", b"")
+    with ServerProcess(spec, str(mountpoint)):  # the same volume, served again
+        assert _mounts_line(mountpoint, "/w") == "/w rw rw open bytes=1000/1000 inodes=4/4"
+        assert errno_of(write, mountpoint / "w" / "big", b"b" * 301) == errno.EDQUOT
+        assert errno_of(write, mountpoint / "w" / "another", b"") == errno.EDQUOT
+    assert sorted(os.listdir(volume)) == ["big", "more", "old"]
+
+
+def test_cow_quota_counts_only_the_views_own_changes(mountpoint: Path, tmp_path: Path) -> None:
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "large").write_bytes(b"l" * 5000)  # bigger than the quota, but not this view's
+    spec = view(
+        mount("/c", MountKind.COW, lower, upper=tmp_path / "upper", quota_bytes=1000),
+    )
+    with ServerProcess(spec, str(mountpoint)):
+        assert read(mountpoint / "c" / "large") == b"l" * 5000
+        write(mountpoint / "c" / "mine", b"m" * 800)
+        assert errno_of(write, mountpoint / "c" / "more", b"m" * 300) == errno.EDQUOT
+    with ServerProcess(spec, str(mountpoint)):
+        assert _mounts_line(mountpoint, "/c").startswith("/c cow rw open bytes=800/1000")
+    assert sorted(os.listdir(lower)) == ["large"]
