@@ -17,10 +17,12 @@ Sessions
 ``bench``
     Runs every ``benchmarks/*.py`` script in name order, each with
     ``--json benchmarks/results/<name>.json``. Names starting with ``_`` are helper
-    modules, not benchmarks, and are skipped. ``benchmarks/spawn.py`` compares against
-    bubblewrap, so the session first installs Debian's ``bubblewrap`` with ``apt-get``
-    when ``bwrap`` is missing and it runs as root; otherwise it prints the command to run
-    and goes on (that benchmark then skips its bubblewrap row).
+    modules, not benchmarks, and are skipped. Two benchmarks compare against other
+    tools: ``benchmarks/spawn.py`` against bubblewrap and ``benchmarks/fusefs.py`` against
+    bindfs, so the session first installs Debian's ``bubblewrap`` and ``bindfs`` with
+    ``apt-get`` when their binaries (``bwrap``, ``bindfs``) are missing and it runs as
+    root; otherwise it prints the command to run and goes on (those benchmarks then skip
+    the rows of the missing tool).
 ``docs``
     Fails if ``docs/`` holds no Markdown file. Runs ``docs/check_docs.py`` if it
     exists; otherwise checks that every relative link in ``docs/**/*.md``,
@@ -56,7 +58,9 @@ from nox.command import CommandFailed
 
 ROOT = Path(__file__).resolve().parent
 FUSE_PACKAGES = ("libfuse3-dev", "fuse3", "pkg-config")
-BENCH_PACKAGES = ("bubblewrap",)  # bwrap, which benchmarks/spawn.py compares against
+#: Debian packages the benchmarks compare against, each with the binary that shows it is
+#: installed: bwrap for benchmarks/spawn.py, bindfs for benchmarks/fusefs.py.
+BENCH_PACKAGES = {"bubblewrap": "bwrap", "bindfs": "bindfs"}
 
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
@@ -184,41 +188,50 @@ def demo(session: nox.Session) -> None:
         session.run("capsule", "check", str(Path("demos", "notes")))
 
 
-def _ensure_bubblewrap(session: nox.Session) -> None:
-    """Install Debian's ``bubblewrap`` with apt-get if ``bwrap`` is missing, or say how to.
+def _ensure_bench_packages(session: nox.Session) -> None:
+    """Install the ``BENCH_PACKAGES`` whose binary is missing with apt-get, or say how to.
 
-    Only warns when that cannot be done: the benchmark needing it skips its row instead.
-    ``apt-get update`` runs only when the first install attempt fails.
+    Only warns when that cannot be done: the benchmarks needing them skip their rows
+    instead. ``apt-get update`` runs only when the first install attempt fails.
     """
-    if shutil.which("bwrap") is not None:
+    missing = [package for package, binary in BENCH_PACKAGES.items() if not shutil.which(binary)]
+    if not missing:
         return
-    sudo_command = "sudo apt-get install -y " + " ".join(BENCH_PACKAGES)
+    binaries = ", ".join(BENCH_PACKAGES[package] for package in missing)
+    sudo_command = "sudo apt-get install -y " + " ".join(missing)
     if os.geteuid() != 0:
-        session.warn(f"bwrap is missing, benchmarks/spawn.py will skip it; run: {sudo_command}")
+        session.warn(
+            f"not installed: {binaries} (the benchmarks skip their rows); run: {sudo_command}"
+        )
         return
     if shutil.which("apt-get") is None:
         session.warn(
-            "bwrap is missing and apt-get is not available, benchmarks/spawn.py will skip it;"
-            f" install the equivalent of: {' '.join(BENCH_PACKAGES)}"
+            f"not installed: {binaries} (the benchmarks skip their rows), and apt-get is not"
+            f" available; install the equivalent of: {' '.join(missing)}"
         )
         return
     env = {"DEBIAN_FRONTEND": "noninteractive"}
-    install = ("apt-get", "install", "-y", "--no-install-recommends", *BENCH_PACKAGES)
+    install = ("apt-get", "install", "-y", "--no-install-recommends", *missing)
     try:
         session.run(*install, env=env, external=True)
     except CommandFailed:
         session.log("apt-get install failed; updating the package lists and retrying")
         session.run("apt-get", "update", env=env, external=True)
         session.run(*install, env=env, external=True)
-    if shutil.which("bwrap") is None:
-        session.error(f"apt-get finished but bwrap is still not on PATH; try: {sudo_command}")
+    still = [
+        BENCH_PACKAGES[package] for package in missing if not shutil.which(BENCH_PACKAGES[package])
+    ]
+    if still:
+        session.error(
+            f"apt-get finished but {', '.join(still)} still not on PATH; try: {sudo_command}"
+        )
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run every benchmark script and write its results to benchmarks/results/."""
     _install_project(session)
-    _ensure_bubblewrap(session)
+    _ensure_bench_packages(session)
     scripts = sorted(
         path for path in (ROOT / "benchmarks").glob("*.py") if not path.name.startswith("_")
     )

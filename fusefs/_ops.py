@@ -72,6 +72,9 @@ class ViewOperations(pyfuse3.Operations):
     """One container's view: synthetic directories down to each mount, and /capsule/."""
 
     enable_writeback_cache = False  # writes reach the server at once: quotas hold, fsync is real
+    # No flush(): pyfuse3's default answers ENOSYS, after which the kernel stops sending
+    # FLUSH on every close(). Nothing is buffered here for it to write, and it cost every
+    # close a round trip.
 
     def __init__(self, policy: ViewPolicy, nodes: NodeTable) -> None:
         super().__init__()
@@ -435,9 +438,6 @@ class ViewOperations(pyfuse3.Operations):
         if grow > 0:
             self._charge(mount, self._where(handle.node), "write", nbytes=grow)
         return os.pwrite(handle.fd, buf, off)
-
-    async def flush(self, fh: int) -> None:
-        return None
 
     @_errno_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:  # noqa: FBT001 - pyfuse3's signature
