@@ -268,10 +268,11 @@ def _mount_overlays(view: ViewSpec, roots: dict[int, int]) -> list[str]:
 
 
 def _usage(policy: ViewPolicy, view: ViewSpec, roots: dict[int, int]) -> None:
-    """What each writable mount already holds (for cow: its own changes only)."""
+    """What each mount with a quota already holds (for cow: its own changes only); a mount
+    without one is not walked, so a large volume costs nothing at start."""
     for mount in policy.mounts:
         spec = mount.spec
-        if not spec.writable:
+        if not spec.writable or (spec.quota_bytes is None and spec.quota_inodes is None):
             continue
         # from the root descriptor itself: fwalk does not walk a /proc/self/fd/N link
         # when it must not follow symlinks, and would find nothing
