@@ -40,6 +40,9 @@ class SpecialFileError(Exception):
 
 @dataclass(slots=True, eq=False)
 class Node:
+    """One inode the kernel knows. ``fd`` is -1 until the node is first used (a directory
+    listing names many files it never opens); :meth:`NodeTable.fd` opens it then."""
+
     ino: int
     kind: Kind
     parent: int
@@ -53,12 +56,6 @@ class Node:
     cache_key: tuple[int, int] | None = None  # (mtime_ns, size) the kernel's cache holds
     is_root: bool = False  # a mount's root: lives as long as the view
 
-    @property
-    def is_dir(self) -> bool:
-        return self.kind is Kind.SYNTHETIC or (
-            self.kind is Kind.BACKING and stat.S_ISDIR(os.fstat(self.fd).st_mode)
-        )
-
 
 def proc_path(fd: int) -> str:
     """The magic link that reopens an O_PATH descriptor as the file itself."""
@@ -71,6 +68,7 @@ class NodeTable:
     def __init__(self) -> None:
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[tuple[int, int, int], int] = {}
+        self._by_name: dict[tuple[int, bytes], int] = {}  # (parent, name) -> the node there
         self._next = pyfuse3.ROOT_INODE
         self.root = self.synthetic(pyfuse3.ROOT_INODE, b"")
 
@@ -113,45 +111,91 @@ class NodeTable:
         self._by_key[node.key] = node.ino
         return self._add(node)
 
-    def child(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
-        """The node for ``name`` in backing directory ``parent``, its lookup count raised."""
-        try:
-            fd = _sys.openat2(
-                parent.fd,
-                name,
-                os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
-                _sys.RESOLVE_BENEATH | _sys.RESOLVE_NO_XDEV,
-            )
-        except OSError as exc:
-            if exc.errno == errno.EXDEV:  # a mount point, even a bind of the same file system
-                raise SpecialFileError("another file system is mounted here") from None
-            raise
-        return self.adopt(parent, name, fd)
+    def fd(self, node: Node) -> int:
+        """The node's O_PATH descriptor, opened now from its parent's if it has none yet.
 
-    def adopt(self, parent: Node, name: bytes, fd: int) -> tuple[Node, os.stat_result]:
-        """Take ownership of ``fd`` (an O_PATH descriptor of ``name`` in ``parent``)."""
-        assert parent.mount is not None  # noqa: S101 - backing nodes always have a mount
+        Raises FUSEError(ESTALE) when the name now names another file, and
+        SpecialFileError when it crosses into another file system."""
+        if node.fd >= 0:
+            return node.fd
+        parent = self._nodes.get(node.parent)
+        if parent is None or parent.kind is not Kind.BACKING or node.key is None:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        fd = _open_beneath(self.fd(parent), node.name)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != node.key[1:]:
+            os.close(fd)
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        node.fd = fd
+        return fd
+
+    def child(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
+        """The node for ``name`` in backing directory ``parent``, opened, its lookup count
+        raised."""
+        fd = _open_beneath(self.fd(parent), name)
         try:
             st = os.fstat(fd)
-            if stat.S_IFMT(st.st_mode) not in _SERVED_TYPES:
-                raise SpecialFileError("a device node, socket or FIFO is never served")  # noqa: TRY301
-            if parent.mount.dev is not None and st.st_dev != parent.mount.dev:
-                raise SpecialFileError("another file system is mounted here")  # noqa: TRY301
+            node = self._entry(parent, name, st)
         except BaseException:
             os.close(fd)
             raise
-        key = (parent.mount.index, st.st_dev, st.st_ino)
+        if node.fd < 0:
+            node.fd = fd
+        else:
+            os.close(fd)
+        return node, st
+
+    def listed(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
+        """Like :meth:`child` for an entry of a directory listing, but a file or symlink gets
+        no descriptor until it is used (a stat is cheaper than an open). Directories are
+        opened at once, so one with another file system mounted on it is never listed; a
+        file with one mounted on it is refused when first used."""
+        st = os.stat(name, dir_fd=self.fd(parent), follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            return self.child(parent, name)
+        return self._entry(parent, name, st), st
+
+    def adopt(self, parent: Node, name: bytes, fd: int) -> tuple[Node, os.stat_result]:
+        """Take ownership of ``fd`` (an O_PATH descriptor of ``name`` in ``parent``)."""
+        try:
+            st = os.fstat(fd)
+            node = self._entry(parent, name, st)
+        except BaseException:
+            os.close(fd)
+            raise
+        if node.fd < 0:
+            node.fd = fd
+        else:
+            os.close(fd)
+        return node, st
+
+    def _entry(self, parent: Node, name: bytes, st: os.stat_result) -> Node:
+        """The node of ``st`` at ``name`` in ``parent`` (known or new), its count raised."""
+        mount = parent.mount
+        assert mount is not None  # noqa: S101 - backing nodes always have a mount
+        if stat.S_IFMT(st.st_mode) not in _SERVED_TYPES:
+            raise SpecialFileError("a device node, socket or FIFO is never served")
+        if mount.dev is not None and st.st_dev != mount.dev:
+            raise SpecialFileError("another file system is mounted here")
+        key = (mount.index, st.st_dev, st.st_ino)
         known = self._by_key.get(key)
         if known is not None:
-            os.close(fd)
             node = self._nodes[known]
-            node.parent, node.name = parent.ino, name
+            self._rename(node, parent.ino, name)
         else:
-            node = Node(self._number(), Kind.BACKING, parent.ino, name, parent.mount, fd, key)
+            node = Node(self._number(), Kind.BACKING, parent.ino, name, mount, key=key)
             self._by_key[key] = node.ino
             self._nodes[node.ino] = node
+            self._by_name[(parent.ino, name)] = node.ino
         node.lookups += 1
-        return node, st
+        return node
+
+    def _rename(self, node: Node, parent: int, name: bytes) -> None:
+        if (node.parent, node.name) != (parent, name):
+            if self._by_name.get((node.parent, node.name)) == node.ino:
+                del self._by_name[(node.parent, node.name)]
+            node.parent, node.name = parent, name
+        self._by_name[(parent, name)] = node.ino
 
     def forget(self, ino: int, count: int) -> None:
         node = self._nodes.get(ino)
@@ -162,13 +206,25 @@ class NodeTable:
             del self._nodes[ino]
             if node.key is not None:
                 self._by_key.pop(node.key, None)
-            os.close(node.fd)
+            if self._by_name.get((node.parent, node.name)) == ino:
+                del self._by_name[(node.parent, node.name)]
+            if node.fd >= 0:
+                os.close(node.fd)
 
     def moved(self, old_parent: int, old: bytes, new_parent: int, new: bytes) -> None:
-        """Keep audit paths right after a rename (best effort: names are for messages)."""
-        for node in self._nodes.values():
-            if node.parent == old_parent and node.name == old:
-                node.parent, node.name = new_parent, new
+        """Follow a rename: the node at the old name is now at the new one."""
+        replaced = self._by_name.pop((new_parent, new), None)
+        if replaced is not None and replaced in self._nodes:
+            self._nodes[replaced].name = b""  # unlinked: reached by its descriptor only
+        ino = self._by_name.get((old_parent, old))
+        if ino is not None and ino in self._nodes:
+            self._rename(self._nodes[ino], new_parent, new)
+
+    def unlinked(self, parent: int, name: bytes) -> None:
+        """``name`` in ``parent`` is gone: its node keeps only its descriptor, if it has one."""
+        ino = self._by_name.pop((parent, name), None)
+        if ino is not None and ino in self._nodes:
+            self._nodes[ino].name = b""
 
     def path(self, node: Node, name: bytes = b"") -> str:
         """The node's path inside the view (of ``name`` in it, if given), for messages."""
@@ -191,3 +247,20 @@ class NodeTable:
                 node.fd = -1
         self._nodes.clear()
         self._by_key.clear()
+        self._by_name.clear()
+
+
+def _open_beneath(dir_fd: int, name: bytes) -> int:
+    """An O_PATH descriptor of ``name`` in ``dir_fd``, never following a link nor crossing
+    into another mount (a bind of the same file system included)."""
+    try:
+        return _sys.openat2(
+            dir_fd,
+            name,
+            os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+            _sys.RESOLVE_BENEATH | _sys.RESOLVE_NO_XDEV,
+        )
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:  # a mount point, even a bind of the same file system
+            raise SpecialFileError("another file system is mounted here") from None
+        raise

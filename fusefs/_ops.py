@@ -99,7 +99,7 @@ class ViewOperations(pyfuse3.Operations):
         view = self.policy.view
         attrs.st_uid, attrs.st_gid = view.uid, view.gid
         if node.kind is Kind.BACKING:
-            st = st or os.fstat(node.fd)
+            st = st or os.fstat(self._fd(node))
             mode = st.st_mode & ~_STRIP
             if node.mount is None or not node.mount.spec.writable:
                 mode &= ~0o222
@@ -119,6 +119,17 @@ class ViewOperations(pyfuse3.Operations):
             attrs.st_mode = stat.S_IFDIR | 0o555
             attrs.st_nlink = 2
         return attrs
+
+    def _fd(self, node: Node) -> int:
+        """The node's descriptor, opened on first use; a crossing into another file system
+        found then is refused and audited."""
+        if node.fd >= 0:
+            return node.fd
+        try:
+            return self.nodes.fd(node)
+        except SpecialFileError as exc:
+            self.policy.deny("lookup", self._where(node), node.mount, str(exc))
+            raise  # pragma: no cover - deny raised
 
     def _where(self, node: Node, name: bytes = b"") -> Callable[[], str]:
         return functools.partial(self.nodes.path, node, name)
@@ -174,7 +185,7 @@ class ViewOperations(pyfuse3.Operations):
 
     def _release_entry(self, mount: MountState, parent: Node, name: bytes) -> None:
         """Give back the quota of ``name`` when its last link goes."""
-        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        st = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False)
         if st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):
             size = st.st_size if stat.S_ISREG(st.st_mode) else 0
             mount.usage_bytes = max(0, mount.usage_bytes - size)
@@ -230,27 +241,27 @@ class ViewOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         node = self.nodes[inode]
         mount = self._check(node, ctx, "setattr", write=True)
-        st = os.fstat(node.fd)
+        st = os.fstat(self._fd(node))
         if fields.update_uid or fields.update_gid:
             raise pyfuse3.FUSEError(errno.EPERM)
         if fields.update_size:
             if not stat.S_ISREG(st.st_mode):
                 raise pyfuse3.FUSEError(errno.EINVAL)
             self._charge(mount, self._where(node), "truncate", nbytes=attr.st_size - st.st_size)
-            os.truncate(proc_path(node.fd), attr.st_size)
+            os.truncate(proc_path(self._fd(node)), attr.st_size)
         if fields.update_mode and not stat.S_ISLNK(st.st_mode):
-            os.chmod(proc_path(node.fd), stat.S_IMODE(attr.st_mode) & ~_STRIP)
+            os.chmod(proc_path(self._fd(node)), stat.S_IMODE(attr.st_mode) & ~_STRIP)
         if (fields.update_atime or fields.update_mtime) and not stat.S_ISLNK(st.st_mode):
             atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
             mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
-            os.utime(proc_path(node.fd), ns=(atime, mtime))
+            os.utime(proc_path(self._fd(node)), ns=(atime, mtime))
         return self._attrs(node)
 
     @_errno_boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self.nodes[inode]
         self._check(node, ctx, "readlink", write=False)
-        return os.readlink(b"", dir_fd=node.fd)
+        return os.readlink(b"", dir_fd=self._fd(node))
 
     @_errno_boundary
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
@@ -282,7 +293,7 @@ class ViewOperations(pyfuse3.Operations):
         name = _name(name)
         mount = self._check(parent, ctx, "mkdir", write=True, name=name)
         return await self._created(
-            parent, name, mount, lambda: os.mkdir(name, mode & 0o777, dir_fd=parent.fd)
+            parent, name, mount, lambda: os.mkdir(name, mode & 0o777, dir_fd=self._fd(parent))
         )
 
     @_errno_boundary
@@ -293,7 +304,7 @@ class ViewOperations(pyfuse3.Operations):
         name = _name(name)
         mount = self._check(parent, ctx, "symlink", write=True, name=name)
         return await self._created(
-            parent, name, mount, lambda: os.symlink(target, name, dir_fd=parent.fd)
+            parent, name, mount, lambda: os.symlink(target, name, dir_fd=self._fd(parent))
         )
 
     async def mknod(
@@ -317,12 +328,12 @@ class ViewOperations(pyfuse3.Operations):
         base = (flags & ~_OPEN_DROP) | os.O_CLOEXEC | os.O_NOFOLLOW
         self._charge(mount, self._where(parent, name), "create", inodes=1)
         try:
-            fd = os.open(name, base | os.O_CREAT | os.O_EXCL, mode & 0o777, dir_fd=parent.fd)
+            fd = os.open(name, base | os.O_CREAT | os.O_EXCL, mode & 0o777, dir_fd=self._fd(parent))
         except FileExistsError:
             mount.usage_inodes -= 1
             if flags & os.O_EXCL:
                 raise
-            fd = os.open(name, base, dir_fd=parent.fd)
+            fd = os.open(name, base, dir_fd=self._fd(parent))
         except BaseException:
             mount.usage_inodes -= 1
             raise
@@ -344,10 +355,12 @@ class ViewOperations(pyfuse3.Operations):
         mount = self._check(parent, ctx, "link", write=True, name=new_name)
         if node.mount is not mount:
             raise pyfuse3.FUSEError(errno.EXDEV)
-        if stat.S_ISDIR(os.fstat(node.fd).st_mode):
+        if stat.S_ISDIR(os.fstat(self._fd(node)).st_mode):
             raise pyfuse3.FUSEError(errno.EPERM)
         new_name = _name(new_name)
-        os.link(proc_path(node.fd), new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
+        os.link(
+            proc_path(self._fd(node)), new_name, dst_dir_fd=self._fd(parent), follow_symlinks=True
+        )
         linked, st = self._child(parent, new_name)
         return self._attrs(linked, st)
 
@@ -357,14 +370,16 @@ class ViewOperations(pyfuse3.Operations):
         name = _name(name)
         mount = self._check(parent, ctx, "unlink", write=True, name=name)
         self._release_entry(mount, parent, name)
-        os.unlink(name, dir_fd=parent.fd)
+        os.unlink(name, dir_fd=self._fd(parent))
+        self.nodes.unlinked(parent.ino, name)
 
     @_errno_boundary
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent = self.nodes[parent_inode]
         name = _name(name)
         mount = self._check(parent, ctx, "rmdir", write=True, name=name)
-        os.rmdir(name, dir_fd=parent.fd)
+        os.rmdir(name, dir_fd=self._fd(parent))
+        self.nodes.unlinked(parent.ino, name)
         mount.usage_inodes = max(0, mount.usage_inodes - 1)
 
     @_errno_boundary
@@ -386,7 +401,7 @@ class ViewOperations(pyfuse3.Operations):
         if not flags & _sys.RENAME_EXCHANGE:
             with contextlib.suppress(FileNotFoundError):
                 self._release_entry(mount, new, name_new)
-        _sys.renameat2(old.fd, name_old, new.fd, name_new, flags)
+        _sys.renameat2(self._fd(old), name_old, self._fd(new), name_new, flags)
         self.nodes.moved(old.ino, name_old, new.ino, name_new)
 
     # -- files -------------------------------------------------------------------------
@@ -404,12 +419,12 @@ class ViewOperations(pyfuse3.Operations):
             self._handles[fh] = _Open(node, -1, write=False, content=node.content())
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
         mount = self._check(node, ctx, "open", write=write)
-        st = os.fstat(node.fd)
+        st = os.fstat(self._fd(node))
         if not stat.S_ISREG(st.st_mode):
             raise pyfuse3.FUSEError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.ELOOP)
         if flags & os.O_TRUNC:
             self._charge(mount, self._where(node), "open", nbytes=-st.st_size)
-        fd = os.open(proc_path(node.fd), (flags & ~_OPEN_DROP) | os.O_CLOEXEC)
+        fd = os.open(proc_path(self._fd(node)), (flags & ~_OPEN_DROP) | os.O_CLOEXEC)
         keep = node.cache_key == (st.st_mtime_ns, st.st_size) and not flags & os.O_TRUNC
         node.cache_key = (st.st_mtime_ns, st.st_size)
         fh = self._fh()
@@ -463,7 +478,7 @@ class ViewOperations(pyfuse3.Operations):
         node = self.nodes[inode]
         if node.kind is Kind.BACKING:
             self._check(node, ctx, "readdir", write=False)
-            fd = os.open(proc_path(node.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(proc_path(self._fd(node)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 names = [os.fsencode(name) for name in os.listdir(fd)]
             finally:
@@ -495,7 +510,7 @@ class ViewOperations(pyfuse3.Operations):
             child.lookups += 1
             return child, self._attrs(child)
         try:
-            node, st = self.nodes.child(directory, name)
+            node, st = self.nodes.listed(directory, name)
         except (OSError, SpecialFileError):
             return None, None  # gone since the listing, or never served: not listed
         return node, self._attrs(node, st)
@@ -507,7 +522,9 @@ class ViewOperations(pyfuse3.Operations):
     async def fsyncdir(self, fh: int, datasync: bool) -> None:  # noqa: FBT001 - pyfuse3's signature
         listing = self._listings[fh]
         if listing.node.kind is Kind.BACKING:
-            fd = os.open(proc_path(listing.node.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(
+                proc_path(self._fd(listing.node)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            )
             try:
                 await trio.to_thread.run_sync(os.fsync, fd)
             finally:
@@ -521,7 +538,7 @@ class ViewOperations(pyfuse3.Operations):
         writable = [m for m in self.policy.mounts if m.spec.writable]
         for mount in writable[:1]:
             root = next(n for n in self.nodes if n.mount is mount and n.is_root)
-            host = os.statvfs(proc_path(root.fd))
+            host = os.statvfs(proc_path(self._fd(root)))
             free, files = host.f_bavail * host.f_frsize // 4096, host.f_favail
             if mount.spec.quota_bytes is not None:
                 free = min(free, max(0, mount.spec.quota_bytes - mount.usage_bytes) // 4096)
