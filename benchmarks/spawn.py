@@ -13,7 +13,8 @@ Measures, in one run and on one machine:
   capsule.feature"``), skipped with a note where ``bwrap`` is not installed;
 * the same fresh interpreter without a sandbox;
 * memory: with many idle containers up (50; ``--quick`` 10), the PSS of each container's
-  processes (the outer one the supervisor knows and the inner one running the feature),
+  processes (the outer one the supervisor knows, the inner one running the feature, and
+  the file-system server of its view),
   the zygote's own PSS, and as the floor the PSS of an idle forked child of this process.
 
 The timed measures run interleaved, in rounds, so machine noise spreads over all of them;
@@ -334,6 +335,7 @@ class Memory:
     per_container: list[int]
     outer: list[int]
     inner: list[int]
+    view: list[int]
     processes_per_container: list[int]
     zygote: int
     floor: int
@@ -350,6 +352,7 @@ async def measure_memory(root: Path, sizes: Sizes) -> Memory:
         per_container: list[int] = []
         outer: list[int] = []
         inner: list[int] = []
+        view: list[int] = []
         processes: list[int] = []
         for name in names:
             instance = sup.feature(name).instance
@@ -359,10 +362,12 @@ async def measure_memory(root: Path, sizes: Sizes) -> Memory:
             if len(tree) < 2:
                 raise RuntimeError(f"{name}: outer process {instance.pid} has no inner process")
             sizes_of = [pss_bytes(pid) for pid in tree]
-            per_container.append(sum(sizes_of))
+            server = 0 if instance.view is None else pss_bytes(instance.view.pid)
+            per_container.append(sum(sizes_of) + server)
             outer.append(sizes_of[0])
             inner.append(sum(sizes_of[1:]))
-            processes.append(len(tree))
+            view.append(server)
+            processes.append(len(tree) + (instance.view is not None))
         zygote = sup._zygote
         if zygote is None:
             raise RuntimeError("the supervisor has no zygote")
@@ -373,6 +378,7 @@ async def measure_memory(root: Path, sizes: Sizes) -> Memory:
         per_container=per_container,
         outer=outer,
         inner=inner,
+        view=view,
         processes_per_container=processes,
         zygote=zygote_pss,
         floor=floor,
@@ -396,7 +402,7 @@ def print_memory(memory: Memory) -> dict[str, Any]:
     rows: list[tuple[str, str, str, str, str, str]] = [
         ("FLOOR: idle forked child of this process", _mib(floor), "-", "1.00x", "-", "-"),
         (
-            f"per idle container (outer + inner), {memory.containers} up",
+            f"per idle container (outer + inner + view server), {memory.containers} up",
             _mib(mean),
             _mib(max(memory.per_container)),
             f"{mean / floor:.2f}x",
@@ -416,6 +422,14 @@ def print_memory(memory: Memory) -> dict[str, Any]:
             _mib(_mean(memory.inner)),
             _mib(max(memory.inner)),
             f"{_mean(memory.inner) / floor:.2f}x",
+            "-",
+            "-",
+        ),
+        (
+            "  its file-system view server",
+            _mib(_mean(memory.view)),
+            _mib(max(memory.view)),
+            f"{_mean(memory.view) / floor:.2f}x",
             "-",
             "-",
         ),
@@ -454,6 +468,7 @@ def print_memory(memory: Memory) -> dict[str, Any]:
         },
         "outer_pss_bytes_mean": round(_mean(memory.outer)),
         "inner_pss_bytes_mean": round(_mean(memory.inner)),
+        "view_server_pss_bytes_mean": round(_mean(memory.view)),
         "processes_per_container": sorted(set(memory.processes_per_container)),
         "zygote_pss_bytes": memory.zygote,
         "ratio_to_floor_mean": round(mean / floor, 5),
