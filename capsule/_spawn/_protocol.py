@@ -53,12 +53,15 @@ class SpawnRequest(msgspec.Struct, frozen=True):
 
 class ViewRequest(msgspec.Struct, frozen=True):
     """How to start one container's file-system server: its view (a ``fusefs.ViewSpec``
-    as msgpack) and where to mount it; ``landlock`` confines the server to what it serves."""
+    as msgpack) and where to mount it; ``landlock`` confines the server to what it serves;
+    ``cgroup_procs`` are the files it writes its pid to (its container's cpu group, so the
+    work a feature makes its server do counts against that feature's cpu limit)."""
 
     name: str
     view: bytes
     mountpoint: str
     landlock: bool = True
+    cgroup_procs: tuple[str, ...] = ()
 
 
 class _Msg(msgspec.Struct, frozen=True, tag_field="t"):

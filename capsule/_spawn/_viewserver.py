@@ -46,6 +46,9 @@ def run(request: ViewRequest, *, control: int, runtime: Sequence[str]) -> NoRetu
         reset_signals()
         os.setsid()
         close_all_but({_STDERR, control})
+        for procs in request.cgroup_procs:
+            with open(procs, "w", encoding="ascii") as f:
+                f.write(str(os.getpid()))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         view = msgspec.msgpack.decode(request.view, type=fusefs.ViewSpec)

@@ -596,9 +596,16 @@ class Supervisor(metaclass=_NoPublicConstructor):
         )
 
     async def _open_view(
-        self, handle: FeatureHandle, tokens: list[Token], uid: int, gid: int
+        self,
+        handle: FeatureHandle,
+        tokens: list[Token],
+        uid: int,
+        gid: int,
+        cgroup: ContainerCgroup | None,
     ) -> ViewServer:
-        """Start the file-system server of a new container and wait until its view is mounted."""
+        """Start the file-system server of a new container and wait until its view is
+        mounted. The server shares the container's cpu limit (cgroup v1): what a feature
+        makes its server do is charged to that feature."""
         assert self._zygote is not None  # noqa: S101 - set by _open
         assert self._isolation is not None  # noqa: S101 - set by _open
         return await ViewServer.launch(
@@ -609,6 +616,7 @@ class Supervisor(metaclass=_NoPublicConstructor):
             audit=self._audit,
             landlock=self._isolation.get("landlock").available,
             timeouts=self.view_timeouts,
+            cgroup_procs=() if cgroup is None else cgroup.cpu_procs_files,
         )
 
     async def _launch(self, handle: FeatureHandle) -> None:
@@ -621,7 +629,6 @@ class Supervisor(metaclass=_NoPublicConstructor):
         view = None
         try:
             tokens = self._tokens(handle)
-            view = await self._open_view(handle, tokens, uid, gid)
             if self._cgroups is not None:
                 limits = handle.manifest.limits
                 cgroup = await anyio.to_thread.run_sync(
@@ -632,6 +639,7 @@ class Supervisor(metaclass=_NoPublicConstructor):
                         cpu=limits.cpu,
                     )
                 )
+            view = await self._open_view(handle, tokens, uid, gid, cgroup)
             spec = self._spec(handle, uid, gid, cgroup, tokens=tokens, view=view)
             instance = await Instance.launch(
                 spec, self._zygote, cgroup, broker=self._broker, task_group=self._tg, view=view

@@ -96,8 +96,10 @@ class ViewServer:
         audit: AuditLog,
         landlock: bool,
         timeouts: ViewTimeouts,
+        cgroup_procs: tuple[str, ...] = (),
     ) -> ViewServer:
-        """Fork the server from the zygote and wait until the view is mounted."""
+        """Fork the server from the zygote and wait until the view is mounted; it joins
+        ``cgroup_procs`` first (its container's cpu group)."""
         os.mkdir(mountpoint, mode=0o700)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)  # noqa: FBT003 - the socket API's own positional flag
@@ -106,6 +108,7 @@ class ViewServer:
             view=msgspec.msgpack.encode(view),
             mountpoint=str(mountpoint),
             landlock=landlock,
+            cgroup_procs=cgroup_procs,
         )
         try:
             spawned = await zygote.spawn_view(request, theirs)

@@ -397,6 +397,29 @@ async def test_a_feature_hammering_its_view_does_not_stall_another(tmp_path: Pat
 
 
 @pytest.mark.trio
+async def test_the_view_server_shares_its_containers_cpu_limit(tmp_path: Path) -> None:
+    """Work a feature makes its file-system server do counts against that feature's cpu
+    limit: on cgroup v1 the server joins the container's cpu group (and no other)."""
+    app = _view_app(tmp_path)
+    async with app.open() as sup:
+        with trio.fail_after(20):
+            await sup.call("reader", "read_words")
+        instance = sup.feature("reader").instance
+        assert instance is not None
+        assert instance.view is not None
+        if instance.cgroup is None or not instance.cgroup.cpu_procs_files:
+            pytest.skip("no cgroup v1 cpu hierarchy on this machine")
+        (procs,) = instance.cgroup.cpu_procs_files
+        members = _pids_in(procs)
+        assert instance.view.pid in members
+        assert instance.pid in members
+        others = [p for p in instance.cgroup.paths if str(p) not in procs]
+        for path in others:
+            assert instance.view.pid not in _pids_in(path / "cgroup.procs"), path
+    assert leftovers() == []
+
+
+@pytest.mark.trio
 async def test_a_view_that_cannot_be_built_fails_the_start_with_the_reason(
     tmp_path: Path,
 ) -> None:
@@ -477,6 +500,11 @@ async def test_synced_data_survives_a_supervisor_crash_and_stale_views_are_clean
         with trio.fail_after(20):
             assert await sup.call("reader", "read_words") == "alpha\nbeta\n"
         assert _view_mounts_of(host.pid) == []
+
+
+def _pids_in(procs: str | Path) -> set[int]:
+    with open(procs, encoding="ascii") as f:
+        return {int(pid) for pid in f.read().split()}
 
 
 def _alive(pid: int) -> bool:
