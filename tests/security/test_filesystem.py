@@ -1,9 +1,12 @@
 """THREATS.md "File system and mounts" (items 1-9), attacked from inside real containers.
 
-The container's view is a tmpfs root with read-only binds of the Python runtime, the bundle at
-``/bundle`` and, here, a read-only volume at ``/data``; a private size-limited ``/tmp``; a fresh
-``/proc``; a minimal ``/dev``. Each test runs its attacks in one container and compares what the
-kernel answered (an errno name, or ``ok``) with the failure the defence is meant to produce.
+The container's root is a tmpfs with read-only binds of the Python runtime and the bundle at
+``/bundle``; here, a read-only volume at ``/data`` and ``/capsule/``, both bound from the
+container's own fusefs view; a private size-limited ``/tmp``; a fresh ``/proc``; a minimal
+``/dev``. Each test runs its attacks in one container and compares what the kernel (or the view's
+file-system server) answered (an errno name, or ``ok``) with the failure the defence is meant to
+produce. ``tests/capsule/supervisor/test_views.py`` and ``tests/fusefs/`` attack the views
+themselves.
 """
 
 from __future__ import annotations
