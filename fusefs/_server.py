@@ -16,6 +16,7 @@ import resource
 import signal
 import socket
 import stat
+import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -170,8 +171,12 @@ class _Server:
     async def _probe(self, seq: int) -> None:
         """A lookup through the kernel, from a worker thread: proves requests are served."""
         path = os.path.join(self.mountpoint, "capsule", f".probe-{seq}")
-        with contextlib.suppress(FileNotFoundError):
+        try:
             await trio.to_thread.run_sync(os.stat, path, abandon_on_cancel=True)
+        except FileNotFoundError:
+            pass  # the answer a served lookup of that name gets
+        except OSError:
+            return  # ENOTCONN, ECONNABORTED: not served; the missing reply says so
         self.send(ProbeReply(seq=seq))
 
     async def _flush(self) -> None:
@@ -184,17 +189,11 @@ class _Server:
             expires = self.policy.next_expiry()
             if expires is None:
                 return
-            await trio.sleep_until(trio.current_time() + max(0.0, expires - _now()))
+            await trio.sleep(max(0.0, expires - time.time()))  # wall clock, as token expiry
             closed = self.policy.expired()
             if closed:
                 tokens = tuple(sorted({m.spec.token for m in closed if m.spec.token}))
                 await self._closed(closed, tokens, "expired")
-
-
-def _now() -> float:
-    import time  # noqa: PLC0415 - wall clock, as token expiry is
-
-    return time.time()
 
 
 # -- set-up helpers ----------------------------------------------------------------------
