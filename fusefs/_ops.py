@@ -84,7 +84,6 @@ class ViewOperations(pyfuse3.Operations):
         self._handles: dict[int, _Open] = {}
         self._listings: dict[int, _Listing] = {}
         self._next_fh = 1
-        self.probes = 0
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -208,8 +207,6 @@ class ViewOperations(pyfuse3.Operations):
         name = _name(name)
         if parent.kind is not Kind.BACKING:
             self.policy.caller(ctx.uid, "lookup", self._where(parent), None)
-            if name.startswith(b".probe-"):
-                self.probes += 1
             child = self.nodes[parent.children.get(name, -1)]
             child.lookups += 1
             return self._attrs(child)
