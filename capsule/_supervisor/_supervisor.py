@@ -104,6 +104,8 @@ class FeatureStatistics:
     oom_kills: int
     pids_current: int | None
     cpu_usage_ns: int | None
+    files_allowed: int = 0  # file operations its view's server allowed (reported each second)
+    files_denied: int = 0  # and refused
 
 
 @final
@@ -229,6 +231,7 @@ class FeatureHandle(metaclass=_NoPublicConstructor):
     def statistics(self) -> FeatureStatistics:
         instance = self.instance
         stats = None if instance is None else instance.statistics()
+        view = None if instance is None else instance.view
         running = instance is not None and not instance.ended.is_set()
         return FeatureStatistics(
             name=self.name,
@@ -248,6 +251,8 @@ class FeatureHandle(metaclass=_NoPublicConstructor):
             oom_kills=0 if stats is None else stats.oom_kills,
             pids_current=None if stats is None else stats.pids_current,
             cpu_usage_ns=None if stats is None else stats.cpu_usage_ns,
+            files_allowed=0 if view is None else view.allowed,
+            files_denied=0 if view is None else view.denied,
         )
 
 

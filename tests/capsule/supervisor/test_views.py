@@ -230,6 +230,14 @@ async def test_each_kind_of_mount_behaves_as_granted(tmp_path: Path) -> None:
         with trio.fail_after(30):
             seen = await sup.call("writer", "tour", 41)
             token = _fs_token(sup, "writer")
+            await wait_until(
+                lambda: sup.feature("writer").statistics().files_denied >= 2,
+                "the two refused writes are counted",
+            )
+            await wait_until(
+                lambda: sup.feature("writer").statistics().files_allowed > 0,
+                "the allowed file operations are counted (once a second)",
+            )
             assert await sup.call("reader", "read_words") == "alpha\nbeta\n"
             await sup.restart("writer")
             assert await sup.call("writer", "read_state") == "41"
