@@ -21,8 +21,41 @@ def _attrs(**values: str) -> str:
     return "[" + ", ".join(f"{name}={_quote(value)}" for name, value in values.items()) + "]"
 
 
+def _storage_and_network_nodes(report: CheckReport) -> list[str]:
+    """The nodes of volumes, private storage and network destinations that grants name."""
+    volumes: dict[str, None] = {}
+    private: dict[str, None] = {}
+    destinations: dict[str, None] = {}
+    for feature, grant in report.grants.items():
+        for mount in grant.mounts:
+            if mount.storage == "private":
+                private.setdefault(feature)
+            else:
+                volumes.setdefault(mount.volume.partition("/")[0])
+        for cap in grant.capabilities:
+            if cap.kind == "net":
+                destinations.setdefault(cap.target)
+    lines: list[str] = []
+    if volumes:
+        lines += ["", "    // volumes (host directories)"]
+    for volume in volumes:
+        attrs = _attrs(label=f"volume {volume}", shape="cylinder")
+        lines.append(f"    {_quote('volume:' + volume)} {attrs};")
+    if private:
+        lines += ["", "    // private storage (one per feature, no volume)"]
+    for feature in private:
+        attrs = _attrs(label=f"{feature}'s\nprivate storage", shape="folder")
+        lines.append(f"    {_quote('private:' + feature)} {attrs};")
+    if destinations:
+        lines += ["", "    // network destinations"]
+    for target in destinations:
+        lines.append(f"    {_quote('net:' + target)} {_attrs(label=target, shape='diamond')};")
+    return lines
+
+
 def render_dot(report: CheckReport) -> str:
-    """The whole graph; node ids are ``feature:NAME``, ``volume:NAME`` and ``net:HOST:PORT``."""
+    """The whole graph; node ids are ``feature:NAME``, ``volume:NAME``, ``private:FEATURE``
+    and ``net:HOST:PORT``."""
     name = report.app.name if report.app is not None else report.root.name
     graph = _attrs(rankdir="LR", fontname="Helvetica", labelloc="t", label=f"app {name}")
     lines = [
@@ -38,24 +71,7 @@ def render_dot(report: CheckReport) -> str:
         manifest = report.features[feature]
         attrs = _attrs(label=f"{feature}\n{manifest.version}", shape="box", style="rounded")
         lines.append(f"    {_quote('feature:' + feature)} {attrs};")
-    volumes: dict[str, None] = {}
-    destinations: dict[str, None] = {}
-    for grant in report.grants.values():
-        for mount in grant.mounts:
-            if mount.storage != "private":
-                volumes.setdefault(mount.volume.partition("/")[0])
-        for cap in grant.capabilities:
-            if cap.kind == "net":
-                destinations.setdefault(cap.target)
-    if volumes:
-        lines += ["", "    // volumes (host directories)"]
-    for volume in volumes:
-        attrs = _attrs(label=f"volume {volume}", shape="cylinder")
-        lines.append(f"    {_quote('volume:' + volume)} {attrs};")
-    if destinations:
-        lines += ["", "    // network destinations"]
-    for target in destinations:
-        lines.append(f"    {_quote('net:' + target)} {_attrs(label=target, shape='diamond')};")
+    lines += _storage_and_network_nodes(report)
     lines += ["", "    // requires: start order dependencies"]
     for feature in ordered:
         for dep in report.features[feature].requires:
@@ -76,15 +92,16 @@ def render_dot(report: CheckReport) -> str:
     for feature, grant in report.grants.items():
         source = _quote("feature:" + feature)
         for mount in grant.mounts:
-            if mount.storage == "private":
-                continue  # the feature's own storage: no edge to a shared volume
             label = f"{'cow' if mount.storage == 'cow' else mount.mode} {mount.view}"
             _, _, sub = mount.volume.partition("/")
             if sub:
                 label += f"\n({sub}/)"
             if mount.quota is not None:
                 label += f"\nquota {format_size(mount.quota)}"
-            target = _quote("volume:" + mount.volume.partition("/")[0])
+            if mount.storage == "private":
+                target = _quote("private:" + feature)
+            else:
+                target = _quote("volume:" + mount.volume.partition("/")[0])
             style = "bold" if mount.mode == "rw" else "solid"
             lines.append(f"    {source} -> {target} {_attrs(label=label, style=style)};")
         for cap in grant.capabilities:

@@ -39,7 +39,7 @@ def test_check_notes_is_clean() -> None:
     assert "provides services check; topics spell.checked\n" in out
     assert re.search(r"fs:read:/data/words/ +<- volume words \(ro\)\n", out)
     assert re.search(
-        r"fs:read,write:/state/\?bytes=16777216 +<- volume dictionary-state \(rw, quota 16MiB\)",
+        r"fs:read,write:/state/\?bytes=16777216 +<- private storage \(rw, quota 16MiB\)",
         out,
     )
     assert re.search(r"fs:read:/notes/ +<- volume notes/public \(ro\)\n", out)
@@ -202,7 +202,7 @@ def test_graph_notes_is_valid_dot() -> None:
         "volume:words",
         "volume:notes",
         "volume:exports",
-        "volume:dictionary-state",
+        "private:dictionary",
         "net:127.0.0.1:8765",
     }
     for source, target, _ in edges:
@@ -227,7 +227,7 @@ def test_graph_notes_is_valid_dot() -> None:
     assert labelled("feature:spellcheck", "feature:exporter") == {"spell.checked"}
     assert labelled("feature:spellcheck", "volume:words") == {"ro /data/words"}
     assert labelled("feature:plugin", "volume:notes") == {"ro /notes\\n(public/)"}
-    assert labelled("feature:dictionary", "volume:dictionary-state") == {"rw /state\\nquota 16MiB"}
+    assert labelled("feature:dictionary", "private:dictionary") == {"rw /state\\nquota 16MiB"}
     assert labelled("feature:exporter", "net:127.0.0.1:8765") == {"connect"}
     assert not labelled("feature:plugin", "net:127.0.0.1:8765")
 
@@ -256,7 +256,7 @@ def test_graph_of_a_broken_app_draws_what_checks_cleanly() -> None:
 
 def test_check_shows_how_each_view_is_backed(tmp_path: Path) -> None:
     """Private storage and copy-on-write views are named as such, with their limits, in the
-    text report, the JSON and the graph (private storage draws no volume)."""
+    text report, the JSON and the graph (private storage is a node of its own)."""
     root = make_app(
         tmp_path,
         {
@@ -283,4 +283,4 @@ def test_check_shows_how_each_view_is_backed(tmp_path: Path) -> None:
     assert mounts["/draft"]["storage"] == "cow"
     graph = capsule("graph", str(root)).stdout
     assert "cow /draft" in graph
-    assert "/cache" not in graph
+    assert '"feature:a" -> "private:a"' in graph

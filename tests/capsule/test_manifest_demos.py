@@ -44,7 +44,9 @@ def test_notes_is_clean() -> None:
     app = load_app("demos/notes")
     assert app.manifest.name == "notes"
     assert app.start_order == ("dictionary", "spellcheck", "exporter", "editor", "plugin")
-    assert set(app.volumes) == {"words", "notes", "exports", "dictionary-state"}
+    assert set(app.volumes) == {"words", "notes", "exports"}
+    (state,) = app.grants["dictionary"].mounts
+    assert (state.view, state.storage, state.quota) == ("/state", "private", 16 << 20)
 
 
 @pytest.mark.usefixtures("in_repo")

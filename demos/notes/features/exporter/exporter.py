@@ -1,11 +1,13 @@
-"""Exports notes as Markdown files and tells a local webhook about each export.
+"""Exports notes as Markdown files and uploads each export to a local webhook.
 
-Its view holds the exports volume at /exports; its only network destination is
-the webhook at 127.0.0.1:8765, reached through ``ctx.connect``.
+Its view holds the exports volume at /exports; its only network destination is the
+webhook at 127.0.0.1:8765, reached through ``ctx.connect`` (the supervisor opens the
+connection and hands it over: the container has no network of its own).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import PurePosixPath
 from typing import Any
@@ -40,16 +42,28 @@ async def export(ctx: Any, request: dict[str, Any]) -> dict[str, Any]:
     footer = f"\n<!-- unknown words: {', '.join(unknown)} -->\n" if unknown else ""
     body = header + str(request["text"]) + footer
     await (EXPORTS / name).write_text(body, encoding="utf-8")
-    notified = await _notify(ctx, name)
-    return {"path": f"/exports/{name}", "bytes": len(body.encode()), "notified": notified}
+    status = await _upload(ctx, name, body.encode())
+    return {"path": f"/exports/{name}", "bytes": len(body.encode()), "uploaded": status}
 
 
-async def _notify(ctx: Any, name: str) -> bool:
-    """Tell the webhook; an absent listener is fine (the export itself succeeded)."""
+async def _upload(ctx: Any, name: str, data: bytes) -> int | None:
+    """POST the export to the webhook; its HTTP status, or None when nobody listens (the
+    export itself is on disk either way)."""
+    host, port = WEBHOOK
+    head = (
+        f"POST /exports/{name} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: text/markdown\r\nContent-Length: {len(data)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
     try:
-        stream = await ctx.connect(*WEBHOOK)
-    except ConnectionError:
-        return False
+        stream = await ctx.connect(host, port)
+    except OSError:
+        return None
+    response = b""
     async with stream:
-        await stream.send_all(json.dumps({"exported": name}).encode() + b"\n")
-    return True
+        await stream.send_all(head.encode() + data)
+        with anyio.fail_after(5), contextlib.suppress(anyio.EndOfStream):
+            while b"\r\n" not in response:
+                response += await stream.receive(4096)
+    status = response.split(b" ", 2)[1:2]
+    return int(status[0]) if status and status[0].isdigit() else None
