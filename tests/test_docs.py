@@ -87,3 +87,20 @@ def test_documented_python_runs(path: Path, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, f"{path.relative_to(ROOT)}:\n{result.stderr}"
+
+
+_FILE_BLOCK = re.compile(r"^<!-- file: (\S+) -->\n```[a-z]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+def test_files_shown_in_the_docs_match_the_repository() -> None:
+    """A block marked ``<!-- file: PATH -->`` shows that file of the repository, exactly."""
+    shown = [
+        (page, name, text)
+        for page in DOCS
+        for name, text in _FILE_BLOCK.findall(page.read_text("utf-8"))
+    ]
+    assert len(shown) >= 4, "the tutorial shows its files"
+    for page, name, text in shown:
+        assert (ROOT / name).read_text("utf-8") == text, (
+            f"{page.relative_to(ROOT)} shows {name} differently from the repository"
+        )
