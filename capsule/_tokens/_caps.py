@@ -42,6 +42,7 @@ __all__ = [
     "format_actions",
     "is_subset",
     "narrowed",
+    "net_target",
     "parse_capability",
     "target_covers",
 ]
@@ -271,6 +272,28 @@ def _check_net_target(target: str, fail: _Fail) -> str:
     if labels[-1].isdigit():
         raise fail(f"{host!r} looks like a numeric address but is not a dotted quad")
     return f"{name}:{port}"
+
+
+def net_target(host: str, port: int) -> str:
+    """The canonical target a connection to (``host``, ``port``) is granted by, e.g.
+    ``example.org:443``, ``127.0.0.1:80`` or ``[::1]:80``.
+
+    Applies the rules of a capability's net target: names are lower-cased (and lose a
+    trailing dot), IPv6 literals are compressed (brackets optional), and every other
+    spelling of an address is refused with ConfigError: decimal, octal, hex or short IPv4
+    forms, IPv4-mapped IPv6 addresses, zone ids, and anything but ASCII.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"port {port!r}: expected a whole number from 1 to 65535")
+    if not isinstance(host, str) or not host or "?" in host or "%" in host:
+        raise ConfigError(f"host {host!r}: expected a host name or an IP address")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"host {host!r}: {message}")
+
+    return _check_net_target(f"{host}:{port}", fail)
 
 
 def _name_covers(pattern: str, name: str) -> bool:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from capsule._tokens._caps import net_target
 from capsule.errors import ConfigError
 from capsule.tokens import (
     Action,
@@ -83,6 +84,46 @@ def test_invalid_capabilities_say_what_is_wrong(text: str, fragment: str) -> Non
     assert fragment in str(info.value)
     assert info.value.path == "capsule.toml"
     assert info.value.key == "access.call[0]"
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "target"),
+    [
+        ("127.0.0.1", 80, "127.0.0.1:80"),
+        ("LocalHost.", 8080, "localhost:8080"),
+        ("::1", 443, "[::1]:443"),
+        ("[::1]", 443, "[::1]:443"),
+        ("0:0::1", 443, "[::1]:443"),
+    ],
+)
+def test_a_destination_is_named_by_its_canonical_target(host: str, port: int, target: str) -> None:
+    assert net_target(host, port) == target
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "fragment"),
+    [
+        ("2130706433", 80, "not a dotted-quad"),
+        ("0177.0.0.1", 80, "not a dotted-quad"),
+        ("127.1", 80, "not a dotted-quad"),
+        ("127.0.0.1.", 80, "not a dotted-quad"),
+        ("0x7f.0.0.1", 80, "looks like a numeric address"),
+        ("::ffff:127.0.0.1", 80, "as 127.0.0.1"),
+        ("fe80::1%eth0", 80, "expected a host name or an IP address"),
+        ("a.org?conns=9", 80, "expected a host name or an IP address"),
+        ("", 80, "expected a host name or an IP address"),
+        ("exämple.org", 80, "ASCII only"),
+        ("127.0.0.1", 0, "from 1 to 65535"),
+        ("127.0.0.1", 65536, "from 1 to 65535"),
+        ("127.0.0.1", True, "from 1 to 65535"),
+    ],
+)
+def test_alternate_spellings_of_a_destination_are_refused(
+    host: str, port: int, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        net_target(host, port)
+    assert fragment in str(info.value)
 
 
 @pytest.mark.parametrize(
