@@ -9,7 +9,8 @@ The mapping, the same on both sides::
     publish = ["spell.*"]             -> icc:publish:spell.*
     subscribe = ["editor.changed"]    -> icc:subscribe:editor.changed
     fs = [{ path = "/data", mode = "ro" }]   -> fs:read:/data/   (rw: fs:read,write:/data/)
-    net = ["127.0.0.1:8080"]          -> net:connect:127.0.0.1:8080
+    net = ["127.0.0.1:8080"]          -> net:connect:127.0.0.1:8080   ("?conns=N" caps it)
+    listen = ["127.0.0.1:8080"]       -> net:listen:127.0.0.1:8080
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ __all__ = [
     "view_path",
 ]
 
-ACCESS_KEYS: Final = ("call", "publish", "subscribe", "fs", "net")
+ACCESS_KEYS: Final = ("call", "publish", "subscribe", "fs", "net", "listen")
 VOLUME_NAME: Final = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _MODES: Final[tuple[Mode, ...]] = ("ro", "rw")
 #: the modes an app may approve: a feature asks for ro or rw; the app also chooses how a
@@ -125,6 +126,7 @@ def _icc_and_net(table: Table) -> dict[str, list[tuple[KeyPath, Capability]]]:
         "publish": _names(table, "publish", "icc", "publish"),
         "subscribe": _names(table, "subscribe", "icc", "subscribe"),
         "net": _names(table, "net", "net", "connect"),
+        "listen": _names(table, "listen", "net", "listen"),
     }
 
 
@@ -182,7 +184,9 @@ def read_access(table: Table | None) -> tuple[Access, tuple[Request, ...]]:
             Request(key=entry.key, text=text, capability=request.capability, fs=request)
         )
     requests += [
-        Request(key=key, text=f'net "{cap.target}"', capability=cap) for key, cap in icc["net"]
+        Request(key=key, text=f'{name} "{cap.target}"', capability=cap)
+        for name in ("net", "listen")
+        for key, cap in icc[name]
     ]
     access = Access(
         call=tuple(cap.target for _, cap in icc["call"]),
@@ -190,6 +194,7 @@ def read_access(table: Table | None) -> tuple[Access, tuple[Request, ...]]:
         subscribe=tuple(cap.target for _, cap in icc["subscribe"]),
         fs=tuple(fs),
         net=tuple(cap.target for _, cap in icc["net"]),
+        listen=tuple(cap.target for _, cap in icc["listen"]),
     )
     return access, tuple(requests)
 
@@ -272,5 +277,6 @@ def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
         subscribe=tuple(cap.target for _, cap in icc["subscribe"]),
         fs=tuple(fs),
         net=tuple(cap.target for _, cap in icc["net"]),
+        listen=tuple(cap.target for _, cap in icc["listen"]),
     )
     return policy, tuple(approvals)

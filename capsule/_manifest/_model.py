@@ -74,6 +74,7 @@ class Access(msgspec.Struct, frozen=True, kw_only=True):
     subscribe: tuple[str, ...] = ()
     fs: tuple[FsRequest, ...] = ()
     net: tuple[str, ...] = ()
+    listen: tuple[str, ...] = ()
 
     def capabilities(self) -> tuple[Capability, ...]:
         """Each request as the capability it maps to, in the order of the keys above."""
@@ -82,6 +83,7 @@ class Access(msgspec.Struct, frozen=True, kw_only=True):
         caps += [parse_capability(f"icc:subscribe:{t}") for t in self.subscribe]
         caps += [request.capability for request in self.fs]
         caps += [parse_capability(f"net:connect:{t}") for t in self.net]
+        caps += [parse_capability(f"net:listen:{t}") for t in self.listen]
         return tuple(caps)
 
 
@@ -170,6 +172,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     subscribe: tuple[str, ...] = ()
     fs: tuple[FsApproval, ...] = ()
     net: tuple[str, ...] = ()
+    listen: tuple[str, ...] = ()
 
 
 @final

@@ -52,6 +52,27 @@ def test_requests_are_granted_when_one_approval_covers_each(tmp_path: Path) -> N
     ]
 
 
+def test_listen_requests_are_net_listen_capabilities(tmp_path: Path) -> None:
+    root = make_app(
+        tmp_path,
+        {"a": '[access]\nlisten = ["127.0.0.1:8080"]\nnet = ["[::1]:80?conns=2"]\n'},
+        '[policy.a]\nlisten = ["127.0.0.1:8080"]\nnet = ["[::1]:80?conns=4"]\n',
+    )
+    assert check_app(root).problems == ()
+    assert caps(root, "a") == ["net:connect:[::1]:80?conns=2", "net:listen:127.0.0.1:8080"]
+
+
+def test_a_listen_request_needs_a_listen_approval(tmp_path: Path) -> None:
+    root = make_app(
+        tmp_path,
+        {"a": '[access]\nlisten = ["127.0.0.1:8080"]\n'},
+        '[policy.a]\nnet = ["127.0.0.1:8080"]\n',
+    )
+    problem = only(check_app(root))
+    assert problem.key == "access.listen[0]"
+    assert "approves only net:connect:127.0.0.1:8080" in problem.message
+
+
 def test_approvals_nobody_requested_are_not_granted(tmp_path: Path) -> None:
     root = make_app(
         tmp_path,
