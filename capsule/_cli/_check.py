@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, app_dir_problem
 from capsule._cli._dot import render_dot
 from capsule._manifest import CheckReport, FeatureManifest, Problem, check_app
 from capsule._units import format_duration, format_size
@@ -49,24 +49,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     graph.set_defaults(handler=_graph)
 
 
-def _usage_problem(command: str, app: str) -> bool:
-    """Print one line and return True when ``app`` is not an app directory."""
-    path = Path(app)
-    if not path.is_dir():
-        reason = "does not exist" if not path.exists() else "is not a directory"
-    elif not (path / "app.toml").is_file():
-        reason = "has no app.toml"
-    else:
-        return False
-    print(
-        f"capsule {command}: error: {app} {reason} (APP is an app directory with app.toml)",
-        file=sys.stderr,
-    )
-    return True
-
-
 def _check(args: argparse.Namespace) -> int:
-    if _usage_problem("check", args.app):
+    if app_dir_problem("check", args.app):
         return EXIT_USAGE
     report = check_app(args.app)
     failed = bool(report.errors) or (args.strict and bool(report.warnings))
@@ -78,7 +62,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _graph(args: argparse.Namespace) -> int:
-    if _usage_problem("graph", args.app):
+    if app_dir_problem("graph", args.app):
         return EXIT_USAGE
     report = check_app(args.app)
     print(render_dot(report), end="")

@@ -1,4 +1,4 @@
-"""Shared pieces of the command line: exit codes and the parser class.
+"""Shared pieces of the command line: exit codes, the parser class, argument checks.
 
 Must not import subcommands.
 """
@@ -6,9 +6,19 @@ Must not import subcommands.
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+from pathlib import Path
 from typing import Final, NoReturn
 
-__all__ = ["EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "Parser"]
+__all__ = [
+    "EXIT_OK",
+    "EXIT_PROBLEMS",
+    "EXIT_USAGE",
+    "Parser",
+    "app_dir_problem",
+    "positive_seconds",
+]
 
 EXIT_OK: Final = 0
 EXIT_PROBLEMS: Final = 1
@@ -20,3 +30,30 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+    return value
+
+
+def app_dir_problem(command: str, app: str) -> bool:
+    """Print one line and return True when ``app`` is not an app directory."""
+    path = Path(app)
+    if not path.is_dir():
+        reason = "does not exist" if not path.exists() else "is not a directory"
+    elif not (path / "app.toml").is_file():
+        reason = "has no app.toml"
+    else:
+        return False
+    print(
+        f"capsule {command}: error: {app} {reason} (APP is an app directory with app.toml)",
+        file=sys.stderr,
+    )
+    return True
