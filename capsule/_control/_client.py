@@ -1,0 +1,151 @@
+"""A blocking client of a running app's control socket, for the command line.
+
+Must not hold logic of its own: it frames requests with the run's admin secret, reads
+one response each, and raises the app's failures as ControlError.
+"""
+
+from __future__ import annotations
+
+import socket
+from types import TracebackType
+from typing import Final, TypeVar, final
+
+from capsule._control._errors import ControlError, ControlRefusedError
+from capsule._control._protocol import (
+    HEADER,
+    MAX_REQUEST,
+    MAX_RESPONSE,
+    Call,
+    Done,
+    Failure,
+    Request,
+    Response,
+    Restart,
+    Result,
+    Snapshot,
+    Start,
+    Status,
+    Stop,
+    decode_response,
+    encode,
+    frame_size,
+)
+from capsule._control._runs import RunningApp, read_secret
+from capsule.errors import ProtocolError
+
+__all__ = ["ControlClient"]
+
+_TIMEOUT: Final = 10.0
+"""Seconds to wait for a status answer (or to connect)."""
+_LIFECYCLE: Final = 300.0
+"""Seconds to wait for a start, stop or restart: the app's own timeouts end it sooner."""
+_SLACK: Final = 10.0
+"""Seconds past a call's own deadline before the client gives up on the answer."""
+
+_R = TypeVar("_R", Snapshot, Result, Done)
+
+
+@final
+class ControlClient:
+    """One connection to the control socket of ``app``: ``with ControlClient(app) as c:``.
+
+    ``secret`` overrides the admin secret read from the run's 0600 file (tests use it).
+    """
+
+    def __init__(self, app: RunningApp, *, secret: str | None = None) -> None:
+        self.app = app
+        self._secret = read_secret(app) if secret is None else secret
+        self._sock: socket.socket | None = None
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(_TIMEOUT)
+            try:
+                sock.connect(str(self.app.socket))
+            except OSError as exc:
+                sock.close()
+                raise ControlError(
+                    f"{self.app.describe()} does not answer on {self.app.socket}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            self._sock = sock
+        return self._sock
+
+    def _receive(self, sock: socket.socket, size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            chunk = sock.recv(min(size - len(data), 1 << 16))
+            if not chunk:
+                self.close()
+                raise ControlError(f"{self.app.describe()} closed the control connection")
+            data += chunk
+        return bytes(data)
+
+    def request(self, message: Request, *, timeout: float = _TIMEOUT) -> Response:
+        """Send ``message`` and return the response; a Failure raises ControlError."""
+        sock = self._connect()
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(encode(message, limit=MAX_REQUEST))
+            size = frame_size(self._receive(sock, HEADER), limit=MAX_RESPONSE)
+            response = decode_response(self._receive(sock, size))
+        except (TimeoutError, ProtocolError, OSError) as exc:
+            self.close()
+            if isinstance(exc, ControlError):
+                raise
+            what = "did not answer in time" if isinstance(exc, TimeoutError) else str(exc)
+            raise ControlError(f"{self.app.describe()}: {what}") from None
+        if isinstance(response, Failure):
+            if response.kind == "refused":
+                self.close()
+                raise ControlRefusedError(
+                    f"{self.app.describe()} refused the request: {response.message}",
+                    kind=response.kind,
+                )
+            raise ControlError(response.message, kind=response.kind)
+        return response
+
+    def _expect(self, response: Response, kind: type[_R]) -> _R:
+        if isinstance(response, kind):
+            return response
+        self.close()
+        raise ControlError(
+            f"{self.app.describe()} answered {type(response).__name__}, not {kind.__name__}"
+        )
+
+    def status(self) -> Snapshot:
+        return self._expect(self.request(Status(token=self._secret)), Snapshot)
+
+    def call(self, feature: str, service: str, payload: str, *, timeout: float) -> str:
+        """Call ``feature.service`` with ``payload`` (JSON text); returns the reply as JSON text."""
+        message = Call(
+            token=self._secret, feature=feature, service=service, payload=payload, timeout=timeout
+        )
+        return self._expect(self.request(message, timeout=timeout + _SLACK), Result).json
+
+    def lifecycle(self, action: str, feature: str) -> Done:
+        """``start``, ``stop`` or ``restart`` a feature; returns its state afterwards."""
+        kinds: dict[str, type[Start | Stop | Restart]] = {
+            "start": Start,
+            "stop": Stop,
+            "restart": Restart,
+        }
+        message = kinds[action](token=self._secret, feature=feature)
+        return self._expect(self.request(message, timeout=_LIFECYCLE), Done)

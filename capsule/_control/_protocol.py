@@ -1,0 +1,200 @@
+"""The control protocol between the ``capsule`` command line and a running app.
+
+Data and framing only: a closed set of msgspec structs in length-prefixed msgpack
+frames whose size is checked before a byte of the body is decoded. No sockets, no
+policy, and nothing received is ever unpickled or evaluated.
+
+Every request carries the run's admin secret (``token``); the server answers each
+request with exactly one response: ``Snapshot`` (to ``Status``), ``Result`` (to
+``Call``), ``Done`` (to ``Start``, ``Stop`` and ``Restart``) or ``Failure``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, TypeAlias
+
+import msgspec
+
+from capsule.errors import ProtocolError
+
+__all__ = [
+    "HEADER",
+    "MAX_REQUEST",
+    "MAX_RESPONSE",
+    "Call",
+    "Done",
+    "Failure",
+    "FeatureRow",
+    "Request",
+    "Response",
+    "Restart",
+    "Result",
+    "Snapshot",
+    "Start",
+    "Status",
+    "Stop",
+    "decode_request",
+    "decode_response",
+    "encode",
+    "frame_size",
+]
+
+HEADER: Final = 4
+"""Bytes of the big-endian length that precedes each frame's body."""
+MAX_REQUEST: Final = 1 << 20
+"""The largest request body a server reads (a call's JSON payload must fit)."""
+MAX_RESPONSE: Final = 16 << 20
+"""The largest response body a client reads (a call's JSON reply must fit)."""
+
+Secret = Annotated[str, msgspec.Meta(max_length=128)]
+Name = Annotated[str, msgspec.Meta(max_length=256)]
+JsonText = Annotated[str, msgspec.Meta(max_length=MAX_REQUEST)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=24 * 3600)]
+
+
+class _Request(msgspec.Struct, frozen=True, tag_field="t", forbid_unknown_fields=True):
+    token: Secret
+
+
+class Status(_Request, frozen=True, tag="status"):
+    """Ask for a Snapshot of the app and its features."""
+
+
+class Call(_Request, frozen=True, tag="call"):
+    """Call ``service`` of ``feature`` with host authority; ``payload`` is JSON text."""
+
+    feature: Name
+    service: Name
+    payload: JsonText = "null"
+    timeout: Seconds | None = None
+
+
+class Start(_Request, frozen=True, tag="start"):
+    """Start a stopped feature and wait until it is ready."""
+
+    feature: Name
+
+
+class Stop(_Request, frozen=True, tag="stop"):
+    """Stop a feature; it stays stopped until started or restarted."""
+
+    feature: Name
+
+
+class Restart(_Request, frozen=True, tag="restart"):
+    """Stop and start a feature again (not counted against its restart limit)."""
+
+    feature: Name
+
+
+Request: TypeAlias = Status | Call | Start | Stop | Restart
+
+
+class FeatureRow(msgspec.Struct, frozen=True):
+    """One feature's statistics, as ``capsule.FeatureStatistics`` has them."""
+
+    name: str
+    version: str
+    state: str
+    pid: int | None
+    restarts: int
+    calls_total: int
+    calls_in_flight: int
+    messages: int
+    denied: int
+    events_dropped: int
+    uptime: float | None
+    last_exit: str | None
+    memory_current: int | None
+    memory_limit: int | None
+    oom_kills: int
+    pids_current: int | None
+    cpu_usage_ns: int | None
+    files_allowed: int = 0
+    files_denied: int = 0
+
+
+class _Response(msgspec.Struct, frozen=True, tag_field="t"):
+    pass
+
+
+class Snapshot(_Response, frozen=True, tag="snapshot"):
+    """The app as its supervisor sees it; ``clock`` is a monotonic time for rates."""
+
+    app: str
+    run: str
+    pid: int
+    started: float
+    uptime: float
+    clock: float
+    isolation: str
+    cgroups: str
+    audit_path: str | None
+    containers_started: int
+    restarts: int
+    quarantined: list[str]
+    calls_routed: int
+    events_published: int
+    allowed: int
+    denied: int
+    features: list[FeatureRow]
+
+
+class Result(_Response, frozen=True, tag="result"):
+    """A call's reply, as JSON text."""
+
+    json: str
+
+
+class Done(_Response, frozen=True, tag="done"):
+    """A start, stop or restart finished; ``state`` is the feature's state now."""
+
+    feature: str
+    state: str
+
+
+class Failure(_Response, frozen=True, tag="failure"):
+    """The request failed: ``kind`` names the error (``FeatureUnavailableError``,
+    ``RemoteError``, ``refused`` for a wrong admin secret, ...)."""
+
+    kind: str
+    message: str
+
+
+Response: TypeAlias = Snapshot | Result | Done | Failure
+
+_encoder = msgspec.msgpack.Encoder()
+_requests = msgspec.msgpack.Decoder(Request)
+_responses = msgspec.msgpack.Decoder(Response)
+
+
+def encode(message: _Request | _Response, *, limit: int) -> bytes:
+    """One frame: the body's length, then the body; ProtocolError past ``limit`` bytes."""
+    body = _encoder.encode(message)
+    if len(body) > limit:
+        raise ProtocolError(f"message of {len(body)} bytes exceeds the {limit}-byte limit")
+    return len(body).to_bytes(HEADER, "big") + body
+
+
+def frame_size(header: bytes, *, limit: int) -> int:
+    """The body size a frame header announces; ProtocolError past ``limit``."""
+    size = int.from_bytes(header, "big")
+    if size > limit:
+        raise ProtocolError(f"frame of {size} bytes exceeds the {limit}-byte limit")
+    return size
+
+
+def decode_request(body: bytes) -> Request:
+    """A request; ProtocolError for anything outside the closed set."""
+    try:
+        return _requests.decode(body)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not a control request: {exc}") from None
+
+
+def decode_response(body: bytes) -> Response:
+    """A response; ProtocolError for anything outside the closed set."""
+    try:
+        return _responses.decode(body)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not a control response: {exc}") from None
