@@ -23,7 +23,13 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from capsule._cli import _audit, _check, _doctor, _token  # noqa: PLC0415 - keep `capsule --version` light
+    from capsule._cli import (  # noqa: PLC0415 - keep `capsule --version` light
+        _audit,
+        _check,
+        _doctor,
+        _run,
+        _token,
+    )
 
     parser = Parser(
         prog="capsule",
@@ -31,14 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"capsule {__version__}")
     parser.add_argument(
-        "--debug", action="store_true", help="show full tracebacks instead of one-line errors"
+        "--debug",
+        action="store_true",
+        help="show full tracebacks instead of one-line errors, and debug log lines",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    _audit.register(sub)
+    _run.register(sub)
     _check.register(sub)
-    _doctor.register(sub)
+    _audit.register(sub)
     _token.register(sub)
+    _doctor.register(sub)
     return parser
 
 
