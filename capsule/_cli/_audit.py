@@ -1,4 +1,4 @@
-"""``capsule audit FILE``: show an audit log, filtered, once or as it grows.
+"""``capsule audit [FILE]``: show an audit log, filtered, once or as it grows.
 
 Must not hold logic of its own: the reader parses, this module filters and prints.
 """
@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from capsule._broker._audit_read import AuditEvent, AuditProblem, read_events
-from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS
+from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+from capsule._cli._target import add_app_option, connect
+from capsule._control._errors import ControlError
 
 __all__ = ["as_text", "register", "selected"]
 
@@ -32,11 +34,19 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description=(
             "Print the events of an audit log (one JSON object a line, written by the broker) "
             "one line each: time, decision, feature, capability or event, token id, reason. "
-            "Exit status: 0 ok, 1 a line that is not an audit event or the file cannot be "
-            "read, 2 usage error."
+            "Without FILE, the log of the running app (started with `capsule run`; --app "
+            "chooses one when several run). Exit status: 0 ok, 1 a line that is not an audit "
+            "event, the file cannot be read or no app is running, 2 usage error."
         ),
     )
-    audit.add_argument("file", metavar="FILE", type=Path, help="the audit log (.jsonl)")
+    audit.add_argument(
+        "file",
+        metavar="FILE",
+        type=Path,
+        nargs="?",
+        help="the audit log (.jsonl); default: the running app's",
+    )
+    add_app_option(audit)
     audit.add_argument(
         "--feature", metavar="F", help="only events of feature F (and delegations to F)"
     )
@@ -50,10 +60,23 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     audit.set_defaults(handler=_audit)
 
 
+def _running_log(args: argparse.Namespace) -> Path:
+    """The audit log of the running app ``--app`` selects, as its control socket says."""
+    with connect(args) as client:
+        snapshot = client.status()
+    if snapshot.audit_path is None:
+        raise ControlError(f"app {snapshot.app} (pid {snapshot.pid}) keeps no audit log")
+    return Path(snapshot.audit_path)
+
+
 def _audit(args: argparse.Namespace) -> int:
+    if args.file is not None and args.app is not None:
+        print("capsule audit: error: give FILE or --app, not both", file=sys.stderr)
+        return EXIT_USAGE
+    path = args.file if args.file is not None else _running_log(args)
     problems = 0
     try:
-        for item in read_events(args.file, follow=args.follow):
+        for item in read_events(path, follow=args.follow):
             if isinstance(item, AuditProblem):
                 problems += 1
                 print(

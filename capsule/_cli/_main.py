@@ -25,8 +25,10 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     from capsule._cli import (  # noqa: PLC0415 - keep `capsule --version` light
         _audit,
+        _call,
         _check,
         _doctor,
+        _ps,
         _run,
         _token,
     )
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _run.register(sub)
     _check.register(sub)
+    _ps.register(sub)
+    _call.register(sub)
     _audit.register(sub)
     _token.register(sub)
     _doctor.register(sub)
