@@ -3,12 +3,15 @@
 Moves frames only; no authorization and no routing (the broker does both). A read
 that carries ancillary data (file descriptors, credentials) or a frame that is
 oversized or undecodable raises ProtocolError; a write never blocks the caller.
+Descriptors travel one way only: ``pass_socket`` sends a socket with the first byte of
+the frame that announces it (the network mediator's answers).
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import os
 import socket
 from collections.abc import Callable
@@ -45,6 +48,25 @@ def _close_passed_fds(ancillary: list[tuple[int, int, bytes]]) -> int:
                     os.close(fd)
                 count += 1
     return count
+
+
+@final
+class _Passing:
+    """A frame to write with a socket attached (SCM_RIGHTS on its first byte).
+
+    ``fallback`` is written instead when the kernel refuses to pass the socket.
+    """
+
+    __slots__ = ("fallback", "frame", "sock")
+
+    def __init__(self, frame: bytes, sock: socket.socket, fallback: bytes) -> None:
+        self.frame = frame
+        self.sock = sock
+        self.fallback = fallback
+
+
+#: errors of a sendmsg that refuse the descriptor but leave the channel usable
+_UNPASSABLE: Final = frozenset({errno.ETOOMANYREFS, errno.ENOBUFS, errno.ENOMEM, errno.EMFILE})
 
 
 @final
@@ -99,8 +121,9 @@ class Connection:
         self._dirty = False
         self._blocked = False
         self._frames: FrameBuffer[FromContainer] = FrameBuffer(FromContainer)
-        self._out: list[bytes] = []
+        self._out: list[bytes | _Passing] = []
         self._out_bytes = 0
+        self._passing = 0  # _Passing entries in _out
         self._wake = anyio.Event()
         self.closed = False
         self.overrun = False
@@ -130,29 +153,120 @@ class Connection:
             self._outbox.mark(self)
         return True
 
+    def pass_socket(self, frame: bytes, sock: socket.socket, fallback: bytes) -> bool:
+        """Queue ``frame`` with ``sock`` attached; the socket is ours from now on (closed
+        once the kernel holds it, or if it cannot be sent). False when it was not queued."""
+        if self.closed or self._out_bytes > HARD_LIMIT:
+            sock.close()
+            if not self.closed and not self.overrun:  # as put() does: it is not reading
+                self.overrun = True
+                if self.on_overrun is not None:
+                    self.on_overrun()
+            return False
+        self._out.append(_Passing(frame, sock, fallback))
+        self._out_bytes += len(frame)
+        self._passing += 1
+        if not self._dirty and not self._blocked:
+            self._dirty = True
+            self._outbox.mark(self)
+        return True
+
     def push(self) -> None:
         """Write what is queued without waiting; the writer task takes over a full socket."""
         self._dirty = False
         if self._blocked or self.closed or not self._out:
             return
-        out = self._out
+        if self._passing:
+            self._push_passing()
+            return
+        out: list[bytes] = self._out  # type: ignore[assignment] # no _Passing among them
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.closed = True
-            self._out_bytes = 0
+        sent = self._send(data)
+        if sent < 0:
             return
         if sent < len(data):
             out.append(data[sent:])
             self._out_bytes = len(data) - sent
-            self._blocked = True
-            self._wake.set()
+            self._block()
         else:
             self._out_bytes = 0
+
+    def _send(self, data: bytes, sock: socket.socket | None = None) -> int:
+        """Bytes of ``data`` written (with ``sock`` attached), 0 when the channel is full, -1
+        when it failed (then closed). A socket the kernel refuses to pass raises OSError."""
+        try:
+            if sock is None:
+                return self.sock.send(data)
+            rights = array.array("i", [sock.fileno()]).tobytes()
+            return self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            if sock is not None and exc.errno in _UNPASSABLE:
+                raise
+            self._fail()
+            return -1
+
+    def _block(self) -> None:
+        self._blocked = True
+        self._wake.set()
+
+    def _push_passing(self) -> None:
+        """``push`` with sockets queued: runs of frames in one send, each socket with its frame."""
+        out = self._out
+        while out:
+            head = out[0]
+            if isinstance(head, _Passing):
+                try:
+                    sent = self._send(head.frame, head.sock)
+                except OSError:  # the kernel would not pass it: say so instead
+                    head.sock.close()
+                    self._passing -= 1
+                    self._out_bytes += len(head.fallback) - len(head.frame)
+                    out[0] = head.fallback
+                    continue
+                if sent < 0:
+                    return
+                if sent == 0:
+                    self._block()
+                    return
+                head.sock.close()  # the kernel holds it now, in flight to the container
+                self._passing -= 1
+                self._out_bytes -= len(head.frame)
+                if sent < len(head.frame):
+                    out[0] = head.frame[sent:]
+                    self._out_bytes += len(head.frame) - sent
+                    self._block()
+                    return
+                del out[0]
+                continue
+            run = 1
+            while run < len(out) and not isinstance(out[run], _Passing):
+                run += 1
+            chunk: list[bytes] = out[:run]  # type: ignore[assignment] # stopped at a _Passing
+            data = chunk[0] if run == 1 else b"".join(chunk)
+            sent = self._send(data)
+            if sent < 0:
+                return
+            self._out_bytes -= sent
+            if sent < len(data):
+                out[:run] = [data[sent:]]
+                self._block()
+                return
+            del out[:run]
+        self._out_bytes = 0
+
+    def _fail(self) -> None:
+        """The channel failed: nothing more is written, and queued sockets are closed."""
+        self.closed = True
+        self._out_bytes = 0
+        if self._passing:
+            for item in self._out:
+                if isinstance(item, _Passing):
+                    item.sock.close()
+            self._passing = 0
+        self._out.clear()
 
     def send(self, message: object) -> bool:
         return self.put(encode_frame(message))
@@ -238,7 +352,7 @@ class Connection:
         """Stop writing and close the socket (idempotent)."""
         if self.sock.fileno() < 0:
             return
-        self.closed = True
+        self._fail()
         self._wake.set()
         anyio.notify_closing(self.sock)  # wakes a read or write waiting on it
         with contextlib.suppress(OSError):

@@ -2,11 +2,22 @@
 
 The size limit is checked before a byte of the body is decoded; a bad frame raises
 ProtocolError and the channel is then unusable. No routing and no policy here.
+
+A container's channel also receives the sockets the supervisor passes (SCM_RIGHTS): each
+arrives with the first byte of the one frame that announces it, and only that frame can
+claim it (:meth:`Channel.take_passed`); a descriptor no frame claims is closed as soon as
+the frames read past it.
 """
 
 from __future__ import annotations
 
+import array
+import contextlib
+import errno
+import os
 import socket
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 import anyio
@@ -24,6 +35,8 @@ MAX_FRAME: Final = 1 << 20
 _READ_SIZE: Final = 65536
 HIGH_WATER: Final = 1 << 20
 _CHECKPOINT_EVERY: Final = 64
+_FD_SIZE: Final = array.array("i").itemsize
+_PASSED_SPACE: Final = socket.CMSG_SPACE(4 * _FD_SIZE)  # one is sent; room to see more
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -47,9 +60,15 @@ class FrameBuffer(Generic[T]):
         self._decoder = msgspec.msgpack.Decoder(message_type)
         self._max_frame = max_frame
         self._buffer = bytearray()
+        self._consumed = 0
+        #: bytes fed so far: the stream offset just past the buffer
+        self.received = 0
+        #: the stream offset of the frame ``next`` returned last
+        self.start = 0
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
+        self.received += len(data)
 
     def next(self) -> T | None:
         """The next complete message, or None until more bytes arrive."""
@@ -63,6 +82,8 @@ class FrameBuffer(Generic[T]):
             return None
         body = bytes(self._buffer[HEADER:end])
         del self._buffer[:end]
+        self.start = self._consumed
+        self._consumed += end
         try:
             message: T = self._decoder.decode(body)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
@@ -75,6 +96,22 @@ class FrameBuffer(Generic[T]):
         return len(self._buffer)
 
 
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+@dataclass(slots=True)
+class _Passed:
+    """Descriptors one read brought, with the stream offsets of the bytes it read."""
+
+    start: int
+    end: int
+    fds: list[int]
+    truncated: bool
+
+
 class Channel(Generic[T]):
     """One end of a container's socketpair: send any message, receive messages of type T.
 
@@ -83,10 +120,18 @@ class Channel(Generic[T]):
     ``send_soon`` queued goes first, in order); ``send_soon`` only queues, for
     ``write_loop`` or the next ``send`` to write in one batch. A sender waits only
     when more than HIGH_WATER bytes are queued (backpressure).
+
+    With ``passed_fds``, reads also take the descriptors the supervisor passes, for
+    :meth:`take_passed`; without it they are refused by the kernel as they arrive.
     """
 
     def __init__(
-        self, sock: socket.socket, message_type: Any, *, max_frame: int = MAX_FRAME
+        self,
+        sock: socket.socket,
+        message_type: Any,
+        *,
+        max_frame: int = MAX_FRAME,
+        passed_fds: bool = False,
     ) -> None:
         sock.setblocking(False)  # noqa: FBT003 - the socket API's own signature
         self._sock = sock
@@ -99,6 +144,8 @@ class Channel(Generic[T]):
         self._broken: ChannelClosedError | None = None
         self._soon = 0
         self._unwaited = 0
+        self._passes_fds = passed_fds
+        self._passed: deque[_Passed] = deque()
 
     # -- sending -----------------------------------------------------------------------
 
@@ -194,13 +241,15 @@ class Channel(Generic[T]):
         while True:
             message = self._frames.next()
             if message is not None:
+                if self._passed:
+                    self._drop_unclaimed(self._frames.start)
                 self._unwaited += 1
                 if self._unwaited >= _CHECKPOINT_EVERY:  # a busy channel still lets others run
                     self._unwaited = 0
                     await anyio.lowlevel.checkpoint()
                 return message
             try:
-                data = self._sock.recv(_READ_SIZE)
+                data = self._recv_passing() if self._passes_fds else self._sock.recv(_READ_SIZE)
             except BlockingIOError:
                 self._unwaited = 0
                 try:
@@ -213,3 +262,57 @@ class Channel(Generic[T]):
             if not data:
                 raise ChannelClosedError("the channel is closed")
             self._frames.feed(data)
+
+    # -- descriptors passed by the supervisor ------------------------------------------
+
+    def _recv_passing(self) -> bytes:
+        data, ancillary, flags, _ = self._sock.recvmsg(
+            _READ_SIZE, _PASSED_SPACE, socket.MSG_CMSG_CLOEXEC
+        )
+        truncated = bool(flags & socket.MSG_CTRUNC)
+        if ancillary or truncated:
+            fds = array.array("i")
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(payload[: len(payload) - len(payload) % _FD_SIZE])
+            start = self._frames.received
+            self._passed.append(_Passed(start, start + len(data), fds.tolist(), truncated))
+        return data
+
+    def _drop_unclaimed(self, offset: int) -> None:
+        """Close what arrived with bytes wholly before ``offset``: no frame can claim it now."""
+        while self._passed and self._passed[0].end <= offset:
+            _close_fds(self._passed.popleft().fds)
+
+    def take_passed(self) -> socket.socket:
+        """The socket passed with the frame ``receive`` returned last (an Opened).
+
+        Raises ProtocolError when none came with it, and OSError (EMFILE) when the kernel
+        had to drop it (MSG_CTRUNC: most often, this process is at its open-files limit).
+        Whatever else came with that frame is closed.
+        """
+        start = self._frames.start
+        self._drop_unclaimed(start)
+        passed = self._passed[0] if self._passed else None
+        if passed is None or passed.start > start:
+            raise ProtocolError("a socket was announced, but no descriptor came with it")
+        self._passed.popleft()
+        if passed.truncated or len(passed.fds) != 1:
+            _close_fds(passed.fds)
+            if passed.truncated:
+                raise OSError(
+                    errno.EMFILE,
+                    "the socket was lost in transfer (MSG_CTRUNC): is this container at "
+                    "its open-files limit?",
+                )
+            raise ProtocolError(f"{len(passed.fds)} descriptors came with one socket")
+        try:
+            return socket.socket(fileno=passed.fds[0])
+        except OSError:
+            _close_fds(passed.fds)
+            raise
+
+    def close_passed(self) -> None:
+        """Close every descriptor received and not taken (when the channel is done)."""
+        while self._passed:
+            _close_fds(self._passed.popleft().fds)

@@ -25,6 +25,7 @@ __all__ = [
     "Admitted",
     "Call",
     "Cancel",
+    "Connect",
     "Delegate",
     "End",
     "Entry",
@@ -37,8 +38,10 @@ __all__ = [
     "Hello",
     "Inline",
     "Item",
+    "Listen",
     "Log",
     "More",
+    "Opened",
     "Publish",
     "Ready",
     "Reply",
@@ -69,6 +72,7 @@ Text = Annotated[str, msgspec.Meta(max_length=65536)]
 TokenText = Annotated[str, msgspec.Meta(max_length=8192)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=1 << 20)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=366 * 24 * 3600)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
 class SandboxStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -185,6 +189,29 @@ class Revoke(_Message, tag="revoke", frozen=True):
     token_id: Annotated[str, msgspec.Meta(max_length=32)]
 
 
+class Connect(_Message, tag="connect", frozen=True):
+    """Open a TCP connection to ``host``:``port`` under the ``net:connect`` grant behind
+    ``handle``; answered with Opened (and the socket) or Error. ``host`` is checked as sent:
+    the broker, not the container, normalises it."""
+
+    id: Id
+    handle: Id
+    host: Name
+    port: Port
+    timeout: Seconds | None = None
+
+
+class Listen(_Message, tag="listen", frozen=True):
+    """Open a TCP listening socket on ``host``:``port`` under the ``net:listen`` grant behind
+    ``handle``; answered with Opened (and the socket) or Error."""
+
+    id: Id
+    handle: Id
+    host: Name
+    port: Port
+    backlog: Count = 0
+
+
 # both directions
 
 
@@ -226,6 +253,8 @@ FromContainer: TypeAlias = (
     | Subscribe
     | Delegate
     | Revoke
+    | Connect
+    | Listen
     | Item
     | End
     | More
@@ -294,7 +323,9 @@ class Result(_Message, tag="result", frozen=True):
 
 
 class Error(_Message, tag="error", frozen=True):
-    """A Request (or Admit, Subscribe, Delegate, Revoke) failed; ``kind`` is one of ERROR_KINDS."""
+    """A Request (or Admit, Subscribe, Delegate, Revoke, Connect, Listen) failed; ``kind`` is
+    one of ERROR_KINDS. ``errno`` is set for kind ``network``: an errno value, or a negative
+    getaddrinfo (EAI_*) code."""
 
     id: Id
     kind: str
@@ -305,6 +336,17 @@ class Error(_Message, tag="error", frozen=True):
     capability: str = ""
     exit_code: int | None = None
     signal: int | None = None
+    errno: int | None = None
+
+
+class Opened(_Message, tag="opened", frozen=True):
+    """The answer to a Connect or Listen: the frame carries the socket, one descriptor passed
+    with SCM_RIGHTS on its first byte. The only frame that carries a descriptor, and only
+    ever supervisor -> container."""
+
+    id: Id
+    address: str
+    port: int
 
 
 class Event(_Message, tag="event", frozen=True):
@@ -323,7 +365,19 @@ class Granted(_Message, tag="granted", frozen=True):
 
 
 FromSupervisor: TypeAlias = (
-    Start | Call | Cancel | Stop | Admitted | Result | Error | Event | Granted | Item | End | More
+    Start
+    | Call
+    | Cancel
+    | Stop
+    | Admitted
+    | Result
+    | Error
+    | Opened
+    | Event
+    | Granted
+    | Item
+    | End
+    | More
 )
 
 HOST: Final = "@host"
@@ -338,4 +392,5 @@ ERROR_KINDS: Final = (
     "timeout",  # past the deadline: FeatureTimeoutError
     "overloaded",  # the sender is over its quota: OverloadedError
     "invalid",  # no such feature or service, or a malformed request: FeatureError
+    "network",  # a granted connect or listen failed (errno set): the OSError for errno
 )
