@@ -1,5 +1,6 @@
 """The broker: admits tokens, authorizes every message against its handle's grant, and
-forwards calls, stream items and events between containers and the host.
+forwards calls, stream items and events between containers and the host (and hands
+Connect and Listen to its network mediator, ``_network``).
 
 Must not verify a signature after admission, decode a payload, unpickle anything or
 block: a decision is a dict lookup and a Grant check, made before anything is
@@ -21,7 +22,8 @@ import structlog
 from capsule._broker._audit import AuditLog
 from capsule._broker._connection import Connection, Outbox
 from capsule._broker._host import HostCall, Stream, Subscription
-from capsule._broker._routes import Deadlines, Handle, Peer, Route, Subscriber
+from capsule._broker._network import NetworkMediator
+from capsule._broker._routes import Deadlines, Handle, Peer, Route, Subscriber, unusable
 from capsule._broker._topics import TopicIndex, valid_call, valid_pattern, valid_topic
 from capsule._ipc._channel import encode_frame
 from capsule._ipc._messages import (
@@ -30,6 +32,7 @@ from capsule._ipc._messages import (
     Admitted,
     Call,
     Cancel,
+    Connect,
     Delegate,
     End,
     Error,
@@ -38,6 +41,7 @@ from capsule._ipc._messages import (
     FromContainer,
     Granted,
     Item,
+    Listen,
     More,
     Publish,
     Reply,
@@ -79,19 +83,6 @@ _ACTION_WORD: Final = {
 }
 
 
-def _unusable(handle: Handle | None, number: int) -> str | None:
-    """Why a handle cannot be acted under at all (whatever the action), or None."""
-    if number == 0:
-        return "no token it holds covers it"
-    if handle is None:
-        return f"handle {number} was not issued on this connection"
-    if not handle.grant.alive:
-        return f"token {handle.grant.token_id} is revoked"
-    if time.time() >= handle.grant.expires:
-        return f"token {handle.grant.token_id} expired"
-    return None
-
-
 class Target(Protocol):
     """A feature as the broker needs it: its live container, or why calls must fail or wait."""
 
@@ -126,6 +117,7 @@ class Broker:
         self._delegated: dict[str, tuple[str, str, str]] = {}  # token id -> (by, to, parent)
         self.deadlines = Deadlines(self._expire)
         self.outbox = Outbox()
+        self.network = NetworkMediator(audit, task_group, self._deny)
         self.events = 0
         self.routed = 0
         self._dispatch: dict[type, Callable[[Peer, Any], None]] = {
@@ -141,13 +133,17 @@ class Broker:
             Admit: self._admit,
             Delegate: self._delegate,
             Revoke: self._revoke,
+            Connect: self.network.request,
+            Listen: self.network.request,
         }
         authority.revocations.add_listener(self._revoked)
 
     # -- containers coming and going -----------------------------------------------------
 
-    def attach(self, conn: Connection, feature: str) -> Peer:
-        return Peer(conn, feature)
+    def attach(self, conn: Connection, feature: str, *, landlock_abi: int = 0) -> Peer:
+        """The broker's state for a new container; ``landlock_abi`` is the Landlock ABI it is
+        restricted at (the network mediator passes sockets only from ABI 4 on)."""
+        return Peer(conn, feature, landlock_abi=landlock_abi)
 
     def dispatch(self, peer: Peer, message: FromContainer) -> None:
         """Handle one message from ``peer`` (raises ProtocolError for one it may not send)."""
@@ -169,6 +165,7 @@ class Broker:
         for route in list(peer.requests.values()):
             self._abandon(route)
         self._topics.remove_where(lambda sub: sub.peer is peer)
+        self.network.detach(peer)
         for handle in list(peer.handles.values()):
             self._authority.revoke(handle.claims)
         for token_id in peer.granted:  # delegated to it, even if never presented
@@ -267,7 +264,7 @@ class Broker:
         if not valid:
             reason = f"{target!r} is not a valid {word} target (ASCII lower-case names only)"
         else:
-            reason = _unusable(handle, number) or f"no capability of token {token} covers it"
+            reason = unusable(handle, number) or f"no capability of token {token} covers it"
         self._deny(
             peer,
             word,
@@ -520,6 +517,8 @@ class Broker:
         route = peer.requests.get(msg.id)
         if route is not None:
             self._abandon(route)
+        else:
+            self.network.cancel(peer, msg.id)
 
     # -- events ------------------------------------------------------------------------
 
@@ -563,12 +562,12 @@ class Broker:
 
     def _delegate(self, peer: Peer, msg: Delegate) -> None:
         handle = peer.handles.get(msg.handle)
-        unusable = _unusable(handle, msg.handle)
-        if handle is None or unusable is not None:
+        why = unusable(handle, msg.handle)
+        if handle is None or why is not None:
             self._deny(
                 peer,
                 "delegate",
-                unusable or f"handle {msg.handle} was not issued on this connection",
+                why or f"handle {msg.handle} was not issued on this connection",
                 capability=", ".join(msg.capabilities),
                 token=None if handle is None else handle.grant.token_id,
                 request_id=msg.id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections.abc import Callable
 from typing import Final, final
 
@@ -18,7 +19,7 @@ from capsule._broker._host import HostCall
 from capsule._tokens._format import TokenClaims
 from capsule._tokens._grant import Grant
 
-__all__ = ["Deadlines", "Handle", "Peer", "Route", "Subscriber"]
+__all__ = ["Deadlines", "Handle", "Peer", "Route", "Subscriber", "unusable"]
 
 _COMPACT_EVERY: Final = 4096  # finished calls leave heap entries behind; drop them this often
 
@@ -36,6 +37,19 @@ class Handle:
         self.grant = grant
 
 
+def unusable(handle: Handle | None, number: int) -> str | None:
+    """Why a handle cannot be acted under at all (whatever the action), or None."""
+    if number == 0:
+        return "no token it holds covers it"
+    if handle is None:
+        return f"handle {number} was not issued on this connection"
+    if not handle.grant.alive:
+        return f"token {handle.grant.token_id} is revoked"
+    if time.time() >= handle.grant.expires:
+        return f"token {handle.grant.token_id} expired"
+    return None
+
+
 @final
 class Peer:
     """The broker's state for one running container."""
@@ -45,21 +59,25 @@ class Peer:
         "calls",
         "calls_total",
         "conn",
+        "connections",
         "denied",
         "detached",
         "feature",
         "granted",
         "handles",
         "ids",
+        "landlock_abi",
         "messages",
         "refused",
         "requests",
         "services",
     )
 
-    def __init__(self, conn: Connection, feature: str) -> None:
+    def __init__(self, conn: Connection, feature: str, *, landlock_abi: int = 0) -> None:
         self.conn = conn
         self.feature = feature
+        #: the Landlock ABI its container is restricted at (4+ stops TCP connect and bind)
+        self.landlock_abi = landlock_abi
         self.handles: dict[int, Handle] = {}
         self.admitted: dict[str, Handle] = {}  # token id -> handle
         self.granted: list[str] = []  # ids of tokens delegated to it, admitted or not
@@ -71,6 +89,7 @@ class Peer:
         self.denied = 0
         self.refused = 0
         self.calls_total = 0
+        self.connections = 0  # sockets the network mediator opened for it
         self.detached = False
 
     def __repr__(self) -> str:

@@ -120,7 +120,7 @@ class Instance:
         self._zygote = zygote
         self._conn = conn
         self._broker = broker
-        self.peer = broker.attach(conn, spec.feature)
+        self.peer = broker.attach(conn, spec.feature, landlock_abi=spec.expectation.landlock_abi)
         self.cgroup = cgroup
         self.ready: Ready | None = None
         self.hello: Hello | None = None

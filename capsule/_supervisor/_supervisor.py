@@ -106,6 +106,7 @@ class FeatureStatistics:
     cpu_usage_ns: int | None
     files_allowed: int = 0  # file operations its view's server allowed (reported each second)
     files_denied: int = 0  # and refused
+    connections: int = 0  # sockets the broker opened for it (ctx.connect and ctx.listen)
 
 
 @final
@@ -253,6 +254,7 @@ class FeatureHandle(metaclass=_NoPublicConstructor):
             cpu_usage_ns=None if stats is None else stats.cpu_usage_ns,
             files_allowed=0 if view is None else view.allowed,
             files_denied=0 if view is None else view.denied,
+            connections=0 if instance is None else instance.peer.connections,
         )
 
 
