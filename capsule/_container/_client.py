@@ -1,4 +1,5 @@
-"""The container's side of the broker: admitted tokens, requests and their answers, streams.
+"""The container's side of the broker: admitted tokens, requests and their answers, streams,
+and the sockets the broker opens for ``ctx.connect`` and ``ctx.listen``.
 
 Runs inside the sandbox, for feature code. It chooses which handle to name for an
 action, but decides nothing: the broker checks every message again.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import math
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,20 +18,25 @@ from types import TracebackType
 from typing import Any, Final, final
 
 import anyio
+import anyio.abc
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from capsule._container._sockets import NetListener, NetStream
 from capsule._ipc._channel import Channel
 from capsule._ipc._messages import (
     Admit,
     Admitted,
     Cancel,
+    Connect,
     Delegate,
     End,
     Error,
     FromSupervisor,
     Item,
+    Listen,
     More,
+    Opened,
     Publish,
     Request,
     Result,
@@ -39,7 +46,7 @@ from capsule._ipc._messages import (
 from capsule._ipc._outcome import exception_for
 from capsule._ipc._payload import decode_payload as decode
 from capsule._ipc._payload import encode_payload as encode
-from capsule._tokens._caps import Action, parse_capability
+from capsule._tokens._caps import Action, net_target, parse_capability
 from capsule._tokens._grant import Grant
 from capsule.errors import CapabilityDeniedError, ConfigError, ProtocolError
 
@@ -49,6 +56,10 @@ CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("capsule_cal
 """The verified caller of the handler running in this task (a feature name, or "@host")."""
 
 _WINDOW: Final = 16
+_LONGEST: Final = 24 * 3600.0  # a timeout past this is as good as none (the broker caps it)
+_MAX_BACKLOG: Final = 4096
+_MAX_HOST: Final = 255
+_MAX_PORT: Final = 65535
 
 
 @final
@@ -69,6 +80,8 @@ class _Waiter:
     answer: Result | Admitted | None = None
     error: Error | None = None
     items: MemoryObjectSendStream[msgspec.Raw] | None = None
+    sock: socket.socket | None = None  # what an Opened brought
+    failure: Exception | None = None  # why an Opened brought nothing usable
 
 
 @final
@@ -175,6 +188,19 @@ class BrokerClient:
         waiter.done.set()
         if waiter.items is not None:
             waiter.items.close()
+
+    def opened(
+        self, message: Opened, sock: socket.socket | None, failure: Exception | None
+    ) -> None:
+        """An Opened arrived with ``sock`` (or without one, for ``failure``); a socket nobody
+        waits for any more is closed at once."""
+        waiter = self._waiting.get(message.id)
+        if waiter is None or waiter.done.is_set():
+            if sock is not None:
+                sock.close()
+            return
+        waiter.sock, waiter.failure = sock, failure
+        waiter.done.set()
 
     # -- asking ------------------------------------------------------------------------
 
@@ -300,3 +326,78 @@ class BrokerClient:
         answer = await self.ask(lambda i: Revoke(id=i, token_id=token_id))
         assert isinstance(answer, Result)  # noqa: S101 - Revoke is answered with a Result
         return int(decode(answer.value, "revocation"))
+
+    # -- the network -------------------------------------------------------------------
+
+    async def _net_handle(self, action: Action, host: str, port: int) -> int:
+        if not isinstance(host, str) or len(host) > _MAX_HOST:
+            raise ValueError(
+                f"host must be a name or an address (255 characters at most): {host!r}"
+            )
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= _MAX_PORT:
+            raise ValueError(f"port must be a whole number from 1 to 65535: {port!r}")
+        try:
+            target = net_target(host, port)
+        except ConfigError:
+            target = ""
+        handle = await self.handle_for(action, target) if target else 0
+        if handle == 0:  # sent all the same, under the token most likely meant (the broker
+            # refuses it and records the attempt, naming that token)
+            netted = [h for h in self.held if any(c.kind == "net" for c in h.grant.capabilities)]
+            handle = next((h.handle for h in netted or self.held), 0)
+        return handle
+
+    async def _open(self, build: Callable[[int], Connect | Listen]) -> socket.socket:
+        """Send ``build(id)`` and wait for the socket the broker passes back."""
+        request_id = next(self._ids)
+        waiter = _Waiter()
+        self._waiting[request_id] = waiter
+        try:
+            await self._send(build(request_id))
+            await waiter.done.wait()
+        except BaseException:
+            if waiter.sock is not None:
+                waiter.sock.close()
+            elif not waiter.done.is_set():
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    await self._send(Cancel(id=request_id))
+            raise
+        finally:
+            self._waiting.pop(request_id, None)
+        if waiter.error is not None:
+            raise exception_for(waiter.error, caller=self.feature)
+        if waiter.sock is None:
+            raise waiter.failure or ProtocolError("a socket was announced but not passed")
+        return waiter.sock
+
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None,  # noqa: ASYNC109 - the deadline travels with the request
+    ) -> NetStream:
+        if timeout is not None and not timeout >= 0:  # NaN included
+            raise ValueError(f"timeout must be None or a number of seconds, not {timeout!r}")
+        if timeout is not None:
+            timeout = min(float(timeout), _LONGEST)
+        handle = await self._net_handle(Action.NET_CONNECT, host, port)
+        sock = await self._open(
+            lambda i: Connect(id=i, handle=handle, host=host, port=port, timeout=timeout)
+        )
+        try:
+            return NetStream(await anyio.abc.SocketStream.from_socket(sock))
+        except BaseException:
+            sock.close()
+            raise
+
+    async def listen(self, host: str, port: int, backlog: int) -> NetListener:
+        backlog = max(0, min(int(backlog), _MAX_BACKLOG))
+        handle = await self._net_handle(Action.NET_LISTEN, host, port)
+        sock = await self._open(
+            lambda i: Listen(id=i, handle=handle, host=host, port=port, backlog=backlog)
+        )
+        try:
+            return NetListener(await anyio.abc.SocketListener.from_socket(sock))
+        except BaseException:
+            sock.close()
+            raise

@@ -12,6 +12,7 @@ from capsule._broker._topics import valid_pattern, valid_topic
 
 if TYPE_CHECKING:
     from capsule._container._client import BrokerClient, HeldToken, ItemStream
+    from capsule._container._sockets import NetListener, NetStream
 
 __all__ = ["Context", "Feature", "Handler", "Hook", "Listener"]
 
@@ -97,6 +98,55 @@ class Context:
     async def revoke(self, token_id: str) -> int:
         """Revoke a token this feature delegated, and all derived from it; returns how many."""
         return await self._client.revoke(token_id)
+
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the deadline travels with the request
+    ) -> NetStream:
+        """A TCP connection to ``host``:``port``, opened by the supervisor for this feature.
+
+        The container has no network of its own: the broker checks the ``net:connect``
+        grant, connects from the supervisor's network namespace and passes the connected
+        socket in. It comes back as an ``anyio.abc.SocketStream`` (``send``, also spelled
+        ``send_all``; ``receive``; ``send_eof``; ``aclose``)::
+
+            async with await ctx.connect("127.0.0.1", 8080) as stream:
+                await stream.send_all(b"ping")
+                reply = await stream.receive()
+
+        ``host`` must be written as the app grants it: a name (``localhost``,
+        ``api.example.org``; any case) or an address (``127.0.0.1``, ``::1``); other
+        spellings of an address (``2130706433``, ``0177.0.0.1``, ``::ffff:127.0.0.1``) are
+        refused, and a name never matches a grant of an address or the other way round.
+        A granted name is resolved once, by the supervisor, and the connection goes to an
+        address it checked: never a link-local, cloud metadata or other special address,
+        nor a loopback one unless the name is ``localhost``, except an address the app
+        grants literally as well. ``timeout`` bounds resolving and connecting (default
+        10 s, at most 120 s).
+
+        Raises CapabilityDeniedError (a PermissionError) when no grant covers it, or when
+        the grant's ``conns`` limit (default: 64 open sockets per container) is reached;
+        ConnectionRefusedError, TimeoutError, socket.gaierror or another OSError when
+        the destination cannot be reached, as ``socket.create_connection`` would;
+        OverloadedError with 8 connects in progress already.
+        """
+        return await self._client.connect(host, port, timeout)
+
+    async def listen(self, host: str, port: int, *, backlog: int = 128) -> NetListener:
+        """A TCP socket listening on ``host``:``port``, opened by the supervisor under the
+        ``net:listen`` grant and passed in, as an ``anyio.abc.SocketListener``:
+        ``stream = await listener.accept()`` (a stream like :meth:`connect`'s), or
+        ``await listener.serve(handler)``. Closing the listener stops listening.
+
+        ``host`` follows the rules of :meth:`connect`. The listener lives in the
+        supervisor's network namespace, so whoever can reach that address and port can
+        connect to it. Raises as :meth:`connect` does (OSError such as
+        ``EADDRINUSE`` when the port is taken).
+        """
+        return await self._client.listen(host, port, backlog)
 
 
 @final

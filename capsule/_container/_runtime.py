@@ -41,6 +41,7 @@ from capsule._ipc._messages import (
     Item,
     Log,
     More,
+    Opened,
     Ready,
     Reply,
     Result,
@@ -249,6 +250,16 @@ class _Server:
             return
         _note(f"{granted.sender} delegated {', '.join(held.capabilities)}")
 
+    def _opened(self, message: Opened) -> None:
+        """Take the socket that came with ``message`` off the channel, now: it is claimed by
+        this frame or closed (nothing else may take it)."""
+        try:
+            sock = self.channel.take_passed()
+        except (ProtocolError, OSError) as exc:
+            self.client.opened(message, None, exc)
+        else:
+            self.client.opened(message, sock, None)
+
     async def read(self, tg: anyio.abc.TaskGroup) -> None:
         """Read until Stop (then return) or until the channel closes (ChannelClosedError)."""
         while True:
@@ -259,6 +270,8 @@ class _Server:
                 tg.start_soon(self.handle, message, call_scope)
             elif isinstance(message, _ANSWERS):
                 self.client.answer(message)
+            elif isinstance(message, Opened):
+                self._opened(message)
             elif isinstance(message, Event):
                 self._queue_event(message)
             elif isinstance(message, More):
@@ -287,7 +300,9 @@ async def _pump_logs(
 
 
 async def _main(fd: int, status: SandboxStatus) -> int:
-    channel: Channel[FromSupervisor] = Channel(socket.socket(fileno=fd), FromSupervisor)
+    channel: Channel[FromSupervisor] = Channel(
+        socket.socket(fileno=fd), FromSupervisor, passed_fds=True
+    )
     send_log, receive_log = anyio.create_memory_object_stream[Log](_LOG_BUFFER)
     stdout, stderr = _LogWriter("stdout", send_log), _LogWriter("stderr", send_log)
     sys.stdout, sys.stderr = stdout, stderr
@@ -304,6 +319,7 @@ async def _main(fd: int, status: SandboxStatus) -> int:
                 writer.cancel_scope.cancel()
     with contextlib.suppress(ChannelClosedError), anyio.move_on_after(1):
         await channel.flush()  # the last log lines the pump queued
+    channel.close_passed()
     return code
 
 
