@@ -15,6 +15,11 @@ The policy (default allow; see THREATS.md items 5, 10, 16, 17, 18 and 19):
    ``PER_LINUX`` and the query ``0xffffffff``; ``prctl(PR_SET_DUMPABLE)`` (a container stays
    undumpable, so no core_pattern pipe ever sees its memory).
 
+Sockets are refused only at creation: a TCP socket the broker passed in (``ctx.connect``,
+``ctx.listen``) is used with send, recv, shutdown, get/setsockopt, getpeername and accept,
+none of which the filter looks at. Pointing such a socket elsewhere (connect, bind) is
+Landlock's to refuse (ABI 4+), and the broker passes sockets only where it does.
+
 The program is a straight list of short forward jumps. Syscalls whose verdict does not depend on
 their arguments only ever load ``nr`` and ``arch``, so the kernel's seccomp action cache
 (Linux >= 5.11) can allow them without running the filter at all.
