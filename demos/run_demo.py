@@ -1,35 +1,38 @@
-"""The notes demo: validate the app, hand out its authority as tokens, refuse misuse, and
-run the features in sandboxed containers that contain a hostile one.
+"""The notes demo: five features in their own containers doing real work, one of them a
+hostile third-party plugin that is contained, denied, restarted and finally quarantined
+while the app keeps working.
 
-Run with `nox -s demo` (or `python demos/run_demo.py`). Exits 0 when every step behaved
-as designed, 1 otherwise, and says which step did not.
+Run with `nox -s demo` (or `python demos/run_demo.py`, as root). It starts the webhook the
+exporter uploads to (an HTTP server on 127.0.0.1:8765), runs a copy of demos/notes in a
+temporary directory, and prints what each feature did, what was denied and why, and the
+restarts and quarantines. Exits 0 when every step behaved as designed, 1 otherwise (and
+says which step did not), 2 when the demo could not run at all (the port is taken).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import errno
+import http.server
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Final
 
 import anyio
 import structlog
 
 import capsule
 import capsule.testing
-from capsule.errors import CapabilityDeniedError, InvalidTokenError
-from capsule.tokens import Action, KeyRing, Token, TokenAuthority, compile_grant
 
-HERE = Path(__file__).resolve().parent
+HERE: Final = Path(__file__).resolve().parent
+WEBHOOK: Final = ("127.0.0.1", 8765)
 failures: list[str] = []
 
 
@@ -40,279 +43,236 @@ def step(title: str, *, ok: bool, detail: str = "") -> None:
         failures.append(title)
 
 
-def refused(action: Callable[[], object]) -> bool:
+# -- the webhook the exporter uploads to ---------------------------------------------------
+
+
+class _Uploads(http.server.BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        self.received.append((self.path, self.rfile.read(length)))
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@contextlib.contextmanager
+def webhook() -> Iterator[list[tuple[str, bytes]]]:
+    """An HTTP server on 127.0.0.1:8765 that records every upload, for the demo's length."""
+    _Uploads.received = []
+    server = http.server.ThreadingHTTPServer(WEBHOOK, _Uploads)
+    thread = threading.Thread(target=server.serve_forever, name="webhook", daemon=True)
+    thread.start()
     try:
-        action()
-    except (InvalidTokenError, CapabilityDeniedError):
-        return True
-    return False
+        yield _Uploads.received
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
-def check_apps() -> capsule.App:
-    print("1. capsule check")
-    notes = subprocess.run(
-        [sys.executable, "-m", "capsule", "check", str(HERE / "notes")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    step(
-        "demos/notes is clean",
-        ok=notes.returncode == 0,
-        detail=notes.stdout.strip().splitlines()[-1],
-    )
-    broken = subprocess.run(
-        [sys.executable, "-m", "capsule", "check", str(HERE / "broken")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    summary = broken.stdout.strip().splitlines()[-1] if broken.stdout.strip() else broken.stderr
-    step(
-        "demos/broken is refused with every mistake listed",
-        ok=broken.returncode == 1,
-        detail=summary,
-    )
-    return capsule.load_app(HERE / "notes")
+# -- the steps -----------------------------------------------------------------------------
 
 
-def hand_out(app: capsule.App, authority: TokenAuthority) -> dict[str, Token]:
-    print("\n2. each feature's authority, minted from the app's policy")
-    tokens: dict[str, Token] = {}
-    for name in app.start_order:
-        caps = app.grants[name].capabilities
-        tokens[name] = authority.mint(name, caps, ttl=600)
-        listed = ", ".join(str(c) for c in caps) or "nothing"
-        print(f"     {name:<11} {tokens[name].token_id[:12]}  {listed}")
-    return tokens
+def check_apps() -> None:
+    print("1. capsule check: the app's manifests and policy, before anything runs")
+    for name, expected in (("notes", 0), ("broken", 1)):
+        checked = subprocess.run(
+            [sys.executable, "-m", "capsule", "check", str(HERE / name)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        lines = checked.stdout.strip().splitlines()
+        summary = lines[-1] if lines else checked.stderr.strip()
+        title = (
+            "demos/notes is clean"
+            if expected == 0
+            else "demos/broken is refused with every mistake listed"
+        )
+        step(title, ok=checked.returncode == expected, detail=summary)
 
 
-def plugin_is_contained(tokens: dict[str, Token], authority: TokenAuthority) -> None:
-    print("\n3. the untrusted plugin is held to its grant")
-    grant = compile_grant(authority.verify(tokens["plugin"], aud="plugin"))
-    now = time.time()
-    tries = [
-        (Action.FS_READ, "/notes/welcome.md", True),
-        (Action.FS_WRITE, "/notes/welcome.md", False),
-        (Action.FS_READ, "/data/words/words.txt", False),
-        (Action.ICC_CALL, "dictionary.lookup", False),
-        (Action.ICC_PUBLISH, "editor.changed", False),
-        (Action.NET_CONNECT, "127.0.0.1:8765", False),
-    ]
-    for action, target, expected in tries:
-        allowed = grant.allows(action, target, now)
-        verdict = "allowed" if allowed else "denied"
-        step(f"plugin {action.name.lower()} {target}", ok=allowed is expected, detail=verdict)
-
-
-def misuse_is_refused(tokens: dict[str, Token], authority: TokenAuthority) -> None:
-    print("\n4. forged, tampered, expired, misdirected, widened and revoked tokens")
-    spell = tokens["spellcheck"]
-    forger = TokenAuthority(KeyRing.generate())
-    forged = forger.mint("spellcheck", ["icc:call:dictionary.*"])
-    step("a token signed by another key", ok=refused(lambda: authority.verify(forged)))
-    raw = bytearray(spell.raw)
-    raw[-3] ^= 0x01
-    step("a token with one byte changed", ok=refused(lambda: authority.verify(bytes(raw))))
-    later = time.time() + 3600
-    step("a token after its expiry", ok=refused(lambda: authority.verify_at_time(spell, now=later)))
-    step(
-        "the plugin presenting spellcheck's token",
-        ok=refused(lambda: authority.verify(spell, aud="plugin")),
-    )
-    step(
-        "spellcheck widening its token to dictionary.*",
-        ok=refused(
-            lambda: authority.attenuate(spell, ["icc:call:dictionary.*"], holder="spellcheck")
-        ),
-    )
-    narrow = authority.attenuate(
-        spell, ["icc:call:dictionary.lookup"], holder="spellcheck", aud="editor", ttl=30
-    )
-    step(
-        "spellcheck delegating dictionary.lookup to the editor for 30s",
-        ok=authority.verify(narrow, aud="editor").parent_id == spell.token_id,
-    )
-    revoked = authority.revoke(spell)
-    step(
-        "revoking spellcheck's token refuses the delegated one too",
-        ok=refused(lambda: authority.verify(narrow, aud="editor")) and len(revoked) == 2,
-        detail=f"{len(revoked)} tokens revoked",
-    )
-    authority.rotate()
-    step(
-        "rotating the key refuses every older token",
-        ok=all(refused(lambda t=t: authority.verify(t)) for t in tokens.values()),
-    )
-
-
-async def run_in_containers() -> None:
-    print("\nthe notes app, each feature in its own container and its own file-system view")
-    with tempfile.TemporaryDirectory() as tmp:  # a copy: the demo never writes into demos/
-        root = Path(tmp)
-        shutil.copytree(HERE / "notes", root / "notes")
-        options: dict[str, Any] = {"state_dir": root / "state", "audit": root / "audit.jsonl"}
-        async with capsule.open_supervisor(root / "notes", **options) as sup:
-            # the editor's start exports every note, and the exporter then notifies a
-            # webhook through ctx.connect, which is not there yet: the editor fails to
-            # start and is quarantined, and the rest of the app goes on
-            for name in ["dictionary", "spellcheck", "exporter", "plugin"]:
-                stats = sup.feature(name).statistics()
-                memory = f"{(stats.memory_current or 0) / 2**20:.1f} MiB"
-                step(f"{name} runs in a container", ok=stats.state == "running", detail=memory)
-            await through_the_views(sup, root)
-            words = await sup.call("plugin", "stats", {})
-            step(
-                "the plugin counts the public notes it can see",
-                ok=words["notes"] > 0,
-                detail=str(words),
-            )
-            old = await capsule.testing.crash(sup, "plugin", signal.SIGKILL)
-            again = None
-            for _ in range(3):  # a call may still reach the dying container: it fails at once
-                with contextlib.suppress(capsule.FeatureCrashedError):
-                    again = await sup.call("plugin", "stats", {})
-                    break
-            step(
-                "the plugin is restarted after its container is killed",
-                ok=again is not None and sup.feature("plugin").statistics().pid != old,
-                detail=str(again),
-            )
-            reply = await sup.call("dictionary", "lookup", {"words": ["notes"]})
-            step("the others kept answering", ok="known" in reply)
-            await through_the_broker(sup)
-
-
-async def through_the_views(sup: capsule.Supervisor, root: Path) -> None:
-    """What the features wrote through their views, and what the plugin was refused."""
+async def the_scenario(sup: capsule.Supervisor, root: Path, uploads: list[Any]) -> None:
+    print("\n2. the app at work: each feature in its container, with its own view of the files")
+    for name, handle in sup.features().items():
+        stats = handle.statistics()
+        memory = f"{(stats.memory_current or 0) / 2**20:.1f} MiB"
+        step(f"{name} runs in its container", ok=stats.state == "running", detail=memory)
     exports = sorted(p.name for p in (root / "notes" / "volumes" / "exports").glob("*.md"))
     step(
-        "the exporter wrote the editor's first note through its writable view",
-        ok="ideas.md" in exports,
-        detail=", ".join(exports),
+        "the editor opened each note, had it spell-checked and exported",
+        ok=exports == ["ideas.md", "shopping.md"],
+        detail="exports: " + ", ".join(exports),
+    )
+    uploaded = sorted(path for path, _ in uploads)
+    step(
+        "the exporter uploaded each export to its webhook (the one address it may reach)",
+        ok=uploaded == ["/exports/ideas.md", "/exports/shopping.md"],
+        detail=", ".join(f"POST {path}" for path in uploaded),
+    )
+    checked = await sup.call("spellcheck", "check", {"text": "helo capsule notes"})
+    step(
+        "spellcheck reads its word list through its view and asks the dictionary",
+        ok=checked["unknown"] == ["capsule", "helo"],
+        detail=f"unknown: {checked['unknown']}",
     )
     added = await sup.call("dictionary", "add", {"word": "capsule"})
-    stored = root / "notes" / "volumes" / "dictionary-state" / "words.txt"
+    stored = root / "state" / "private" / "dictionary" / "state" / "words.txt"
     step(
-        "the dictionary keeps its words in its own storage",
-        ok=added["word"] == "capsule" and "capsule" in stored.read_text(encoding="utf-8"),
-        detail=f"{added}",
+        "the dictionary keeps the user's words in its private storage",
+        ok=stored.is_file() and "capsule" in stored.read_text(encoding="utf-8"),
+        detail=f"{added}; on disk in {stored.relative_to(root)}",
     )
-    tried = await sup.call("plugin", "rewrite", {"note": "welcome.md"})
-    welcome = root / "notes" / "volumes" / "notes" / "public" / "welcome.md"
+    again = await sup.call("spellcheck", "check", {"text": "helo capsule notes"})
+    step("and spellcheck now knows the word", ok=again["unknown"] == ["helo"])
+
+
+async def the_plugin(sup: capsule.Supervisor) -> None:
+    print("\n3. the untrusted plugin, misbehaving in every way")
+    stats = await sup.call("plugin", "stats", {})
+    step("its real job works: it counts the public notes", ok=stats["notes"] > 0, detail=str(stats))
+    tried = await sup.call("plugin", "snoop", {})
+    for attempt, outcome in tried.items():
+        step(f"it tries to {attempt}", ok=outcome != "ok", detail=f"refused ({outcome})")
+    async with anyio.create_task_group() as tg:
+        flooded: dict[str, Any] = {}
+
+        async def flood() -> None:
+            flooded.update(await sup.call("plugin", "flood", {"count": 5000}, timeout=60))
+
+        tg.start_soon(flood)
+        started = time.perf_counter()
+        served = 0
+        while not flooded:
+            await sup.call("dictionary", "lookup", {"words": ["capsule"]})
+            served += 1
+        took = time.perf_counter() - started
     step(
-        "the plugin cannot change the notes it may read",
-        ok=tried == "EROFS" and "plugin" not in welcome.read_text(encoding="utf-8"),
-        detail=f"its write failed with {tried}",
-    )
-    denials: list[dict[str, Any]] = []
-    with anyio.move_on_after(5):  # the audit log is written once a second
-        while not denials:
-            await anyio.sleep(0.1)
-            denials = [
-                json.loads(line)
-                for line in (root / "audit.jsonl").read_text(encoding="utf-8").splitlines()
-                if '"fs-deny"' in line
-            ]
-    shown = "; ".join(
-        f"{d['feature']} {d['operation']} {d['path']}: {d['reason']}" for d in denials
+        "it floods the broker with messages it may not send: every one refused",
+        ok=flooded.get("denied") == flooded.get("sent"),
+        detail=f"{flooded.get('denied')} of {flooded.get('sent')} refused",
     )
     step(
-        "the file-system server audited the refusal",
-        ok=any(d["feature"] == "plugin" and d["path"] == "/notes/welcome.md" for d in denials),
-        detail=shown,
+        "meanwhile the others kept answering",
+        ok=served > 0,
+        detail=f"{served} dictionary look-ups in {took:.2f}s",
     )
-
-
-async def through_the_broker(sup: capsule.Supervisor) -> None:
-    print("\nfeatures talk only through the broker, which checks every message")
-    async with sup.subscribe("spell.*") as events:
-        checked = await sup.call("spellcheck", "check", {"text": "helo wrld", "note": "demo.md"})
-        step(
-            "spellcheck asks the dictionary, through the broker",
-            ok=checked["unknown"] == ["helo", "wrld"],
-            detail=str(checked),
-        )
-        with anyio.fail_after(5):
-            event = await events.receive()
-        step(
-            "its spell.checked event reaches a subscriber, stamped with its sender",
-            ok=event.topic == "spell.checked" and event.sender == "spellcheck",
-            detail=f"{event.topic} from {event.sender}: {event.payload}",
-        )
-    stats = sup.statistics()
+    plugin = sup.feature("plugin")
+    with contextlib.suppress(capsule.FeatureCrashedError):
+        await sup.call("plugin", "hog", {}, timeout=30)
+    await plugin.wait_ready(timeout=10)
     step(
-        "every decision is audited",
-        ok=stats.allowed > 0 and stats.audit_path is not None,
-        detail=f"{stats.allowed} allowed, {stats.denied} denied, in {stats.audit_path}",
+        "it eats memory: its limit kills it and it is restarted",
+        ok=plugin.restarts.total == 1 and "memory" in (plugin.last_exit or ""),
+        detail=plugin.last_exit or "",
     )
-
-
-async def _attack(ctx: Any, request: Any) -> dict[str, Any]:
-    """Run inside a container: what a hostile feature tries first."""
-    from capsule.testing._probes import syscall32  # noqa: PLC0415 - runs in the container
-
-    results: dict[str, Any] = {}
-    for path in ("/etc/hostname", "/root", "/home"):
-        try:
-            open(path).close()  # noqa: ASYNC230 - the attack is a plain, blocking open()
-            results[path] = "read"
-        except OSError as exc:
-            results[path] = errno.errorcode[exc.errno or 0]
+    while plugin.state is not capsule.FeatureState.QUARANTINED:
+        with contextlib.suppress(capsule.FeatureCrashedError, capsule.FeatureUnavailableError):
+            await sup.call("plugin", "crash", {}, timeout=10)
+        with contextlib.suppress(capsule.FeatureUnavailableError):  # once quarantined
+            await plugin.wait_ready(timeout=10)  # restarted after its back-off
+    step(
+        "it crashes again and again: after its restart limit it is quarantined",
+        ok=plugin.state is capsule.FeatureState.QUARANTINED,
+        detail=f"{plugin.restarts.total} restarts; last: {plugin.last_exit}",
+    )
     try:
-        socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
-        results["socket"] = "opened"
-    except OSError as exc:
-        results["socket"] = errno.errorcode[exc.errno or 0]
-    if request.get("int80"):
-        syscall32(20)  # getpid through the 32-bit ABI: the filter kills the container
-    return results
+        await sup.call("plugin", "stats", {})
+        refused = False
+    except capsule.FeatureUnavailableError:
+        refused = True
+    step("calls to it now fail at once", ok=refused)
 
 
-async def contain_a_hostile_feature(root: Path) -> None:
-    print("\na hostile feature, contained")
-    app = capsule.testing.TestApp(root, name="hostile")
-    app.feature("rogue", restart={"max_restarts": 1, "backoff": "10ms..20ms"}).service("attack")(
-        _attack
+async def the_app_goes_on(sup: capsule.Supervisor) -> None:
+    print("\n4. the app goes on")
+    saved = await sup.call("editor", "save", {"note": "after.md", "text": "still here"})
+    checked = await sup.call("spellcheck", "check", {"text": "still here"})
+    step(
+        "the editor saves, spellcheck checks, the dictionary answers",
+        ok=saved["bytes"] == 10 and checked["unknown"] == [],
+        detail=f"{saved}, {checked}",
     )
-    app.feature("bystander").service("attack")(_attack)
-    async with app.open() as sup:
-        seen = await sup.call("rogue", "attack", {})
-        step(
-            "host files are not in its view", ok=seen["/etc/hostname"] == "ENOENT", detail=str(seen)
+
+
+def _tally(events: list[dict[str, Any]]) -> dict[str, collections.Counter[str]]:
+    """Per feature: file operations and messages allowed and denied, from the audit log."""
+    tally: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for event in events:
+        if event["decision"] not in {"allow", "deny"}:
+            continue
+        files = event["event"].startswith("fs-") or str(event.get("capability", "")).startswith(
+            "fs:"
         )
-        step("it cannot open a network socket", ok=seen["socket"] == "EAFNOSUPPORT")
-        try:
-            await sup.call("rogue", "attack", {"int80": True})
-            killed = None
-        except capsule.FeatureCrashedError as exc:
-            killed = exc.signal
-        step("a 32-bit system call kills it", ok=killed == signal.SIGSYS)
-        await sup.feature("rogue").wait_ready(timeout=5)
-        with contextlib.suppress(capsule.FeatureCrashedError):
-            await sup.call("rogue", "fault", {"kind": "segfault"})
-        with anyio.move_on_after(5):
-            while sup.feature("rogue").state.value != "quarantined":  # noqa: ASYNC110 - a demo's short poll
-                await anyio.sleep(0.01)
-        state = sup.feature("rogue").state.value
-        step("after too many crashes it is quarantined", ok=state == "quarantined")
-        calm = await sup.call("bystander", "attack", {})
-        step("its neighbour was never disturbed", ok=calm == seen)
-    step("nothing is left behind", ok=capsule.testing.leftovers() == [])
+        kind = ("files " if files else "messages ") + event["decision"]
+        tally[event["feature"]][kind] += event.get("count", 1)
+    return tally
+
+
+def summary(sup: capsule.Supervisor, audit: Path) -> None:
+    print("\n5. what happened (counts from the audit log)")
+    events = [json.loads(line) for line in audit.read_text(encoding="utf-8").splitlines()]
+    tally = _tally(events)
+    print(
+        f"   {'feature':11} {'state':12} {'restarts':>8} {'files ok':>9} {'denied':>7} "
+        f"{'messages ok':>12} {'denied':>7}"
+    )
+    for name, handle in sup.features().items():
+        counts = tally[name]
+        print(
+            f"   {name:11} {handle.state.value:12} {handle.restarts.total:>8} "
+            f"{counts['files allow']:>9} {counts['files deny']:>7} "
+            f"{counts['messages allow']:>12} {counts['messages deny']:>7}"
+        )
+    denied: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    for event in events:
+        if event["decision"] == "deny":
+            what = event.get("capability") or event.get("path") or "(a flood, summarised)"
+            denied[(event["feature"], what, event.get("reason", ""))] += event.get("count", 1)
+    print("\n   denied, and why:")
+    for (feature, what, reason), count in sorted(denied.items()):
+        print(f"   {count:>6}x {feature}: {what}: {reason}")
+    print("\n   restarts and quarantines:")
+    for name, handle in sup.features().items():
+        if handle.restarts.total or handle.state is capsule.FeatureState.QUARANTINED:
+            print(
+                f"   {name}: {handle.restarts.total} restarts, now {handle.state.value}; "
+                f"last exit: {handle.last_exit}"
+            )
+    step(
+        "every refusal is in the audit log, naming the feature and the reason",
+        ok=bool(denied) and all(feature == "plugin" for feature, _, _ in denied),
+        detail=f"{sum(denied.values())} refusals, all the plugin's, in {audit.name}",
+    )
+
+
+async def run_app(root: Path, uploads: list[Any]) -> None:
+    shutil.copytree(HERE / "notes", root / "notes")  # the demo never writes into demos/
+    audit = root / "audit.jsonl"
+    options: dict[str, Any] = {"state_dir": root / "state", "audit": audit}
+    async with capsule.open_supervisor(root / "notes", **options) as sup:
+        await the_scenario(sup, root, uploads)
+        await the_plugin(sup)
+        await the_app_goes_on(sup)
+        await anyio.sleep(1.1)  # the audit log is written once a second
+        summary(sup, audit)
+    step("nothing is left behind: containers, views, cgroups", ok=capsule.testing.leftovers() == [])
 
 
 def _render(_: object, __: str, event: dict[str, object]) -> str:
-    """Show the log's reasons as indented lines under each step."""
+    """The supervisor's warnings and errors, as indented lines under the steps."""
     detail = event.get("reason") or event.get("error") or event.get("last")
-    if detail is None and "revoked" in event:
-        detail = f"{event['revoked']} revoked"
     who = f"{event['feature']}: " if "feature" in event else ""
     return f"         log: {who}{event['event']}" + (f": {detail}" if detail else "")
 
 
 def _quiet(_: object, method: str, event: dict[str, object]) -> dict[str, object]:
-    """Keep the narration readable: the supervisor's routine info lines are dropped."""
-    if method == "info" and event["event"] not in {"token refused"}:
+    if method in {"debug", "info"}:
         raise structlog.DropEvent
     return event
 
@@ -322,14 +282,18 @@ def main() -> int:
         processors=[_quiet, _render], logger_factory=structlog.PrintLoggerFactory(sys.stdout)
     )
     print("capsule notes demo\n")
-    app = check_apps()
-    authority = TokenAuthority(KeyRing.generate())
-    tokens = hand_out(app, authority)
-    plugin_is_contained(tokens, authority)
-    misuse_is_refused(tokens, authority)
-    anyio.run(run_in_containers, backend="trio")
-    with tempfile.TemporaryDirectory() as tmp:  # this one on asyncio: the host loop is yours
-        anyio.run(contain_a_hostile_feature, Path(tmp), backend="asyncio")
+    check_apps()
+    try:
+        hook = webhook()
+        uploads = hook.__enter__()
+    except OSError as exc:
+        print(f"cannot start the demo's webhook on {WEBHOOK[0]}:{WEBHOOK[1]}: {exc}")
+        return 2
+    try:
+        with tempfile.TemporaryDirectory(prefix="capsule-demo-") as tmp:
+            anyio.run(run_app, Path(tmp), uploads, backend="trio")
+    finally:
+        hook.__exit__(None, None, None)
     if failures:
         print(f"\n{len(failures)} step(s) did not behave as designed: {', '.join(failures)}")
         return 1

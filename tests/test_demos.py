@@ -20,5 +20,10 @@ def test_the_notes_demo_behaves_as_designed() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout
     assert "all steps behaved as designed" in result.stdout
-    assert result.stdout.count("[ok  ]") >= 15
-    assert "plugin net_connect 127.0.0.1:8765: denied" in result.stdout
+    assert result.stdout.count("[ok  ]") >= 25
+    out = result.stdout
+    assert "POST /exports/ideas.md, POST /exports/shopping.md" in out  # the webhook got both
+    assert "it tries to connect to the exporter's webhook: refused (denied)" in out
+    assert "killed by its memory limit (out of memory)" in out
+    assert "plugin: 3 restarts, now quarantined" in out
+    assert "nothing is left behind" in out

@@ -104,3 +104,17 @@ def test_files_shown_in_the_docs_match_the_repository() -> None:
         assert (ROOT / name).read_text("utf-8") == text, (
             f"{page.relative_to(ROOT)} shows {name} differently from the repository"
         )
+
+
+def test_the_threat_model_names_tests_that_exist() -> None:
+    """Every test file and test function the threat model cites is in the test suite."""
+    text = (ROOT / "docs" / "explain" / "threat-model.md").read_text("utf-8")
+    paths = set(re.findall(r"`(tests/[\w/.]+?)(?:::\w+)?`", text))
+    names = set(re.findall(r"\b(test_\w+)\b", text)) - {Path(p).stem for p in paths}
+    assert paths
+    assert names
+    for path in paths:
+        assert (ROOT / path).exists(), path
+    sources = "\n".join(p.read_text("utf-8") for p in (ROOT / "tests").rglob("test_*.py"))
+    missing = sorted(name for name in names if f"def {name}(" not in sources)
+    assert not missing, f"the threat model cites tests that do not exist: {missing}"

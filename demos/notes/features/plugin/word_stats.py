@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from capsule.errors import CapabilityDeniedError
 from capsule.feature import Feature
@@ -81,10 +82,8 @@ def _write(path: str) -> None:
 @feature.service("snoop")
 async def snoop(ctx: Any, request: dict[str, Any]) -> dict[str, str]:
     """Reach for everything it was not given; returns how each attempt ended."""
-    tried = {
-        "read the user's private note /notes/ideas.md": _outcome(
-            lambda: _read("/notes/ideas.md")
-        ),
+    return {
+        "read the user's private note /notes/ideas.md": _outcome(lambda: _read("/notes/ideas.md")),
         "read /etc/passwd": _outcome(lambda: _read("/etc/passwd")),
         "read ~/.ssh/id_ed25519": _outcome(lambda: _read("/root/.ssh/id_ed25519")),
         "list /": _outcome(lambda: os.listdir("/")),
@@ -96,7 +95,6 @@ async def snoop(ctx: Any, request: dict[str, Any]) -> dict[str, str]:
             ctx.publish("spell.checked", {"note": "x", "words": 0, "unknown": 0})
         ),
     }
-    return tried
 
 
 @feature.service("flood")
@@ -117,7 +115,7 @@ async def hog(ctx: Any, request: dict[str, Any]) -> int:
     hoard: list[bytearray] = []
     while True:
         hoard.append(bytearray(b"\x01" * (8 << 20)))
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
 
 @feature.service("crash")
