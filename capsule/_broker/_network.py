@@ -50,6 +50,7 @@ __all__ = [
     "LANDLOCK_NET_ABI",
     "MAX_OPENING",
     "MAX_TIMEOUT",
+    "RESOLVERS",
     "NetworkMediator",
     "Resolver",
     "system_resolver",
@@ -67,7 +68,10 @@ MAX_TIMEOUT: Final = 120.0
 """The longest timeout a feature may ask for."""
 LANDLOCK_NET_ABI: Final = 4
 """The Landlock ABI that denies TCP connect and bind: below it, no socket is passed."""
-_RESOLVERS: Final = 8  # worker threads resolving names at once, for all containers together
+RESOLVERS: Final = 2
+"""Worker threads one container may have resolving names at once: a thread stuck on a dead
+DNS server keeps its place until it returns, so a feature whose names hang waits on itself
+and never on another feature's resolutions."""
 _BACKLOG: Final = 128
 
 Resolver = Callable[[str, int], Sequence[str]]
@@ -138,12 +142,19 @@ class _Held:
 class _PeerNet:
     """One container's sockets: those passed and still open, and the requests in progress."""
 
-    __slots__ = ("held", "opening", "scopes")
+    __slots__ = ("_threads", "held", "opening", "scopes")
 
     def __init__(self) -> None:
         self.held: list[_Held] = []
         self.opening: Counter[str] = Counter()
         self.scopes: dict[int, anyio.CancelScope] = {}
+        self._threads: anyio.CapacityLimiter | None = None
+
+    def threads(self) -> anyio.CapacityLimiter:
+        """Its own worker threads (RESOLVERS of them), made in the event loop on first use."""
+        if self._threads is None:
+            self._threads = anyio.CapacityLimiter(RESOLVERS)
+        return self._threads
 
     def count(self, under: str | None) -> int:
         if under is None:
@@ -196,7 +207,6 @@ class NetworkMediator:
         self._tg = task_group
         self._deny = deny
         self._peers: dict[Peer, _PeerNet] = {}
-        self._limiter: anyio.CapacityLimiter | None = None
         #: how names are resolved (a test seam: see the module docstring)
         self.resolver: Resolver = system_resolver
         self.opened = 0
@@ -342,16 +352,11 @@ class NetworkMediator:
         ceiling = DEFAULT_CONNS if ask.limit is None else ask.limit
         if state.count(under) < ceiling:
             return
-        live = await anyio.to_thread.run_sync(_live_inodes, limiter=self._threads())
+        live = await anyio.to_thread.run_sync(_live_inodes, limiter=state.threads())
         state.held = [held for held in state.held if held.inode in live]
         if state.count(under) >= ceiling:
             whose = "its capability allows" if ask.limit is not None else "a container may hold"
             raise _Refused(f"{ceiling} sockets are open already, as many as {whose}")
-
-    def _threads(self) -> anyio.CapacityLimiter:
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(_RESOLVERS)
-        return self._limiter
 
     async def _reach(self, ask: _Ask) -> tuple[socket.socket, Address]:
         """The socket, connected to or bound on the first usable address of the destination."""
@@ -368,7 +373,7 @@ class NetworkMediator:
                     dest.host,
                     dest.port,
                     abandon_on_cancel=True,
-                    limiter=self._threads(),
+                    limiter=ask.state.threads(),
                 )
                 candidates = self._screened(ask, answers)
             if isinstance(msg, Listen):
