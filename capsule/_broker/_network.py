@@ -209,8 +209,8 @@ class NetworkMediator:
         self._peers: dict[Peer, _PeerNet] = {}
         #: how names are resolved (a test seam: see the module docstring)
         self.resolver: Resolver = system_resolver
-        self.opened = 0
-        self.failed = 0
+        self.opened = 0  # sockets passed, all containers together
+        self.failed = 0  # granted requests that failed (resolution, connect, bind, timeout)
 
     # -- from the broker ---------------------------------------------------------------
 
@@ -273,11 +273,6 @@ class NetworkMediator:
         if state is not None:
             for scope in state.scopes.values():
                 scope.cancel()
-
-    def held(self, peer: Peer) -> int:
-        """Sockets passed to ``peer`` not known to be closed (as of the last count)."""
-        state = self._peers.get(peer)
-        return 0 if state is None else len(state.held)
 
     # -- refusing and answering ---------------------------------------------------------
 
