@@ -27,6 +27,7 @@ from capsule._cli._common import (
     positive_seconds,
 )
 from capsule._cli._status import rates, rich_view, status_lines
+from capsule._control._runs import running_apps
 from capsule._control._server import ControlServer, open_control_server
 from capsule._manifest import App, load_app
 from capsule._supervisor._supervisor import open_supervisor
@@ -193,6 +194,14 @@ class _Runner:
 
     async def main(self) -> int:
         args = self.args
+        others = [run.pid for run in running_apps() if run.app == self.app.manifest.name]
+        if others and args.state_dir is None:
+            _log.warning(
+                "the app is already running",
+                app=self.app.manifest.name,
+                pids=others,
+                hint="both runs share its private storage; give this one --state-dir",
+            )
         async with anyio.create_task_group() as tg:
             await tg.start(self._signals)
             try:
@@ -273,7 +282,9 @@ class _Runner:
         footer = f"control {server.socket_path}  audit {server.sup.audit_path}"
         footer += "  (Ctrl-C stops the app)"
         previous = server.snapshot()
-        with Live(auto_refresh=False, redirect_stderr=True, redirect_stdout=True) as live:
+        # log lines on the same terminal go above the table; a redirected stderr keeps them
+        redirect = sys.stderr.isatty()
+        with Live(auto_refresh=False, redirect_stderr=redirect, redirect_stdout=True) as live:
             live.update(
                 rich_view(previous, {}, width=live.console.width, footer=footer), refresh=True
             )

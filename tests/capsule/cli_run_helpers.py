@@ -215,9 +215,14 @@ class Run:
 
 
 def start_run(
-    tmp_path: Path, *options: str, name: str | None = None, hang_on_stop: bool = False
+    tmp_path: Path,
+    *options: str,
+    name: str | None = None,
+    hang_on_stop: bool = False,
+    terminal: int | None = None,
 ) -> Run:
-    """Write the test app under ``tmp_path`` and start ``capsule run`` on it (not waited for)."""
+    """Write the test app under ``tmp_path`` and start ``capsule run`` on it (not waited for);
+    its stdin and stdout are ``terminal`` when given (a pty), a file otherwise."""
     name = name or unique_name()
     app_dir = write_app(tmp_path / name, name, hang_on_stop=hang_on_stop)
     stdout, stderr, audit = (tmp_path / f"{name}.{ext}" for ext in ("out", "err", "jsonl"))
@@ -227,7 +232,13 @@ def start_run(
         *options,
     ]
     with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err)
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdin=terminal,
+            stdout=out if terminal is None else terminal,
+            stderr=err,
+        )
     return Run(name, app_dir, process, stdout, stderr, audit)
 
 

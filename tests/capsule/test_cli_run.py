@@ -3,13 +3,19 @@ run as a user would: every command in its own subprocess, against a real app."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,6 +188,59 @@ def test_run_logs_and_status_lines_as_json(app_run: Run) -> None:
     assert {"ts", "state", "pid", "restarts", "calls", "msgs_per_s", "memory"} <= set(found[-1])
 
 
+def _read_terminal(fd: int, want: str, seen: bytearray) -> str:
+    """What a terminal shows, with escape sequences removed, once it holds ``want``."""
+
+    def shown() -> str | None:
+        if select.select([fd], [], [], 0.05)[0]:
+            seen.extend(os.read(fd, 65536))
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
+        return text if want in text else None
+
+    return wait_for(f"{want!r} on the terminal", shown)
+
+
+def test_a_terminal_gets_a_live_table(app_run: Run, tmp_path: Path) -> None:
+    """On a terminal, capsule top (and capsule run, below) redraw a rich table in place."""
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-m", "capsule", "top", "--app", app_run.name, "--interval", "0.2"],
+            cwd=ROOT,
+            stdin=terminal,
+            stdout=terminal,
+            stderr=subprocess.DEVNULL,
+        ) as top:
+            seen = bytearray()
+            text = _read_terminal(main, "CPU%", seen)
+            assert "Ctrl-C to quit" in _read_terminal(main, "Ctrl-C to quit", seen)
+            assert "\x1b[" in seen.decode(errors="replace")  # drawn with escape sequences
+            assert "spare" in text
+            top.send_signal(signal.SIGINT)
+            assert top.wait(WAIT) == 0
+
+        run = start_run(tmp_path, terminal=terminal)
+        try:
+            run.wait_running()
+            seen = bytearray()
+            text = _read_terminal(main, "(Ctrl-C stops the app)", seen)
+            assert f"app {run.name}" in text
+            assert "FEATURE" in text
+            assert "app running" not in text  # the log lines stay in the redirected stderr
+            run.signal(signal.SIGINT)
+            assert run.wait_exit() == 0
+        finally:
+            if run.process.poll() is None:
+                run.process.kill()
+                run.wait_exit()
+    finally:
+        os.close(main)
+        os.close(terminal)
+    assert "app running" in run.output()
+    assert "app stopped" in run.output()
+
+
 # -- the audit log of a running app -------------------------------------------------------
 
 
@@ -314,7 +373,9 @@ def test_commands_say_when_no_such_app_runs() -> None:
 # -- starting and stopping ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda sig: sig.name
+)
 def test_a_signal_stops_the_app_gracefully_and_leaves_nothing(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
