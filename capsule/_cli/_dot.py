@@ -6,6 +6,7 @@ Presentation only: it draws what a CheckReport says and decides nothing itself.
 from __future__ import annotations
 
 from capsule._manifest import CheckReport
+from capsule._tokens._caps import format_actions
 from capsule._units import format_size
 
 __all__ = ["render_dot"]
@@ -107,8 +108,7 @@ def render_dot(report: CheckReport) -> str:
         for cap in grant.capabilities:
             if cap.kind == "net":
                 target = _quote("net:" + cap.target)
-                lines.append(
-                    f"    {source} -> {target} {_attrs(label='connect', color='firebrick')};"
-                )
+                verb = format_actions(cap.kind, cap.actions)  # connect, listen
+                lines.append(f"    {source} -> {target} {_attrs(label=verb, color='firebrick')};")
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -284,3 +284,15 @@ def test_check_shows_how_each_view_is_backed(tmp_path: Path) -> None:
     graph = capsule("graph", str(root)).stdout
     assert "cow /draft" in graph
     assert '"feature:a" -> "private:a"' in graph
+
+
+def test_graph_labels_network_edges_by_what_is_granted(tmp_path: Path) -> None:
+    """A listen grant is drawn as listen, a connect grant as connect."""
+    root = make_app(
+        tmp_path,
+        {"a": '[access]\nnet = ["127.0.0.1:8765"]\nlisten = ["127.0.0.1:9000"]\n'},
+        '[policy.a]\nnet = ["127.0.0.1:8765"]\nlisten = ["127.0.0.1:9000"]\n',
+    )
+    graph = capsule("graph", str(root)).stdout
+    assert '"feature:a" -> "net:127.0.0.1:8765" [label="connect"' in graph
+    assert '"feature:a" -> "net:127.0.0.1:9000" [label="listen"' in graph
