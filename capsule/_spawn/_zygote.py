@@ -173,6 +173,8 @@ class _Zygote:
                     self.reap()
                 if self.sock.fileno() in ready and not self._handle_request():
                     return
+        except (ConnectionResetError, BrokenPipeError):
+            return  # the supervisor went away with reports unread: the same as a close
         finally:
             self.kill_all()
 
