@@ -132,18 +132,7 @@ class NodeTable:
     def child(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
         """The node for ``name`` in backing directory ``parent``, opened, its lookup count
         raised."""
-        fd = _open_beneath(self.fd(parent), name)
-        try:
-            st = os.fstat(fd)
-            node = self._entry(parent, name, st)
-        except BaseException:
-            os.close(fd)
-            raise
-        if node.fd < 0:
-            node.fd = fd
-        else:
-            os.close(fd)
-        return node, st
+        return self.adopt(parent, name, _open_beneath(self.fd(parent), name))
 
     def listed(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
         """Like :meth:`child` for an entry of a directory listing, but a file or symlink gets
