@@ -52,6 +52,7 @@ from capsule._ipc._messages import (
 )
 from capsule._ipc._outcome import error_for, exception_for
 from capsule._ipc._payload import NIL, decode_payload, encode_payload
+from capsule._tasks import TaskStarter
 from capsule._tokens._authority import TokenAuthority
 from capsule._tokens._caps import Action
 from capsule._tokens._grant import compile_grant
@@ -102,7 +103,7 @@ class Broker:
         authority: TokenAuthority,
         audit: AuditLog,
         resolve: Callable[[str], Target | None],
-        task_group: anyio.abc.TaskGroup,
+        task_group: TaskStarter,
         *,
         call_timeout: float,
     ) -> None:

@@ -41,6 +41,7 @@ from capsule._broker._routes import Handle, Peer, unusable
 from capsule._ipc._channel import encode_frame
 from capsule._ipc._messages import Connect, Error, Listen, Opened
 from capsule._ipc._outcome import network_error
+from capsule._tasks import TaskStarter
 from capsule._tokens._caps import Action, Capability
 from capsule.errors import ConfigError, ProtocolError
 
@@ -202,7 +203,7 @@ def _capability(handle: Handle, action: Action, target: str) -> Capability:
 class NetworkMediator:
     """Opens the connections and listeners features ask for, after checking their grants."""
 
-    def __init__(self, audit: AuditLog, task_group: anyio.abc.TaskGroup, deny: _Deny) -> None:
+    def __init__(self, audit: AuditLog, task_group: TaskStarter, deny: _Deny) -> None:
         self._audit = audit
         self._tg = task_group
         self._deny = deny

@@ -35,6 +35,7 @@ from capsule._spawn._client import SpawnResult, ZygoteClient
 from capsule._spawn._protocol import SpawnRequest
 from capsule._supervisor._handshake import Expectation, check_status
 from capsule._supervisor._views import ViewServer
+from capsule._tasks import TaskStarter
 from capsule.errors import (
     ChannelClosedError,
     FeatureCrashedError,
@@ -145,7 +146,7 @@ class Instance:
         cgroup: ContainerCgroup | None,
         *,
         broker: Broker,
-        task_group: anyio.abc.TaskGroup,
+        task_group: TaskStarter,
         view: ViewServer | None = None,
     ) -> Instance:
         """Spawn, check the sandbox report, deliver tokens and code, wait for ready.

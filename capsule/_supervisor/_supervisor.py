@@ -42,6 +42,7 @@ from capsule._supervisor._instance import Ending, Instance, LaunchSpec
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._rundir import RunDir
 from capsule._supervisor._views import ViewServer, ViewTimeouts
+from capsule._tasks import Services
 from capsule._tokens._authority import Token, TokenAuthority
 from capsule._tokens._format import MAX_CAPABILITIES
 from capsule._tokens._keys import KeyRing
@@ -278,7 +279,9 @@ class Supervisor(metaclass=_NoPublicConstructor):
         self.app = app
         self.state_dir = state_dir or default_state_dir(app.manifest.name)
         self.view_timeouts = view_timeouts
-        self._tg = task_group
+        # every background task of the app, shielded: a cancelled block around
+        # open_supervisor must not end them before _close has stopped the containers
+        self._tg = Services(task_group)
         self._inline = dict(inline)
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -299,7 +302,7 @@ class Supervisor(metaclass=_NoPublicConstructor):
             self._authority,
             self._audit,
             self._handles.get,
-            task_group,
+            self._tg,
             call_timeout=call_timeout,
         )
         self._zygote: ZygoteClient | None = None
@@ -745,15 +748,18 @@ class Supervisor(metaclass=_NoPublicConstructor):
     async def _close(self) -> None:
         self._closing = True
         with anyio.CancelScope(shield=True):
-            async with self._lock:
-                for name in reversed(self._order):
-                    await self._stop(self._handles[name])
-            if self._zygote is not None:
-                await self._zygote.aclose()
-            if self._cgroups is not None:
-                await anyio.to_thread.run_sync(self._cgroups.close)
-            self._rundir.close()
-            self._audit.close()
+            try:
+                async with self._lock:
+                    for name in reversed(self._order):
+                        await self._stop(self._handles[name])
+                if self._zygote is not None:
+                    await self._zygote.aclose()
+                if self._cgroups is not None:
+                    await anyio.to_thread.run_sync(self._cgroups.close)
+                self._rundir.close()
+                self._audit.close()
+            finally:
+                self._tg.cancel()  # the services the shutdown needed are done with
 
 
 def default_state_dir(app: str) -> Path:

@@ -355,3 +355,21 @@ async def test_on_stop_hooks_run_on_stop(tmp_path: Path) -> None:
             await sup.stop("other")
             assert trio.current_time() - start < 0.4  # without a slow hook it is quick
     assert capsule.testing.leftovers() == []
+
+
+@pytest.mark.trio
+async def test_cancelling_the_block_still_stops_every_feature_promptly(tmp_path: Path) -> None:
+    """A cancel scope around ``open_supervisor`` that is cancelled while the app runs still
+    stops the features with their stop message (no grace period waited out, no SIGKILL)
+    and leaves nothing behind: the supervisor's own services outlive the cancellation
+    until the app is down."""
+    app = echo_app(tmp_path, ["a", "b", "c"])
+    with trio.CancelScope() as scope:
+        async with app.open() as sup:
+            assert await sup.call("a", "echo", 1) == 1
+            scope.cancel()
+            cancelled = trio.current_time()
+            await trio.sleep_forever()
+    took = trio.current_time() - cancelled
+    assert took < 3.0, f"closing after a cancel took {took:.1f}s"
+    assert capsule.testing.leftovers() == []
