@@ -187,7 +187,7 @@ class AuditLog:
                 self._dropped += 1
                 return
         elif decision == "allow":
-            self._allowed += 1
+            self._allowed += int(fields.get("count", 1))  # a summary line counts what it sums
         self._emit(
             event,
             feature=feature,

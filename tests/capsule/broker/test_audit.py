@@ -300,3 +300,10 @@ def test_without_follow_a_partial_last_line_is_read_as_it_is(tmp_path: Path) -> 
     path = tmp_path / "run.jsonl"
     path.write_text('{"event": "a"}\n{"event": "b"}', "utf-8")
     assert [i.get("event") for i in read_events(path) if isinstance(i, AuditEvent)] == ["a", "b"]
+
+
+def test_a_recorded_allow_summary_counts_what_it_sums(log: AuditLog) -> None:
+    """An allow line with ``count`` (a view's file operations, say) adds that many allows."""
+    log.record("fs-allow", feature="editor", decision="allow", mount="/notes", count=5)
+    log.record("connect", feature="exporter", decision="allow")
+    assert log.statistics().allowed == 6
