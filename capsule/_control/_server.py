@@ -56,6 +56,9 @@ from capsule._supervisor._rundir import RunDir
 from capsule._supervisor._supervisor import Supervisor
 from capsule.errors import CapsuleError, ProtocolError
 
+#: the name audit lines give the control socket itself (never a feature's name)
+CONTROL: Final = "@control"
+
 __all__ = ["ControlServer", "open_control_server", "snapshot"]
 
 _log = structlog.get_logger("capsule.control")
@@ -194,6 +197,14 @@ class ControlServer:
             if not hmac.compare_digest(request.token.encode("utf-8"), self._secret):
                 self.refused += 1
                 _log.warning("control request refused", reason="wrong admin secret", peer=pid)
+                self.sup.audit(
+                    "control",
+                    feature=CONTROL,
+                    decision="refuse",
+                    reason="wrong admin secret",
+                    request=type(request).__name__.lower(),
+                    peer=pid,
+                )
                 with anyio.fail_after(_TRANSFER):
                     await stream.send(
                         encode(Failure("refused", "wrong admin secret"), limit=MAX_RESPONSE)
@@ -210,7 +221,6 @@ class ControlServer:
                 await stream.send(data)
 
     async def _answer(self, request: Request, pid: int) -> Response:
-        sup = self.sup
         if isinstance(request, Status):
             return self.snapshot()
         _log.info(
@@ -220,6 +230,21 @@ class ControlServer:
             service=getattr(request, "service", None),
             peer=pid,
         )
+        response = await self._act(request)
+        outcome = response.kind if isinstance(response, Failure) else "done"
+        self.sup.audit(
+            "control",
+            feature=request.feature,
+            decision="operate",
+            reason=f"{type(request).__name__.lower()} through the control socket: {outcome}",
+            request=type(request).__name__.lower(),
+            service=getattr(request, "service", None),
+            peer=pid,
+        )
+        return response
+
+    async def _act(self, request: Call | Start | Stop | Restart) -> Response:
+        sup = self.sup
         try:
             if isinstance(request, Call):
                 try:

@@ -421,6 +421,15 @@ class Supervisor(metaclass=_NoPublicConstructor):
                 instance.view.revoke(revoked)
         return revoked
 
+    def audit(
+        self, event: str, *, feature: str, decision: str, reason: str = "", **fields: Any
+    ) -> None:
+        """Add a line to this run's audit log for something done from outside the broker:
+        ``capsule run``'s control socket records what operators did through it. ``feature``
+        is the feature acted on (or a name such as ``@control``); ``decision`` is ``operate``,
+        ``refuse`` or another word (see ``capsule audit``)."""
+        self._audit.record(event, feature=feature, decision=decision, reason=reason, **fields)
+
     @property
     def audit_path(self) -> Path | None:
         """The JSON-lines file this run's audit events go to."""

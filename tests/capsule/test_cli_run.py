@@ -154,6 +154,31 @@ def test_stop_start_and_restart_a_feature(app_run: Run) -> None:
     assert unknown.returncode == 1
     assert "is not part of app" in unknown.stderr
 
+    def operated() -> list[dict[str, object]] | None:
+        lines = _control_lines(app_run, "operate")
+        first = next(  # this test's first action; earlier tests of the module made calls
+            (
+                i
+                for i, line in enumerate(lines)
+                if (line["request"], line["feature"]) == ("stop", "spare")
+            ),
+            None,
+        )
+        mine = [] if first is None else lines[first:]
+        return mine if len(mine) >= 6 else None  # stop, call, start, restart, call, stop
+
+    done = wait_for("the control actions in the audit log", operated)
+    assert [(line["request"], line["feature"]) for line in done] == [
+        ("stop", "spare"),
+        ("call", "spare"),
+        ("start", "spare"),
+        ("restart", "spare"),
+        ("call", "spare"),
+        ("stop", "nope"),
+    ]
+    assert done[1]["reason"] == "call through the control socket: FeatureUnavailableError"
+    assert done[3]["reason"] == "restart through the control socket: done"
+
 
 def test_top_once_shows_one_frame_with_rates(app_run: Run) -> None:
     result = capsule("top", "--app", app_run.name, "--once", "--interval", "0.3")
@@ -303,6 +328,20 @@ def test_a_wrong_admin_secret_is_refused(app_run: Run, secret: str) -> None:
     with ControlClient(control) as client:
         assert client.status().app == app_run.name  # the right secret still works
     app_run.wait_logged('"control request refused"')
+    refused = wait_for(
+        "the refusal in the audit log", lambda: _control_lines(app_run, "refuse") or None
+    )
+    assert (refused[0]["feature"], refused[0]["reason"]) == ("@control", "wrong admin secret")
+
+
+def _control_lines(run: Run, decision: str) -> list[dict[str, object]]:
+    """The audit log's control-socket lines with ``decision``, in order."""
+    try:
+        text = run.audit.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    events = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [e for e in events if e["event"] == "control" and e["decision"] == decision]
 
 
 def _raw_exchange(control: RunningApp, data: bytes) -> tuple[Failure | None, bytes]:
