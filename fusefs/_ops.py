@@ -244,8 +244,13 @@ class ViewOperations(pyfuse3.Operations):
         if fields.update_size:
             if not stat.S_ISREG(st.st_mode):
                 raise pyfuse3.FUSEError(errno.EINVAL)
-            self._charge(mount, self._where(node), "truncate", nbytes=attr.st_size - st.st_size)
-            os.truncate(proc_path(self._fd(node)), attr.st_size)
+            grow = attr.st_size - st.st_size
+            self._charge(mount, self._where(node), "truncate", nbytes=grow)  # EDQUOT first
+            try:
+                os.truncate(proc_path(self._fd(node)), attr.st_size)
+            except BaseException:
+                mount.usage_bytes = max(0, mount.usage_bytes - grow)  # not done: not charged
+                raise
         if fields.update_mode and not stat.S_ISLNK(st.st_mode):
             os.chmod(proc_path(self._fd(node)), stat.S_IMODE(attr.st_mode) & ~_STRIP)
         if (fields.update_atime or fields.update_mtime) and not stat.S_ISLNK(st.st_mode):
@@ -419,9 +424,9 @@ class ViewOperations(pyfuse3.Operations):
         st = os.fstat(self._fd(node))
         if not stat.S_ISREG(st.st_mode):
             raise pyfuse3.FUSEError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.ELOOP)
-        if flags & os.O_TRUNC:
-            self._charge(mount, self._where(node), "open", nbytes=-st.st_size)
         fd = os.open(proc_path(self._fd(node)), (flags & ~_OPEN_DROP) | os.O_CLOEXEC)
+        if flags & os.O_TRUNC:  # given back once the truncation happened
+            self._charge(mount, self._where(node), "open", nbytes=-st.st_size)
         keep = node.cache_key == (st.st_mtime_ns, st.st_size) and not flags & os.O_TRUNC
         node.cache_key = (st.st_mtime_ns, st.st_size)
         fh = self._fh()
@@ -446,10 +451,13 @@ class ViewOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
         mount = self._live(handle, "write", write=True)
-        grow = off + len(buf) - os.fstat(handle.fd).st_size
-        if grow > 0:
-            self._charge(mount, self._where(handle.node), "write", nbytes=grow)
-        return os.pwrite(handle.fd, buf, off)
+        grow = max(0, off + len(buf) - os.fstat(handle.fd).st_size)
+        self._charge(mount, self._where(handle.node), "write", nbytes=grow)  # EDQUOT first
+        try:
+            return os.pwrite(handle.fd, buf, off)
+        except BaseException:
+            mount.usage_bytes = max(0, mount.usage_bytes - grow)  # not written: not charged
+            raise
 
     @_errno_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:  # noqa: FBT001 - pyfuse3's signature
