@@ -15,6 +15,7 @@ from typing import Annotated, Final, TypeAlias
 
 import msgspec
 
+from capsule._supervisor._supervisor import FeatureStatistics
 from capsule.errors import ProtocolError
 
 __all__ = [
@@ -90,28 +91,9 @@ class Restart(_Request, frozen=True, tag="restart"):
 Request: TypeAlias = Status | Call | Start | Stop | Restart
 
 
-class FeatureRow(msgspec.Struct, frozen=True):
-    """One feature's statistics, as ``capsule.FeatureStatistics`` has them."""
-
-    name: str
-    version: str
-    state: str
-    pid: int | None
-    restarts: int
-    calls_total: int
-    calls_in_flight: int
-    messages: int
-    denied: int
-    events_dropped: int
-    uptime: float | None
-    last_exit: str | None
-    memory_current: int | None
-    memory_limit: int | None
-    oom_kills: int
-    pids_current: int | None
-    cpu_usage_ns: int | None
-    files_allowed: int = 0
-    files_denied: int = 0
+#: one feature's statistics on the wire: ``capsule.FeatureStatistics`` itself (a frozen
+#: dataclass msgspec encodes and decodes field by field), so the two never drift apart
+FeatureRow: TypeAlias = FeatureStatistics
 
 
 class _Response(msgspec.Struct, frozen=True, tag_field="t"):

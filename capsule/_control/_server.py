@@ -32,7 +32,6 @@ from capsule._control._protocol import (
     Call,
     Done,
     Failure,
-    FeatureRow,
     Request,
     Response,
     Restart,
@@ -95,9 +94,7 @@ def snapshot(sup: Supervisor, *, run: str, started: float) -> Snapshot:
         events_published=stats.events_published,
         allowed=stats.allowed,
         denied=stats.denied,
-        features=[
-            msgspec.convert(f, FeatureRow, from_attributes=True) for f in stats.features.values()
-        ],
+        features=list(stats.features.values()),
     )
 
 
