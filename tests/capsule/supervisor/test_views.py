@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import trio
 
+import fusefs
 from capsule import (
     FeatureCrashedError,
     FeatureUnavailableError,
@@ -33,8 +34,9 @@ from capsule import (
     ViewTimeouts,
 )
 from capsule._container._feature import Context
+from capsule._supervisor._rundir import runtime_base
 from capsule.testing import TestApp, leftovers
-from tests.capsule.supervisor.helpers import FAST, LIMITS, wait_new_pid, wait_until
+from tests.capsule.supervisor.helpers import FAST, LIMITS, alive, wait_new_pid, wait_until
 
 #: probe often and give up quickly, so a hung server is found within a second
 QUICK = ViewTimeouts(mount=10.0, probe_interval=0.2, probe=0.5)
@@ -179,14 +181,9 @@ def _fs_token(sup: Supervisor, feature: str) -> str:
 
 
 def _view_mounts_of(pid: int) -> list[str]:
-    """Mount points of views (fsname capsule-<feature>) of the supervisor running as ``pid``."""
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        lines = [line.split() for line in f]
-    return [
-        fields[4]
-        for fields in lines
-        if fields[fields.index("-") + 2].startswith("capsule-") and f"/{pid}-" in fields[4]
-    ]
+    """Mount points of the views of the supervisor running as ``pid``."""
+    mounts = fusefs.fuse_mounts_beneath(str(runtime_base()))
+    return [point for point, _ in mounts if f"/{pid}-" in point]
 
 
 def _view_app(tmp_path: Path) -> TestApp:
@@ -353,7 +350,7 @@ async def test_a_hung_view_server_is_aborted_and_the_feature_recovers(tmp_path: 
                 assert "ConnectionAbortedError" in str(failed.value), failed.value
             assert await sup.call("reader", "read_words") == "alpha\nbeta\n"
             await wait_new_pid(sup, "writer", old)
-            await wait_until(lambda: not _alive(server), "the hung server is gone")
+            await wait_until(lambda: not alive(server), "the hung server is gone")
             assert await sup.call("writer", "read_state") == "ENOENT"
     ends = [e for e in _audit(app) if e["event"] == "fs-end"]
     assert ends, "the hung server is audited"
@@ -501,7 +498,7 @@ async def test_synced_data_survives_a_supervisor_crash_and_stale_views_are_clean
             await host.stdout.aclose()
     assert (tmp_path / "crashed" / "volumes" / "notes" / "synced.txt").read_text() == "survives"
     await wait_until(
-        lambda: not any(_alive(pid) for pid in _processes_of(host.pid)), "its processes are gone"
+        lambda: not any(alive(pid) for pid in _processes_of(host.pid)), "its processes are gone"
     )
     app = _view_app(tmp_path / "next")
     async with app.open() as sup:
@@ -513,14 +510,6 @@ async def test_synced_data_survives_a_supervisor_crash_and_stale_views_are_clean
 def _pids_in(procs: str | Path) -> set[int]:
     with open(procs, encoding="ascii") as f:
         return {int(pid) for pid in f.read().split()}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in {"Z", "X"}
 
 
 def _processes_of(pid: int) -> list[int]:
