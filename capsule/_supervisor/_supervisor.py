@@ -510,16 +510,15 @@ class Supervisor(metaclass=_NoPublicConstructor):
     def _view(self, handle: FeatureHandle, tokens: list[Token], uid: int, gid: int) -> ViewSpec:
         """The file-system view of a new container: one mount per granted fs capability,
         each tied to the token that carries it (revocation and expiry close that mount)."""
-        carriers = {
-            str(cap): token for token in tokens for cap in token.claims.caps if cap.kind == "fs"
+        carriers = {  # view path -> the fs capability granting it, and the token carrying it
+            cap.target.rstrip("/"): (str(cap), token)
+            for token in tokens
+            for cap in token.claims.caps
+            if cap.kind == "fs"
         }
         mounts = []
         for grant in self.app.grants[handle.name].mounts:
-            text, token = next(
-                (text, token)
-                for text, token in carriers.items()
-                if text.split(":", 2)[2].partition("?")[0].rstrip("/") == grant.view
-            )
+            text, token = carriers[grant.view]
             kind, backing, upper = self._backing(handle.name, grant)
             mounts.append(
                 MountSpec(
