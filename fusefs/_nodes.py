@@ -14,7 +14,7 @@ import enum
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -69,6 +69,7 @@ class NodeTable:
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[tuple[int, int, int], int] = {}
         self._by_name: dict[tuple[int, bytes], int] = {}  # (parent, name) -> the node there
+        self.roots: dict[int, Node] = {}  # mount index -> the node of its root
         self._next = pyfuse3.ROOT_INODE
         self.root = self.synthetic(pyfuse3.ROOT_INODE, b"")
 
@@ -108,6 +109,7 @@ class NodeTable:
         node = Node(self._number(), Kind.BACKING, parent, name, mount, fd, lookups=1)
         node.is_root = True
         node.key = (mount.index, st.st_dev, st.st_ino)
+        self.roots[mount.index] = node
         self._by_key[node.key] = node.ino
         return self._add(node)
 
@@ -226,8 +228,10 @@ class NodeTable:
             node = parent
         return "/" + "/".join(os.fsdecode(p) for p in reversed(parts))
 
-    def of_mount(self, mount: MountState) -> list[Node]:
-        return [n for n in self._nodes.values() if n.mount is mount]
+    def inodes_of(self, mounts: Sequence[MountState]) -> list[int]:
+        """The inode numbers the kernel may cache for ``mounts``."""
+        wanted = {m.index for m in mounts}
+        return [n.ino for n in self._nodes.values() if n.mount and n.mount.index in wanted]
 
     def close(self) -> None:
         for node in self._nodes.values():

@@ -13,7 +13,7 @@ import errno
 import functools
 import os
 import stat
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -542,8 +542,7 @@ class ViewOperations(pyfuse3.Operations):
         data.f_namemax = 255
         writable = [m for m in self.policy.mounts if m.spec.writable]
         for mount in writable[:1]:
-            root = next(n for n in self.nodes if n.mount is mount and n.is_root)
-            host = os.statvfs(proc_path(self._fd(root)))
+            host = os.statvfs(proc_path(self._fd(self.nodes.roots[mount.index])))
             free, files = host.f_bavail * host.f_frsize // 4096, host.f_favail
             if mount.spec.quota_bytes is not None:
                 free = min(free, max(0, mount.spec.quota_bytes - mount.usage_bytes) // 4096)
@@ -554,11 +553,3 @@ class ViewOperations(pyfuse3.Operations):
             data.f_files = max(files, host.f_files)
             data.f_ffree = data.f_favail = files
         return data
-
-    # -- the owner's side --------------------------------------------------------------
-
-    def inodes_of(self, mounts: Sequence[MountState]) -> Iterator[int]:
-        wanted = {id(m) for m in mounts}
-        for node in self.nodes:
-            if node.mount is not None and id(node.mount) in wanted:
-                yield node.ino

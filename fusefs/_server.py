@@ -157,7 +157,7 @@ class _Server:
         """Drop the kernel's caches of closed mounts, so their next use reaches the policy."""
         if not closed:
             return
-        inodes = list(self.ops.inodes_of(closed))
+        inodes = self.nodes.inodes_of(closed)
 
         def invalidate() -> None:
             for ino in inodes:
