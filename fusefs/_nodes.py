@@ -14,7 +14,7 @@ import enum
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -78,12 +78,6 @@ class NodeTable:
             return self._nodes[ino]
         except KeyError:
             raise pyfuse3.FUSEError(2) from None  # ENOENT: the kernel forgot it already
-
-    def __iter__(self) -> Iterator[Node]:
-        return iter(list(self._nodes.values()))
-
-    def __len__(self) -> int:
-        return len(self._nodes)
 
     def _add(self, node: Node) -> Node:
         self._nodes[node.ino] = node

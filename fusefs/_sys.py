@@ -18,7 +18,6 @@ __all__ = [
     "MS_REC",
     "PR_SET_PDEATHSIG",
     "RENAME_EXCHANGE",
-    "RENAME_NOREPLACE",
     "RESOLVE_BENEATH",
     "RESOLVE_NO_XDEV",
     "mount",
@@ -34,7 +33,6 @@ CLONE_NEWUSER: Final = 0x10000000
 MS_REC: Final = 0x4000
 MS_PRIVATE: Final = 0x40000
 MNT_DETACH: Final = 0x2
-RENAME_NOREPLACE: Final = 1
 RENAME_EXCHANGE: Final = 2
 PR_SET_PDEATHSIG: Final = 1
 RESOLVE_NO_XDEV: Final = 0x01
