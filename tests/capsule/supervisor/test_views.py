@@ -383,8 +383,9 @@ async def test_a_crashed_view_server_ends_its_container_and_both_come_back(
 @pytest.mark.trio
 async def test_a_feature_hammering_its_view_does_not_stall_another(tmp_path: Path) -> None:
     """Each view has its own server: while one feature lists, stats and reads its view in
-    a tight loop, the other's file access stays fast (p99 well under a quarter second;
-    the figures against a quiet run are printed, the benchmark measures them properly)."""
+    a tight loop, the other's file access stays fast: its p99 within 4x of its quiet p99
+    (or 25 ms, on a noisy machine). One server for both would hold the reader up behind
+    listings of 2,000 entries; benchmarks/views.py measures this properly."""
     app = _view_app(tmp_path)
     for index in range(2000):
         (tmp_path / "volumes" / "notes" / "many" / f"f{index}").write_text("x")
@@ -398,7 +399,7 @@ async def test_a_feature_hammering_its_view_does_not_stall_another(tmp_path: Pat
     quiet_p99 = statistics.quantiles(quiet, n=100)[98]
     loaded_p99 = statistics.quantiles(loaded, n=100)[98]
     figures = f"reader p99 quiet {quiet_p99 * 1e6:.0f} us, hammered {loaded_p99 * 1e6:.0f} us"
-    assert loaded_p99 < 0.25, figures
+    assert loaded_p99 < max(4 * quiet_p99, 0.025), figures
 
 
 @pytest.mark.trio
