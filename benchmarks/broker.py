@@ -573,8 +573,11 @@ def authorization_jobs(sizes: Sizes) -> list[Job]:
     action = Action.ICC_CALL
     if broker._check(peer, number, action, "echo.echo", valid=True) is not peer.handles[number]:
         raise RuntimeError("Broker._check refused a call its token allows")
-    if broker._check(peer, number, action, "echo.other", valid=True) != (
-        f"no capability of token {grant.token_id} covers it"
+    # A refusal returns None and is counted (and audited) as the peer's denial.
+    denied = peer.denied
+    if (
+        broker._check(peer, number, action, "echo.other", valid=True) is not None
+        or peer.denied != denied + 1
     ):
         raise RuntimeError("Broker._check allowed a call its token does not hold")
 
