@@ -237,13 +237,19 @@ def test_a_terminal_gets_a_live_table(app_run: Run, tmp_path: Path) -> None:
             stdout=terminal,
             stderr=subprocess.DEVNULL,
         ) as top:
-            seen = bytearray()
-            text = _read_terminal(main, "CPU%", seen)
-            assert "Ctrl-C to quit" in _read_terminal(main, "Ctrl-C to quit", seen)
-            assert "\x1b[" in seen.decode(errors="replace")  # drawn with escape sequences
-            assert "spare" in text
-            top.send_signal(signal.SIGINT)
-            assert top.wait(WAIT) == 0
+            try:
+                seen = bytearray()
+                text = _read_terminal(main, "CPU%", seen)
+                assert "Ctrl-C to quit" in _read_terminal(main, "Ctrl-C to quit", seen)
+                assert "\x1b[" in seen.decode(errors="replace")  # drawn with escape sequences
+                assert "spare" in text
+                top.send_signal(signal.SIGINT)
+                assert top.wait(WAIT) == 0
+            finally:
+                # Popen's __exit__ waits without a limit: never let it wait for a top
+                # that is blocked writing to a terminal nobody reads any more.
+                if top.poll() is None:
+                    top.kill()
 
         run = start_run(tmp_path, terminal=terminal)
         try:
