@@ -73,6 +73,12 @@ def reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
+def _replace_environment(env: tuple[tuple[str, str], ...]) -> None:
+    """Make ``env`` the whole environment (``os.environ`` and libc's, which exec passes on)."""
+    os.environ.clear()
+    os.environ.update(env)
+
+
 def run_outer(
     request: SpawnRequest,
     *,
@@ -85,6 +91,7 @@ def run_outer(
     """The outer process, from the zygote's fork: never returns."""
     try:
         reset_signals()
+        _replace_environment(request.env)
         os.setsid()
         close_all_but({channel, go, unshared})
         for procs in request.cgroup_procs:
