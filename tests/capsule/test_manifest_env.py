@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,31 @@ def test_capsule_check_prints_bad_env_entries(tmp_path: Path) -> None:
         'error   ./app.toml:5 [policy.a.env.PATH] "PATH" is set by capsule itself and cannot '
         "be changed; reserved: LC_ALL, LC_CTYPE, PATH"
     ) in result.stdout.splitlines()
+
+
+def test_capsule_check_shows_each_features_variables_but_not_literal_values(
+    tmp_path: Path,
+) -> None:
+    make_app(tmp_path, {"a": ""}, f"[policy.a]\n{_ENV}")
+    text = subprocess.run(
+        [sys.executable, "-m", "capsule", "check", "."],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "       env      LOG_LEVEL, API_KEY <- host OPENAI_API_KEY\n" in text
+    assert "debug" not in text
+    listed = subprocess.run(
+        [sys.executable, "-m", "capsule", "check", "--format", "json", "."],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert json.loads(listed)["features"][0]["env"] == [
+        {"name": "LOG_LEVEL", "from_host": None},
+        {"name": "API_KEY", "from_host": "OPENAI_API_KEY"},
+    ]
