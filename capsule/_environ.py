@@ -23,12 +23,15 @@ from typing import Final
 from capsule.errors import InternalError
 
 __all__ = [
+    "MAX_ENTRY",
+    "MAX_TOTAL",
     "MINIMAL",
     "NAME",
     "RESERVED",
     "RESERVED_PREFIX",
     "check_name",
     "container_environment",
+    "entry_size",
     "minimal",
 ]
 
@@ -44,6 +47,10 @@ RESERVED_PREFIX: Final = "CAPSULE_"
 #: a portable environment variable name (POSIX: letters, digits and ``_``, not first a digit).
 NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_NAME: Final = 255
+#: the most bytes of one ``NAME=value`` (with its NUL): Linux's limit for one exec string.
+MAX_ENTRY: Final = 128 * 1024
+#: the most bytes of a container's whole environment (it travels in one zygote datagram).
+MAX_TOTAL: Final = 512 * 1024
 
 
 def minimal() -> dict[str, str]:
@@ -78,3 +85,8 @@ def container_environment(approved: Mapping[str, str]) -> tuple[tuple[str, str],
     if clash:
         raise InternalError(f"environment entries that the manifest check refuses: {clash}")
     return tuple({**MINIMAL, **approved}.items())
+
+
+def entry_size(name: str, value: str) -> int:
+    """The bytes ``NAME=value`` takes in an environment block, with its NUL."""
+    return len(name.encode()) + len(value.encode("utf-8", "surrogateescape")) + 2

@@ -20,7 +20,14 @@ import os
 from collections.abc import Mapping
 from typing import Final
 
-from capsule._environ import NAME, check_name, container_environment
+from capsule._environ import (
+    MAX_ENTRY,
+    MAX_TOTAL,
+    NAME,
+    check_name,
+    container_environment,
+    entry_size,
+)
 from capsule._manifest._locator import KeyPath, SourceMap, format_key
 from capsule._manifest._model import EnvVar
 from capsule._manifest._reader import Table, describe
@@ -51,6 +58,9 @@ def _entry(table: Table, key: KeyPath, name: str, item: object) -> EnvVar | None
     if isinstance(item, str):
         if "\0" in item:
             doc.error(key, "the value contains a NUL character, which no environment can hold")
+            return None
+        if entry_size(name, item) > MAX_ENTRY:
+            doc.error(key, f"{name}=VALUE is more than {MAX_ENTRY} bytes, the most one can be")
             return None
         return EnvVar(name=name, value=item)
     if isinstance(item, dict):
@@ -91,21 +101,34 @@ def read_env(policy: Table) -> tuple[EnvVar, ...]:
     return tuple(entry for entry in found if entry is not None)
 
 
-def _missing(app: App, feature: str, var: EnvVar) -> ConfigError:
+def _refuse(app: App, key: KeyPath, message: str) -> ConfigError:
     path = app.root / "app.toml"
-    key: KeyPath = ("policy", feature, "env", var.name)
     try:
         line = SourceMap(path.read_text(encoding="utf-8")).line(key)
     except (OSError, UnicodeDecodeError):
         line = None  # the error still names the file and the key
-    return ConfigError(
-        f"{var.name} of feature {feature} is taken from the host variable {var.from_host}, "
-        "which is not set in this program's environment: set it before opening the app, "
-        "or give a value in app.toml",
-        path=os.fspath(path),
-        key=format_key(key),
-        line=line,
-    )
+    return ConfigError(message, path=os.fspath(path), key=format_key(key), line=line)
+
+
+def _from_host(app: App, feature: str, var: EnvVar, host: Mapping[str, str]) -> str:
+    key: KeyPath = ("policy", feature, "env", var.name)
+    value = host.get(var.from_host or "")
+    if value is None:
+        raise _refuse(
+            app,
+            key,
+            f"{var.name} of feature {feature} is taken from the host variable {var.from_host}, "
+            "which is not set in this program's environment: set it before opening the app, "
+            "or give a value in app.toml",
+        )
+    if entry_size(var.name, value) > MAX_ENTRY:
+        raise _refuse(
+            app,
+            key,
+            f"{var.name} of feature {feature}: the host variable {var.from_host} holds more "
+            f"than {MAX_ENTRY} bytes, the most one variable can be",
+        )
+    return value
 
 
 def feature_environments(
@@ -120,9 +143,15 @@ def feature_environments(
         for var in () if grant is None else grant.env:
             if var.from_host is None:
                 values[var.name] = var.value or ""
-            elif var.from_host in host:
-                values[var.name] = host[var.from_host]
             else:
-                raise _missing(app, feature, var)
-        environments[feature] = container_environment(values)
+                values[var.name] = _from_host(app, feature, var, host)
+        environment = container_environment(values)
+        if sum(entry_size(name, value) for name, value in environment) > MAX_TOTAL:
+            raise _refuse(
+                app,
+                ("policy", feature, "env"),
+                f"the environment of feature {feature} is more than {MAX_TOTAL} bytes: "
+                "pass large data through a volume instead",
+            )
+        environments[feature] = environment
     return environments

@@ -5,7 +5,8 @@ namespace, has the zygote write its uid map, forks the *inner* one, then waits a
 mirrors the inner's exit: the supervisor kills a container by killing the outer
 (the inner dies with it through PDEATHSIG, and its PID namespace with it). The
 inner one is PID 1 of the new namespace: it builds the root, pivots into it, drops
-uid and capabilities, applies Landlock and seccomp, measures itself, and serves.
+uid and capabilities, applies Landlock and seccomp, measures itself, and serves. Both
+replace the environment they inherit (the zygote's minimal one) with the request's.
 
 Runs only in freshly forked, single-threaded children; never returns to the zygote.
 """

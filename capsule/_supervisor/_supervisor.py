@@ -853,7 +853,9 @@ async def open_supervisor(
     ``$XDG_STATE_HOME/capsule/state/<app>``), across restarts and updates.
     ``view_timeouts`` bounds how long a file-system server may take to mount a view and to
     answer its liveness probe (a server that does not answer is aborted, and its
-    container ended and restarted per its policy).
+    container ended and restarted per its policy). A feature's environment holds nothing of
+    this program's but the variables its policy names (``env``); a ``from_host`` one that is
+    not set here raises ConfigError.
     """
     loaded = _load(app)
     unknown = sorted(set(inline or ()) - set(loaded.features))

@@ -155,3 +155,20 @@ def test_capsule_check_shows_each_features_variables_but_not_literal_values(
         {"name": "LOG_LEVEL", "from_host": None},
         {"name": "API_KEY", "from_host": "OPENAI_API_KEY"},
     ]
+
+
+def test_values_too_big_for_an_environment_are_refused(tmp_path: Path) -> None:
+    big = "x" * (128 * 1024)
+    report = check_app(
+        make_app(tmp_path / "literal", {"a": ""}, f'[policy.a]\nenv = {{ A = "{big}" }}\n')
+    )
+    assert "more than 131072 bytes" in one(report, "policy.a.env.A").message
+    names = ", ".join(f'V{i} = {{ from_host = "BIG" }}' for i in range(5))
+    app = load_app(make_app(tmp_path / "host", {"a": ""}, f"[policy.a]\nenv = {{ {names} }}\n"))
+    with pytest.raises(ConfigError) as raised:
+        feature_environments(app, {"BIG": big})
+    assert (raised.value.key, raised.value.line) == ("policy.a.env.V0", 5)
+    with pytest.raises(ConfigError) as raised:
+        feature_environments(app, {"BIG": "x" * (120 * 1024)})
+    assert (raised.value.key, raised.value.line) == ("policy.a.env", 5)
+    assert "more than 524288 bytes" in raised.value.message
