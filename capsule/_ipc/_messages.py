@@ -279,13 +279,16 @@ class Inline(msgspec.Struct, frozen=True, tag="inline", tag_field="t"):
 
 
 class Start(_Message, tag="start", frozen=True):
-    """After the handshake: who the container is, what it holds, what code to run."""
+    """After the handshake: who the container is, what it holds, what code to run, and its
+    whole environment (``capsule._environ.container_environment``), sent on the container's
+    own channel like its tokens, never through the zygote."""
 
     feature: str
     version: str
     tokens: list[str]
     code: Entry | Inline
     bundle: str
+    env: list[tuple[str, str]]
 
 
 class Call(_Message, tag="call", frozen=True):

@@ -584,7 +584,6 @@ class Supervisor(metaclass=_NoPublicConstructor):
             uid=uid,
             gid=gid,
             view=ViewPlan(binds=tuple(binds), tmp_size=limits.tmp),
-            env=self._environments[handle.name],
             rlimits=Rlimits(
                 nofile=limits.open_files,
                 fsize=max(limits.tmp, quota, 64 * _MiB),
@@ -607,6 +606,7 @@ class Supervisor(metaclass=_NoPublicConstructor):
             tokens=[token.text for token in tokens],
             code=code,
             bundle="/bundle",
+            env=list(self._environments[handle.name]),
         )
         expectation = Expectation(
             host_uid=uid,
