@@ -42,6 +42,7 @@ from capsule._ipc._messages import (
     Listen,
     More,
     Publish,
+    Renewed,
     Reply,
     Request,
     Result,
@@ -51,7 +52,7 @@ from capsule._ipc._messages import (
 from capsule._ipc._outcome import error_for
 from capsule._ipc._payload import NIL, encode_payload
 from capsule._tasks import TaskStarter
-from capsule._tokens._authority import TokenAuthority
+from capsule._tokens._authority import Token, TokenAuthority
 from capsule._tokens._caps import Action
 from capsule._tokens._grant import compile_grant
 from capsule.errors import (
@@ -224,6 +225,34 @@ class Broker:
             self.audit.record(
                 "revoke", feature=holder, decision="revoke", token=token_id, handles=len(handles)
             )
+
+    def renew(self, peer: Peer, previous: str, token: Token) -> int | None:
+        """Move ``peer``'s handle of token ``previous`` over to its renewal ``token``, at once:
+        the same handle number and grant object, now under the new id and expiry (every
+        message from here on is checked against them). Tells the container, audits it, and
+        returns the handle number (None when ``peer`` never admitted ``previous``)."""
+        handle = peer.admitted.pop(previous, None)
+        if handle is None or peer.detached:
+            return None
+        claims = token.claims
+        handle.token, handle.claims = token.text, claims
+        handle.grant.renew(claims.token_id, claims.exp)
+        peer.admitted[claims.token_id] = handle
+        moved = [h for h in self._grants.pop(previous, ()) if h is not handle]
+        if moved:  # another connection admitted it too: those handles keep the old token
+            self._grants[previous] = moved
+        self._grants.setdefault(claims.token_id, []).append(handle)
+        self.audit.record(
+            "renew",
+            feature=peer.feature,
+            decision="renew",
+            token=claims.token_id,
+            previous=previous,
+            handle=handle.number,
+            expires=claims.exp,
+        )
+        peer.conn.send(Renewed(handle=handle.number, token_id=claims.token_id, expires=claims.exp))
+        return handle.number
 
     def revoke(self, token_id: str) -> frozenset[str]:
         """Revoke a token and all derived from it (host authority)."""

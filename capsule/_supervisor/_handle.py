@@ -57,6 +57,9 @@ class FeatureStatistics:
     files_allowed: int = 0  # file operations its view's server allowed (reported each second)
     files_denied: int = 0  # and refused
     connections: int = 0  # sockets the broker opened for it (ctx.connect and ctx.listen)
+    tokens_renewed: int = 0  # token renewals, over all its containers
+    renewals_failed: int = 0  # renewal attempts that failed (each logged and audited)
+    renewal_error: str | None = None  # why the last renewal failed, until one succeeds
 
 
 @final
@@ -93,6 +96,9 @@ class FeatureHandle(metaclass=NoPublicConstructor):
         self.last_error: CapsuleError | None = None
         self.wanted = False  # whether the supervisor should keep it running
         self.generation = 0
+        self.renewals = 0
+        self.renewals_failed = 0
+        self.renewal_error: str | None = None
         self._changed = anyio.Event()
 
     def __repr__(self) -> str:
@@ -186,4 +192,7 @@ class FeatureHandle(metaclass=NoPublicConstructor):
             files_allowed=0 if view is None else view.allowed,
             files_denied=0 if view is None else view.denied,
             connections=0 if instance is None else instance.peer.connections,
+            tokens_renewed=self.renewals,
+            renewals_failed=self.renewals_failed,
+            renewal_error=self.renewal_error,
         )

@@ -31,7 +31,7 @@ from capsule._tokens._authority import Token, TokenAuthority
 from capsule._tokens._format import MAX_CAPABILITIES
 from fusefs import MountKind, MountSpec, ViewSpec
 
-__all__ = ["Planner", "container_uids", "default_state_dir"]
+__all__ = ["Planner", "container_uids", "default_state_dir", "token_files"]
 
 _UID_BASE: Final = 2_000_000_000
 _MiB: Final = 1 << 20
@@ -89,13 +89,11 @@ class Planner:
                 )
             )
         manifest = handle.manifest
-        expires = min((t.claims.exp for t in tokens), default=None)
         info = {
             "feature": f"{handle.name}\n",
             "version": f"{manifest.version}\n",
             "capabilities": "".join(f"{cap}\n" for t in tokens for cap in t.claims.caps),
-            "tokens": "".join(f"{t.token_id} {t.claims.exp:.0f}\n" for t in tokens),
-            "expires": "never\n" if expires is None else f"{_iso(expires)}\n",
+            **token_files(tokens),
         }
         return ViewSpec(
             owner=handle.name, mounts=tuple(mounts), uid=uid, gid=gid, info=info
@@ -174,6 +172,16 @@ def default_state_dir(app: str) -> Path:
     state = os.environ.get("XDG_STATE_HOME", "")
     base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
     return base / "capsule" / "state" / app
+
+
+def token_files(tokens: list[Token]) -> dict[str, str]:
+    """The /capsule/ files that name a container's tokens: ``tokens`` (id and expiry, one a
+    line) and ``expires`` (the earliest expiry, ISO 8601)."""
+    expires = min((t.claims.exp for t in tokens), default=None)
+    return {
+        "tokens": "".join(f"{t.token_id} {t.claims.exp:.0f}\n" for t in tokens),
+        "expires": "never\n" if expires is None else f"{_iso(expires)}\n",
+    }
 
 
 def _iso(seconds: float) -> str:

@@ -26,6 +26,7 @@ from capsule._broker._broker import Broker
 from capsule._broker._host import Stream, Subscription
 from capsule._container._feature import Feature
 from capsule._manifest import App, load_app
+from capsule._manifest._app import TOKEN_TTL_RANGE
 from capsule._sandbox import _isolation
 from capsule._sandbox._cgroups import CgroupTree, ContainerCgroup
 from capsule._spawn._client import ZygoteClient
@@ -38,6 +39,7 @@ from capsule._supervisor._handle import (
 )
 from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._plan import Planner, container_uids, default_state_dir
+from capsule._supervisor._renewal import Renewer
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._rundir import RunDir
 from capsule._supervisor._views import ViewServer, ViewTimeouts
@@ -65,7 +67,8 @@ __all__ = [
 
 _log = structlog.get_logger("capsule.supervisor")
 
-_TOKEN_TTL: Final = 24 * 3600.0
+TOKEN_TTL: Final = 3600.0
+"""The lifetime of a container's tokens unless the app or ``open_supervisor`` says otherwise."""
 
 
 @final
@@ -103,6 +106,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         audit: Path | None,
         state_dir: Path | None,
         view_timeouts: ViewTimeouts,
+        token_ttl: float,
     ) -> None:
         self.app = app
         self.state_dir = state_dir or default_state_dir(app.manifest.name)
@@ -132,6 +136,13 @@ class Supervisor(metaclass=NoPublicConstructor):
             self._handles.get,
             self._tg,
             call_timeout=call_timeout,
+        )
+        self._renewer = Renewer(
+            self._authority,
+            self._broker,
+            self._audit,
+            ttl=token_ttl,
+            view_timeout=view_timeouts.probe,
         )
         self._zygote: ZygoteClient | None = None
         self._cgroups: CgroupTree | None = None
@@ -259,6 +270,11 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._audit.record(event, feature=feature, decision=decision, reason=reason, **fields)
 
     @property
+    def token_ttl(self) -> float:
+        """Seconds each container's tokens live; each is renewed after 2/3 of that."""
+        return self._renewer.ttl
+
+    @property
     def audit_path(self) -> Path | None:
         """The JSON-lines file this run's audit events go to."""
         return self._audit.path
@@ -361,7 +377,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         cgroup = None
         view = None
         try:
-            tokens = self._plan.tokens(self._authority, handle.name, _TOKEN_TTL)
+            tokens = self._plan.tokens(self._authority, handle.name, self.token_ttl)
             if self._cgroups is not None:
                 limits = handle.manifest.limits
                 cgroup = await anyio.to_thread.run_sync(
@@ -399,6 +415,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         handle._set(FeatureState.RUNNING)
         _log.info("feature running", feature=handle.name, pid=instance.pid)
         instance.on_end = functools.partial(self._ended, handle, instance)
+        handle.renewal_error = None
+        self._tg.start_soon(self._renewer.keep, handle, instance, tokens)
         if instance.ended.is_set():  # it ended between ready and here
             self._ended(handle, instance, instance.ending)  # type: ignore[arg-type]
 
@@ -493,6 +511,18 @@ def _load(app: str | os.PathLike[str] | App) -> App:
     return load_app(Path(app))
 
 
+def _token_ttl(app: App, given: float | None) -> float:
+    if given is None:
+        return app.manifest.token_ttl or TOKEN_TTL
+    low, high = TOKEN_TTL_RANGE
+    if isinstance(given, bool) or not isinstance(given, int | float) or not low <= given <= high:
+        raise ConfigError(
+            f"token_ttl must be from {low:g} to {high:g} seconds, found {given!r}",
+            key="token_ttl",
+        )
+    return float(given)
+
+
 @asynccontextmanager
 async def open_supervisor(
     app: str | os.PathLike[str] | App,
@@ -504,6 +534,7 @@ async def open_supervisor(
     audit: str | os.PathLike[str] | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     view_timeouts: ViewTimeouts | None = None,
+    token_ttl: float | None = None,
 ) -> AsyncIterator[Supervisor]:
     """Run every feature of ``app`` (an app directory, or a loaded App) until the block ends.
 
@@ -522,8 +553,12 @@ async def open_supervisor(
     ``view_timeouts`` bounds how long a file-system server may take to mount a view and to
     answer its liveness probe (a server that does not answer is aborted, and its
     container ended and restarted per its policy).
+    ``token_ttl`` is how many seconds each container's tokens live (by default the app's
+    ``token_ttl``, else an hour); the supervisor renews them after two thirds of that, for
+    as long as the container runs.
     """
     loaded = _load(app)
+    ttl = _token_ttl(loaded, token_ttl)
     unknown = sorted(set(inline or ()) - set(loaded.features))
     if unknown:
         raise ConfigError(
@@ -540,6 +575,7 @@ async def open_supervisor(
             audit=None if audit is None else Path(audit),
             state_dir=None if state_dir is None else Path(state_dir),
             view_timeouts=view_timeouts or ViewTimeouts(),
+            token_ttl=ttl,
         )
         try:
             await sup._open()
