@@ -52,12 +52,36 @@ class Renewer:
         self._audit = audit
         self.ttl = ttl
         self._view_timeout = view_timeout
+        self._in_view: dict[int, dict[str, Token]] = {}  # id(instance) -> its view's keys
+
+    def view_keys(self, revoked: frozenset[str] | set[str]) -> set[str]:
+        """The ids the views may still know tokens in ``revoked`` by (a renewal the view has
+        not confirmed yet): a revocation must name those too."""
+        return {
+            key
+            for keys in self._in_view.values()
+            for key, token in keys.items()
+            if token.token_id in revoked
+        }
 
     async def keep(self, handle: FeatureHandle, instance: Instance, tokens: list[Token]) -> None:
         """Renew ``instance``'s tokens at ``RENEW_AT`` of their lifetime until it ends (or
         until none is left to renew: each revoked or lapsed one drops out)."""
         current = list(tokens)
         in_view = {t.token_id: t for t in tokens}  # the id a view's mount is keyed by -> now
+        self._in_view[id(instance)] = in_view
+        try:
+            await self._keep(handle, instance, current, in_view)
+        finally:
+            del self._in_view[id(instance)]
+
+    async def _keep(
+        self,
+        handle: FeatureHandle,
+        instance: Instance,
+        current: list[Token],
+        in_view: dict[str, Token],
+    ) -> None:
         retry_at = 0.0
         while current:
             due = min(_due(t) for t in current)

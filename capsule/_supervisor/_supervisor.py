@@ -254,10 +254,11 @@ class Supervisor(metaclass=NoPublicConstructor):
         the next message (file access through the views those tokens grant fails from the
         next operation the file-system server sees). Returns the ids revoked."""
         revoked = self._broker.revoke(token_id)
+        closing = revoked | self._renewer.view_keys(revoked)
         for handle in self._handles.values():
             instance = handle.instance
             if instance is not None and instance.view is not None and not instance.ended.is_set():
-                instance.view.revoke(revoked)
+                instance.view.revoke(closing)
         return revoked
 
     def audit(
