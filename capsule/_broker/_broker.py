@@ -9,6 +9,7 @@ forwarded, and a denied message never reaches its receiver.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ from capsule._tokens._caps import Action
 from capsule._tokens._grant import compile_grant
 from capsule.errors import (
     CapabilityDeniedError,
+    CapsuleError,
     ConfigError,
     FeatureCrashedError,
     InvalidTokenError,
@@ -98,7 +100,8 @@ class Broker:
         self.calls = CallRouter(audit, resolve, task_group, call_timeout=call_timeout)
         self._topics: TopicIndex[Subscriber] = TopicIndex()
         self._grants: dict[str, list[Handle]] = {}  # token id -> its live handles
-        self._delegated: dict[str, tuple[str, str, str]] = {}  # token id -> (by, to, parent)
+        # token id -> (by, to, parent, until): ``until`` is when its delegator's ttl ends it
+        self._delegated: dict[str, tuple[str, str, str, float]] = {}
         self.deadlines = self.calls.deadlines
         self.outbox = Outbox()
         self.network = NetworkMediator(audit, task_group, self._deny)
@@ -230,9 +233,14 @@ class Broker:
         """Move ``peer``'s handle of token ``previous`` over to its renewal ``token``, at once:
         the same handle number and grant object, now under the new id and expiry (every
         message from here on is checked against them). Tells the container, audits it, and
-        returns the handle number (None when ``peer`` never admitted ``previous``)."""
-        handle = peer.admitted.pop(previous, None)
-        if handle is None or peer.detached:
+        returns the handle number (None when ``peer`` never admitted ``previous``).
+
+        Tokens delegated from ``previous`` and admitted by their recipient follow: each is
+        derived again from ``token`` (same capabilities, audience and delegator, ending no
+        later than its delegator asked) and takes over the recipient's handle the same way.
+        """
+        handle = None if peer.detached else peer.admitted.pop(previous, None)
+        if handle is None:
             return None
         claims = token.claims
         handle.token, handle.claims = token.text, claims
@@ -252,7 +260,43 @@ class Broker:
             expires=claims.exp,
         )
         peer.conn.send(Renewed(handle=handle.number, token_id=claims.token_id, expires=claims.exp))
+        self._follow(previous, token)
         return handle.number
+
+    def _follow(self, previous: str, parent: Token) -> None:
+        """Renew the admitted delegations of ``previous`` from its renewal ``parent``."""
+        now = time.time()
+        for child, (by, to, derived_from, until) in list(self._delegated.items()):
+            if derived_from != previous:
+                continue
+            target = self._resolve(to)
+            recipient = None if target is None else target._live_peer()
+            held = None if recipient is None else recipient.admitted.get(child)
+            if recipient is None or held is None or not held.grant.alive:
+                continue  # never admitted, or gone: it ends as it was
+            if held.claims.exp >= until:
+                continue  # its delegator's ttl ends it, not its parent's expiry
+            old = held.claims
+            try:
+                renewed = self._authority.attenuate(
+                    parent,
+                    old.caps,
+                    holder=by,
+                    aud=to,
+                    ttl=None if math.isinf(until) else until - now,
+                    now=now,
+                )
+            except CapsuleError as exc:
+                reason = f"the token delegated by {by} did not follow its parent's renewal: {exc}"
+                _log.error("delegated token not renewed", feature=to, token=child, error=reason)
+                self.audit.record("renew", feature=to, decision="fail", reason=reason, token=child)
+                continue
+            self._authority.revocations.record_renewal(
+                old.jti, renewed.claims.jti, now=now, expires=renewed.claims.exp
+            )
+            self._delegated[renewed.token_id] = (by, to, parent.token_id, until)
+            self.renew(recipient, child, renewed)
+            self._authority.retire(old)
 
     def revoke(self, token_id: str) -> frozenset[str]:
         """Revoke a token and all derived from it (host authority)."""
@@ -419,7 +463,8 @@ class Broker:
         except (ConfigError, InvalidTokenError) as exc:
             peer.conn.send(Error(id=msg.id, kind="invalid", feature=peer.feature, message=str(exc)))
             return
-        self._delegated[token.token_id] = (peer.feature, msg.to, handle.grant.token_id)
+        until = math.inf if msg.ttl is None else token.claims.iat + msg.ttl
+        self._delegated[token.token_id] = (peer.feature, msg.to, handle.grant.token_id, until)
         self.audit.record(
             "delegate",
             feature=peer.feature,

@@ -276,3 +276,49 @@ async def test_token_ttl_out_of_range_is_refused(capsule_app: TestApp) -> None:
     with pytest.raises(ConfigError, match="token_ttl must be from 1 to 86400 seconds"):
         async with capsule_app.open(token_ttl=0.5):
             pass
+
+
+@pytest.mark.trio
+async def test_a_delegated_token_follows_its_parents_renewals(capsule_app: TestApp) -> None:
+    """A token delegated without a ttl lives as long as its delegator's renewed parent: the
+    recipient calls on across renewals; one delegated with a ttl still ends then; the
+    delegator revoking the id it was given revokes the renewed delegation."""
+    capsule_app.feature("peer", limits=LIMITS, restart=FAST).service("echo")(echo)
+    boss = capsule_app.feature(
+        "boss", requires=["peer"], limits=LIMITS, restart=FAST, policy={"call": ["peer.echo"]}
+    )
+    boss.service("probe")(probe)
+    helper = capsule_app.feature("helper", requires=["peer"], limits=LIMITS, restart=FAST)
+    helper.service("probe")(probe)
+    call = {"op": "call", "feature": "peer", "service": "echo", "payload": "hi"}
+    async with capsule_app.open(token_ttl=TTL) as sup:
+        with trio.fail_after(60):
+            lasting = await sup.call(
+                "boss", "probe", {"op": "delegate", "caps": ["icc:call:peer.echo"], "to": "helper"}
+            )
+            brief = await sup.call(
+                "boss",
+                "probe",
+                {"op": "delegate", "caps": ["icc:call:peer.echo"], "to": "helper", "ttl": 1.0},
+            )
+            assert lasting["ok"], lasting
+            assert brief["ok"], brief
+            await wait_until(lambda: len(sup.feature("helper").tokens()) == 2, "admitted")
+            calls = []
+            end = time.time() + 3 * TTL
+            while time.time() < end:
+                calls.append(await sup.call("helper", "probe", call))
+                await trio.sleep(0.1)
+            held = _ids(sup, "helper")
+            revoked = await sup.call(
+                "boss", "probe", {"op": "revoke", "token_id": lasting["token_id"]}
+            )
+            after = await sup.call("helper", "probe", call)
+    assert [c for c in calls if c != {"ok": True, "value": "hi"}] == []
+    assert lasting["token_id"] not in held
+    assert revoked == {"ok": True, "revoked": 1}  # the renewal now holding the handle
+    assert after["error"] == "CapabilityDeniedError", after
+    renewed = [e for e in _audit(capsule_app) if e["event"] == "renew" and e["feature"] == "helper"]
+    assert len(renewed) >= 3
+    assert lasting["token_id"] in {e["previous"] for e in renewed}
+    assert brief["token_id"] not in {e["previous"] for e in renewed}
