@@ -78,6 +78,7 @@ async def round_trip(ctx: Context, request: Any) -> Any:
         "call": called,
         "conn": got.decode(),
         "tokens": open("/capsule/tokens", encoding="utf-8").read(),
+        "expires": open("/capsule/expires", encoding="utf-8").read(),
         "held_ids": sorted(held.token_id for held in ctx.tokens),
     }
 
@@ -180,6 +181,7 @@ async def test_calls_reads_and_a_held_connection_go_on_across_renewals(
     assert not set(last) & set(first)  # every token was replaced
     assert len(seen) >= 4 * len(first)  # the container saw each generation
     assert sorted(line.split()[0] for line in rounds[-1]["tokens"].splitlines()) == last
+    assert len({outcome["expires"] for outcome in rounds}) >= 4  # it moved on each time
     renewed = [e for e in _audit(app) if e["event"] == "renew" and e["feature"] == "worker"]
     assert len(renewed) == stats.tokens_renewed
     assert all(e["decision"] == "renew" and e["previous"] and e["token"] for e in renewed)
