@@ -44,6 +44,7 @@ from capsule._ipc._messages import (
     More,
     Opened,
     Ready,
+    Renewed,
     Reply,
     Result,
     SandboxStatus,
@@ -283,6 +284,8 @@ class _Server:
                     scope.cancel()
             elif isinstance(message, Granted):
                 tg.start_soon(self.admit_granted, message)
+            elif isinstance(message, Renewed):
+                self.client.renewed(message)
             elif isinstance(message, Stop):
                 self.stopped.set()
                 return

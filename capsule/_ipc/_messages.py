@@ -44,6 +44,7 @@ __all__ = [
     "Opened",
     "Publish",
     "Ready",
+    "Renewed",
     "Reply",
     "Request",
     "Result",
@@ -367,6 +368,15 @@ class Granted(_Message, tag="granted", frozen=True):
     sender: str
 
 
+class Renewed(_Message, tag="renewed", frozen=True):
+    """The token admitted under ``handle`` was renewed: the same handle and capabilities,
+    now under token ``token_id`` until ``expires`` (Unix time)."""
+
+    handle: Id
+    token_id: str
+    expires: float
+
+
 FromSupervisor: TypeAlias = (
     Start
     | Call
@@ -378,6 +388,7 @@ FromSupervisor: TypeAlias = (
     | Opened
     | Event
     | Granted
+    | Renewed
     | Item
     | End
     | More
