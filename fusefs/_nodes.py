@@ -222,10 +222,15 @@ class NodeTable:
             node = parent
         return "/" + "/".join(os.fsdecode(p) for p in reversed(parts))
 
-    def inodes_of(self, mounts: Sequence[MountState]) -> list[int]:
-        """The inode numbers the kernel may cache for ``mounts``."""
+    def cached_of(self, mounts: Sequence[MountState]) -> list[tuple[int, int, bytes]]:
+        """``(inode, parent inode, name)`` of every node of ``mounts`` the kernel may cache:
+        its attributes and pages by inode, its name by the parent's (b"" once unlinked)."""
         wanted = {m.index for m in mounts}
-        return [n.ino for n in self._nodes.values() if n.mount and n.mount.index in wanted]
+        return [
+            (n.ino, n.parent, n.name)
+            for n in self._nodes.values()
+            if n.mount and n.mount.index in wanted
+        ]
 
     def close(self) -> None:
         for node in self._nodes.values():

@@ -463,6 +463,7 @@ class ViewOperations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:  # noqa: FBT001 - pyfuse3's signature
         handle = self._handles[fh]
         if handle.fd >= 0:
+            self._live(handle, "fsync", write=False)
             sync = os.fdatasync if datasync else os.fsync
             await trio.to_thread.run_sync(sync, handle.fd)
 
@@ -500,6 +501,8 @@ class ViewOperations(pyfuse3.Operations):
     @_errno_boundary
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self._listings[fh]
+        if listing.node.mount is not None:  # opened before a revocation, read after it
+            self.policy.check(listing.node.mount, "readdir", self._where(listing.node), write=False)
         for index in range(start_id, len(listing.names)):
             name = listing.names[index]
             node, attrs = self._entry(listing.node, name)

@@ -19,13 +19,16 @@ import pyfuse3
 from fusefs._control import Allowed, Denied, FromServer
 from fusefs._spec import MountSpec, ViewSpec
 
-__all__ = ["DENIALS_PER_SECOND", "MountState", "ViewPolicy", "Where"]
+__all__ = ["DENIALS_PER_SECOND", "EXPIRY_LEAD", "MountState", "ViewPolicy", "Where"]
 
 #: a path in the view, or a callable that makes one when a denial needs it
 Where = str | Callable[[], str]
 
 #: denials sent in full per second; the rest are summarised by the next flush.
 DENIALS_PER_SECOND: Final = 100
+#: seconds before its token's expiry that a mount closes, so that the kernel's caches of it
+#: are dropped (see fusefs._revocation) by the time the token is dead
+EXPIRY_LEAD: Final = 1.0
 
 
 @dataclass(slots=True)
@@ -77,12 +80,10 @@ class ViewPolicy:
 
         ``path`` is the path in the view, or a callable that makes it (only denials need it).
         """
-        if mount.closed is None:
-            expires = mount.spec.expires
-            if expires is not None and self._clock() >= expires:
-                mount.closed = "expired"
         if mount.closed is not None:
             self.deny(operation, path, mount, f"token {mount.closed}", uid=uid)
+        if self._expiring(mount, self._clock()):  # closed by expired() with its caches
+            self.deny(operation, path, mount, "token expired", uid=uid)
         if write and not mount.spec.writable:
             self.deny(
                 operation,
@@ -140,20 +141,27 @@ class ViewPolicy:
                 closed.append(mount)
         return closed
 
+    @staticmethod
+    def _expiring(mount: MountState, now: float) -> bool:
+        """Whether the grant is within EXPIRY_LEAD of its token's expiry, or past it."""
+        expires = mount.spec.expires
+        return expires is not None and now >= expires - EXPIRY_LEAD
+
     def expired(self) -> list[MountState]:
-        """Close the mounts whose grant has expired; returns the ones closed now."""
+        """Close the mounts whose grant is within EXPIRY_LEAD of its token's expiry (or past
+        it); returns the ones closed now."""
         now = self._clock()
         closed = []
         for mount in self.mounts:
-            expires = mount.spec.expires
-            if mount.closed is None and expires is not None and now >= expires:
+            if mount.closed is None and self._expiring(mount, now):
                 mount.closed = "expired"
                 closed.append(mount)
         return closed
 
     def next_expiry(self) -> float | None:
+        """When :meth:`expired` next closes a mount (EXPIRY_LEAD before its token expires)."""
         times = [m.spec.expires for m in self.mounts if m.closed is None and m.spec.expires]
-        return min(times, default=None)
+        return None if not times else min(times) - EXPIRY_LEAD
 
     def flush(self) -> None:
         """Report the allowed operations counted since the last flush, and suppressed denials."""

@@ -310,7 +310,7 @@ async def test_revoking_the_fs_token_closes_the_view_while_a_file_is_open(
                 "notes": "ok",
             }
             token = _fs_token(sup, "writer")
-            assert token in sup.revoke(token)
+            assert token in await sup.revoke(token)
             outcomes: list[Any] = []
 
             async def closed() -> bool:
