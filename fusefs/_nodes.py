@@ -211,6 +211,13 @@ class NodeTable:
         if ino is not None and ino in self._nodes:
             self._nodes[ino].name = b""
 
+    def depth(self, node: Node) -> int:
+        """How many directories below its mount's root a backing node is (the root: 0)."""
+        depth = 0
+        while not node.is_root and node.parent in self._nodes:
+            node, depth = self._nodes[node.parent], depth + 1
+        return depth
+
     def path(self, node: Node, name: bytes = b"") -> str:
         """The node's path inside the view (of ``name`` in it, if given), for messages."""
         parts: list[bytes] = [name] if name else []

@@ -22,7 +22,7 @@ import trio
 
 from fusefs import _sys
 from fusefs._nodes import Kind, Node, NodeTable, SpecialFileError, proc_path
-from fusefs._policy import MountState, ViewPolicy
+from fusefs._policy import MountState, ViewPolicy, link_escapes
 
 __all__ = ["ViewOperations"]
 
@@ -251,6 +251,14 @@ class ViewOperations(pyfuse3.Operations):
             except BaseException:
                 mount.usage_bytes = max(0, mount.usage_bytes - grow)  # not done: not charged
                 raise
+        if fields.update_mode and attr.st_mode & _STRIP:  # never served: say so
+            self.policy.deny(
+                "chmod",
+                self._where(node),
+                mount,
+                "set-user-ID and set-group-ID bits are never served",
+                code=errno.EPERM,
+            )
         if fields.update_mode and not stat.S_ISLNK(st.st_mode):
             os.chmod(proc_path(self._fd(node)), stat.S_IMODE(attr.st_mode) & ~_STRIP)
         if (fields.update_atime or fields.update_mtime) and not stat.S_ISLNK(st.st_mode):
@@ -305,6 +313,9 @@ class ViewOperations(pyfuse3.Operations):
         parent = self.nodes[parent_inode]
         name = _name(name)
         mount = self._check(parent, ctx, "symlink", write=True, name=name)
+        escape = link_escapes(target, self.nodes.depth(parent))
+        if escape is not None:
+            self.policy.deny("symlink", self._where(parent, name), mount, escape, code=errno.EPERM)
         return await self._created(
             parent, name, mount, lambda: os.symlink(target, name, dir_fd=self._fd(parent))
         )

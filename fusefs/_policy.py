@@ -19,7 +19,7 @@ import pyfuse3
 from fusefs._control import Allowed, Denied, FromServer
 from fusefs._spec import MountSpec, ViewSpec
 
-__all__ = ["DENIALS_PER_SECOND", "EXPIRY_LEAD", "MountState", "ViewPolicy", "Where"]
+__all__ = ["DENIALS_PER_SECOND", "EXPIRY_LEAD", "MountState", "ViewPolicy", "Where", "link_escapes"]
 
 #: a path in the view, or a callable that makes one when a denial needs it
 Where = str | Callable[[], str]
@@ -184,3 +184,22 @@ class ViewPolicy:
                     suppressed=suppressed,
                 )
             )
+
+
+def link_escapes(target: bytes, depth: int) -> str | None:
+    """Why a symlink to ``target``, made ``depth`` directories below its mount's root, is
+    refused (it would lead a host program walking the volume out of it), or None.
+
+    ``..`` is allowed only at the start of a relative target, and no further up than the
+    mount's root: after a name, a ``..`` may climb out through a symlink to a directory."""
+    if target.startswith(b"/"):
+        return "a symlink to an absolute path is refused"
+    parts = [p for p in target.split(b"/") if p not in {b"", b"."}]
+    climbs = 0
+    while climbs < len(parts) and parts[climbs] == b"..":
+        climbs += 1
+    if b".." in parts[climbs:]:
+        return "a symlink with '..' after a name is refused"
+    if climbs > depth:
+        return "a symlink that leads out of its mount is refused"
+    return None
