@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -138,6 +139,61 @@ def test_an_expired_grant_stops_working_on_its_own(
         assert denial(server, operation="getattr", path="/data/file").reason == "token expired"
         assert read(mountpoint / "work" / "file") == b"x" * 10000
         assert "/data ro ro expired " in read(mountpoint / "capsule" / "mounts").decode()
+
+
+def test_no_cached_operation_outlives_the_expiry_of_a_grant(
+    tmp_path: Path, mountpoint: Path
+) -> None:
+    """With 20,000 files known to the kernel, threads read an open file (page cache),
+    fstat it and stat known names as the token expires: not one operation started at or
+    after the expiry succeeds (the mount closed EXPIRY_LEAD before, caches dropped)."""
+    data = tmp_path / "big"
+    for d in range(20):
+        (data / f"d{d}").mkdir(parents=True)
+        for f in range(1000):
+            (data / f"d{d}" / f"f{f}").write_bytes(b"x" * 4096)
+    expires = time.time() + EXPIRY_LEAD + 3.0
+    spec = view(mount("/big", MountKind.RO, data, token="t-big", expires=expires))
+    with ServerProcess(spec, str(mountpoint)) as server:
+        big = mountpoint / "big"
+        for d in range(20):
+            assert len(os.listdir(big / f"d{d}")) == 1000  # the kernel learns every file
+        fd = os.open(big / "d0" / "f0", os.O_RDONLY)
+        names = [big / f"d{d}" / f"f{f}" for d in range(1, 20) for f in range(0, 1000, 100)]
+        operations = {
+            "read": lambda: os.pread(fd, 4096, 0),
+            "fstat": lambda: os.fstat(fd),
+            "stat": lambda: [os.stat(name) for name in names[:20]],
+        }
+        stop = threading.Event()
+        seen = {name: {"ok_after": 0, "ok_before": 0, "failed_after": 0} for name in operations}
+
+        def hammer(name: str) -> None:
+            while not stop.is_set():
+                started = time.time()  # the clock expiry is measured in
+                outcome = "ok" if errno_of(operations[name]) is None else "failed"
+                when = "after" if started >= expires else "before"
+                if outcome == "ok" or when == "after":
+                    seen[name][f"{outcome}_{when}"] += 1
+
+        threads = [threading.Thread(target=hammer, args=(name,)) for name in operations]
+        try:
+            for thread in threads:
+                thread.start()
+            server.wait_for(Revoked, timeout=10.0)
+            while time.time() < expires + 0.3:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+            os.close(fd)
+    assert {name: kind["ok_after"] for name, kind in seen.items()} == dict.fromkeys(
+        operations, 0
+    ), seen
+    for name, kind in seen.items():
+        assert kind["ok_before"] > 0, (name, seen)
+        assert kind["failed_after"] > 0, (name, seen)
 
 
 def test_a_grant_that_expired_before_the_start_never_works(
