@@ -11,6 +11,7 @@ first test checks it), so the container's operations are compared with the insta
 from __future__ import annotations
 
 import errno
+import json
 import mmap
 import os
 import signal
@@ -23,7 +24,7 @@ from typing import Any, Final
 import pytest
 import trio
 
-from capsule import Supervisor
+from capsule import Supervisor, ViewTimeouts
 from capsule._container._feature import Context
 from capsule.testing import TestApp, leftovers
 
@@ -120,23 +121,29 @@ async def stop(ctx: Context, request: Any) -> Any:
     return seen
 
 
+async def read_one(ctx: Context, request: Any) -> Any:
+    with open("/vol/d0/f0000", "rb") as f:  # noqa: ASYNC230 - a feature reads plainly
+        return len(f.read())
+
+
 # -- the host ------------------------------------------------------------------------------
 
 
-def _app(tmp_path: Path) -> TestApp:
+def _app(tmp_path: Path, per_dir: int = _PER_DIR, restart: str = "on-failure") -> TestApp:
     app = TestApp(tmp_path)
     volume = app.volume("big")
     for d in range(_DIRS):
         directory = volume / f"d{d}"
         directory.mkdir()
-        for f in range(_PER_DIR):
+        for f in range(per_dir):
             (directory / f"f{f:04d}").write_bytes(b"x" * 4096)
     feature = app.feature(
         "hammered",
         limits=_LIMITS,
+        restart={"policy": restart},
         policy={"fs": [{"path": "/vol", "volume": "big", "mode": "rw"}]},
     )
-    for handler in (clock, start, stop):
+    for handler in (clock, start, stop, read_one):
         feature.service(handler.__name__)(handler)
     return app
 
@@ -179,3 +186,35 @@ async def test_nothing_succeeds_through_a_revoked_mount_once_revoke_returns(
         assert kind["failed_after"] > 0, (name, seen)
         assert kind["errno"] == "EACCES", (name, seen)
     assert leftovers() == []
+
+
+@pytest.mark.trio
+async def test_a_revocation_the_view_cannot_confirm_ends_the_container_first(
+    tmp_path: Path,
+) -> None:
+    """A file-system server that does not confirm a revocation (stopped) within
+    ``view_timeouts.revoke`` is aborted and killed, and its container ended, before
+    ``revoke()`` returns; the ending is audited with the reason."""
+    app = _app(tmp_path, per_dir=2, restart="never")
+    timeouts = ViewTimeouts(probe_interval=60.0, probe=60.0, revoke=0.5)
+    async with app.open(view_timeouts=timeouts) as sup:
+        with trio.fail_after(30):
+            assert await sup.call("hammered", "read_one") == 4096
+            instance = sup.feature("hammered").instance
+            assert instance is not None
+            assert instance.view is not None
+            os.kill(instance.view.pid, signal.SIGSTOP)
+            token = _fs_token(sup, "hammered")
+            started = time.monotonic()
+            assert token in await sup.revoke(token)
+            assert time.monotonic() - started >= timeouts.revoke
+            assert instance.ended.is_set()
+            assert instance.view.exited.is_set()
+    ends = [e for e in _audit(app) if e["event"] == "end" and e["feature"] == "hammered"]
+    assert any("did not confirm revoking" in e["reason"] for e in ends), ends
+    assert leftovers() == []
+
+
+def _audit(app: TestApp) -> list[dict[str, Any]]:
+    text = (app.root / "audit.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
