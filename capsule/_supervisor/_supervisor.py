@@ -259,16 +259,13 @@ class Supervisor(metaclass=NoPublicConstructor):
 
     async def revoke(self, token_id: str) -> frozenset[str]:
         """Revoke a token (by its id) and everything derived from it; takes effect before
-        the next message. Returns the ids revoked, once no operation through the views
-        those tokens grant can succeed, open files and the kernel's caches included (a
-        container whose file-system server cannot confirm that is ended first)."""
+        the next message. Returns the ids revoked once nothing through the views they
+        grant can succeed, open files included (see ``Instance.revoke_files``)."""
         revoked = self._broker.revoke(token_id)
         closing = revoked | self._renewer.view_keys(revoked)
         async with anyio.create_task_group() as tg:
-            for handle in self._handles.values():
-                instance = handle.instance
-                if instance is not None:
-                    tg.start_soon(instance.revoke_files, closing)
+            for instance in filter(None, (h.instance for h in self._handles.values())):
+                tg.start_soon(instance.revoke_files, closing)
         return revoked
 
     def audit(

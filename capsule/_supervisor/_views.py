@@ -291,6 +291,13 @@ class ViewServer:
             if message is None:
                 return
             self._handle(message)
+            if isinstance(message, fusefs.Revoked) and message.failed and not message.seq:
+                self.failure = (  # an expiry whose caches stayed: nothing else can end them
+                    f"its file-system server could not drop {message.failed} kernel cache "
+                    "entries of expired mounts (aborted and killed)"
+                )
+                await self.abort()
+                return
 
     async def _probe_loop(self) -> None:
         while True:
