@@ -27,7 +27,8 @@ Where = str | Callable[[], str]
 #: denials sent in full per second; the rest are summarised by the next flush.
 DENIALS_PER_SECOND: Final = 100
 #: seconds before its token's expiry that a mount closes, so that the kernel's caches of it
-#: are dropped (see fusefs._revocation) by the time the token is dead
+#: are dropped (see fusefs._revocation) by the time the token is dead; a grant lasting
+#: less than ten times this closes a tenth of its lifetime early instead
 EXPIRY_LEAD: Final = 1.0
 
 
@@ -42,10 +43,19 @@ class MountState:
     usage_bytes: int = 0
     usage_inodes: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    granted: float = 0.0  # when the server got the grant (Unix time): set by the policy
 
     @property
     def status(self) -> str:
         return "open" if self.closed is None else self.closed
+
+    def closes_at(self) -> float | None:
+        """When the grant closes (Unix time): EXPIRY_LEAD before its token expires, or a
+        tenth of its lifetime before if that is shorter; None if it never expires."""
+        expires = self.spec.expires
+        if expires is None:
+            return None
+        return expires - min(EXPIRY_LEAD, max(0.0, expires - self.granted) / 10)
 
 
 class ViewPolicy:
@@ -59,7 +69,7 @@ class ViewPolicy:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.view = view
-        self.mounts = [MountState(i, m) for i, m in enumerate(view.mounts)]
+        self.mounts = [MountState(i, m, granted=clock()) for i, m in enumerate(view.mounts)]
         self.callers = frozenset({view.uid, *view.callers})
         self._report = report
         self._clock = clock
@@ -82,7 +92,7 @@ class ViewPolicy:
         """
         if mount.closed is not None:
             self.deny(operation, path, mount, f"token {mount.closed}", uid=uid)
-        if self._expiring(mount, self._clock()):  # closed by expired() with its caches
+        if self.expiring(mount, self._clock()):  # closed by expired() with its caches
             self.deny(operation, path, mount, "token expired", uid=uid)
         if write and not mount.spec.writable:
             self.deny(
@@ -142,26 +152,26 @@ class ViewPolicy:
         return closed
 
     @staticmethod
-    def _expiring(mount: MountState, now: float) -> bool:
-        """Whether the grant is within EXPIRY_LEAD of its token's expiry, or past it."""
-        expires = mount.spec.expires
-        return expires is not None and now >= expires - EXPIRY_LEAD
+    def expiring(mount: MountState, now: float) -> bool:
+        """Whether the grant is due to close (see MountState.closes_at), or past it."""
+        closes = mount.closes_at()
+        return closes is not None and now >= closes
 
     def expired(self) -> list[MountState]:
-        """Close the mounts whose grant is within EXPIRY_LEAD of its token's expiry (or past
-        it); returns the ones closed now."""
+        """Close the mounts whose grant is due to close (see MountState.closes_at); returns
+        the ones closed now."""
         now = self._clock()
         closed = []
         for mount in self.mounts:
-            if mount.closed is None and self._expiring(mount, now):
+            if mount.closed is None and self.expiring(mount, now):
                 mount.closed = "expired"
                 closed.append(mount)
         return closed
 
     def next_expiry(self) -> float | None:
-        """When :meth:`expired` next closes a mount (EXPIRY_LEAD before its token expires)."""
-        times = [m.spec.expires for m in self.mounts if m.closed is None and m.spec.expires]
-        return None if not times else min(times) - EXPIRY_LEAD
+        """When :meth:`expired` next closes a mount (Unix time), if ever."""
+        times = [m.closes_at() for m in self.mounts if m.closed is None]
+        return min((t for t in times if t is not None), default=None)
 
     def flush(self) -> None:
         """Report the allowed operations counted since the last flush, and suppressed denials."""

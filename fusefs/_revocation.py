@@ -10,6 +10,7 @@ wait on a request the server must answer while it drops a page.
 from __future__ import annotations
 
 import errno
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +35,7 @@ class Closer:
         self.nodes = nodes
         self.send = send
         self._dropped: dict[int, trio.Event] = {}  # mount index -> set once its caches are
+        self._rescheduled = trio.Event()
 
     async def revoke(self, tokens: Sequence[str], reason: str, seq: int) -> None:
         """Close the mounts ``tokens`` grant; answer ``seq`` once their caches are dropped,
@@ -49,13 +51,18 @@ class Closer:
             Revoked(tokens=tuple(tokens), mounts=mounts, reason=reason, seq=seq, failed=failed)
         )
 
+    def reschedule(self) -> None:
+        """The grants' expiries changed (renewed): :meth:`expire` looks again."""
+        self._rescheduled.set()
+
     async def expire(self) -> None:
-        """Close the mounts whose tokens are about to expire, until none is left."""
+        """Close the mounts whose tokens are about to expire, as they come due."""
         while True:
+            self._rescheduled = trio.Event()
             closes = self.policy.next_expiry()
-            if closes is None:
-                return
-            await trio.sleep(max(0.0, closes - time.time()))  # wall clock, as token expiry
+            wait = math.inf if closes is None else closes - time.time()  # wall clock, as tokens
+            with trio.move_on_after(max(0.0, wait)):
+                await self._rescheduled.wait()
             closed = self.policy.expired()
             if closed:
                 failed = await self._drop(closed)

@@ -157,6 +157,7 @@ class _Server:
                 nursery.start_soon(self._probe, message.seq)
             elif isinstance(message, Rekey):
                 self.send(rekey(self.policy, self.info, message, now=time.time()))
+                self.closer.reschedule()
         self.policy.flush()
         pyfuse3.terminate()
         nursery.cancel_scope.cancel()

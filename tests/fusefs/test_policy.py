@@ -129,7 +129,8 @@ def test_an_expired_grant_stops_working_on_its_own(
         try:
             assert os.pread(fd, 10, 0) == b"x" * 10
             revoked = server.wait_for(Revoked, timeout=5.0)
-            # closed and its caches dropped before the token's expiry, not after it
+            # closed and its caches dropped before the token's expiry (a tenth of this short
+            # grant's lifetime before it), not after it
             assert expires - EXPIRY_LEAD <= time.time() < expires
             assert revoked == Revoked(tokens=("t-short",), mounts=("/data",), reason="expired")
             wait_until(lambda: errno_of(os.stat, mountpoint / "data" / "file") == errno.EACCES)
@@ -152,7 +153,7 @@ def test_no_cached_operation_outlives_the_expiry_of_a_grant(
         (data / f"d{d}").mkdir(parents=True)
         for f in range(1000):
             (data / f"d{d}" / f"f{f}").write_bytes(b"x" * 4096)
-    expires = time.time() + EXPIRY_LEAD + 3.0
+    expires = time.time() + 10 * EXPIRY_LEAD  # long enough to close EXPIRY_LEAD early
     spec = view(mount("/big", MountKind.RO, data, token="t-big", expires=expires))
     with ServerProcess(spec, str(mountpoint)) as server:
         big = mountpoint / "big"
@@ -180,7 +181,7 @@ def test_no_cached_operation_outlives_the_expiry_of_a_grant(
         try:
             for thread in threads:
                 thread.start()
-            server.wait_for(Revoked, timeout=10.0)
+            server.wait_for(Revoked, timeout=15.0)
             while time.time() < expires + 0.3:
                 time.sleep(0.05)
         finally:
