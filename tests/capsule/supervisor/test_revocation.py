@@ -10,6 +10,7 @@ first test checks it), so the container's operations are compared with the insta
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import mmap
@@ -27,11 +28,14 @@ import trio
 from capsule import Supervisor, ViewTimeouts
 from capsule._container._feature import Context
 from capsule.testing import TestApp, leftovers
+from capsule.testing._probes import raw_syscall
 from tests.capsule.supervisor.helpers import wait_until
 
 #: files in the volume, all listed (so known to the kernel and the server) before revoking
 _DIRS: Final = 30
 _PER_DIR: Final = 1000
+#: getdents64 by machine: read a directory opened before, with nothing else first
+_GETDENTS64: Final = {"x86_64": 217, "aarch64": 61}
 #: how long the threads hammer before and after the revocation
 _HAMMER: Final = 0.5
 _LIMITS: Final = {"memory": "192MiB", "pids": 32, "cpu": 1.0, "tmp": "1MiB"}
@@ -50,9 +54,21 @@ def _operations() -> dict[str, Callable[[], object]]:
     held = os.open("/vol/d0/f0000", os.O_RDONLY)
     written = os.open("/vol/d0/f0001", os.O_RDWR)
     listing = os.open("/vol/d1", os.O_RDONLY | os.O_DIRECTORY)
+    entries = os.open("/vol/d2", os.O_RDONLY | os.O_DIRECTORY)
+    buffer = ctypes.create_string_buffer(1 << 16)
+
+    def getdents() -> int:  # a directory read with no fstat first (as os.listdir does)
+        os.lseek(entries, 0, os.SEEK_SET)
+        got, err = raw_syscall(
+            _GETDENTS64[os.uname().machine], entries, ctypes.addressof(buffer), len(buffer)
+        )
+        if err:
+            raise OSError(err, os.strerror(err))
+        return got
+
     names = [f"/vol/d{d}/f{f:04d}" for d in range(2, _DIRS) for f in range(0, _PER_DIR, 50)]
     _state["mapped"] = mmap.mmap(held, 4096, prot=mmap.PROT_READ)
-    _state["fds"] = [held, written, listing]
+    _state["fds"] = [held, written, listing, entries]
     turn = iter(range(1 << 62))
     return {
         "read": lambda: os.pread(held, 4096, 0),  # the page cache
@@ -62,6 +78,7 @@ def _operations() -> dict[str, Callable[[], object]]:
         "write": lambda: os.pwrite(written, b"y", 0),
         "list": lambda: os.listdir("/vol/d0"),
         "list_open": lambda: os.listdir(listing),  # a directory opened before
+        "getdents": getdents,  # the same, without the fstat fdopendir makes first
     }
 
 
@@ -161,8 +178,8 @@ def _fs_token(sup: Supervisor, feature: str) -> str:
 async def test_nothing_succeeds_through_a_revoked_mount_once_revoke_returns(
     tmp_path: Path,
 ) -> None:
-    """Seven threads in the container read an open file (page cache), fstat it, stat and
-    open known names, write an open file, list a directory and re-read one opened before,
+    """Eight threads in the container read an open file (page cache), fstat it, stat and
+    open known names, write an open file, list a directory and re-read two opened before,
     over a volume of 30,000 listed files; ``await sup.revoke()``; not one of the operations
     started after it returned succeeds, while each succeeded before and was tried after.
     The mapped page of the open file is gone too (SIGBUS)."""
