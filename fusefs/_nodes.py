@@ -1,26 +1,31 @@
 """The server's inode table: synthetic directories, the /capsule/ files, and backing nodes,
-each of which holds an ``O_PATH`` descriptor of the file it stands for.
+each of which stands for a file it reaches by an ``O_PATH`` descriptor.
 
-Backing nodes are reached only by single-component ``openat(parent_fd, name,
-O_PATH | O_NOFOLLOW)`` from their mount's root descriptor, never by a path string, so
-``..``, symlinks and renames cannot lead outside a mount: a symlink is a node of its own
-(the container's kernel resolves it inside the container's root), and a renamed file
-keeps its descriptor. Decides nothing about policy.
+Backing nodes are reached only by single-component ``openat2(parent_fd, name, O_PATH |
+O_NOFOLLOW, RESOLVE_BENEATH | RESOLVE_NO_XDEV)`` from their mount's root descriptor,
+never by a path string, so ``..``, symlinks and renames cannot lead outside a mount: a
+symlink is a node of its own (the container's kernel resolves it inside the container's
+root), and renames through the view are followed. A bounded number of descriptors stay
+open (``_descriptors``); a node whose descriptor was closed is reopened the same way,
+from its parent's, and must still be the same file (device and inode) or the caller
+gets ``ESTALE``. Decides nothing about policy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import os
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 import pyfuse3
 
 from fusefs import _sys
+from fusefs._descriptors import DEFAULT_CAPACITY, Descriptors
 from fusefs._policy import MountState
 
 __all__ = ["Kind", "Node", "NodeTable", "SpecialFileError", "proc_path"]
@@ -41,7 +46,8 @@ class SpecialFileError(Exception):
 @dataclass(slots=True, eq=False)
 class Node:
     """One inode the kernel knows. ``fd`` is -1 until the node is first used (a directory
-    listing names many files it never opens); :meth:`NodeTable.fd` opens it then."""
+    listing names many files it never opens) and after its descriptor was evicted;
+    :meth:`NodeTable.fd` opens it then."""
 
     ino: int
     kind: Kind
@@ -51,7 +57,7 @@ class Node:
     fd: int = -1
     key: tuple[int, int, int] | None = None  # (mount index, st_dev, st_ino)
     lookups: int = 0
-    children: dict[bytes, int] = field(default_factory=dict)  # synthetic directories
+    children: dict[bytes, int] | None = None  # synthetic directories only
     content: Callable[[], bytes] | None = None  # info files
     cache_key: tuple[int, int] | None = None  # (mtime_ns, size) the kernel's cache holds
     is_root: bool = False  # a mount's root: lives as long as the view
@@ -65,7 +71,8 @@ def proc_path(fd: int) -> str:
 class NodeTable:
     """Inode number -> Node, with lookup counts as the kernel holds them."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        self.descriptors = Descriptors(capacity)
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[tuple[int, int, int], int] = {}
         self._by_name: dict[tuple[int, bytes], int] = {}  # (parent, name) -> the node there
@@ -83,7 +90,7 @@ class NodeTable:
         self._nodes[node.ino] = node
         if node.parent in self._nodes and node.ino != node.parent:
             parent = self._nodes[node.parent]
-            if parent.kind is not Kind.BACKING:
+            if parent.children is not None:
                 parent.children[node.name] = node.ino
         return node
 
@@ -93,37 +100,58 @@ class NodeTable:
         return ino
 
     def synthetic(self, parent: int, name: bytes) -> Node:
-        return self._add(Node(self._number(), Kind.SYNTHETIC, parent, name, lookups=1))
+        node = Node(self._number(), Kind.SYNTHETIC, parent, name, lookups=1, children={})
+        return self._add(node)
 
     def info(self, parent: int, name: bytes, content: Callable[[], bytes]) -> Node:
         return self._add(Node(self._number(), Kind.INFO, parent, name, content=content, lookups=1))
 
     def mount_root(self, parent: int, name: bytes, mount: MountState, fd: int) -> Node:
         st = os.fstat(fd)
-        node = Node(self._number(), Kind.BACKING, parent, name, mount, fd, lookups=1)
+        node = Node(self._number(), Kind.BACKING, parent, name, mount, lookups=1)
         node.is_root = True
+        self.descriptors.add(node, fd, pinned=True)
         node.key = (mount.index, st.st_dev, st.st_ino)
         self.roots[mount.index] = node
         self._by_key[node.key] = node.ino
         return self._add(node)
 
     def fd(self, node: Node) -> int:
-        """The node's O_PATH descriptor, opened now from its parent's if it has none yet.
+        """The node's O_PATH descriptor, opened now from its parent's if it has none (and
+        the parent's from its own, up to the first one open: a mount's root always is).
 
-        Raises FUSEError(ESTALE) when the name now names another file, and
+        Valid until the handler that asked returns (see :meth:`settle`). Raises
+        FUSEError(ESTALE) when a name on the way now names another file or none, and
         SpecialFileError when it crosses into another file system."""
         if node.fd >= 0:
             return node.fd
-        parent = self._nodes.get(node.parent)
-        if parent is None or parent.kind is not Kind.BACKING or node.key is None:
-            raise pyfuse3.FUSEError(errno.ESTALE)
-        fd = _open_beneath(self.fd(parent), node.name)
+        closed: list[Node] = []
+        while node.fd < 0:
+            parent = self._nodes.get(node.parent)
+            if parent is None or parent.kind is not Kind.BACKING or not node.name:
+                raise pyfuse3.FUSEError(errno.ESTALE)  # forgotten, or unlinked unopened
+            closed.append(node)
+            node = parent
+        dir_fd = node.fd
+        for node in reversed(closed):
+            dir_fd = self._reopen(dir_fd, node)
+        return dir_fd
+
+    def _reopen(self, dir_fd: int, node: Node) -> int:
+        try:
+            fd = _open_beneath(dir_fd, node.name)
+        except FileNotFoundError:
+            raise pyfuse3.FUSEError(errno.ESTALE) from None  # renamed or removed outside
         st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != node.key[1:]:
+        if node.key is None or (st.st_dev, st.st_ino) != node.key[1:]:
             os.close(fd)
             raise pyfuse3.FUSEError(errno.ESTALE)
-        node.fd = fd
+        self.descriptors.add(node, fd)
         return fd
+
+    def settle(self) -> None:
+        """Close the descriptors evicted since the last call: only between requests."""
+        self.descriptors.settle()
 
     def child(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
         """The node for ``name`` in backing directory ``parent``, opened, its lookup count
@@ -149,7 +177,7 @@ class NodeTable:
             os.close(fd)
             raise
         if node.fd < 0:
-            node.fd = fd
+            self.descriptors.add(node, fd)
         else:
             os.close(fd)
         return node, st
@@ -193,23 +221,35 @@ class NodeTable:
                 self._by_key.pop(node.key, None)
             if self._by_name.get((node.parent, node.name)) == ino:
                 del self._by_name[(node.parent, node.name)]
-            if node.fd >= 0:
-                os.close(node.fd)
+            self.descriptors.discard(node)
+
+    def keep(self, parent: Node, name: bytes) -> None:
+        """``name`` in ``parent`` is about to be unlinked or replaced: if the kernel knows
+        its node, open it now, as nothing can reopen it once it has no name."""
+        ino = self._by_name.get((parent.ino, name))
+        node = self._nodes.get(ino) if ino is not None else None
+        if node is not None and node.fd < 0:
+            # the name no longer leads to this node (changed outside the view): then there
+            # is nothing of it to keep, and the operation on the name goes ahead
+            with contextlib.suppress(pyfuse3.FUSEError, OSError, SpecialFileError):
+                self.fd(node)
+
+    def _unnamed(self, ino: int | None) -> None:
+        node = None if ino is None else self._nodes.get(ino)
+        if node is not None:
+            node.name = b""  # reached by its descriptor only, until the kernel forgets it
+            self.descriptors.pin(node)
 
     def moved(self, old_parent: int, old: bytes, new_parent: int, new: bytes) -> None:
         """Follow a rename: the node at the old name is now at the new one."""
-        replaced = self._by_name.pop((new_parent, new), None)
-        if replaced is not None and replaced in self._nodes:
-            self._nodes[replaced].name = b""  # unlinked: reached by its descriptor only
+        self._unnamed(self._by_name.pop((new_parent, new), None))
         ino = self._by_name.get((old_parent, old))
         if ino is not None and ino in self._nodes:
             self._rename(self._nodes[ino], new_parent, new)
 
     def unlinked(self, parent: int, name: bytes) -> None:
         """``name`` in ``parent`` is gone: its node keeps only its descriptor, if it has one."""
-        ino = self._by_name.pop((parent, name), None)
-        if ino is not None and ino in self._nodes:
-            self._nodes[ino].name = b""
+        self._unnamed(self._by_name.pop((parent, name), None))
 
     def path(self, node: Node, name: bytes = b"") -> str:
         """The node's path inside the view (of ``name`` in it, if given), for messages."""
@@ -228,10 +268,7 @@ class NodeTable:
         return [n.ino for n in self._nodes.values() if n.mount and n.mount.index in wanted]
 
     def close(self) -> None:
-        for node in self._nodes.values():
-            if node.fd >= 0:
-                os.close(node.fd)
-                node.fd = -1
+        self.descriptors.close()
         self._nodes.clear()
         self._by_key.clear()
         self._by_name.clear()

@@ -15,7 +15,7 @@ import os
 import stat
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -33,17 +33,21 @@ _OPEN_DROP: Final = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_
 _INFO_FH: Final = 1 << 62  # file handles at and above this are /capsule/ snapshots
 
 
-def _errno_boundary(
-    handler: Callable[_P, Coroutine[Any, Any, _R]],
-) -> Callable[_P, Coroutine[Any, Any, _R]]:
-    """The one place where an OSError of a backing call becomes the errno the caller sees."""
+_Handler = Callable[Concatenate["ViewOperations", _P], Coroutine[Any, Any, _R]]
+
+
+def _errno_boundary(handler: _Handler[_P, _R]) -> _Handler[_P, _R]:
+    """The one place where an OSError of a backing call becomes the errno the caller sees;
+    and where, once a handler is done, the descriptors evicted while it ran are closed."""
 
     @functools.wraps(handler)
-    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+    async def wrapper(self: ViewOperations, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
-            return await handler(*args, **kwargs)
+            return await handler(self, *args, **kwargs)
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        finally:
+            self.nodes.settle()
 
     return wrapper
 
@@ -207,6 +211,8 @@ class ViewOperations(pyfuse3.Operations):
         name = _name(name)
         if parent.kind is not Kind.BACKING:
             self.policy.caller(ctx.uid, "lookup", self._where(parent), None)
+            if parent.children is None:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
             child = self.nodes[parent.children.get(name, -1)]
             child.lookups += 1
             return self._attrs(child)
@@ -217,6 +223,7 @@ class ViewOperations(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self.nodes.forget(ino, count)
+        self.nodes.settle()
 
     @_errno_boundary
     async def getattr(
@@ -372,6 +379,7 @@ class ViewOperations(pyfuse3.Operations):
         name = _name(name)
         mount = self._check(parent, ctx, "unlink", write=True, name=name)
         self._release_entry(mount, parent, name)
+        self.nodes.keep(parent, name)
         os.unlink(name, dir_fd=self._fd(parent))
         self.nodes.unlinked(parent.ino, name)
 
@@ -403,6 +411,7 @@ class ViewOperations(pyfuse3.Operations):
         if not flags & _sys.RENAME_EXCHANGE:
             with contextlib.suppress(FileNotFoundError):
                 self._release_entry(mount, new, name_new)
+            self.nodes.keep(new, name_new)
         _sys.renameat2(self._fd(old), name_old, self._fd(new), name_new, flags)
         self.nodes.moved(old.ino, name_old, new.ino, name_new)
 
@@ -488,7 +497,7 @@ class ViewOperations(pyfuse3.Operations):
                 names = [os.fsencode(name) for name in os.listdir(fd)]
             finally:
                 os.close(fd)
-        elif node.kind is Kind.SYNTHETIC:
+        elif node.children is not None:
             self.policy.caller(ctx.uid, "readdir", self._where(node), None)
             names = sorted(node.children)
         else:
@@ -510,7 +519,7 @@ class ViewOperations(pyfuse3.Operations):
                 return
 
     def _entry(self, directory: Node, name: bytes) -> tuple[Node | None, Any]:
-        if directory.kind is not Kind.BACKING:
+        if directory.children is not None:
             child = self.nodes[directory.children[name]]
             child.lookups += 1
             return child, self._attrs(child)

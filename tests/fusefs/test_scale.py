@@ -1,0 +1,81 @@
+"""A view of a volume far larger than the server's open-file limit: 100,000 files made on
+the host, then stat'ed, listed, read, created and unlinked through a real mount, while the
+server's open descriptors (counted in /proc/PID/fd) stay bounded."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Final
+
+from fusefs import MountKind, ServerProcess
+from tests.fusefs._support import mount, view, wait_until
+
+FILES: Final = 100_000
+CREATED: Final = 2_000
+#: the server's descriptors of known files are capped at 4,096; a few more are its own
+#: (the FUSE device, the control socket, the mount roots, Python's)
+BOUND: Final = 4_096 + 200
+
+
+def _descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _content(index: int) -> bytes:
+    return f"file {index}\n".encode()
+
+
+def test_a_view_serves_100k_files_with_a_bounded_number_of_descriptors(
+    mountpoint: Path, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    volume = tmp_path / "volume"
+    many = volume / "many"
+    many.mkdir(parents=True)
+    names = [f"f{index:06d}" for index in range(FILES)]
+    for index, name in enumerate(names):
+        fd = os.open(many / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, _content(index))
+        os.close(fd)
+
+    with ServerProcess(view(mount("/data", MountKind.RW, volume)), str(mountpoint)) as server:
+        pid = server.process.pid
+        most = 0
+        data = mountpoint / "data" / "many"
+
+        def sample() -> None:
+            nonlocal most
+            most = max(most, _descriptors(pid))
+
+        for index, name in enumerate(names):  # a lookup of every file
+            assert os.stat(data / name).st_size == len(_content(index)), name
+            if index % 10_000 == 0:
+                sample()
+        sample()
+        assert sorted(os.listdir(data)) == names
+        sample()
+        for index, name in enumerate(names):
+            with open(data / name, "rb") as f:
+                assert f.read() == _content(index), name
+            if index % 10_000 == 0:
+                sample()
+        for index in range(CREATED):
+            with open(data / f"new{index:05d}", "xb") as f:
+                f.write(b"new\n")
+        sample()
+        for name in names:
+            os.unlink(data / name)
+        sample()
+        assert sorted(os.listdir(data)) == [f"new{index:05d}" for index in range(CREATED)]
+        for index in range(CREATED):
+            assert (volume / "many" / f"new{index:05d}").read_bytes() == b"new\n"
+            os.unlink(data / f"new{index:05d}")
+        assert not os.listdir(many)
+        assert most <= BOUND, f"the server held {most} descriptors for {FILES} files"
+        # the kernel forgets unlinked files, and the server closes what it held for them
+        wait_until(lambda: _descriptors(pid) < 200, what="descriptors closed after FORGET")
+        (volume / "after").write_bytes(b"x")  # and the view still opens files
+        assert (mountpoint / "data" / "after").read_bytes() == b"x"
+    assert time.monotonic() - started < 120, "100k files took more than two minutes"
