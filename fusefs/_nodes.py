@@ -55,7 +55,7 @@ class Node:
     name: bytes
     mount: MountState | None = None
     fd: int = -1
-    key: tuple[int, int, int] | None = None  # (mount index, st_dev, st_ino)
+    key: int = -1  # the file's identity in its mount: see _identity
     lookups: int = 0
     children: dict[bytes, int] | None = None  # synthetic directories only
     content: Callable[[], bytes] | None = None  # info files
@@ -74,8 +74,10 @@ class NodeTable:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.descriptors = Descriptors(capacity)
         self._nodes: dict[int, Node] = {}
-        self._by_key: dict[tuple[int, int, int], int] = {}
-        self._by_name: dict[tuple[int, bytes], int] = {}  # (parent, name) -> the node there
+        self._by_key: dict[int, int] = {}
+        # parent -> name -> the node there: one dict per directory, and no (parent, name)
+        # tuple per node, which would cost a third more memory per node
+        self._by_name: dict[int, dict[bytes, int]] = {}
         self.roots: dict[int, Node] = {}  # mount index -> the node of its root
         self._next = pyfuse3.ROOT_INODE
         self.root = self.synthetic(pyfuse3.ROOT_INODE, b"")
@@ -111,7 +113,7 @@ class NodeTable:
         node = Node(self._number(), Kind.BACKING, parent, name, mount, lookups=1)
         node.is_root = True
         self.descriptors.add(node, fd, pinned=True)
-        node.key = (mount.index, st.st_dev, st.st_ino)
+        node.key = _identity(mount, st)
         self.roots[mount.index] = node
         self._by_key[node.key] = node.ino
         return self._add(node)
@@ -143,7 +145,8 @@ class NodeTable:
         except FileNotFoundError:
             raise pyfuse3.FUSEError(errno.ESTALE) from None  # renamed or removed outside
         st = os.fstat(fd)
-        if node.key is None or (st.st_dev, st.st_ino) != node.key[1:]:
+        assert node.mount is not None  # noqa: S101 - backing nodes always have a mount
+        if _identity(node.mount, st) != node.key:
             os.close(fd)
             raise pyfuse3.FUSEError(errno.ESTALE)
         self.descriptors.add(node, fd)
@@ -190,7 +193,7 @@ class NodeTable:
             raise SpecialFileError("a device node, socket or FIFO is never served")
         if mount.dev is not None and st.st_dev != mount.dev:
             raise SpecialFileError("another file system is mounted here")
-        key = (mount.index, st.st_dev, st.st_ino)
+        key = _identity(mount, st)
         known = self._by_key.get(key)
         if known is not None:
             node = self._nodes[known]
@@ -199,16 +202,35 @@ class NodeTable:
             node = Node(self._number(), Kind.BACKING, parent.ino, name, mount, key=key)
             self._by_key[key] = node.ino
             self._nodes[node.ino] = node
-            self._by_name[(parent.ino, name)] = node.ino
+            self._by_name.setdefault(parent.ino, {})[name] = node.ino
         node.lookups += 1
         return node
 
     def _rename(self, node: Node, parent: int, name: bytes) -> None:
         if (node.parent, node.name) != (parent, name):
-            if self._by_name.get((node.parent, node.name)) == node.ino:
-                del self._by_name[(node.parent, node.name)]
+            self._unname(node)
             node.parent, node.name = parent, name
-        self._by_name[(parent, name)] = node.ino
+        self._by_name.setdefault(parent, {})[name] = node.ino
+
+    def _named(self, parent: int, name: bytes, *, pop: bool = False) -> int | None:
+        """The node at ``name`` in ``parent``, if the table knows one (removed, if ``pop``)."""
+        names = self._by_name.get(parent)
+        if names is None:
+            return None
+        if not pop:
+            return names.get(name)
+        ino = names.pop(name, None)
+        if not names:
+            del self._by_name[parent]
+        return ino
+
+    def _unname(self, node: Node) -> None:
+        """Forget that ``node`` is at its name, unless another node is there now."""
+        names = self._by_name.get(node.parent)
+        if names is not None and names.get(node.name) == node.ino:
+            del names[node.name]
+            if not names:
+                del self._by_name[node.parent]
 
     def forget(self, ino: int, count: int) -> None:
         node = self._nodes.get(ino)
@@ -217,16 +239,14 @@ class NodeTable:
         node.lookups -= count
         if node.lookups <= 0:
             del self._nodes[ino]
-            if node.key is not None:
-                self._by_key.pop(node.key, None)
-            if self._by_name.get((node.parent, node.name)) == ino:
-                del self._by_name[(node.parent, node.name)]
+            self._by_key.pop(node.key, None)
+            self._unname(node)
             self.descriptors.discard(node)
 
     def keep(self, parent: Node, name: bytes) -> None:
         """``name`` in ``parent`` is about to be unlinked or replaced: if the kernel knows
         its node, open it now, as nothing can reopen it once it has no name."""
-        ino = self._by_name.get((parent.ino, name))
+        ino = self._named(parent.ino, name)
         node = self._nodes.get(ino) if ino is not None else None
         if node is not None and node.fd < 0:
             # the name no longer leads to this node (changed outside the view): then there
@@ -242,14 +262,14 @@ class NodeTable:
 
     def moved(self, old_parent: int, old: bytes, new_parent: int, new: bytes) -> None:
         """Follow a rename: the node at the old name is now at the new one."""
-        self._unnamed(self._by_name.pop((new_parent, new), None))
-        ino = self._by_name.get((old_parent, old))
+        self._unnamed(self._named(new_parent, new, pop=True))
+        ino = self._named(old_parent, old)
         if ino is not None and ino in self._nodes:
             self._rename(self._nodes[ino], new_parent, new)
 
     def unlinked(self, parent: int, name: bytes) -> None:
         """``name`` in ``parent`` is gone: its node keeps only its descriptor, if it has one."""
-        self._unnamed(self._by_name.pop((parent, name), None))
+        self._unnamed(self._named(parent, name, pop=True))
 
     def path(self, node: Node, name: bytes = b"") -> str:
         """The node's path inside the view (of ``name`` in it, if given), for messages."""
@@ -272,6 +292,11 @@ class NodeTable:
         self._nodes.clear()
         self._by_key.clear()
         self._by_name.clear()
+
+
+def _identity(mount: MountState, st: os.stat_result) -> int:
+    """(mount, st_dev, st_ino) as one int: a node's key, smaller than the tuple by half."""
+    return ((st.st_ino << 64 | st.st_dev) << 16) | mount.index
 
 
 def _open_beneath(dir_fd: int, name: bytes) -> int:
