@@ -161,13 +161,14 @@ class NodeTable:
         raised."""
         return self.adopt(parent, name, _open_beneath(self.fd(parent), name))
 
-    def listed(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
+    def listed(self, parent: Node, name: bytes, dir_fd: int) -> tuple[Node, os.stat_result]:
         """Like :meth:`child` for an entry of a directory listing, but a file or symlink gets
         no descriptor until it is used (a stat is cheaper than an open). Directories are
         opened at once, so one with another file system mounted on it is never listed; a
-        file with one mounted on it is refused when first used."""
-        st = os.stat(name, dir_fd=self.fd(parent), follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
+        file with one mounted on it is refused when first used. ``dir_fd`` is
+        ``self.fd(parent)``, asked for once per listing request."""
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if st.st_mode & 0o170000 == stat.S_IFDIR:
             return self.child(parent, name)
         return self._entry(parent, name, st), st
 
@@ -191,13 +192,14 @@ class NodeTable:
         assert mount is not None  # noqa: S101 - backing nodes always have a mount
         if stat.S_IFMT(st.st_mode) not in _SERVED_TYPES:
             raise SpecialFileError("a device node, socket or FIFO is never served")
-        if mount.dev is not None and st.st_dev != mount.dev:
-            raise SpecialFileError("another file system is mounted here")
         key = _identity(mount, st)
         known = self._by_key.get(key)
-        if known is not None:
+        if known is not None:  # its device was checked when it became known
             node = self._nodes[known]
-            self._rename(node, parent.ino, name)
+            if node.name != name or node.parent != parent.ino:
+                self._rename(node, parent.ino, name)
+        elif mount.dev is not None and st.st_dev != mount.dev:
+            raise SpecialFileError("another file system is mounted here")
         else:
             node = Node(self._number(), Kind.BACKING, parent.ino, name, mount, key=key)
             self._by_key[key] = node.ino
@@ -207,9 +209,8 @@ class NodeTable:
         return node
 
     def _rename(self, node: Node, parent: int, name: bytes) -> None:
-        if (node.parent, node.name) != (parent, name):
-            self._unname(node)
-            node.parent, node.name = parent, name
+        self._unname(node)
+        node.parent, node.name = parent, name
         self._by_name.setdefault(parent, {})[name] = node.ino
 
     def _named(self, parent: int, name: bytes, *, pop: bool = False) -> int | None:
