@@ -45,6 +45,11 @@ Measures (bulk rows as time per MiB, the others per call):
   ``fsync`` and close (the previous sample's file is unlinked, untimed);
 * create + write 4 KiB + close of a new file (the files are unlinked after each slice,
   untimed).
+* over a large volume (1,000,000 files of 16 bytes, a thousand to a directory;
+  ``--quick`` 20,000), native and fusefs only: a stat of each file, the first lookup
+  of it, and an open + read + close of every tenth file after its descriptor was mostly
+  evicted (``_fusefs_volume.py``); then the server's open descriptors and resident
+  memory. Making the volume takes a while (about 10 s per million files).
 
 All measures run interleaved, in rounds, so machine noise spreads over all of them.
 Everything the run makes (temporary directory, bindfs process and mount, fusefs server
@@ -74,6 +79,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
+# first: importing _common takes benchmarks/ off sys.path, where this helper lives
+from _fusefs_volume import make_volume, server_usage, volume_jobs
+
+# isort: split
 from _common import (
     Job,
     Measure,
@@ -123,6 +132,7 @@ class Sizes:
     write_mib: int
     writes: int
     creates: int
+    volume_files: int  # the large volume of _fusefs_volume
 
 
 FULL: Final = Sizes(
@@ -140,6 +150,7 @@ FULL: Final = Sizes(
     write_mib=64,
     writes=10,
     creates=2_000,
+    volume_files=1_000_000,
 )
 QUICK: Final = Sizes(
     rounds=3,
@@ -156,6 +167,7 @@ QUICK: Final = Sizes(
     write_mib=16,
     writes=3,
     creates=300,
+    volume_files=20_000,
 )
 
 
@@ -191,6 +203,8 @@ GROUPS: Final = (
     Group("listdir", "os.listdir of a directory of 1,000 entries"),
     Group("write", "sequential write, 128 KiB writes + fsync + close", per_mib=True),
     Group("create", "create + write 4 KiB + close of a new file"),
+    Group("volume-stat", "stat of a file looked up for the first time, in the large volume"),
+    Group("volume-read", "open + read + close of a file of the large volume, long looked up"),
 )
 GROUP: Final = {group.key: group for group in GROUPS}
 DISK_ROW: Final = "native, from disk (its page cache dropped first)"
@@ -227,6 +241,10 @@ class Tree:
         return self.root / "listing"
 
     @property
+    def volume(self) -> Path:
+        return self.root / "volume"
+
+    @property
     def writes(self) -> Path:
         return self.root / f"writes-{self.fs}"  # each file system writes in a folder of its own
 
@@ -249,6 +267,7 @@ def make_backing(backing: Path, sizes: Sizes) -> None:
         (backing / "listing" / f"entry-{index:05d}").touch()
     for fs in FILESYSTEMS:
         (backing / f"writes-{fs}").mkdir()
+    make_volume(backing / "volume", sizes.volume_files)
 
 
 def bdi_of(mountpoint: Path) -> str | None:
@@ -344,6 +363,7 @@ class Setup:
     """What the run mounted: the trees to measure, and what was skipped or tuned."""
 
     trees: dict[str, Tree]
+    server_pid: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -374,7 +394,7 @@ def mounted(scratch: Path, sizes: Sizes) -> Iterator[Setup]:
             "native": Tree("native", backing),
             "fusefs": Tree("fusefs", fusefs_point / VIEW_PATH.lstrip("/")),
         }
-        setup = Setup(trees)
+        setup = Setup(trees, server.process.pid)
         setup.info["fusefs"] = {
             "cache_timeout_s": view.cache_timeout,
             "read_ahead_kb": _settled_readahead(fusefs_point),
@@ -920,6 +940,12 @@ def run(sizes: Sizes, setup: Setup) -> tuple[list[Job], list[list[list[float]]]]
         *read_jobs(setup.trees, sizes, buffer),
         *small_jobs(setup.trees, sizes),
         *write_jobs(setup.trees, sizes),
+        *volume_jobs(
+            {fs: tree.volume for fs, tree in setup.trees.items() if fs != "bindfs"},
+            sizes.volume_files,
+            sizes.rounds,
+            _job,
+        ),
     ]
     order = {group.key: index for index, group in enumerate(GROUPS)}
     jobs.sort(key=lambda job: order[job.extra["group"]])  # stable: native, bindfs, fusefs
@@ -942,6 +968,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with mounted(Path(scratch), sizes) as setup:
                 jobs, collected = run(sizes, setup)
+                setup.info["fusefs"]["server_after_run"] = server_usage(setup.server_pid)
         finally:
             os.chdir(cwd)
     elapsed = time.perf_counter() - started
@@ -970,6 +997,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     readahead = {fs: info.get("read_ahead_kb") for fs, info in setup.info.items()}
     print(f"  mount readahead (read_ahead_kb): {readahead}")
+    usage = setup.info["fusefs"]["server_after_run"]
+    print(
+        f"  fusefs server after the run ({sizes.volume_files:,} files in the large volume):"
+        f" {usage['open_descriptors']} open descriptors, {usage['rss_mib']:.0f} MiB resident"
+    )
     rows = summary(measures)
     print_summary(rows)
 
