@@ -112,7 +112,7 @@ class NodeTable:
         st = os.fstat(fd)
         node = Node(self._number(), Kind.BACKING, parent, name, mount, lookups=1)
         node.is_root = True
-        self.descriptors.add(node, fd, pinned=True)
+        self.descriptors.add(node, fd, root=True)
         node.key = _identity(mount, st)
         self.roots[mount.index] = node
         self._by_key[node.key] = node.ino
@@ -196,7 +196,8 @@ class NodeTable:
         known = self._by_key.get(key)
         if known is not None:  # its device was checked when it became known
             node = self._nodes[known]
-            if node.name != name or node.parent != parent.ino:
+            names = self._by_name.get(parent.ino)
+            if names is None or names.get(name) != known:  # moved, or a link's other name
                 self._rename(node, parent.ino, name)
         elif mount.dev is not None and st.st_dev != mount.dev:
             raise SpecialFileError("another file system is mounted here")
