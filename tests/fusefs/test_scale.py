@@ -5,6 +5,8 @@ server's open descriptors (counted in /proc/PID/fd) stay bounded."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Final
@@ -79,3 +81,47 @@ def test_a_view_serves_100k_files_with_a_bounded_number_of_descriptors(
         (volume / "after").write_bytes(b"x")  # and the view still opens files
         assert (mountpoint / "data" / "after").read_bytes() == b"x"
     assert time.monotonic() - started < 120, "100k files took more than two minutes"
+
+
+_LOW_LIMIT_CLIENT = """
+import os, resource, sys
+from fusefs import MountKind, MountSpec, ServerProcess, ViewSpec
+
+volume, mountpoint, files = sys.argv[1], sys.argv[2], int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 1024))  # the server inherits this hard limit
+spec = ViewSpec(
+    owner="feat",
+    mounts=(MountSpec(view_path="/data", kind=MountKind.RO, backing=volume),),
+    uid=os.geteuid(),
+    gid=os.getegid(),
+)
+with ServerProcess(spec, mountpoint) as server:
+    data = os.path.join(mountpoint, "data")
+    for index in range(files):
+        with open(os.path.join(data, f"f{index:05d}"), "rb") as f:
+            assert f.read() == str(index).encode(), index
+    print("served", files, "descriptors", len(os.listdir(f"/proc/{server.process.pid}/fd")))
+"""
+
+
+def test_a_server_that_cannot_raise_its_open_file_limit_says_so_and_still_serves(
+    mountpoint: Path, tmp_path: Path
+) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    files = 3_000  # three times the hard limit
+    for index in range(files):
+        (volume / f"f{index:05d}").write_bytes(str(index).encode())
+    result = subprocess.run(
+        [sys.executable, "-c", _LOW_LIMIT_CLIENT, str(volume), str(mountpoint), str(files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    served, count, _, descriptors = result.stdout.split()
+    assert (served, int(count)) == ("served", files)
+    assert int(descriptors) <= 256 + 64, result.stdout  # a quarter of the limit, and its own
+    assert "the open-file limit stays at 1024, not 65536" in result.stderr, result.stderr
+    assert "keeps at most 256 descriptors of known files open" in result.stderr
