@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import gc
 import json
+import logging
 import math
 import os
 import platform
@@ -34,6 +35,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
+import structlog
+
 # ``python benchmarks/x.py`` puts benchmarks/ first on sys.path so that this module is
 # found; once it is, take benchmarks/ off again, or benchmarks/fusefs.py would stand in
 # for the fusefs package whenever a script (or capsule) imports it.
@@ -43,14 +46,18 @@ sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != _HERE]
 __all__ = [
     "RESULTS_DIR",
     "Job",
+    "LabelledTarget",
     "Measure",
     "Target",
     "flatten",
+    "format_us",
     "gc_paused",
     "machine_info",
     "parse_arguments",
     "percentile",
     "print_report",
+    "print_table",
+    "quiet_logs",
     "report_payload",
     "run_interleaved",
     "summarize",
@@ -94,6 +101,16 @@ class Target:
 
     def describe(self) -> str:
         return f"p50 <= {self.p50_us:g} us"
+
+
+@dataclass(frozen=True)
+class LabelledTarget(Target):
+    """A p50 bound derived from another figure (a ratio, a rate), described in its own terms."""
+
+    label: str = ""
+
+    def describe(self) -> str:
+        return self.label or super().describe()
 
 
 @dataclass(frozen=True)
@@ -315,6 +332,15 @@ def machine_info(packages: Iterable[str] = ()) -> dict[str, Any]:
 # -- command line, report, JSON ------------------------------------------------------
 
 
+def quiet_logs() -> None:
+    """Supervisor log lines go to stderr, warnings and worse only: stdout holds the table."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
 def parse_arguments(
     name: str, description: str, argv: Sequence[str] | None = None
 ) -> argparse.Namespace:
@@ -335,7 +361,7 @@ def parse_arguments(
     return parser.parse_args(argv)
 
 
-def _format_us(value: float) -> str:
+def format_us(value: float) -> str:
     """Microseconds with about three significant digits."""
     if value >= 100:
         return f"{value:.0f}"
@@ -360,14 +386,42 @@ def _met_text(*, met: bool | None) -> str:
     return "yes" if met else "NO"
 
 
+def print_table(
+    title: str,
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    right: Iterable[int] = (1, 2, 3),
+) -> None:
+    """Print ``rows`` under ``header`` between rules, each column as wide as its widest cell:
+    the columns numbered in ``right`` (the figures) aligned right, the others left."""
+    right_aligned = frozenset(right)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.rjust(width) if i in right_aligned else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    rule = "-" * len(line(header))
+    print(title)
+    print(rule)
+    print(line(header))
+    print(rule)
+    for row in rows:
+        print(line(row))
+    print(rule)
+
+
 def print_report(title: str, floor: Measure, measures: Sequence[Measure]) -> None:
     """Print an aligned table: the floor first, then each measure with its ratio to it."""
     header = ("measure", "p50 us", "p99 us", "p50/floor", "target", "met")
     rows: list[tuple[str, ...]] = [
         (
             f"FLOOR: {floor.name}",
-            _format_us(floor.p50_us),
-            _format_us(floor.p99_us),
+            format_us(floor.p50_us),
+            format_us(floor.p99_us),
             _format_ratio(1.0),
             "-",
             "-",
@@ -376,31 +430,15 @@ def print_report(title: str, floor: Measure, measures: Sequence[Measure]) -> Non
     rows.extend(
         (
             f"  {measure.name}" if measure.detail else measure.name,
-            _format_us(measure.p50_us),
-            _format_us(measure.p99_us),
+            format_us(measure.p50_us),
+            format_us(measure.p99_us),
             _format_ratio(measure.ratio_to(floor)),
             measure.target.describe() if measure.target else "-",
             _met_text(met=measure.met),
         )
         for measure in measures
     )
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        middle = [cell.rjust(width) for cell, width in zip(cells[1:4], widths[1:4], strict=True)]
-        last = [cell.ljust(width) for cell, width in zip(cells[4:], widths[4:], strict=True)]
-        return "  ".join([first, *middle, *last]).rstrip()
-
-    rule = "-" * len(line(header))
-    print(title)
-    print(rule)
-    print(line(header))
-    print(rule)
-    print(line(rows[0]))
-    for row in rows[1:]:
-        print(line(row))
-    print(rule)
+    print_table(title, header, rows)
     for measure in measures:
         if measure.note:
             print(f"  {measure.name}: {measure.note}")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 import socket
 import subprocess
 import sys
@@ -45,10 +44,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final, cast
 
-import structlog
 import trio
 from _common import (
     Job,
+    LabelledTarget,
     Measure,
     Target,
     flatten,
@@ -57,6 +56,8 @@ from _common import (
     parse_arguments,
     percentile,
     print_report,
+    print_table,
+    quiet_logs,
     report_payload,
     run_interleaved,
     time_batches,
@@ -180,25 +181,6 @@ QUICK: Final = Sizes(
     quiet_warmup=10,
     flood_ramp_s=0.03,
 )
-
-
-@dataclass(frozen=True)
-class LabelledTarget(Target):
-    """A p50 bound derived from another figure (a ratio, a rate), described in its own terms."""
-
-    label: str = ""
-
-    def describe(self) -> str:
-        return self.label or super().describe()
-
-
-def _quiet_logs() -> None:
-    """Supervisor log lines go to stderr, warnings and worse only: stdout holds the table."""
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
 
 
 # -- the app ---------------------------------------------------------------------------------
@@ -573,8 +555,11 @@ def authorization_jobs(sizes: Sizes) -> list[Job]:
     action = Action.ICC_CALL
     if broker._check(peer, number, action, "echo.echo", valid=True) is not peer.handles[number]:
         raise RuntimeError("Broker._check refused a call its token allows")
-    if broker._check(peer, number, action, "echo.other", valid=True) != (
-        f"no capability of token {grant.token_id} covers it"
+    # A refusal returns None and is counted (and audited) as the peer's denial.
+    denied = peer.denied
+    if (
+        broker._check(peer, number, action, "echo.other", valid=True) is not None
+        or peer.denied != denied + 1
     ):
         raise RuntimeError("Broker._check allowed a call its token does not hold")
 
@@ -849,23 +834,8 @@ def print_summary(rows: Sequence[dict[str, Any]]) -> None:
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        left = row[0].ljust(widths[0])
-        middle = [c.rjust(w) for c, w in zip(row[1:4], widths[1:4], strict=True)]
-        right = [c.ljust(w) for c, w in zip(row[4:], widths[4:], strict=True)]
-        return "  ".join([left, *middle, *right]).rstrip()
-
-    rule = "-" * len(line(header))
     print()
-    print("headline figures against the targets (PERFORMANCE.md)")
-    print(rule)
-    print(line(header))
-    print(rule)
-    for row in cells:
-        print(line(row))
-    print(rule)
+    print_table("headline figures against the targets (PERFORMANCE.md)", header, cells)
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -876,7 +846,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         NAME, "Brokered calls, events, authorization and fairness against a socket floor.", argv
     )
     sizes = QUICK if args.quick else FULL
-    _quiet_logs()
+    quiet_logs()
     started = time.perf_counter()
 
     child = EchoChild()

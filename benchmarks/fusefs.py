@@ -85,9 +85,11 @@ from _fusefs_volume import make_volume, server_usage, volume_jobs
 # isort: split
 from _common import (
     Job,
+    LabelledTarget,
     Measure,
     Target,
     flatten,
+    format_us,
     gc_paused,
     machine_info,
     parse_arguments,
@@ -169,16 +171,6 @@ QUICK: Final = Sizes(
     creates=300,
     volume_files=20_000,
 )
-
-
-@dataclass(frozen=True)
-class LabelledTarget(Target):
-    """A p50 bound derived from another figure (a ratio, a rate), described in its own terms."""
-
-    label: str = ""
-
-    def describe(self) -> str:
-        return self.label or super().describe()
 
 
 @dataclass(frozen=True)
@@ -699,16 +691,6 @@ def with_targets(measures: list[Measure]) -> list[Measure]:
     ]
 
 
-def _format(value: float) -> str:
-    if value >= 100:
-        return f"{value:.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
-    if value >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
-
-
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -776,8 +758,8 @@ def print_measures(title: str, measures: Sequence[Measure]) -> None:
             block.append(
                 [
                     f"  {measure.extra['row']}",
-                    _format(measure.p50_us),
-                    _format(measure.p99_us),
+                    format_us(measure.p50_us),
+                    format_us(measure.p99_us),
                     _ratio(to_floor),
                     _ratio(to_bindfs),
                     f"{gib_per_s(measure.p50_us):.2f} GiB/s" if group.per_mib else "-",
@@ -819,7 +801,7 @@ def summary(measures: Sequence[Measure]) -> list[dict[str, Any]]:
         if row is None or floor is None:
             return None
         value = row.p50_us / floor.p50_us
-        return f"{_format(row.p50_us)} / {_format(floor.p50_us)} us = {value:.2f}x", value
+        return f"{format_us(row.p50_us)} / {format_us(floor.p50_us)} us = {value:.2f}x", value
 
     disk = find("read-cold", "native")
     disk_text = "" if disk is None else f" (native from disk: {gib_per_s(disk.p50_us):.2f} GiB/s)"

@@ -27,7 +27,6 @@ project's: cold start <= 15 ms p50 and >= 5x faster than bubblewrap + a fresh in
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import shutil
@@ -40,7 +39,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-import structlog
 import trio
 from _common import (
     Job,
@@ -52,6 +50,8 @@ from _common import (
     parse_arguments,
     percentile,
     print_report,
+    print_table,
+    quiet_logs,
     report_payload,
     run_interleaved,
     summarize,
@@ -112,15 +112,6 @@ QUICK: Final = Sizes(
     containers=10,
     settle_s=0.5,
 )
-
-
-def _quiet_logs() -> None:
-    """Supervisor log lines go to stderr, warnings and worse only: stdout holds the table."""
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
 
 
 def _test_app(root: Path, names: Sequence[str]) -> TestApp:
@@ -399,7 +390,7 @@ def print_memory(memory: Memory) -> dict[str, Any]:
     mean = _mean(memory.per_container)
     met = mean <= PSS_TARGET_BYTES
     target = f"mean <= 10 MB ({PSS_TARGET_BYTES / MIB:.2f} MiB)"
-    rows: list[tuple[str, str, str, str, str, str]] = [
+    rows: list[tuple[str, ...]] = [
         ("FLOOR: idle forked child of this process", _mib(floor), "-", "1.00x", "-", "-"),
         (
             f"per idle container (outer + inner + view server), {memory.containers} up",
@@ -409,50 +400,30 @@ def print_memory(memory: Memory) -> dict[str, Any]:
             target,
             "yes" if met else "NO",
         ),
-        (
-            "  outer process (the pid the supervisor knows)",
-            _mib(_mean(memory.outer)),
-            _mib(max(memory.outer)),
-            f"{_mean(memory.outer) / floor:.2f}x",
-            "-",
-            "-",
-        ),
-        (
-            "  inner process (runs the feature)",
-            _mib(_mean(memory.inner)),
-            _mib(max(memory.inner)),
-            f"{_mean(memory.inner) / floor:.2f}x",
-            "-",
-            "-",
-        ),
-        (
-            "  its file-system view server",
-            _mib(_mean(memory.view)),
-            _mib(max(memory.view)),
-            f"{_mean(memory.view) / floor:.2f}x",
-            "-",
-            "-",
+        *(
+            (
+                f"  {part}",
+                _mib(_mean(values)),
+                _mib(max(values)),
+                f"{_mean(values) / floor:.2f}x",
+                "-",
+                "-",
+            )
+            for part, values in (
+                ("outer process (the pid the supervisor knows)", memory.outer),
+                ("inner process (runs the feature)", memory.inner),
+                ("its file-system view server", memory.view),
+            )
         ),
         ("zygote (shared by every container)", _mib(memory.zygote), "-", "-", "-", "-"),
     ]
     header = ("measure", "PSS MiB", "max MiB", "mean/floor", "target", "met")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        middle = [cell.rjust(width) for cell, width in zip(cells[1:4], widths[1:4], strict=True)]
-        last = [cell.ljust(width) for cell, width in zip(cells[4:], widths[4:], strict=True)]
-        return "  ".join([first, *middle, *last]).rstrip()
-
-    rule = "-" * len(line(header))
     print()
-    print(f"memory of idle containers (PSS from /proc/<pid>/smaps_rollup, {memory.containers} up)")
-    print(rule)
-    print(line(header))
-    print(rule)
-    for row in rows:
-        print(line(row))
-    print(rule)
+    print_table(
+        f"memory of idle containers (PSS from /proc/<pid>/smaps_rollup, {memory.containers} up)",
+        header,
+        rows,
+    )
     print(
         f"  {memory.containers} containers + zygote: "
         f"{_mib(sum(memory.per_container) + memory.zygote)} MiB in all"
@@ -490,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         NAME, "Container cold start and idle memory against fork and bubblewrap.", argv
     )
     sizes = QUICK if args.quick else FULL
-    _quiet_logs()
+    quiet_logs()
     started = time.perf_counter()
 
     with tempfile.TemporaryDirectory(prefix="capsule-bench-spawn-") as scratch:

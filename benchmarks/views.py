@@ -46,6 +46,7 @@ from _common import (
     machine_info,
     parse_arguments,
     print_report,
+    quiet_logs,
     report_payload,
     summarize,
     write_json,
@@ -211,6 +212,7 @@ def fairness_rows(floor: Measure, measures: Sequence[Measure]) -> list[dict[str,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(NAME, __doc__.splitlines()[0] if __doc__ else NAME, argv)
+    quiet_logs()
     sizes = QUICK if args.quick else FULL
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="capsule-bench-views-") as scratch:

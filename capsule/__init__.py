@@ -11,6 +11,7 @@ from capsule._manifest import Access as Access
 from capsule._manifest import App as App
 from capsule._manifest import AppManifest as AppManifest
 from capsule._manifest import CheckReport as CheckReport
+from capsule._manifest import EnvVar as EnvVar
 from capsule._manifest import FeatureGrant as FeatureGrant
 from capsule._manifest import FeatureManifest as FeatureManifest
 from capsule._manifest import FsApproval as FsApproval
@@ -61,6 +62,7 @@ __all__ = [
     "ChannelClosedError",
     "CheckReport",
     "ConfigError",
+    "EnvVar",
     "FeatureCrashedError",
     "FeatureError",
     "FeatureGrant",

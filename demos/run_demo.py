@@ -48,10 +48,12 @@ def step(title: str, *, ok: bool, detail: str = "") -> None:
 
 class _Uploads(http.server.BaseHTTPRequestHandler):
     received: ClassVar[list[tuple[str, bytes]]] = []
+    tokens: ClassVar[list[str]] = []
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         self.received.append((self.path, self.rfile.read(length)))
+        self.tokens.append(self.headers.get("Authorization", ""))
         self.send_response(201)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -64,6 +66,7 @@ class _Uploads(http.server.BaseHTTPRequestHandler):
 def webhook() -> Iterator[list[tuple[str, bytes]]]:
     """An HTTP server on 127.0.0.1:8765 that records every upload, for the demo's length."""
     _Uploads.received = []
+    _Uploads.tokens = []
     server = http.server.ThreadingHTTPServer(WEBHOOK, _Uploads)
     thread = threading.Thread(target=server.serve_forever, name="webhook", daemon=True)
     thread.start()
@@ -114,6 +117,11 @@ async def the_scenario(sup: capsule.Supervisor, root: Path, uploads: list[Any]) 
         "the exporter uploaded each export to its webhook (the one address it may reach)",
         ok=uploaded == ["/exports/ideas.md", "/exports/shopping.md"],
         detail=", ".join(f"POST {path}" for path in uploaded),
+    )
+    step(
+        "with the token app.toml sets in its environment (env of its policy)",
+        ok=set(_Uploads.tokens) == {"Bearer notes-demo"},
+        detail=", ".join(sorted(set(_Uploads.tokens))),
     )
     checked = await sup.call("spellcheck", "check", {"text": "helo capsule notes"})
     step(

@@ -24,6 +24,7 @@ def test_the_notes_demo_behaves_as_designed() -> None:
     out = result.stdout
     assert "POST /exports/ideas.md, POST /exports/shopping.md" in out  # the webhook got both
     assert "it tries to connect to the exporter's webhook: refused (denied)" in out
+    assert "find the host program's environment (HOME, API keys): refused (not there)" in out
     assert "killed by its memory limit (out of memory)" in out
     assert "plugin: 3 restarts, now quarantined" in out
     assert "nothing is left behind" in out

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from capsule._broker._audit_read import AuditEvent, AuditProblem, read_events
-from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, printable
 from capsule._cli._target import add_app_option, connect
 from capsule._control._errors import ControlError
 
@@ -107,8 +107,7 @@ def selected(event: AuditEvent, *, feature: str | None, denied: bool) -> bool:
 
 def _clean(value: Any) -> str:
     """Text safe for a terminal: control characters (from container input) are escaped."""
-    text = value if isinstance(value, str) else json.dumps(value)
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return printable(value if isinstance(value, str) else json.dumps(value))
 
 
 def as_text(event: AuditEvent) -> str:

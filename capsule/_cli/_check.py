@@ -14,7 +14,7 @@ from typing import Any
 
 from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, app_dir_problem
 from capsule._cli._dot import render_dot
-from capsule._manifest import CheckReport, FeatureManifest, Problem, check_app
+from capsule._manifest import CheckReport, FeatureGrant, FeatureManifest, Problem, check_app
 from capsule._units import format_duration, format_size
 
 __all__ = ["register"]
@@ -114,7 +114,7 @@ def _feature_lines(report: CheckReport, manifest: FeatureManifest) -> list[str]:
     caps = [] if grant is None else [str(cap) for cap in grant.capabilities]
     if not caps:
         lines.append(f"{pad}{'grants':<9}nothing")
-        return lines
+        return lines + _env_lines(grant, pad)
     mounts = {} if grant is None else {m.view: m for m in grant.mounts}
     width = max(len(cap) for cap in caps)
     for index, cap in enumerate(caps):
@@ -129,7 +129,19 @@ def _feature_lines(report: CheckReport, manifest: FeatureManifest) -> list[str]:
             source = "private storage" if mount.storage == "private" else f"volume {mount.volume}"
             text = f"{text:<{len(pad) + 9 + width}}  <- {source} ({mode}{quota})"
         lines.append(text.rstrip())
-    return lines
+    return lines + _env_lines(grant, pad)
+
+
+def _env_lines(grant: FeatureGrant | None, pad: str) -> list[str]:
+    """The variables the app sets for a feature: names and where each value comes from
+    (a literal's value is not shown: it may be a secret)."""
+    if grant is None or not grant.env:
+        return []
+    shown = [
+        var.name if var.from_host is None else f"{var.name} <- host {var.from_host}"
+        for var in grant.env
+    ]
+    return [f"{pad}{'env':<9}{', '.join(shown)}"]
 
 
 def _route_lines(report: CheckReport) -> list[str]:
@@ -243,6 +255,9 @@ def _as_json(report: CheckReport, shown: str, *, failed: bool) -> dict[str, Any]
                     }
                     for m in grant.mounts
                 ],
+                "env": []
+                if grant is None
+                else [{"name": v.name, "from_host": v.from_host} for v in grant.env],
             }
         )
     app = report.app

@@ -18,6 +18,7 @@ __all__ = [
     "Parser",
     "app_dir_problem",
     "positive_seconds",
+    "printable",
 ]
 
 EXIT_OK: Final = 0
@@ -57,3 +58,14 @@ def app_dir_problem(command: str, app: str) -> bool:
         file=sys.stderr,
     )
     return True
+
+
+def printable(text: str, *, keep: str = "") -> str:
+    """``text`` safe to show on a terminal: every control character is escaped.
+
+    Features write what they like into their output, topics and file names; shown raw,
+    an escape sequence would retitle the terminal, clear it or paint fake lines. C0 and C1
+    controls, DEL and other non-printable characters become their Python escapes
+    (``\\x1b``); characters in ``keep`` (a traceback's newlines) are left as they are.
+    """
+    return "".join(ch if ch.isprintable() or ch in keep else ascii(ch)[1:-1] for ch in text)

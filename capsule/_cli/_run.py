@@ -25,6 +25,7 @@ from capsule._cli._common import (
     EXIT_USAGE,
     app_dir_problem,
     positive_seconds,
+    printable,
 )
 from capsule._cli._status import rates, rich_view, status_lines
 from capsule._control._runs import running_apps
@@ -123,12 +124,31 @@ class _StderrLogger:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
+def _escape_controls(
+    _logger: object, _name: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """A structlog step before the console renderer: text a feature wrote (its output, a
+    remote traceback, a topic or path it named) has its control characters escaped, so it
+    cannot drive the terminal. A traceback keeps its newlines."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = printable(value, keep="\n" if key == "exception" else "")
+    return event_dict
+
+
 def configure_logging(log_format: str, *, debug: bool) -> None:
-    """The supervisor's log lines on stderr: info and above (debug with ``--debug``)."""
+    """The supervisor's log lines on stderr: info and above (debug with ``--debug``).
+
+    JSON lines carry the text exactly (JSON escapes control characters itself); console
+    lines show control characters escaped."""
     renderer: list[Any] = (
         [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
         if log_format == "json"
-        else [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+        else [
+            structlog.processors.format_exc_info,
+            _escape_controls,
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+        ]
     )
     structlog.configure(
         processors=[

@@ -10,6 +10,7 @@ from capsule._manifest._check import load_app as load_app
 from capsule._manifest._feature import load_feature as load_feature
 from capsule._manifest._model import Access as Access
 from capsule._manifest._model import AppManifest as AppManifest
+from capsule._manifest._model import EnvVar as EnvVar
 from capsule._manifest._model import FeatureGrant as FeatureGrant
 from capsule._manifest._model import FeatureManifest as FeatureManifest
 from capsule._manifest._model import FsApproval as FsApproval
@@ -29,6 +30,7 @@ __all__ = [
     "App",
     "AppManifest",
     "CheckReport",
+    "EnvVar",
     "FeatureGrant",
     "FeatureManifest",
     "FsApproval",

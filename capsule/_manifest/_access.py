@@ -11,6 +11,9 @@ The mapping, the same on both sides::
     fs = [{ path = "/data", mode = "ro" }]   -> fs:read:/data/   (rw: fs:read,write:/data/)
     net = ["127.0.0.1:8080"]          -> net:connect:127.0.0.1:8080   ("?conns=N" caps it)
     listen = ["127.0.0.1:8080"]       -> net:listen:127.0.0.1:8080
+
+A policy also has ``env`` (see ``capsule._manifest._env``), which is no capability and
+which [access] cannot ask for: the app alone sets a feature's environment.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Final, final
 
 import msgspec
 
+from capsule._manifest._env import read_env
 from capsule._manifest._locator import KeyPath, format_key
 from capsule._manifest._model import (
     Access,
@@ -158,7 +162,14 @@ def read_access(table: Table | None) -> tuple[Access, tuple[Request, ...]]:
     """The ``[access]`` table of a capsule.toml: what the feature asks for."""
     if table is None:
         return Access(), ()
-    table.allow(*ACCESS_KEYS)
+    table.allow(*ACCESS_KEYS, "env")
+    if "env" in table:
+        table.doc.error(
+            (*table.key, "env"),
+            "a feature cannot set its own environment: the app sets variables for it in "
+            "env of its [policy.NAME] table in app.toml; valid keys here: "
+            + ", ".join(ACCESS_KEYS),
+        )
     icc = _icc_and_net(table)
     requests = [
         Request(key=key, text=f'{name} "{cap.target}"', capability=cap)
@@ -257,7 +268,7 @@ def _policy_fs(entry: Table) -> FsApproval | None:
 
 def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
     """One ``[policy.NAME]`` table of an app.toml: what the app approves for NAME."""
-    table.allow(*ACCESS_KEYS)
+    table.allow(*ACCESS_KEYS, "env")
     icc = _icc_and_net(table)
     approvals = [Approval(key=key, capability=cap) for name in icc for key, cap in icc[name]]
     fs: list[FsApproval] = []
@@ -278,5 +289,6 @@ def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
         fs=tuple(fs),
         net=tuple(cap.target for _, cap in icc["net"]),
         listen=tuple(cap.target for _, cap in icc["listen"]),
+        env=read_env(table),
     )
     return policy, tuple(approvals)

@@ -132,4 +132,7 @@ def grant_feature(
                 continue
             mounts.append(mount)
         capabilities.append(granted)
-    return FeatureGrant(feature=name, capabilities=tuple(capabilities), mounts=tuple(mounts))
+    env = () if policy is None else policy.policy.env
+    return FeatureGrant(
+        feature=name, capabilities=tuple(capabilities), mounts=tuple(mounts), env=env
+    )

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_RESTART",
     "Access",
     "AppManifest",
+    "EnvVar",
     "FeatureGrant",
     "FeatureManifest",
     "FsApproval",
@@ -164,8 +165,23 @@ class FsApproval(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @final
+class EnvVar(msgspec.Struct, frozen=True, kw_only=True):
+    """One environment variable an app sets for a feature: ``name`` = ``value``, or the value
+    of the host program's variable ``from_host`` (exactly one of the two is set)."""
+
+    name: str
+    value: str | None = None
+    from_host: str | None = None
+
+    def __repr__(self) -> str:  # a literal may be a secret: never in a log line
+        source = f"from_host={self.from_host!r}" if self.from_host is not None else "value=..."
+        return f"EnvVar(name={self.name!r}, {source})"
+
+
+@final
 class Policy(msgspec.Struct, frozen=True, kw_only=True):
-    """What an app approves for one feature in ``[policy.NAME]``: the same keys as [access]."""
+    """What an app approves for one feature in ``[policy.NAME]``: the same keys as [access],
+    and ``env``, the environment variables it sets for the feature (the app alone decides)."""
 
     call: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
@@ -173,6 +189,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     fs: tuple[FsApproval, ...] = ()
     net: tuple[str, ...] = ()
     listen: tuple[str, ...] = ()
+    env: tuple[EnvVar, ...] = ()
 
 
 @final
@@ -212,11 +229,13 @@ class MountGrant(msgspec.Struct, frozen=True, kw_only=True):
 
 @final
 class FeatureGrant(msgspec.Struct, frozen=True, kw_only=True):
-    """The authority a feature receives: its requests that the app approved."""
+    """The authority a feature receives: its requests that the app approved, and the
+    environment variables its policy sets (``env``; nothing else of the host's)."""
 
     feature: str
     capabilities: tuple[Capability, ...] = ()
     mounts: tuple[MountGrant, ...] = ()
+    env: tuple[EnvVar, ...] = ()
 
 
 @final

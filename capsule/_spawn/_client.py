@@ -22,6 +22,7 @@ import anyio.abc
 import msgspec
 
 import capsule
+from capsule._environ import minimal
 from capsule._spawn._protocol import (
     MAX_DATAGRAM,
     Exited,
@@ -88,7 +89,11 @@ class ZygoteClient:
 
     @classmethod
     def launch(cls, stage: Path) -> ZygoteClient:
-        """Start the zygote process (synchronous: a fork+exec, before any container exists)."""
+        """Start the zygote process (synchronous: a fork+exec, before any container exists).
+
+        Its environment is built from scratch (``capsule._environ``): nothing of the host
+        program's environment reaches it, nor anything it forks.
+        """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         source_root = os.path.dirname(os.path.dirname(capsule.__file__))
         try:
@@ -105,6 +110,7 @@ class ZygoteClient:
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
+                env=minimal(),  # never the host's: every container and view server inherits it
             )
         except OSError as exc:
             ours.close()

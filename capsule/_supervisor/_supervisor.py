@@ -32,6 +32,7 @@ from capsule._broker._routes import Peer
 from capsule._container._feature import Feature
 from capsule._ipc._messages import Entry, Inline, Start
 from capsule._manifest import App, FeatureManifest, MountGrant, load_app
+from capsule._manifest._env import feature_environments
 from capsule._sandbox import _isolation
 from capsule._sandbox._cgroups import CgroupTree, ContainerCgroup
 from capsule._sandbox._view import Bind, ViewPlan
@@ -275,8 +276,10 @@ class Supervisor(metaclass=_NoPublicConstructor):
         audit: Path | None,
         state_dir: Path | None,
         view_timeouts: ViewTimeouts,
+        environments: Mapping[str, tuple[tuple[str, str], ...]],
     ) -> None:
         self.app = app
+        self._environments = environments  # each container's whole environment
         self.state_dir = state_dir or default_state_dir(app.manifest.name)
         self.view_timeouts = view_timeouts
         # every background task of the app, shielded: a cancelled block around
@@ -581,6 +584,7 @@ class Supervisor(metaclass=_NoPublicConstructor):
             uid=uid,
             gid=gid,
             view=ViewPlan(binds=tuple(binds), tmp_size=limits.tmp),
+            env=self._environments[handle.name],
             rlimits=Rlimits(
                 nofile=limits.open_files,
                 fsize=max(limits.tmp, quota, 64 * _MiB),
@@ -849,7 +853,9 @@ async def open_supervisor(
     ``$XDG_STATE_HOME/capsule/state/<app>``), across restarts and updates.
     ``view_timeouts`` bounds how long a file-system server may take to mount a view and to
     answer its liveness probe (a server that does not answer is aborted, and its
-    container ended and restarted per its policy).
+    container ended and restarted per its policy). A feature's environment holds nothing of
+    this program's but the variables its policy names (``env``); a ``from_host`` one that is
+    not set here raises ConfigError.
     """
     loaded = _load(app)
     unknown = sorted(set(inline or ()) - set(loaded.features))
@@ -857,6 +863,7 @@ async def open_supervisor(
         raise ConfigError(
             f"inline features not in app {loaded.manifest.name!r}: {', '.join(unknown)}"
         )
+    environments = feature_environments(loaded, os.environ)  # from_host values, read once
     async with anyio.create_task_group() as tg:
         sup = Supervisor._create(
             loaded,
@@ -868,6 +875,7 @@ async def open_supervisor(
             audit=None if audit is None else Path(audit),
             state_dir=None if state_dir is None else Path(state_dir),
             view_timeouts=view_timeouts or ViewTimeouts(),
+            environments=environments,
         )
         try:
             await sup._open()

@@ -132,7 +132,8 @@ class TestApp:
 
         ``limits`` and ``restart`` are the ``[limits]`` and ``[restart]`` tables of its
         capsule.toml; ``policy`` is both its ``[access]`` request and the app's
-        approval (``{"fs": [{"path": "/data", "volume": "words"}]}``).
+        approval (``{"fs": [{"path": "/data", "volume": "words"}]}``), except ``env``,
+        which only the app's policy holds (``{"env": {"LOG_LEVEL": "debug"}}``).
         """
         if name in self._specs:
             raise ValueError(f"feature {name!r} is declared twice")
@@ -188,6 +189,7 @@ class TestApp:
             if key == "fs"
             else value
             for key, value in spec.policy.items()
+            if key != "env"  # the app alone sets a feature's environment
         }
         parts = [
             _table("feature", {"name": name, "version": spec.version, "entry": "inline:feature"}),

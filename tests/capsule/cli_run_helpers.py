@@ -56,6 +56,13 @@ async def fail(ctx, request):
     raise ValueError("asked to fail")
 
 
+@feature.service("shout")
+async def shout(ctx, request):
+    """Write the text asked for to stdout: escape sequences a hostile feature would print."""
+    print(request["text"], flush=True)
+    return "shouted"
+
+
 @feature.service("probe")
 async def probe(ctx, request):
     """stat and connect() each path: what this container can see of the host."""
@@ -128,7 +135,7 @@ def write_app(root: Path, name: str, *, hang_on_stop: bool = False) -> Path:
     """An app ``name`` with features ``echo`` (may call ``spare.ping``) and ``spare``."""
     app = TestApp(root, name=name)
     echo = app.feature("echo", faults=False, policy={"call": ["spare.ping"]})
-    for service in ("echo", "fail", "probe", "ping", "trespass"):
+    for service in ("echo", "fail", "shout", "probe", "ping", "trespass"):
         echo.service(service)(_placeholder)
     spare = app.feature("spare", faults=False)
     for service in ("ping", "other"):

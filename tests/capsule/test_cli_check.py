@@ -59,7 +59,7 @@ def test_check_broken_lists_every_problem() -> None:
         where = f"{file}:{line}" + (f" [{key}]" if key else "")
         prefix = f"{severity:<7} {where} "
         assert any(text.startswith(prefix) for text in problems), prefix
-    assert lines[-1] == "failed: 22 errors, 1 warning"
+    assert lines[-1] == "failed: 23 errors, 1 warning"
     assert "Traceback" not in result.stdout
 
 
@@ -67,7 +67,7 @@ def test_check_json() -> None:
     result = capsule("check", "--format", "json", "demos/broken")
     assert result.returncode == 1
     data = json.loads(result.stdout)
-    assert data["summary"] == {"errors": 22, "warnings": 1, "ok": False}
+    assert data["summary"] == {"errors": 23, "warnings": 1, "ok": False}
     assert data["app"]["name"] == "notes"
     first = data["problems"][0]
     assert first == {
@@ -250,7 +250,7 @@ def test_graph_of_a_broken_app_draws_what_checks_cleanly() -> None:
     assert result.returncode == 1
     _, nodes, _ = parse_dot(result.stdout)
     assert set(nodes) == {"feature:editor", "volume:notes"}
-    assert result.stderr.startswith("capsule graph: demos/broken has 22 errors;")
+    assert result.stderr.startswith("capsule graph: demos/broken has 23 errors;")
     assert result.stderr.count("\n") == 1
 
 

@@ -213,6 +213,33 @@ def test_run_logs_and_status_lines_as_json(app_run: Run) -> None:
     assert {"ts", "state", "pid", "restarts", "calls", "msgs_per_s", "memory"} <= set(found[-1])
 
 
+#: what a hostile feature prints: retitle the terminal, clear it, paint the rest red
+HOSTILE_TEXT = "\x1b]0;owned\x07\x1b[2J\x1b[31mred\x9b1m"
+
+
+def test_json_log_lines_carry_feature_output_exactly(app_run: Run) -> None:
+    said = capsule("call", "--app", app_run.name, "echo.shout", json.dumps({"text": HOSTILE_TEXT}))
+    assert said.stdout == '"shouted"\n', said.stderr
+
+    def printed() -> dict[str, object] | None:
+        lines = [json.loads(line) for line in app_run.output().splitlines()]
+        return next((line for line in lines if line["event"] == "feature output"), None)
+
+    line = wait_for("the feature's output in the log", printed)
+    assert (line["feature"], line["stream"], line["text"]) == ("echo", "stdout", HOSTILE_TEXT)
+
+
+def test_console_log_lines_escape_control_characters_from_features(tmp_path: Path) -> None:
+    with running(tmp_path) as run:  # console log lines on stderr
+        said = capsule("call", "--app", run.name, "echo.shout", json.dumps({"text": HOSTILE_TEXT}))
+        assert said.stdout == '"shouted"\n', said.stderr
+        run.wait_logged("owned")
+        shown = run.output()
+    line = next(line for line in shown.splitlines() if "owned" in line)
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mred\\x9b1m" in line, line
+    assert not any(ch in shown for ch in "\x1b\x07\x9b"), repr(shown)
+
+
 def _read_terminal(fd: int, want: str, seen: bytearray) -> str:
     """What a terminal shows, with escape sequences removed, once it holds ``want``."""
 
@@ -237,13 +264,19 @@ def test_a_terminal_gets_a_live_table(app_run: Run, tmp_path: Path) -> None:
             stdout=terminal,
             stderr=subprocess.DEVNULL,
         ) as top:
-            seen = bytearray()
-            text = _read_terminal(main, "CPU%", seen)
-            assert "Ctrl-C to quit" in _read_terminal(main, "Ctrl-C to quit", seen)
-            assert "\x1b[" in seen.decode(errors="replace")  # drawn with escape sequences
-            assert "spare" in text
-            top.send_signal(signal.SIGINT)
-            assert top.wait(WAIT) == 0
+            try:
+                seen = bytearray()
+                text = _read_terminal(main, "CPU%", seen)
+                assert "Ctrl-C to quit" in _read_terminal(main, "Ctrl-C to quit", seen)
+                assert "\x1b[" in seen.decode(errors="replace")  # drawn with escape sequences
+                assert "spare" in text
+                top.send_signal(signal.SIGINT)
+                assert top.wait(WAIT) == 0
+            finally:
+                # Popen's __exit__ waits without a limit: never let it wait for a top
+                # that is blocked writing to a terminal nobody reads any more.
+                if top.poll() is None:
+                    top.kill()
 
         run = start_run(tmp_path, terminal=terminal)
         try:

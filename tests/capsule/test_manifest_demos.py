@@ -109,6 +109,7 @@ def test_broken_reports_every_planted_mistake_and_nothing_else(broken: CheckRepo
         ("app.toml", "app.stratgy", 'did you mean "strategy"'),
         ("app.toml", "volumes.exports", 'volume directory "volumes/exprots" does not exist'),
         ("app.toml", "policy.dictionary.fs[0].volume", 'volume "dictionary-data" is not defined'),
+        ("app.toml", "policy.exporter.env.PATH", '"PATH" is set by capsule itself'),
         ("app.toml", "policy.word-stats", "the app has no feature of that name"),
         ("features/editor/capsule.toml", "requires.features[2]", 'requires "auth"'),
         ("features/editor/capsule.toml", "access.call[1]", 'does not provide service "suggest"'),

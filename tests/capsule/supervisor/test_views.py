@@ -256,6 +256,9 @@ async def test_each_kind_of_mount_behaves_as_granted(tmp_path: Path) -> None:
     assert (volumes / "notes" / "from-feature.txt").read_text() == "hello from inside"
     assert (volumes / "notes" / "in" / "deeper" / "moved.txt").read_text() == "moved"
     assert (volumes / "words" / "list.txt").read_text() == "alpha\nbeta\n"  # cow left it alone
+    # where docs/guide/files.md says a cow change lives: STATE/cow/FEATURE/PATH/changes/
+    changed = tmp_path / "state" / "cow" / "writer" / "draft" / "changes" / "list.txt"
+    assert changed.read_text() == "alpha\nbeta\nchanged by the feature\n"
     assert not (volumes / "words" / "new.txt").exists()
     assert (tmp_path / "state" / "private" / "writer" / "state" / "counter").read_text() == "41"
     denials = [e for e in _audit(app) if e["event"] == "fs-deny"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from capsule._environ import MINIMAL
 from capsule._spawn._client import ZygoteClient
 
 
@@ -26,3 +27,21 @@ def test_a_supervisor_gone_with_reports_unread_ends_the_zygote_quietly(
     process = zygote._process
     assert process.wait(timeout=30) == 0
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_zygote_starts_with_the_minimal_environment_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything the zygote forks inherits its environment block: it holds nothing of the
+    host program's (here a variable set just before the launch), only ``MINIMAL``."""
+    monkeypatch.setenv("CAPSULE_PROBE_HOST_SECRET", "sk-host-only")
+    zygote = ZygoteClient.launch(tmp_path)
+    try:
+        readable, _, _ = select.select([zygote._sock], [], [], 30)
+        assert readable, "the zygote reported nothing within 30 s"
+        block = Path(f"/proc/{zygote.pid}/environ").read_bytes()
+    finally:
+        zygote._sock.close()
+        zygote._process.wait(timeout=30)
+    entries = dict(entry.partition(b"=")[::2] for entry in block.split(b"\0") if entry)
+    assert entries == {name.encode(): value.encode() for name, value in MINIMAL.items()}

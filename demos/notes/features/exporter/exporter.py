@@ -2,13 +2,15 @@
 
 Its view holds the exports volume at /exports; its only network destination is the
 webhook at 127.0.0.1:8765, reached through ``ctx.connect`` (the supervisor opens the
-connection and hands it over: the container has no network of its own).
+connection and hands it over: the container has no network of its own). The webhook's
+token is in its environment, where app.toml puts it (``env`` of its policy).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -50,8 +52,10 @@ async def _upload(ctx: Any, name: str, data: bytes) -> int | None:
     """POST the export to the webhook; its HTTP status, or None when nobody listens (the
     export itself is on disk either way)."""
     host, port = WEBHOOK
+    token = os.environ.get("WEBHOOK_TOKEN")
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     head = (
-        f"POST /exports/{name} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"POST /exports/{name} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
         f"Content-Type: text/markdown\r\nContent-Length: {len(data)}\r\n"
         "Connection: close\r\n\r\n"
     )

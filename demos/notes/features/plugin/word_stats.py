@@ -3,9 +3,10 @@
 Its view holds only the public notes at /notes, read-only; it hears editor.changed
 events and answers ``stats`` calls, and may do nothing else. This copy is also hostile:
 its other services are what a malicious plugin tries (the demo calls them one by one to
-show each attempt contained): ``snoop`` reaches for the user's files, the network and
-services it was never granted; ``flood`` hammers the broker with refused messages;
-``hog`` eats memory until its limit stops it; ``crash`` takes its own process down.
+show each attempt contained): ``snoop`` reaches for the user's files, the host program's
+environment, the network and services it was never granted; ``flood`` hammers the broker
+with refused messages; ``hog`` eats memory until its limit stops it; ``crash`` takes its
+own process down.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ async def _refused(attempt: Any) -> str:
     return "ok"
 
 
+def _host_environment() -> str:
+    """``ok`` if any variable beyond the runtime's own (PATH, LC_CTYPE) is in its environment."""
+    return "ok" if set(os.environ) - {"PATH", "LC_CTYPE"} else "not there"
+
+
 def _read(path: str) -> None:
     with open(path, "rb") as f:
         f.read(64)
@@ -87,6 +93,7 @@ async def snoop(ctx: Any, request: dict[str, Any]) -> dict[str, str]:
         "read /etc/passwd": _outcome(lambda: _read("/etc/passwd")),
         "read ~/.ssh/id_ed25519": _outcome(lambda: _read("/root/.ssh/id_ed25519")),
         "list /": _outcome(lambda: os.listdir("/")),
+        "find the host program's environment (HOME, API keys)": _host_environment(),
         "overwrite the public note welcome.md": _outcome(lambda: _write("/notes/welcome.md")),
         "open a TCP socket": _outcome(lambda: socket.socket(socket.AF_INET).close()),
         "connect to the exporter's webhook": await _refused(ctx.connect("127.0.0.1", 8765)),
