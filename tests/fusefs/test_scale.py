@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Final
 
 from fusefs import MountKind, ServerProcess
-from tests.fusefs._support import mount, view, wait_until
+from tests.fusefs._support import client, mount, needs_root, view, wait_until
 
 FILES: Final = 100_000
 CREATED: Final = 2_000
@@ -125,3 +125,33 @@ def test_a_server_that_cannot_raise_its_open_file_limit_says_so_and_still_serves
     assert int(descriptors) <= 256 + 64, result.stdout  # a quarter of the limit, and its own
     assert "the open-file limit stays at 1024, not 65536" in result.stderr, result.stderr
     assert "keeps at most 256 descriptors of known files open" in result.stderr
+
+
+@needs_root
+def test_a_directory_swapped_for_a_symlink_after_its_descriptor_was_evicted_leads_nowhere(
+    mountpoint: Path, tmp_path: Path
+) -> None:
+    """The server reopens an evicted node beneath its parent by name: when the host has
+    put a symlink to /etc where the directory was, the reopen finds another file and the
+    container's read fails or sees the volume's own data, never /etc/passwd."""
+    volume = tmp_path / "volume"
+    (volume / "dir").mkdir(parents=True)
+    (volume / "dir" / "passwd").write_bytes(b"inside\n")
+    (volume / "many").mkdir()
+    for index in range(5_000):  # more than the server keeps open
+        (volume / "many" / f"f{index:04d}").touch()
+    spec = view(mount("/data", MountKind.RO, volume), cache_timeout=60.0)
+    with ServerProcess(spec, str(mountpoint)) as server:
+        data = mountpoint / "data"
+        assert (data / "dir" / "passwd").read_bytes() == b"inside\n"
+        for index in range(5_000):  # the kernel keeps dir/passwd cached; the server evicts
+            os.stat(data / "many" / f"f{index:04d}")
+        os.rename(volume / "dir", volume / "away")
+        os.symlink("/etc", volume / "dir")
+        seen = client(
+            'print(json.dumps([outcome(readfile, "/data/dir/passwd") for _ in range(3)]))',
+            root=mountpoint,
+        )
+        assert set(seen) <= {"inside\n", "ENOENT", "ESTALE"}, seen
+        assert server.process.poll() is None
+    assert "root:" not in "".join(seen)
