@@ -11,7 +11,9 @@ it runs ``python -I``, which ignores them, and the interpreter finds its prefix 
 own path. ``LC_CTYPE`` is set because Python, started in the C locale, would otherwise
 set it itself (PEP 538); ``PATH`` is fixed so that ``shutil.which`` and subprocesses find
 the usual tools. Each container then replaces its environment with
-:func:`container_environment`: the minimal one plus what its app approves.
+:func:`container_environment`: the minimal one plus what its app approves. That arrives
+in the container's Start message, on its own channel like its tokens, never through the
+zygote: every later container is a fork of the zygote's memory.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_NAME: Final = 255
 #: the most bytes of one ``NAME=value`` (with its NUL): Linux's limit for one exec string.
 MAX_ENTRY: Final = 128 * 1024
-#: the most bytes of a container's whole environment (it travels in one zygote datagram).
+#: the most bytes of a container's whole environment (it travels in its Start message).
 MAX_TOTAL: Final = 512 * 1024
 
 

@@ -13,6 +13,8 @@ from fusefs._control import FromServer as FromServer
 from fusefs._control import Mounted as Mounted
 from fusefs._control import Probe as Probe
 from fusefs._control import ProbeReply as ProbeReply
+from fusefs._control import Rekey as Rekey
+from fusefs._control import Rekeyed as Rekeyed
 from fusefs._control import Revoke as Revoke
 from fusefs._control import Revoked as Revoked
 from fusefs._control import Shutdown as Shutdown
@@ -41,6 +43,8 @@ __all__ = [
     "Mounted",
     "Probe",
     "ProbeReply",
+    "Rekey",
+    "Rekeyed",
     "Revoke",
     "Revoked",
     "ServerError",

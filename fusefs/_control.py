@@ -21,6 +21,8 @@ __all__ = [
     "Mounted",
     "Probe",
     "ProbeReply",
+    "Rekey",
+    "Rekeyed",
     "Revoke",
     "Revoked",
     "Serve",
@@ -65,7 +67,19 @@ class Shutdown(_Msg, tag="shutdown", frozen=True):
     pass
 
 
-ToServer: TypeAlias = Serve | Revoke | Probe | Shutdown
+class Rekey(_Msg, tag="rekey", frozen=True):
+    """The tokens granting some mounts were renewed: ``tokens`` maps the id a mount is granted
+    by now to its successor, ``expires`` each successor to its expiry (Unix time); ``info``
+    replaces /capsule/ files (``tokens``, ``expires``). Open files stay open; a mount
+    already closed stays closed. Answered with Rekeyed."""
+
+    seq: int
+    tokens: dict[str, str]
+    expires: dict[str, float]
+    info: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+ToServer: TypeAlias = Serve | Revoke | Probe | Shutdown | Rekey
 
 # -- server to owner ---------------------------------------------------------------------
 
@@ -109,7 +123,16 @@ class ProbeReply(_Msg, tag="probe_reply", frozen=True):
     seq: int
 
 
-FromServer: TypeAlias = Mounted | Denied | Allowed | Revoked | ProbeReply
+class Rekeyed(_Msg, tag="rekeyed", frozen=True):
+    """The answer to Rekey ``seq``: the mounts now granted by the successors, and those that
+    were closed already (view path -> why: expired, revoked)."""
+
+    seq: int
+    mounts: tuple[str, ...]
+    closed: dict[str, str]
+
+
+FromServer: TypeAlias = Mounted | Denied | Allowed | Revoked | ProbeReply | Rekeyed
 
 _encoder = msgspec.msgpack.Encoder()
 _to_server = msgspec.msgpack.Decoder(ToServer)

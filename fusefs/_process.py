@@ -26,6 +26,8 @@ from fusefs._control import (
     Mounted,
     Probe,
     ProbeReply,
+    Rekey,
+    Rekeyed,
     Revoke,
     Revoked,
     Serve,
@@ -143,6 +145,17 @@ class ServerProcess:
         with self._changed:
             closed = [m for m in self.messages[after:] if isinstance(m, Revoked)]
         return closed[0] if closed else Revoked(tokens=tokens, mounts=(), reason=reason)
+
+    def rekey(
+        self, tokens: dict[str, str], expires: dict[str, float], info: dict[str, str] | None = None
+    ) -> Rekeyed:
+        """Move the mounts of ``tokens``' keys to their renewals; the server's answer."""
+        after = len(self.messages)
+        self._seq += 1
+        seq = self._seq
+        message = Rekey(seq=seq, tokens=tokens, expires=expires, info=info or {})
+        self._sock.send(encode(message))
+        return self._wait(Rekeyed, lambda reply: reply.seq == seq, after, None)
 
     def probe(self, timeout: float) -> bool:
         """Whether a request through the kernel is served within ``timeout`` seconds."""

@@ -30,6 +30,7 @@ from fusefs._control import (
     Mounted,
     Probe,
     ProbeReply,
+    Rekey,
     Revoke,
     Revoked,
     Shutdown,
@@ -41,6 +42,7 @@ from fusefs._lifecycle import connection_of
 from fusefs._nodes import NodeTable
 from fusefs._ops import ViewOperations
 from fusefs._policy import MountState, ViewPolicy
+from fusefs._rekey import rekey
 from fusefs._spec import MountKind, ViewSpec
 
 __all__ = ["Confine", "serve"]
@@ -70,6 +72,7 @@ class _Server:
         self.nodes = NodeTable(descriptors)
         self.ops = ViewOperations(self.policy, self.nodes)
         self.readahead: int | None = None  # the mount's read_ahead_kb, opened before confine
+        self.info = dict(view.info)  # the /capsule/ files' text, as Rekey updates it
 
     def send(self, message: FromServer) -> None:
         """Report to the owner without ever blocking a request handler."""
@@ -97,10 +100,13 @@ class _Server:
                 mount.dev = os.fstat(fd).st_dev
             self.nodes.mount_root(parent, name, mount, fd)
         info = self.nodes.synthetic(self.nodes.root.ino, b"capsule")
-        for file_name, text in sorted(self.view.info.items()):
-            content = functools.partial(bytes, text, "utf-8")
+        for file_name in sorted(self.info):
+            content = functools.partial(self._info_text, file_name)
             self.nodes.info(info.ino, os.fsencode(file_name), content)
         self.nodes.info(info.ino, b"mounts", self._mounts_text)
+
+    def _info_text(self, name: str) -> bytes:
+        return self.info[name].encode()
 
     def _mounts_text(self) -> bytes:
         lines = []
@@ -155,6 +161,8 @@ class _Server:
                 await self._closed(closed, message.tokens, message.reason)
             elif isinstance(message, Probe):
                 nursery.start_soon(self._probe, message.seq)
+            elif isinstance(message, Rekey):
+                self.send(rekey(self.policy, self.info, message, now=time.time()))
         self.policy.flush()
         pyfuse3.terminate()
         nursery.cancel_scope.cancel()

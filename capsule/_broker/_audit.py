@@ -15,6 +15,8 @@ is involved) and any extra fields of the event (``count``, ``to``, ``parent``, `
 * ``admit`` / ``refuse``: a container's token was accepted / refused at admission,
 * ``delegate``: a narrower token was handed to another feature (``to``, ``parent``),
 * ``revoke``: tokens were revoked (``revoked``),
+* ``renew`` / ``fail``: a token was renewed (``previous``, ``handle``, ``expires``) / a
+  renewal failed (event ``renew``),
 * ``end``: a session or a container ended,
 * ``drop``: a message was dropped (queue full, peer gone).
 

@@ -1,6 +1,6 @@
 """The broker: admits tokens, authorizes every message against its handle's grant, and
-forwards calls, stream items and events between containers and the host (and hands
-Connect and Listen to its network mediator, ``_network``).
+forwards events between containers and the host; hands calls to its router (``_calls``)
+and Connect and Listen to its network mediator (``_network``).
 
 Must not verify a signature after admission, decode a payload, unpickle anything or
 block: a decision is a dict lookup and a Grant check, made before anything is
@@ -9,28 +9,27 @@ forwarded, and a denied message never reaches its receiver.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Final, Protocol, final
+from typing import Any, Final, final
 
-import anyio
-import anyio.abc
 import msgspec
 import structlog
 
 from capsule._broker._audit import AuditLog
+from capsule._broker._calls import MAX_IN_FLIGHT, CallRouter, Target
 from capsule._broker._connection import Connection, Outbox
-from capsule._broker._host import HostCall, Stream, Subscription
+from capsule._broker._host import Stream, Subscription
 from capsule._broker._network import NetworkMediator
-from capsule._broker._routes import Deadlines, Handle, Peer, Route, Subscriber, unusable
+from capsule._broker._routes import Handle, Peer, Subscriber, unusable
 from capsule._broker._topics import TopicIndex, valid_call, valid_pattern, valid_topic
 from capsule._ipc._channel import encode_frame
 from capsule._ipc._messages import (
     HOST,
     Admit,
     Admitted,
-    Call,
     Cancel,
     Connect,
     Delegate,
@@ -44,23 +43,24 @@ from capsule._ipc._messages import (
     Listen,
     More,
     Publish,
+    Renewed,
     Reply,
     Request,
     Result,
     Revoke,
     Subscribe,
 )
-from capsule._ipc._outcome import error_for, exception_for
-from capsule._ipc._payload import NIL, decode_payload, encode_payload
+from capsule._ipc._outcome import error_for
+from capsule._ipc._payload import NIL, encode_payload
 from capsule._tasks import TaskStarter
-from capsule._tokens._authority import TokenAuthority
+from capsule._tokens._authority import Token, TokenAuthority
 from capsule._tokens._caps import Action
 from capsule._tokens._grant import compile_grant
 from capsule.errors import (
     CapabilityDeniedError,
+    CapsuleError,
     ConfigError,
     FeatureCrashedError,
-    FeatureUnavailableError,
     InvalidTokenError,
     ProtocolError,
 )
@@ -69,29 +69,15 @@ __all__ = ["MAX_HANDLES", "MAX_IN_FLIGHT", "MAX_REFUSED", "Broker", "Target"]
 
 _log = structlog.get_logger("capsule.broker")
 
-MAX_IN_FLIGHT: Final = 256
-"""Requests one container may have in flight; past it, requests are refused as overloaded."""
 MAX_HANDLES: Final = 256
 """Tokens one container may hold admitted at once."""
 MAX_REFUSED: Final = 32
 """Invalid tokens one container may present; past it, the container is ended."""
-MAX_CREDIT: Final = 1 << 16
-
 _ACTION_WORD: Final = {
     Action.ICC_CALL: "call",
     Action.ICC_PUBLISH: "publish",
     Action.ICC_SUBSCRIBE: "subscribe",
 }
-
-
-class Target(Protocol):
-    """A feature as the broker needs it: its live container, or why calls must fail or wait."""
-
-    def _live_peer(self) -> Peer | None: ...
-
-    def _check_available(self) -> None: ...
-
-    async def _wait_peer(self) -> Peer: ...
 
 
 @final
@@ -111,23 +97,22 @@ class Broker:
         self._verifier = authority.verifier
         self.audit = audit
         self._resolve = resolve
-        self._tg = task_group
-        self.call_timeout = call_timeout
+        self.calls = CallRouter(audit, resolve, task_group, call_timeout=call_timeout)
         self._topics: TopicIndex[Subscriber] = TopicIndex()
         self._grants: dict[str, list[Handle]] = {}  # token id -> its live handles
-        self._delegated: dict[str, tuple[str, str, str]] = {}  # token id -> (by, to, parent)
-        self.deadlines = Deadlines(self._expire)
+        # token id -> (by, to, parent, until): ``until`` is when its delegator's ttl ends it
+        self._delegated: dict[str, tuple[str, str, str, float]] = {}
+        self.deadlines = self.calls.deadlines
         self.outbox = Outbox()
         self.network = NetworkMediator(audit, task_group, self._deny)
         self.events = 0
-        self.routed = 0
         self._dispatch: dict[type, Callable[[Peer, Any], None]] = {
             Request: self._request,
-            Reply: self._reply,
-            Failure: self._failure,
-            Item: self._item,
-            End: self._end,
-            More: self._more,
+            Reply: self.calls.reply,
+            Failure: self.calls.failure,
+            Item: self.calls.item,
+            End: self.calls.end,
+            More: self.calls.more,
             Cancel: self._cancel,
             Publish: self._publish,
             Subscribe: self._subscribe,
@@ -161,10 +146,7 @@ class Broker:
         if peer.detached:
             return
         peer.detached = True
-        for route in list(peer.calls.values()):
-            self._finish(route, error=error_for(route.caller_id, crashed))
-        for route in list(peer.requests.values()):
-            self._abandon(route)
+        self.calls.detach(peer, crashed)
         self._topics.remove_where(lambda sub: sub.peer is peer)
         self.network.detach(peer)
         for handle in list(peer.handles.values()):
@@ -172,6 +154,15 @@ class Broker:
         for token_id in peer.granted:  # delegated to it, even if never presented
             self._authority.revoke(token_id)
         peer.handles.clear()
+
+    @property
+    def routed(self) -> int:
+        """Calls delivered to a container so far."""
+        return self.calls.routed
+
+    @property
+    def call_timeout(self) -> float:
+        return self.calls.call_timeout
 
     # -- admission ---------------------------------------------------------------------
 
@@ -237,6 +228,75 @@ class Broker:
             self.audit.record(
                 "revoke", feature=holder, decision="revoke", token=token_id, handles=len(handles)
             )
+
+    def renew(self, peer: Peer, previous: str, token: Token) -> int | None:
+        """Move ``peer``'s handle of token ``previous`` over to its renewal ``token``, at once:
+        the same handle number and grant object, now under the new id and expiry (every
+        message from here on is checked against them). Tells the container, audits it, and
+        returns the handle number (None when ``peer`` never admitted ``previous``).
+
+        Tokens delegated from ``previous`` and admitted by their recipient follow: each is
+        derived again from ``token`` (same capabilities, audience and delegator, ending no
+        later than its delegator asked) and takes over the recipient's handle the same way.
+        """
+        handle = None if peer.detached else peer.admitted.pop(previous, None)
+        if handle is None:
+            return None
+        claims = token.claims
+        handle.token, handle.claims = token.text, claims
+        handle.grant.renew(claims.token_id, claims.exp)
+        peer.admitted[claims.token_id] = handle
+        moved = [h for h in self._grants.pop(previous, ()) if h is not handle]
+        if moved:  # another connection admitted it too: those handles keep the old token
+            self._grants[previous] = moved
+        self._grants.setdefault(claims.token_id, []).append(handle)
+        self.audit.record(
+            "renew",
+            feature=peer.feature,
+            decision="renew",
+            token=claims.token_id,
+            previous=previous,
+            handle=handle.number,
+            expires=claims.exp,
+        )
+        peer.conn.send(Renewed(handle=handle.number, token_id=claims.token_id, expires=claims.exp))
+        self._follow(previous, token)
+        return handle.number
+
+    def _follow(self, previous: str, parent: Token) -> None:
+        """Renew the admitted delegations of ``previous`` from its renewal ``parent``."""
+        now = time.time()
+        for child, (by, to, derived_from, until) in list(self._delegated.items()):
+            if derived_from != previous:
+                continue
+            target = self._resolve(to)
+            recipient = None if target is None else target._live_peer()
+            held = None if recipient is None else recipient.admitted.get(child)
+            if recipient is None or held is None or not held.grant.alive:
+                continue  # never admitted, or gone: it ends as it was
+            if held.claims.exp >= until:
+                continue  # its delegator's ttl ends it, not its parent's expiry
+            old = held.claims
+            try:
+                renewed = self._authority.attenuate(
+                    parent,
+                    old.caps,
+                    holder=by,
+                    aud=to,
+                    ttl=None if math.isinf(until) else until - now,
+                    now=now,
+                )
+            except CapsuleError as exc:
+                reason = f"the token delegated by {by} did not follow its parent's renewal: {exc}"
+                _log.error("delegated token not renewed", feature=to, token=child, error=reason)
+                self.audit.record("renew", feature=to, decision="fail", reason=reason, token=child)
+                continue
+            self._authority.revocations.record_renewal(
+                old.jti, renewed.claims.jti, now=now, expires=renewed.claims.exp
+            )
+            self._delegated[renewed.token_id] = (by, to, parent.token_id, until)
+            self.renew(recipient, child, renewed)
+            self._authority.retire(old)
 
     def revoke(self, token_id: str) -> frozenset[str]:
         """Revoke a token and all derived from it (host authority)."""
@@ -316,209 +376,14 @@ class Broker:
     def _request(self, peer: Peer, msg: Request) -> None:
         target = f"{msg.feature}.{msg.service}"
         valid = valid_call(msg.feature, msg.service)
-        if (
-            self._check(peer, msg.handle, Action.ICC_CALL, target, valid=valid, request_id=msg.id)
-            is None
-        ):
-            return
-        if msg.id in peer.requests:
-            raise ProtocolError(f"reused request id {msg.id} while it is in flight")
-        if len(peer.requests) >= MAX_IN_FLIGHT:
-            self.audit.record(
-                "call", feature=peer.feature, decision="deny", reason="too many calls in flight"
-            )
-            peer.conn.send(
-                Error(
-                    id=msg.id,
-                    kind="overloaded",
-                    feature=msg.feature,
-                    message=f"{MAX_IN_FLIGHT} calls in flight already",
-                )
-            )
-            return
-        timeout = self.call_timeout if msg.timeout is None else min(msg.timeout, self.call_timeout)
-        route = Route(
-            msg.feature,
-            msg.service,
-            caller=peer,
-            caller_id=msg.id,
-            host=None,
-            stream=msg.stream,
-            credit=min(msg.window, MAX_CREDIT),
-            timeout=timeout,
+        handle = self._check(
+            peer, msg.handle, Action.ICC_CALL, target, valid=valid, request_id=msg.id
         )
-        peer.requests[msg.id] = route
-        self._forward(route, msg.payload, peer.feature)
-
-    def _forward(self, route: Route, payload: msgspec.Raw, caller: str) -> None:
-        target = self._resolve(route.feature)
-        if target is None:
-            self._fail(route, "invalid", f"no feature {route.feature!r} in this app")
-            return
-        callee = target._live_peer()
-        if callee is not None:
-            self._deliver(route, callee, payload, caller)
-            return
-        try:
-            target._check_available()
-        except FeatureUnavailableError as exc:
-            self._finish(route, error=error_for(route.caller_id, exc))
-            return
-        self._tg.start_soon(self._deliver_when_ready, route, target, payload, caller)
-
-    async def _deliver_when_ready(
-        self, route: Route, target: Target, payload: msgspec.Raw, caller: str
-    ) -> None:
-        """A call to a starting or restarting feature waits, within its deadline."""
-        with anyio.move_on_after(route.deadline - anyio.current_time()):
-            try:
-                callee = await target._wait_peer()
-            except FeatureUnavailableError as exc:
-                self._finish(route, error=error_for(route.caller_id, exc))
-                return
-            if route.live:
-                self._deliver(route, callee, payload, caller)
-            return
-        self._fail(route, "timeout", f"was not ready within {route.timeout:g}s")
-
-    def _deliver(self, route: Route, callee: Peer, payload: msgspec.Raw, caller: str) -> None:
-        if not route.live:
-            return
-        if route.service not in callee.services:
-            offered = ", ".join(sorted(callee.services)) or "none"
-            self._fail(route, "invalid", f"has no service {route.service!r} (services: {offered})")
-            return
-        call_id = next(callee.ids)
-        route.callee = callee
-        route.callee_id = call_id
-        callee.calls[call_id] = route
-        callee.calls_total += 1
-        self.routed += 1
-        callee.conn.send(
-            Call(
-                id=call_id,
-                service=route.service,
-                payload=payload,
-                caller=caller,
-                stream=route.stream,
-                window=route.credit,
-            )
-        )
-        self.deadlines.add(route)
-
-    def _fail(self, route: Route, kind: str, message: str) -> None:
-        self._finish(
-            route,
-            error=Error(id=route.caller_id, kind=kind, feature=route.feature, message=message),
-        )
-
-    def _finish(
-        self, route: Route, *, value: msgspec.Raw | None = None, error: Error | None = None
-    ) -> None:
-        """Answer the caller once and forget the route."""
-        if not route.live:
-            return
-        route.live = False
-        callee = route.callee
-        if callee is not None:
-            callee.calls.pop(route.callee_id, None)
-        caller = route.caller
-        if caller is not None:
-            caller.requests.pop(route.caller_id, None)
-            if error is not None:
-                caller.conn.send(error)
-            elif route.stream:
-                caller.conn.send(End(id=route.caller_id))
-            else:
-                caller.conn.send(Result(id=route.caller_id, value=value or NIL))
-        elif route.host is not None:
-            route.host.finish(value, error)
-
-    def _abandon(self, route: Route) -> None:
-        """The caller gave up (cancelled, or its container ended): cancel it in the callee."""
-        if not route.live:
-            return
-        route.live = False
-        if route.caller is not None:
-            route.caller.requests.pop(route.caller_id, None)
-        callee = route.callee
-        if callee is not None and callee.calls.pop(route.callee_id, None) is not None:
-            callee.conn.send(Cancel(id=route.callee_id))
-
-    def _expire(self, route: Route) -> None:
-        callee = route.callee
-        if callee is not None and callee.calls.pop(route.callee_id, None) is not None:
-            callee.conn.send(Cancel(id=route.callee_id))
-            route.callee = None
-        what = "the stream went quiet for" if route.stream else "did not answer within"
-        self._fail(route, "timeout", f"{route.service!r} {what} {route.timeout:g}s")
-
-    # answers from the callee
-
-    def _reply(self, peer: Peer, msg: Reply) -> None:
-        route = peer.calls.get(msg.id)
-        if route is not None:
-            if route.stream:
-                raise ProtocolError(f"answered stream call {msg.id} with a single reply")
-            self._finish(route, value=msg.value)
-
-    def _failure(self, peer: Peer, msg: Failure) -> None:
-        route = peer.calls.get(msg.id)
-        if route is not None:
-            self._finish(
-                route,
-                error=Error(
-                    id=route.caller_id,
-                    kind="remote",
-                    feature=peer.feature,
-                    message=msg.message,
-                    type=msg.type,
-                    traceback=msg.traceback,
-                ),
-            )
-
-    def _item(self, peer: Peer, msg: Item) -> None:
-        route = peer.calls.get(msg.id)
-        if route is None:
-            return  # the caller cancelled while it was on its way
-        if not route.stream:
-            raise ProtocolError(f"sent a stream item for call {msg.id}, which is not a stream")
-        if route.credit <= 0:
-            raise ProtocolError(f"sent more items on stream {msg.id} than it was given credit for")
-        route.credit -= 1
-        route.deadline = anyio.current_time() + route.timeout
-        if route.caller is not None:
-            route.caller.conn.send(Item(id=route.caller_id, value=msg.value))
-        elif route.host is not None:
-            route.host.item(msg.value)
-
-    def _end(self, peer: Peer, msg: End) -> None:
-        route = peer.calls.get(msg.id)
-        if route is not None:
-            if not route.stream:
-                raise ProtocolError(f"ended call {msg.id}, which is not a stream")
-            self._finish(route)
-
-    # from the caller
-
-    def _more(self, peer: Peer, msg: More) -> None:
-        route = peer.requests.get(msg.id)
-        if route is not None and route.stream:
-            self._grant_credit(route, msg.n)
-
-    def _grant_credit(self, route: Route, n: int) -> None:
-        if not route.live or n <= 0:
-            return
-        route.credit = min(route.credit + n, MAX_CREDIT)
-        callee = route.callee
-        if callee is not None:
-            callee.conn.send(More(id=route.callee_id, n=n))
+        if handle is not None:
+            self.calls.request(peer, msg)
 
     def _cancel(self, peer: Peer, msg: Cancel) -> None:
-        route = peer.requests.get(msg.id)
-        if route is not None:
-            self._abandon(route)
-        else:
+        if not self.calls.cancel(peer, msg):
             self.network.cancel(peer, msg.id)
 
     # -- events ------------------------------------------------------------------------
@@ -598,7 +463,8 @@ class Broker:
         except (ConfigError, InvalidTokenError) as exc:
             peer.conn.send(Error(id=msg.id, kind="invalid", feature=peer.feature, message=str(exc)))
             return
-        self._delegated[token.token_id] = (peer.feature, msg.to, handle.grant.token_id)
+        until = math.inf if msg.ttl is None else token.claims.iat + msg.ttl
+        self._delegated[token.token_id] = (peer.feature, msg.to, handle.grant.token_id, until)
         self.audit.record(
             "delegate",
             feature=peer.feature,
@@ -626,46 +492,13 @@ class Broker:
 
     # -- the host's side ---------------------------------------------------------------
 
-    def _host_route(
-        self, feature: str, service: str, payload: Any, timeout: float, window: int
-    ) -> tuple[Route, HostCall]:
-        raw = encode_payload(payload, f"the request to {feature}.{service}")
-        call = HostCall(window)
-        route = Route(
-            feature,
-            service,
-            caller=None,
-            caller_id=0,
-            host=call,
-            stream=window > 0,
-            credit=window,
-            timeout=timeout,
-        )
-        self._forward(route, raw, HOST)
-        return route, call
-
     async def host_call(self, feature: str, service: str, payload: Any, limit: float) -> Any:
-        route, call = self._host_route(feature, service, payload, limit, 0)
-        try:
-            await call.done.wait()
-        except BaseException:
-            self._abandon(route)
-            raise
-        if call.error is not None:
-            raise exception_for(call.error, caller=HOST)
-        return decode_payload(call.value or NIL, f"the reply of {feature}.{service}")
+        return await self.calls.host_call(feature, service, payload, limit)
 
     def host_stream(
         self, feature: str, service: str, payload: Any, timeout: float, window: int
     ) -> Stream:
-        route, call = self._host_route(feature, service, payload, timeout, max(1, window))
-        return Stream(
-            feature,
-            service,
-            call,
-            grant_more=lambda n: self._grant_credit(route, n),
-            cancel=lambda: self._abandon(route),
-        )
+        return self.calls.host_stream(feature, service, payload, timeout, window)
 
     def host_publish(self, topic: str, payload: Any) -> int:
         if not valid_topic(topic):

@@ -180,7 +180,18 @@ def text_table(snapshot: Snapshot, found: Mapping[str, Rates] | None = None) -> 
             for cell, width, column in zip(cells, widths, columns, strict=True)
         ]
         lines.append("  ".join(padded).rstrip())
+    lines += _renewal_errors(snapshot)
     return "\n".join(lines) + "\n"
+
+
+def _renewal_errors(snapshot: Snapshot) -> list[str]:
+    """A line for each feature whose tokens could not be renewed (it loses access when they
+    lapse), so that no failure stays out of sight."""
+    return [
+        f"{row.name}: token renewal failing ({row.renewals_failed} failed): {row.renewal_error}"
+        for row in snapshot.features
+        if row.renewal_error
+    ]
 
 
 def rich_view(
@@ -201,6 +212,7 @@ def rich_view(
     for row, cells in zip(snapshot.features, rows, strict=True):
         table.add_row(*(Text(cells[i]) for i in shown), style=styles.get(row.state, "dim"))
     parts: list[RenderableType] = [Text(header(snapshot), style="bold"), table]
+    parts += [Text(line, style="bold red") for line in _renewal_errors(snapshot)]
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)
@@ -217,7 +229,7 @@ def _row_fields(row: FeatureRow, rate: Rates | None) -> dict[str, Any]:
         "denied": row.denied,
         "files_denied": row.files_denied,
         "memory": row.memory_current,
-    }
+    } | ({"renewal_error": row.renewal_error} if row.renewal_error else {})
 
 
 def status_lines(snapshot: Snapshot, found: Mapping[str, Rates], *, log_format: str) -> list[str]:

@@ -38,6 +38,7 @@ from capsule._ipc._messages import (
     More,
     Opened,
     Publish,
+    Renewed,
     Request,
     Result,
     Revoke,
@@ -246,6 +247,20 @@ class BrokerClient:
         )
         self.held = [h for h in self.held if h.handle != held.handle] + [held]
         return held
+
+    def renewed(self, message: Renewed) -> None:
+        """The broker renewed the token behind a handle: same handle, new id and expiry."""
+        for index, held in enumerate(self.held):
+            if held.handle == message.handle:
+                caps = held.grant.capabilities
+                self.held[index] = HeldToken(
+                    held.handle,
+                    message.token_id,
+                    held.capabilities,
+                    message.expires,
+                    Grant(message.token_id, self.feature, message.expires, caps),
+                )
+                return
 
     async def handle_for(self, action: Action, target: str) -> int:
         """The handle of a held token that allows ``action`` on ``target``; 0 when none does

@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import inspect
 import io
+import os
 import socket
 import sys
 import traceback
@@ -43,6 +44,7 @@ from capsule._ipc._messages import (
     More,
     Opened,
     Ready,
+    Renewed,
     Reply,
     Result,
     SandboxStatus,
@@ -282,6 +284,8 @@ class _Server:
                     scope.cancel()
             elif isinstance(message, Granted):
                 tg.start_soon(self.admit_granted, message)
+            elif isinstance(message, Renewed):
+                self.client.renewed(message)
             elif isinstance(message, Stop):
                 self.stopped.set()
                 return
@@ -323,11 +327,19 @@ async def _main(fd: int, status: SandboxStatus) -> int:
     return code
 
 
+def _take_environment(env: list[tuple[str, str]]) -> None:
+    """Make ``env`` the whole environment, before the feature's code is loaded: what
+    ``os.environ`` shows and what a program the feature runs inherits."""
+    os.environ.clear()
+    os.environ.update(env)
+
+
 async def _session(channel: Channel[FromSupervisor], status: SandboxStatus) -> int:
     await channel.send(Hello(status=status))
     start = await channel.receive()
     if not isinstance(start, Start):
         raise ProtocolError(f"expected start, got {type(start).__name__}")
+    _take_environment(start.env)
     client = BrokerClient(channel, start.feature)
     server = _Server(channel, client)
     async with anyio.create_task_group() as tg:

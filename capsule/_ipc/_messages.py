@@ -44,6 +44,7 @@ __all__ = [
     "Opened",
     "Publish",
     "Ready",
+    "Renewed",
     "Reply",
     "Request",
     "Result",
@@ -279,13 +280,16 @@ class Inline(msgspec.Struct, frozen=True, tag="inline", tag_field="t"):
 
 
 class Start(_Message, tag="start", frozen=True):
-    """After the handshake: who the container is, what it holds, what code to run."""
+    """After the handshake: who the container is, what it holds, what code to run, and its
+    whole environment (``capsule._environ.container_environment``), sent on the container's
+    own channel like its tokens, never through the zygote."""
 
     feature: str
     version: str
     tokens: list[str]
     code: Entry | Inline
     bundle: str
+    env: list[tuple[str, str]]
 
 
 class Call(_Message, tag="call", frozen=True):
@@ -364,6 +368,15 @@ class Granted(_Message, tag="granted", frozen=True):
     sender: str
 
 
+class Renewed(_Message, tag="renewed", frozen=True):
+    """The token admitted under ``handle`` was renewed: the same handle and capabilities,
+    now under token ``token_id`` until ``expires`` (Unix time)."""
+
+    handle: Id
+    token_id: str
+    expires: float
+
+
 FromSupervisor: TypeAlias = (
     Start
     | Call
@@ -375,6 +388,7 @@ FromSupervisor: TypeAlias = (
     | Opened
     | Event
     | Granted
+    | Renewed
     | Item
     | End
     | More

@@ -20,12 +20,16 @@ from capsule._manifest._locator import KeyPath
 from capsule._manifest._model import AppManifest, Policy, Strategy
 from capsule._manifest._problems import Doc, Problem
 from capsule._manifest._reader import Table, read_toml, suggest
+from capsule._units import format_duration, parse_duration
+from capsule.errors import ConfigError
 
 __all__ = ["APP_TABLES", "STRATEGIES", "ParsedApp", "ParsedPolicy", "read_app", "volume_dir"]
 
 APP_TABLES: Final = ("app", "volumes", "policy")
 STRATEGIES: Final[tuple[Strategy, ...]] = ("one_for_one", "one_for_all", "rest_for_one")
 WAIVABLE: Final[tuple[str, ...]] = ("cgroups", "landlock", "seccomp")
+#: the shortest and longest lifetime of a container's tokens, in seconds
+TOKEN_TTL_RANGE: Final = (1.0, 24 * 3600.0)
 
 
 @final
@@ -61,6 +65,16 @@ def _check_waivable(value: str) -> str | None:
         f'"{value}" is not a mechanism an app may run without: choose from {valid}'
         f"{suggest(value, WAIVABLE)} (user namespaces are always required)"
     )
+
+
+def _token_ttl(value: object) -> float:
+    seconds = parse_duration(value)
+    low, high = TOKEN_TTL_RANGE
+    if not low <= seconds <= high:
+        raise ConfigError(
+            f'must be from {format_duration(low)} to {format_duration(high)}, found "{value}"'
+        )
+    return seconds
 
 
 def _check_bundle_dir(value: str) -> str | None:
@@ -155,10 +169,11 @@ def read_app(root: Path, shown: str, sink: list[Problem]) -> ParsedApp | None:
     top.allow(*APP_TABLES)
     head = top.table("app", required=True)
     name = strategy = None
+    token_ttl: float | None = None
     bundles: list[tuple[KeyPath, str]] = []
     waived: list[str] = []
     if head is not None:
-        head.allow("name", "features", "strategy", "allow_missing")
+        head.allow("name", "features", "strategy", "allow_missing", "token_ttl")
         name = head.string("name", required='name = "notes"', check=check_feature_name)
         if "features" not in head:
             head.missing("features", 'features = ["features/editor"]')
@@ -173,6 +188,7 @@ def read_app(root: Path, shown: str, sink: list[Problem]) -> ParsedApp | None:
                 bundles.append((key, value))
         strategy = head.choice("strategy", STRATEGIES)
         waived = [value for _, value in head.strings("allow_missing", _check_waivable)]
+        token_ttl = head.converted("token_ttl", _token_ttl)
     declared, volumes = _read_volumes(top.table("volumes"), root, shown)
     policies: dict[str, ParsedPolicy] = {}
     policy_table = top.table("policy")
@@ -188,6 +204,7 @@ def read_app(root: Path, shown: str, sink: list[Problem]) -> ParsedApp | None:
         features=tuple(value for _, value in bundles),
         strategy=next((s for s in STRATEGIES if s == strategy), "one_for_one"),
         allow_missing=tuple(waived),
+        token_ttl=token_ttl,
         volumes=MappingProxyType(declared),
         policies=MappingProxyType({name: parsed.policy for name, parsed in policies.items()}),
     )

@@ -198,12 +198,14 @@ class AppManifest(msgspec.Struct, frozen=True, kw_only=True):
 
     ``allow_missing`` names isolation mechanisms (``cgroups``, ``landlock``,
     ``seccomp``) the app agrees to run without on a machine that lacks them.
+    ``token_ttl`` is how long its containers' tokens live before renewal replaces them.
     """
 
     name: str
     features: tuple[str, ...]
     strategy: Strategy = "one_for_one"
     allow_missing: tuple[str, ...] = ()
+    token_ttl: float | None = None  # seconds a container's tokens live; None: the default
     volumes: Mapping[str, str] = msgspec.field(default_factory=dict)
     policies: Mapping[str, Policy] = msgspec.field(default_factory=dict)
 

@@ -6,7 +6,7 @@ mirrors the inner's exit: the supervisor kills a container by killing the outer
 (the inner dies with it through PDEATHSIG, and its PID namespace with it). The
 inner one is PID 1 of the new namespace: it builds the root, pivots into it, drops
 uid and capabilities, applies Landlock and seccomp, measures itself, and serves. Both
-replace the environment they inherit (the zygote's minimal one) with the request's.
+keep the zygote's minimal environment; the container's own comes in its Start message.
 
 Runs only in freshly forked, single-threaded children; never returns to the zygote.
 """
@@ -74,12 +74,6 @@ def reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
-def _replace_environment(env: tuple[tuple[str, str], ...]) -> None:
-    """Make ``env`` the whole environment (``os.environ`` and libc's, which exec passes on)."""
-    os.environ.clear()
-    os.environ.update(env)
-
-
 def run_outer(
     request: SpawnRequest,
     *,
@@ -92,7 +86,6 @@ def run_outer(
     """The outer process, from the zygote's fork: never returns."""
     try:
         reset_signals()
-        _replace_environment(request.env)
         os.setsid()
         close_all_but({channel, go, unshared})
         for procs in request.cgroup_procs:

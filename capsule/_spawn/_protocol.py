@@ -39,15 +39,16 @@ class Rlimits(msgspec.Struct, frozen=True):
 
 
 class SpawnRequest(msgspec.Struct, frozen=True):
-    """How to build one container. ``uid``/``gid`` are the host ids its root maps to;
-    ``env`` is its whole environment (``capsule._environ.container_environment``)."""
+    """How to build one container. ``uid``/``gid`` are the host ids its root maps to.
+
+    Nothing secret travels here (no token, no environment value): the zygote forks every
+    container, and what it once held in memory each later fork inherits."""
 
     name: str
     uid: int
     gid: int
     view: ViewPlan
     rlimits: Rlimits
-    env: tuple[tuple[str, str], ...]
     cgroup_procs: tuple[str, ...] = ()
     landlock: bool = True
     seccomp: bool = True

@@ -8,53 +8,51 @@ evaluates anything a container sends, and never holds a lock across a call.
 
 from __future__ import annotations
 
-import enum
 import functools
 import os
-import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, final
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import cloudpickle
 import structlog
 
 from capsule._broker._audit import AuditLog, default_audit_path
 from capsule._broker._broker import Broker
 from capsule._broker._host import Stream, Subscription
-from capsule._broker._routes import Peer
 from capsule._container._feature import Feature
-from capsule._ipc._messages import Entry, Inline, Start
-from capsule._manifest import App, FeatureManifest, MountGrant, load_app
+from capsule._manifest import App, load_app
+from capsule._manifest._app import TOKEN_TTL_RANGE
 from capsule._manifest._env import feature_environments
 from capsule._sandbox import _isolation
 from capsule._sandbox._cgroups import CgroupTree, ContainerCgroup
-from capsule._sandbox._view import Bind, ViewPlan
 from capsule._spawn._client import ZygoteClient
-from capsule._spawn._protocol import Rlimits, SpawnRequest
-from capsule._supervisor._handshake import Expectation
-from capsule._supervisor._instance import Ending, Instance, LaunchSpec
+from capsule._supervisor._handle import (
+    FeatureHandle,
+    FeatureState,
+    FeatureStatistics,
+    HeldToken,
+    NoPublicConstructor,
+)
+from capsule._supervisor._instance import Ending, Instance
+from capsule._supervisor._plan import Planner, container_uids, default_state_dir
+from capsule._supervisor._renewal import Renewer
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._rundir import RunDir
 from capsule._supervisor._views import ViewServer, ViewTimeouts
 from capsule._tasks import Services
 from capsule._tokens._authority import Token, TokenAuthority
-from capsule._tokens._format import MAX_CAPABILITIES
 from capsule._tokens._keys import KeyRing
 from capsule.errors import (
     CapsuleError,
     ConfigError,
     FeatureError,
     FeatureStartError,
-    FeatureUnavailableError,
 )
-from fusefs import MountKind, MountSpec, ViewSpec
 
 __all__ = [
     "FeatureHandle",
@@ -63,63 +61,15 @@ __all__ = [
     "HeldToken",
     "Supervisor",
     "SupervisorStatistics",
+    "container_uids",
+    "default_state_dir",
     "open_supervisor",
 ]
 
 _log = structlog.get_logger("capsule.supervisor")
 
-_UID_BASE: Final = 2_000_000_000
-_TOKEN_TTL: Final = 24 * 3600.0
-_MiB: Final = 1 << 20
-
-
-class FeatureState(enum.Enum):
-    """Where a feature is in its life."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    RESTARTING = "restarting"
-    QUARANTINED = "quarantined"
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class FeatureStatistics:
-    """A snapshot of one feature; memory and cpu figures come from its cgroup (None without)."""
-
-    name: str
-    version: str
-    state: str
-    pid: int | None
-    restarts: int
-    calls_total: int
-    calls_in_flight: int
-    messages: int
-    denied: int
-    events_dropped: int
-    uptime: float | None
-    last_exit: str | None
-    memory_current: int | None
-    memory_limit: int | None
-    oom_kills: int
-    pids_current: int | None
-    cpu_usage_ns: int | None
-    files_allowed: int = 0  # file operations its view's server allowed (reported each second)
-    files_denied: int = 0  # and refused
-    connections: int = 0  # sockets the broker opened for it (ctx.connect and ctx.listen)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class HeldToken:
-    """A token a running container holds: its id, text, capabilities and expiry (Unix time)."""
-
-    token_id: str
-    text: str
-    capabilities: tuple[str, ...]
-    expires: float
+TOKEN_TTL: Final = 3600.0
+"""The lifetime of a container's tokens unless the app or ``open_supervisor`` says otherwise."""
 
 
 @final
@@ -141,127 +91,8 @@ class SupervisorStatistics:
     audit_path: str | None
 
 
-class _NoPublicConstructor(type):
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(f"{cls.__module__}.{cls.__qualname__} has no public constructor")
-
-    def _create(cls, *args: Any, **kwargs: Any) -> Any:
-        return super().__call__(*args, **kwargs)
-
-
 @final
-class FeatureHandle(metaclass=_NoPublicConstructor):
-    """One feature of a running app, as the supervisor tracks it. Returned by ``sup.features()``."""
-
-    def __init__(self, manifest: FeatureManifest, index: int) -> None:
-        self.name = manifest.name
-        self.manifest = manifest
-        self.index = index
-        self.state = FeatureState.STOPPED
-        self.instance: Instance | None = None
-        self.restarts = RestartTracker(manifest.restart)
-        self.last_exit: str | None = None
-        self.last_error: CapsuleError | None = None
-        self.wanted = False  # whether the supervisor should keep it running
-        self.generation = 0
-        self._changed = anyio.Event()
-
-    def __repr__(self) -> str:
-        return f"<FeatureHandle {self.name} {self.state.value}>"
-
-    def _set(self, state: FeatureState) -> None:
-        self.state = state
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    async def wait_ready(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - trio's own wait_* style takes a cancel scope; this one is the documented shape
-        """Wait until the feature is running; FeatureUnavailableError if it is stopped or failed."""
-        with anyio.fail_after(timeout):
-            await self._running_instance()
-
-    @property
-    def running(self) -> bool:
-        return self.state is FeatureState.RUNNING
-
-    async def _running_instance(self) -> Instance:
-        """The live container once the feature runs (not one that just ended)."""
-        while True:
-            while self.state is not FeatureState.RUNNING:
-                self._check_available()
-                await self._changed.wait()
-            instance = self.instance
-            if instance is not None and instance.ready is not None and not instance.ended.is_set():
-                return instance
-            await self._changed.wait()  # it just ended: the supervisor is about to act
-
-    # what the broker asks of a feature (capsule._broker._broker.Target)
-
-    def _live_peer(self) -> Peer | None:
-        instance = self.instance
-        if (
-            self.state is FeatureState.RUNNING
-            and instance is not None
-            and instance.ready is not None
-            and not instance.ended.is_set()
-        ):
-            return instance.peer
-        return None
-
-    async def _wait_peer(self) -> Peer:
-        return (await self._running_instance()).peer
-
-    def tokens(self) -> tuple[HeldToken, ...]:
-        """The tokens the running container holds (admitted by the broker), delegated ones too."""
-        instance = self.instance
-        if instance is None or instance.ended.is_set():
-            return ()
-        return tuple(
-            HeldToken(
-                h.claims.token_id, h.token, tuple(str(c) for c in h.claims.caps), h.claims.exp
-            )
-            for h in instance.peer.handles.values()
-            if h.grant.alive
-        )
-
-    def _check_available(self) -> None:
-        if self.state is FeatureState.QUARANTINED:
-            raise FeatureUnavailableError(
-                self.name, f"is quarantined after too many restarts (last: {self.last_exit})"
-            )
-        if self.state is FeatureState.STOPPED and not self.wanted:
-            raise FeatureUnavailableError(self.name, "is stopped")
-
-    def statistics(self) -> FeatureStatistics:
-        instance = self.instance
-        stats = None if instance is None else instance.statistics()
-        view = None if instance is None else instance.view
-        running = instance is not None and not instance.ended.is_set()
-        return FeatureStatistics(
-            name=self.name,
-            version=self.manifest.version,
-            state=self.state.value,
-            pid=instance.pid if running and instance is not None else None,
-            restarts=self.restarts.total,
-            calls_total=0 if instance is None else instance.calls_total,
-            calls_in_flight=0 if instance is None else instance.in_flight,
-            messages=0 if instance is None else instance.peer.messages,
-            denied=0 if instance is None else instance.peer.denied,
-            events_dropped=0 if instance is None else instance.peer.conn.dropped,
-            uptime=anyio.current_time() - instance.started_at if running and instance else None,
-            last_exit=self.last_exit,
-            memory_current=None if stats is None else stats.memory_current,
-            memory_limit=None if stats is None else stats.memory_limit,
-            oom_kills=0 if stats is None else stats.oom_kills,
-            pids_current=None if stats is None else stats.pids_current,
-            cpu_usage_ns=None if stats is None else stats.cpu_usage_ns,
-            files_allowed=0 if view is None else view.allowed,
-            files_denied=0 if view is None else view.denied,
-            connections=0 if instance is None else instance.peer.connections,
-        )
-
-
-@final
-class Supervisor(metaclass=_NoPublicConstructor):
+class Supervisor(metaclass=NoPublicConstructor):
     """A running app. Obtained from ``async with capsule.open_supervisor(app) as sup``."""
 
     def __init__(
@@ -277,15 +108,21 @@ class Supervisor(metaclass=_NoPublicConstructor):
         state_dir: Path | None,
         view_timeouts: ViewTimeouts,
         environments: Mapping[str, tuple[tuple[str, str], ...]],
+        token_ttl: float,
     ) -> None:
         self.app = app
-        self._environments = environments  # each container's whole environment
         self.state_dir = state_dir or default_state_dir(app.manifest.name)
         self.view_timeouts = view_timeouts
         # every background task of the app, shielded: a cancelled block around
         # open_supervisor must not end them before _close has stopped the containers
         self._tg = Services(task_group)
-        self._inline = dict(inline)
+        self._plan = Planner(
+            app,
+            self.state_dir,
+            inline=inline,
+            start_timeout=start_timeout,
+            environments=environments,
+        )
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.call_timeout = call_timeout
@@ -307,6 +144,13 @@ class Supervisor(metaclass=_NoPublicConstructor):
             self._handles.get,
             self._tg,
             call_timeout=call_timeout,
+        )
+        self._renewer = Renewer(
+            self._authority,
+            self._broker,
+            self._audit,
+            ttl=token_ttl,
+            view_timeout=view_timeouts.probe,
         )
         self._zygote: ZygoteClient | None = None
         self._cgroups: CgroupTree | None = None
@@ -418,10 +262,11 @@ class Supervisor(metaclass=_NoPublicConstructor):
         the next message (file access through the views those tokens grant fails from the
         next operation the file-system server sees). Returns the ids revoked."""
         revoked = self._broker.revoke(token_id)
+        closing = revoked | self._renewer.view_keys(revoked)
         for handle in self._handles.values():
             instance = handle.instance
             if instance is not None and instance.view is not None and not instance.ended.is_set():
-                instance.view.revoke(revoked)
+                instance.view.revoke(closing)
         return revoked
 
     def audit(
@@ -432,6 +277,11 @@ class Supervisor(metaclass=_NoPublicConstructor):
         is the feature acted on (or a name such as ``@control``); ``decision`` is ``operate``,
         ``refuse`` or another word (see ``capsule audit``)."""
         self._audit.record(event, feature=feature, decision=decision, reason=reason, **fields)
+
+    @property
+    def token_ttl(self) -> float:
+        """Seconds each container's tokens live; each is renewed after 2/3 of that."""
+        return self._renewer.ttl
 
     @property
     def audit_path(self) -> Path | None:
@@ -502,121 +352,6 @@ class Supervisor(metaclass=_NoPublicConstructor):
         uid = uids[self._slots % len(uids)]
         return uid, uid
 
-    def _tokens(self, handle: FeatureHandle) -> list[Token]:
-        """Fresh tokens for a new container of ``handle``: its grant, a few capabilities each."""
-        caps = list(self.app.grants[handle.name].capabilities)
-        return [
-            self._authority.mint(handle.name, caps[i : i + MAX_CAPABILITIES], ttl=_TOKEN_TTL)
-            for i in range(0, len(caps), MAX_CAPABILITIES)
-        ]
-
-    def _view(self, handle: FeatureHandle, tokens: list[Token], uid: int, gid: int) -> ViewSpec:
-        """The file-system view of a new container: one mount per granted fs capability,
-        each tied to the token that carries it (revocation and expiry close that mount)."""
-        carriers = {  # view path -> the fs capability granting it, and the token carrying it
-            cap.target.rstrip("/"): (str(cap), token)
-            for token in tokens
-            for cap in token.claims.caps
-            if cap.kind == "fs"
-        }
-        mounts = []
-        for grant in self.app.grants[handle.name].mounts:
-            text, token = carriers[grant.view]
-            kind, backing, upper = self._backing(handle.name, grant)
-            mounts.append(
-                MountSpec(
-                    view_path=grant.view,
-                    kind=kind,
-                    backing=backing,
-                    upper=upper,
-                    quota_bytes=grant.quota,
-                    quota_inodes=grant.inodes,
-                    token=token.token_id,
-                    capability=text,
-                    expires=token.claims.exp,
-                )
-            )
-        manifest = handle.manifest
-        expires = min((t.claims.exp for t in tokens), default=None)
-        info = {
-            "feature": f"{handle.name}\n",
-            "version": f"{manifest.version}\n",
-            "capabilities": "".join(f"{cap}\n" for t in tokens for cap in t.claims.caps),
-            "tokens": "".join(f"{t.token_id} {t.claims.exp:.0f}\n" for t in tokens),
-            "expires": "never\n" if expires is None else f"{_iso(expires)}\n",
-        }
-        return ViewSpec(
-            owner=handle.name, mounts=tuple(mounts), uid=uid, gid=gid, info=info
-        ).validate()
-
-    def _backing(self, feature: str, grant: MountGrant) -> tuple[MountKind, str, str | None]:
-        """How a granted mount is backed: kind, backing directory and (cow) upper directory."""
-        inside = grant.view.strip("/")
-        if grant.storage == "private":
-            return MountKind.PRIVATE, str(self.state_dir / "private" / feature / inside), None
-        assert grant.host is not None  # noqa: S101 - only private storage has no host directory
-        if grant.storage == "cow":
-            upper = str(self.state_dir / "cow" / feature / inside)
-            return MountKind.COW, str(grant.host), upper
-        return (MountKind.RW if grant.mode == "rw" else MountKind.RO), str(grant.host), None
-
-    def _spec(
-        self,
-        handle: FeatureHandle,
-        uid: int,
-        gid: int,
-        cgroup: ContainerCgroup | None,
-        *,
-        tokens: list[Token],
-        view: ViewServer,
-    ) -> LaunchSpec:
-        manifest = handle.manifest
-        grant = self.app.grants[handle.name]
-        limits = manifest.limits
-        isolation = self._isolation
-        assert isolation is not None  # noqa: S101 - set by _open
-        served = str(view.mountpoint)
-        binds = [Bind(str(manifest.root), "/bundle"), Bind(f"{served}/capsule", "/capsule")]
-        binds += [Bind(f"{served}{m.view}", m.view, writable=True) for m in grant.mounts]
-        quota = max((m.quota or 0 for m in grant.mounts), default=0)
-        request = SpawnRequest(
-            name=handle.name,
-            uid=uid,
-            gid=gid,
-            view=ViewPlan(binds=tuple(binds), tmp_size=limits.tmp),
-            env=self._environments[handle.name],
-            rlimits=Rlimits(
-                nofile=limits.open_files,
-                fsize=max(limits.tmp, quota, 64 * _MiB),
-                data=2 * limits.memory + 256 * _MiB,
-                nproc=limits.pids if os.geteuid() == 0 else None,
-            ),
-            cgroup_procs=() if cgroup is None else cgroup.procs_files,
-            landlock=isolation.get("landlock").available,
-            seccomp=isolation.get("seccomp").available,
-        )
-        inline = self._inline.get(handle.name)
-        code = (
-            Inline(pickled=_pickle_feature(inline))
-            if inline is not None
-            else Entry(module=manifest.entry_module, attribute=manifest.entry_attribute)
-        )
-        start = Start(
-            feature=handle.name,
-            version=manifest.version,
-            tokens=[token.text for token in tokens],
-            code=code,
-            bundle="/bundle",
-        )
-        expectation = Expectation(
-            host_uid=uid,
-            seccomp=request.seccomp,
-            landlock_abi=isolation.landlock_abi if request.landlock else 0,
-        )
-        return LaunchSpec(
-            handle.name, manifest.version, request, expectation, start, self.start_timeout
-        )
-
     async def _open_view(
         self,
         handle: FeatureHandle,
@@ -632,7 +367,7 @@ class Supervisor(metaclass=_NoPublicConstructor):
         assert self._isolation is not None  # noqa: S101 - set by _open
         return await ViewServer.launch(
             handle.name,
-            self._view(handle, tokens, uid, gid),
+            self._plan.view(handle, tokens, uid, gid),
             self._rundir.views / f"{handle.name}-{handle.generation}",
             zygote=self._zygote,
             audit=self._audit,
@@ -644,13 +379,14 @@ class Supervisor(metaclass=_NoPublicConstructor):
     async def _launch(self, handle: FeatureHandle) -> None:
         """Start one container for ``handle`` (lock held); on failure, hand it to restart logic."""
         assert self._zygote is not None  # noqa: S101 - set by _open
+        assert self._isolation is not None  # noqa: S101 - set by _open
         handle._set(FeatureState.STARTING)
         handle.generation += 1
         uid, gid = self._uid()
         cgroup = None
         view = None
         try:
-            tokens = self._tokens(handle)
+            tokens = self._plan.tokens(self._authority, handle.name, self.token_ttl)
             if self._cgroups is not None:
                 limits = handle.manifest.limits
                 cgroup = await anyio.to_thread.run_sync(
@@ -662,7 +398,9 @@ class Supervisor(metaclass=_NoPublicConstructor):
                     )
                 )
             view = await self._open_view(handle, tokens, uid, gid, cgroup)
-            spec = self._spec(handle, uid, gid, cgroup, tokens=tokens, view=view)
+            spec = self._plan.spec(
+                handle, self._isolation, uid, gid, cgroup, tokens=tokens, view=view
+            )
             instance = await Instance.launch(
                 spec, self._zygote, cgroup, broker=self._broker, task_group=self._tg, view=view
             )
@@ -686,6 +424,8 @@ class Supervisor(metaclass=_NoPublicConstructor):
         handle._set(FeatureState.RUNNING)
         _log.info("feature running", feature=handle.name, pid=instance.pid)
         instance.on_end = functools.partial(self._ended, handle, instance)
+        handle.renewal_error = None
+        self._tg.start_soon(self._renewer.keep, handle, instance, tokens)
         if instance.ended.is_set():  # it ended between ready and here
             self._ended(handle, instance, instance.ending)  # type: ignore[arg-type]
 
@@ -774,55 +514,22 @@ class Supervisor(metaclass=_NoPublicConstructor):
                 self._tg.cancel()  # the services the shutdown needed are done with
 
 
-def default_state_dir(app: str) -> Path:
-    """``$XDG_STATE_HOME/capsule/state/<app>`` (default ``~/.local/state``): private storage
-    and copy-on-write changes of the app's features."""
-    state = os.environ.get("XDG_STATE_HOME", "")
-    base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
-    return base / "capsule" / "state" / app
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
-
-
-def container_uids(supervisor_pid: int) -> range:
-    """The host uids a root supervisor maps its containers' root to: 256 of its own."""
-    first = _UID_BASE + ((supervisor_pid & 0xFFFF) << 8)
-    return range(first, first + 256)
-
-
-def _pickle_feature(feature: Feature) -> bytes:
-    """cloudpickle a Feature, by value for every module the container cannot import.
-
-    Handlers defined in a test module or the host program travel as code; capsule's
-    own (the fault services) travel by reference.
-    """
-    handlers = [
-        *feature.services.values(),
-        *(f for listeners in feature.listeners.values() for f in listeners),
-        *feature.start_hooks,
-        *feature.stop_hooks,
-    ]
-    modules = {
-        sys.modules[name]
-        for name in {getattr(h, "__module__", "") for h in handlers}
-        if name in sys.modules and name != "__main__" and name.partition(".")[0] != "capsule"
-    }
-    for module in modules:
-        cloudpickle.register_pickle_by_value(module)
-    try:
-        pickled: bytes = cloudpickle.dumps(feature)
-        return pickled
-    finally:
-        for module in modules:
-            cloudpickle.unregister_pickle_by_value(module)
-
-
 def _load(app: str | os.PathLike[str] | App) -> App:
     if isinstance(app, App):
         return app
     return load_app(Path(app))
+
+
+def _token_ttl(app: App, given: float | None) -> float:
+    if given is None:
+        return app.manifest.token_ttl or TOKEN_TTL
+    low, high = TOKEN_TTL_RANGE
+    if isinstance(given, bool) or not isinstance(given, int | float) or not low <= given <= high:
+        raise ConfigError(
+            f"token_ttl must be from {low:g} to {high:g} seconds, found {given!r}",
+            key="token_ttl",
+        )
+    return float(given)
 
 
 @asynccontextmanager
@@ -836,6 +543,7 @@ async def open_supervisor(
     audit: str | os.PathLike[str] | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     view_timeouts: ViewTimeouts | None = None,
+    token_ttl: float | None = None,
 ) -> AsyncIterator[Supervisor]:
     """Run every feature of ``app`` (an app directory, or a loaded App) until the block ends.
 
@@ -856,8 +564,12 @@ async def open_supervisor(
     container ended and restarted per its policy). A feature's environment holds nothing of
     this program's but the variables its policy names (``env``); a ``from_host`` one that is
     not set here raises ConfigError.
+    ``token_ttl`` is how many seconds each container's tokens live (by default the app's
+    ``token_ttl``, else an hour); the supervisor renews them after two thirds of that, for
+    as long as the container runs.
     """
     loaded = _load(app)
+    ttl = _token_ttl(loaded, token_ttl)
     unknown = sorted(set(inline or ()) - set(loaded.features))
     if unknown:
         raise ConfigError(
@@ -876,6 +588,7 @@ async def open_supervisor(
             state_dir=None if state_dir is None else Path(state_dir),
             view_timeouts=view_timeouts or ViewTimeouts(),
             environments=environments,
+            token_ttl=ttl,
         )
         try:
             await sup._open()

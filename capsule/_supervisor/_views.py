@@ -82,6 +82,8 @@ class ViewServer:
         self._probe_seq = 0
         self._probe_answered = 0
         self._answered = anyio.Event()
+        self._rekeys: dict[int, fusefs.Rekeyed] = {}
+        self._rekeyed = anyio.Event()  # set (and replaced) when a Rekeyed arrives
         self.denied = 0
         self.allowed = 0
 
@@ -219,6 +221,10 @@ class ViewServer:
                 revoked=list(message.tokens),
                 mounts=list(message.mounts),
             )
+        elif isinstance(message, fusefs.Rekeyed):
+            self._rekeys[message.seq] = message
+            arrived, self._rekeyed = self._rekeyed, anyio.Event()
+            arrived.set()
         elif isinstance(message, fusefs.ProbeReply):
             self._probe_answered = max(self._probe_answered, message.seq)
             self._answered.set()
@@ -297,7 +303,26 @@ class ViewServer:
                 await self._answered.wait()
         return self._probe_answered >= seq
 
-    def _send(self, message: fusefs.Revoke | fusefs.Probe | fusefs.Shutdown) -> None:
+    async def rekey(
+        self,
+        tokens: dict[str, str],
+        expires: dict[str, float],
+        info: dict[str, str],
+        timeout: float,  # noqa: ASYNC109 - the answer is awaited within it
+    ) -> fusefs.Rekeyed | None:
+        """Move the mounts granted by ``tokens``' keys to their renewals (open files stay
+        open); the server's answer, or None without one within ``timeout`` seconds."""
+        if self.exited.is_set():
+            return None
+        self._probe_seq += 1
+        seq = self._probe_seq
+        self._send(fusefs.Rekey(seq=seq, tokens=tokens, expires=expires, info=info))
+        with anyio.move_on_after(timeout):
+            while seq not in self._rekeys:
+                await self._rekeyed.wait()
+        return self._rekeys.pop(seq, None)
+
+    def _send(self, message: fusefs.Revoke | fusefs.Probe | fusefs.Shutdown | fusefs.Rekey) -> None:
         with contextlib.suppress(OSError):
             self._sock.send(fusefs.encode(message))
 

@@ -319,6 +319,38 @@ class TokenAuthority:
         self.revocations.record_derivation(base.jti, claims.jti, claims.exp, when)
         return self._sign(claims)
 
+    def renew(self, token: Token | str | bytes, *, ttl: float, now: float | None = None) -> Token:
+        """A successor of a valid root ``token``: the same audience and capabilities under a
+        new id, valid for ``ttl`` seconds from now.
+
+        Revoking ``token`` (or anything it renews) revokes the successor too; the caller
+        retires ``token`` with :meth:`retire` once the successor has taken its place.
+        Raises InvalidTokenError for a token that is expired, revoked or not valid, and
+        ConfigError for a delegated one (it is renewed by delegating again).
+        """
+        when = self._clock() if now is None else now
+        base = self._verifier.verify_at_time(token, now=when)
+        if base.chain:
+            raise ConfigError(f"token {base.token_id} is delegated: only root tokens are renewed")
+        _check_ttl(ttl)
+        claims = TokenClaims(
+            jti=os.urandom(JTI_SIZE),
+            aud=base.aud,
+            iat=when,
+            nbf=when,
+            exp=when + ttl,
+            epoch=self._keyring.epoch,
+            caps=base.caps,
+        )
+        renewed = self._sign(claims)
+        self.revocations.record_renewal(base.jti, claims.jti, claims.exp, when)
+        return renewed
+
+    def retire(self, token: Token | TokenClaims) -> None:
+        """Refuse ``token`` from now on, leaving its renewals valid (see :meth:`renew`)."""
+        claims = token.claims if isinstance(token, Token) else token
+        self.revocations.retire(claims.jti)
+
     def revoke(self, token: Token | str | bytes | TokenClaims) -> frozenset[str]:
         """Revoke a token (by token, text, claims or 32-hex id) and all derived from it.
 

@@ -74,6 +74,12 @@ class Grant:
     def revoke(self) -> None:
         self.alive = False
 
+    def renew(self, token_id: str, expires: float) -> None:
+        """The same capabilities under a renewed token: whoever holds this grant (handles,
+        subscriptions) follows it at once."""
+        self.token_id = token_id
+        self.expires = expires
+
 
 def compile_grant(claims: TokenClaims) -> Grant:
     """Compile verified claims into a Grant (admission's second half)."""

@@ -57,18 +57,43 @@ class RevocationList:
             self._recorded = 0
             self.prune(now)
 
+    def record_renewal(self, old: bytes, new: bytes, expires: float, now: float) -> None:
+        """Remember that ``new`` (valid until ``expires``) renews ``old``: revoking ``old``, or
+        anything ``old`` derives from, revokes ``new`` too, even after ``old`` has expired."""
+        self.record_derivation(old, new, expires, now)
+
+    def retire(self, jti: bytes) -> None:
+        """Refuse ``jti`` from now on without revoking what derives from it or renews it, and
+        without telling listeners (its successor holds the same live handles)."""
+        self._revoked.add(jti)
+
     def prune(self, now: float) -> int:
-        """Forget derivations of tokens expired at ``now``; return how many were dropped."""
+        """Forget derivations of tokens expired at ``now``; return how many were dropped.
+
+        A derived token expires no later than its parent, except a renewal: an expired
+        token whose renewals live on keeps its entry, linked straight to them, so revoking
+        any id of a renewal chain still reaches its live end.
+        """
         expired = {jti for jti, exp in self._expiry.items() if exp <= now}
         for jti in expired:
             del self._expiry[jti]
-            self._children.pop(jti, None)
-        for parent in list(self._children):
-            kids = self._children[parent] - expired
+        children = self._children
+
+        def live(jti: bytes, seen: set[bytes]) -> set[bytes]:
+            found: set[bytes] = set()
+            for kid in children.get(jti, ()):
+                if kid not in expired:
+                    found.add(kid)
+                elif kid not in seen:
+                    seen.add(kid)
+                    found |= live(kid, seen)
+            return found
+
+        self._children = {}
+        for parent in children:
+            kids = live(parent, set())
             if kids:
                 self._children[parent] = kids
-            else:
-                del self._children[parent]
         return len(expired)
 
     def derivations(self) -> int:

@@ -106,6 +106,7 @@ def _start() -> bytes:
         tokens=[],
         code=Entry(module="os", attribute="system"),
         bundle="/",
+        env=[],
     )
     return encode_frame(start)
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 
 import pytest
 
-from capsule._cli._status import Rates, human_duration, human_size, rates, rich_view, text_table
+from capsule._cli._status import (
+    Rates,
+    human_duration,
+    human_size,
+    rates,
+    rich_view,
+    status_lines,
+    text_table,
+)
 from capsule._control._protocol import FeatureRow, Snapshot
 
 
@@ -84,3 +94,16 @@ def test_a_narrow_terminal_loses_the_least_needed_columns_first() -> None:
         lines = console.export_text().splitlines()
         assert lines[1].split() == columns
         assert max(len(line) for line in lines) <= width
+
+
+def test_a_failing_token_renewal_is_shown_under_the_table_and_in_status_lines() -> None:
+    failing = dataclasses.replace(
+        _row("worker"), renewals_failed=2, renewal_error="renewing token ab failed: down"
+    )
+    snapshot = _snapshot(1.0, _row("quiet"), failing)
+    lines = text_table(snapshot).splitlines()
+    assert lines[-1] == "worker: token renewal failing (2 failed): renewing token ab failed: down"
+    assert len(lines) == 5  # header, columns, two rows, one warning
+    status = status_lines(snapshot, {}, log_format="json")
+    assert "renewal_error" not in json.loads(status[0])
+    assert json.loads(status[1])["renewal_error"] == "renewing token ab failed: down"

@@ -115,6 +115,30 @@ def test_app_toml_syntax_error(tmp_path: Path) -> None:
             5,
             "[policy.x] must be a table",
         ),
+        (
+            '[app]\nname = "x"\nfeatures = []\ntoken_ttl = 3600\n',
+            "app.token_ttl",
+            4,
+            '(write the unit: "3600s")',
+        ),
+        (
+            '[app]\nname = "x"\nfeatures = []\ntoken_ttl = "2d"\n',
+            "app.token_ttl",
+            4,
+            "expected a duration",
+        ),
+        (
+            '[app]\nname = "x"\nfeatures = []\ntoken_ttl = "500ms"\n',
+            "app.token_ttl",
+            4,
+            'must be from 1s to 24h, found "500ms"',
+        ),
+        (
+            '[app]\nname = "x"\nfeatures = []\ntoken_ttl = "25h"\n',
+            "app.token_ttl",
+            4,
+            'must be from 1s to 24h, found "25h"',
+        ),
     ],
 )
 def test_app_table_errors(
@@ -134,6 +158,19 @@ def test_valid_strategies(tmp_path: Path) -> None:
         assert report.problems == ()
         assert report.app is not None
         assert report.app.strategy == strategy
+
+
+def test_token_ttl(tmp_path: Path) -> None:
+    for written, seconds in (
+        ("", None),
+        ('token_ttl = "90s"\n', 90.0),
+        ('token_ttl = "2h"\n', 7200.0),
+    ):
+        files = {"app.toml": app_toml(["a"], written), **feature("a")}
+        report = check_app(build(tmp_path / str(seconds), files))
+        assert report.problems == ()
+        assert report.app is not None
+        assert report.app.token_ttl == seconds
 
 
 def test_duplicate_feature_names(tmp_path: Path) -> None:

@@ -172,3 +172,46 @@ def _child_on_host(host_uid: int) -> int:
     ]
     assert len(found) == 1, found
     return found[0]
+
+
+def _memory_holds(pid: int, needle: bytes) -> list[str]:
+    """The mappings of process ``pid`` whose memory holds ``needle`` (read on the host)."""
+    found = []
+    with open(f"/proc/{pid}/maps", encoding="utf-8") as maps, open(f"/proc/{pid}/mem", "rb") as mem:
+        for line in maps:
+            fields = line.split()
+            if not fields[1].startswith("r") or fields[-1] in {"[vvar]", "[vsyscall]"}:
+                continue
+            start, end = (int(bound, 16) for bound in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                chunk = mem.read(end - start)
+            except OSError:
+                continue  # a mapping the kernel will not hand out (a guard page, an I/O one)
+            if needle in chunk:
+                found.append(line.strip())
+    return found
+
+
+@pytest.mark.trio
+async def test_the_zygote_never_holds_a_features_environment(capsule_app: TestApp) -> None:
+    """THREATS: every container is forked from the zygote and inherits its memory, so a value
+    the zygote once held for one feature (an API key its app passes on) would be readable by
+    every feature forked after it. The environment travels on the container's own channel
+    with its tokens; the zygote's memory, read on the host, never holds it."""
+    secret = secrets.token_hex(24)
+    holder = capsule_app.feature("holder", policy={"env": {"API_KEY": secret}})
+    holder.service("look")(_look)
+    later = capsule_app.feature("later")
+    later.service("look")(_look)
+
+    with trio.fail_after(30):
+        async with capsule_app.open() as sup:
+            seen = await sup.call("holder", "look")
+            await sup.call("later", "look")
+            await sup.restart("holder")  # a second spawn request for the same feature
+            in_zygote = _memory_holds(zygote_pid(), secret.encode())
+
+    assert seen["os.environ"]["API_KEY"] == secret  # the feature does get it
+    assert in_zygote == []
+    assert leftovers() == []

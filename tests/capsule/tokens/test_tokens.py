@@ -412,3 +412,78 @@ def test_the_derivation_tree_forgets_expired_tokens(
     assert authority.revocations.prune(clock.now) == 1100
     assert authority.revocations.derivations() == 1
     assert authority.revoke(parent) == {parent.token_id, live.token_id}
+
+
+def test_a_renewal_keeps_audience_and_capabilities_under_a_new_id_and_expiry(
+    authority: TokenAuthority, clock: Clock, token: Token
+) -> None:
+    clock.now = T0 + 40
+    renewed = authority.renew(token, ttl=60)
+    claims = authority.verify(renewed, aud="spellcheck")
+    assert renewed.token_id != token.token_id
+    assert (claims.aud, claims.caps, claims.chain) == ("spellcheck", token.claims.caps, ())
+    assert (claims.iat, claims.exp) == (T0 + 40, T0 + 100)
+    authority.retire(token)
+    assert _refused(authority, token)  # retired: only the renewal is good now
+    assert authority.verify(renewed) == claims
+    clock.now = T0 + 70  # past the old expiry, inside the new one
+    assert authority.verify(renewed) == claims
+
+
+def test_revoked_expired_and_delegated_tokens_are_not_renewed(
+    authority: TokenAuthority, clock: Clock, token: Token
+) -> None:
+    child = authority.attenuate(token, ["icc:call:dictionary.lookup"])
+    with pytest.raises(ConfigError, match="delegated"):
+        authority.renew(child, ttl=60)
+    clock.now = T0 + 60
+    with pytest.raises(InvalidTokenError):
+        authority.renew(token, ttl=60)
+    clock.now = T0
+    authority.revoke(token)
+    with pytest.raises(InvalidTokenError):
+        authority.renew(token, ttl=60)
+
+
+def test_revoking_any_id_of_a_renewal_chain_revokes_its_live_end(
+    authority: TokenAuthority, clock: Clock, token: Token
+) -> None:
+    """Each renewal is linked to the token it renews, and pruning the derivation tree keeps
+    an expired link for as long as a renewal it leads to lives."""
+    chain = [token]
+    for step in range(1, 6):
+        clock.now = T0 + 40 * step
+        chain.append(authority.renew(chain[-1], ttl=60))
+        authority.retire(chain[-2])
+    live = chain[-1]
+    clock.now = T0 + 205  # every token but the last two has expired
+    authority.revocations.prune(clock.now)
+    assert authority.verify(live)
+    for old in chain[:-1]:
+        assert _reaches(authority.revocations, old.claims.jti, live.claims.jti), chain.index(old)
+    assert authority.revoke(chain[1]) == {live.token_id}
+    assert _refused(authority, live)
+
+
+def _reaches(revocations: RevocationList, start: bytes, goal: bytes) -> bool:
+    stack, seen = [start], set()
+    while stack:
+        jti = stack.pop()
+        if jti == goal:
+            return True
+        if jti not in seen:
+            seen.add(jti)
+            stack.extend(revocations.children(jti))
+    return False
+
+
+def test_pruning_still_forgets_what_leads_to_no_live_token(
+    authority: TokenAuthority, clock: Clock, token: Token
+) -> None:
+    renewed = authority.renew(token, ttl=60)
+    authority.attenuate(renewed, ttl=10)
+    clock.now = T0 + 61
+    authority.revocations.prune(clock.now)
+    assert authority.revocations.derivations() == 0
+    assert authority.revocations.children(token.claims.jti) == frozenset()
+    assert authority.revocations.children(renewed.claims.jti) == frozenset()

@@ -1,0 +1,198 @@
+"""A feature of a running app as the host program sees it: its state, tokens and statistics.
+
+State and snapshots only: it starts, stops and restarts nothing (the supervisor does),
+and it is what the broker asks whether a feature can take a call now.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, final
+
+import anyio
+
+from capsule._broker._routes import Peer
+from capsule._manifest import FeatureManifest
+from capsule._supervisor._instance import Instance
+from capsule._supervisor._restart import RestartTracker
+from capsule.errors import CapsuleError, FeatureUnavailableError
+
+__all__ = ["FeatureHandle", "FeatureState", "FeatureStatistics", "HeldToken", "NoPublicConstructor"]
+
+
+class FeatureState(enum.Enum):
+    """Where a feature is in its life."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    RESTARTING = "restarting"
+    QUARANTINED = "quarantined"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class FeatureStatistics:
+    """A snapshot of one feature; memory and cpu figures come from its cgroup (None without)."""
+
+    name: str
+    version: str
+    state: str
+    pid: int | None
+    restarts: int
+    calls_total: int
+    calls_in_flight: int
+    messages: int
+    denied: int
+    events_dropped: int
+    uptime: float | None
+    last_exit: str | None
+    memory_current: int | None
+    memory_limit: int | None
+    oom_kills: int
+    pids_current: int | None
+    cpu_usage_ns: int | None
+    files_allowed: int = 0  # file operations its view's server allowed (reported each second)
+    files_denied: int = 0  # and refused
+    connections: int = 0  # sockets the broker opened for it (ctx.connect and ctx.listen)
+    tokens_renewed: int = 0  # token renewals, over all its containers
+    renewals_failed: int = 0  # renewal attempts that failed (each logged and audited)
+    renewal_error: str | None = None  # why the last renewal failed, until one succeeds
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class HeldToken:
+    """A token a running container holds: its id, text, capabilities and expiry (Unix time)."""
+
+    token_id: str
+    text: str
+    capabilities: tuple[str, ...]
+    expires: float
+
+
+class NoPublicConstructor(type):
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} has no public constructor")
+
+    def _create(cls, *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(*args, **kwargs)
+
+
+@final
+class FeatureHandle(metaclass=NoPublicConstructor):
+    """One feature of a running app, as the supervisor tracks it. Returned by ``sup.features()``."""
+
+    def __init__(self, manifest: FeatureManifest, index: int) -> None:
+        self.name = manifest.name
+        self.manifest = manifest
+        self.index = index
+        self.state = FeatureState.STOPPED
+        self.instance: Instance | None = None
+        self.restarts = RestartTracker(manifest.restart)
+        self.last_exit: str | None = None
+        self.last_error: CapsuleError | None = None
+        self.wanted = False  # whether the supervisor should keep it running
+        self.generation = 0
+        self.renewals = 0
+        self.renewals_failed = 0
+        self.renewal_error: str | None = None
+        self._changed = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<FeatureHandle {self.name} {self.state.value}>"
+
+    def _set(self, state: FeatureState) -> None:
+        self.state = state
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_ready(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - trio's own wait_* style takes a cancel scope; this one is the documented shape
+        """Wait until the feature is running; FeatureUnavailableError if it is stopped or failed."""
+        with anyio.fail_after(timeout):
+            await self._running_instance()
+
+    @property
+    def running(self) -> bool:
+        return self.state is FeatureState.RUNNING
+
+    async def _running_instance(self) -> Instance:
+        """The live container once the feature runs (not one that just ended)."""
+        while True:
+            while self.state is not FeatureState.RUNNING:
+                self._check_available()
+                await self._changed.wait()
+            instance = self.instance
+            if instance is not None and instance.ready is not None and not instance.ended.is_set():
+                return instance
+            await self._changed.wait()  # it just ended: the supervisor is about to act
+
+    # what the broker asks of a feature (capsule._broker._broker.Target)
+
+    def _live_peer(self) -> Peer | None:
+        instance = self.instance
+        if (
+            self.state is FeatureState.RUNNING
+            and instance is not None
+            and instance.ready is not None
+            and not instance.ended.is_set()
+        ):
+            return instance.peer
+        return None
+
+    async def _wait_peer(self) -> Peer:
+        return (await self._running_instance()).peer
+
+    def tokens(self) -> tuple[HeldToken, ...]:
+        """The tokens the running container holds (admitted by the broker), delegated ones too."""
+        instance = self.instance
+        if instance is None or instance.ended.is_set():
+            return ()
+        return tuple(
+            HeldToken(
+                h.claims.token_id, h.token, tuple(str(c) for c in h.claims.caps), h.claims.exp
+            )
+            for h in instance.peer.handles.values()
+            if h.grant.alive
+        )
+
+    def _check_available(self) -> None:
+        if self.state is FeatureState.QUARANTINED:
+            raise FeatureUnavailableError(
+                self.name, f"is quarantined after too many restarts (last: {self.last_exit})"
+            )
+        if self.state is FeatureState.STOPPED and not self.wanted:
+            raise FeatureUnavailableError(self.name, "is stopped")
+
+    def statistics(self) -> FeatureStatistics:
+        instance = self.instance
+        stats = None if instance is None else instance.statistics()
+        view = None if instance is None else instance.view
+        running = instance is not None and not instance.ended.is_set()
+        return FeatureStatistics(
+            name=self.name,
+            version=self.manifest.version,
+            state=self.state.value,
+            pid=instance.pid if running and instance is not None else None,
+            restarts=self.restarts.total,
+            calls_total=0 if instance is None else instance.calls_total,
+            calls_in_flight=0 if instance is None else instance.in_flight,
+            messages=0 if instance is None else instance.peer.messages,
+            denied=0 if instance is None else instance.peer.denied,
+            events_dropped=0 if instance is None else instance.peer.conn.dropped,
+            uptime=anyio.current_time() - instance.started_at if running and instance else None,
+            last_exit=self.last_exit,
+            memory_current=None if stats is None else stats.memory_current,
+            memory_limit=None if stats is None else stats.memory_limit,
+            oom_kills=0 if stats is None else stats.oom_kills,
+            pids_current=None if stats is None else stats.pids_current,
+            cpu_usage_ns=None if stats is None else stats.cpu_usage_ns,
+            files_allowed=0 if view is None else view.allowed,
+            files_denied=0 if view is None else view.denied,
+            connections=0 if instance is None else instance.peer.connections,
+            tokens_renewed=self.renewals,
+            renewals_failed=self.renewals_failed,
+            renewal_error=self.renewal_error,
+        )

@@ -1,0 +1,224 @@
+"""What a new container of a feature is made of: its tokens, its file-system view, and
+the request that spawns it.
+
+Builds descriptions only: it starts, mounts and signs nothing itself (the authority
+it is handed mints; the supervisor launches what it describes).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, final
+
+import cloudpickle
+
+from capsule._container._feature import Feature
+from capsule._ipc._messages import Entry, Inline, Start
+from capsule._manifest import App, MountGrant
+from capsule._sandbox import _isolation
+from capsule._sandbox._cgroups import ContainerCgroup
+from capsule._sandbox._view import Bind, ViewPlan
+from capsule._spawn._protocol import Rlimits, SpawnRequest
+from capsule._supervisor._handle import FeatureHandle
+from capsule._supervisor._handshake import Expectation
+from capsule._supervisor._instance import LaunchSpec
+from capsule._supervisor._views import ViewServer
+from capsule._tokens._authority import Token, TokenAuthority
+from capsule._tokens._format import MAX_CAPABILITIES
+from fusefs import MountKind, MountSpec, ViewSpec
+
+__all__ = ["Planner", "container_uids", "default_state_dir", "token_files"]
+
+_UID_BASE: Final = 2_000_000_000
+_MiB: Final = 1 << 20
+
+
+@final
+class Planner:
+    """Describes new containers of one app: features' tokens, views and spawn requests."""
+
+    def __init__(
+        self,
+        app: App,
+        state_dir: Path,
+        *,
+        inline: Mapping[str, Feature],
+        start_timeout: float,
+        environments: Mapping[str, tuple[tuple[str, str], ...]],
+    ) -> None:
+        self.app = app
+        self.state_dir = state_dir
+        self.inline = dict(inline)
+        self.start_timeout = start_timeout
+        self.environments = environments  # each feature's whole environment, for its Start
+
+    def tokens(self, authority: TokenAuthority, feature: str, ttl: float) -> list[Token]:
+        """Fresh tokens for a new container of ``handle``: its grant, a few capabilities each."""
+        caps = list(self.app.grants[feature].capabilities)
+        return [
+            authority.mint(feature, caps[i : i + MAX_CAPABILITIES], ttl=ttl)
+            for i in range(0, len(caps), MAX_CAPABILITIES)
+        ]
+
+    def view(self, handle: FeatureHandle, tokens: list[Token], uid: int, gid: int) -> ViewSpec:
+        """The file-system view of a new container: one mount per granted fs capability,
+        each tied to the token that carries it (revocation and expiry close that mount)."""
+        carriers = {  # view path -> the fs capability granting it, and the token carrying it
+            cap.target.rstrip("/"): (str(cap), token)
+            for token in tokens
+            for cap in token.claims.caps
+            if cap.kind == "fs"
+        }
+        mounts = []
+        for grant in self.app.grants[handle.name].mounts:
+            text, token = carriers[grant.view]
+            kind, backing, upper = self.backing(handle.name, grant)
+            mounts.append(
+                MountSpec(
+                    view_path=grant.view,
+                    kind=kind,
+                    backing=backing,
+                    upper=upper,
+                    quota_bytes=grant.quota,
+                    quota_inodes=grant.inodes,
+                    token=token.token_id,
+                    capability=text,
+                    expires=token.claims.exp,
+                )
+            )
+        manifest = handle.manifest
+        info = {
+            "feature": f"{handle.name}\n",
+            "version": f"{manifest.version}\n",
+            "capabilities": "".join(f"{cap}\n" for t in tokens for cap in t.claims.caps),
+            **token_files(tokens),
+        }
+        return ViewSpec(
+            owner=handle.name, mounts=tuple(mounts), uid=uid, gid=gid, info=info
+        ).validate()
+
+    def backing(self, feature: str, grant: MountGrant) -> tuple[MountKind, str, str | None]:
+        """How a granted mount is backed: kind, backing directory and (cow) upper directory."""
+        inside = grant.view.strip("/")
+        if grant.storage == "private":
+            return MountKind.PRIVATE, str(self.state_dir / "private" / feature / inside), None
+        assert grant.host is not None  # noqa: S101 - only private storage has no host directory
+        if grant.storage == "cow":
+            upper = str(self.state_dir / "cow" / feature / inside)
+            return MountKind.COW, str(grant.host), upper
+        return (MountKind.RW if grant.mode == "rw" else MountKind.RO), str(grant.host), None
+
+    def spec(
+        self,
+        handle: FeatureHandle,
+        isolation: _isolation.Isolation,
+        uid: int,
+        gid: int,
+        cgroup: ContainerCgroup | None,
+        *,
+        tokens: list[Token],
+        view: ViewServer,
+    ) -> LaunchSpec:
+        manifest = handle.manifest
+        grant = self.app.grants[handle.name]
+        limits = manifest.limits
+        served = str(view.mountpoint)
+        binds = [Bind(str(manifest.root), "/bundle"), Bind(f"{served}/capsule", "/capsule")]
+        binds += [Bind(f"{served}{m.view}", m.view, writable=True) for m in grant.mounts]
+        quota = max((m.quota or 0 for m in grant.mounts), default=0)
+        request = SpawnRequest(
+            name=handle.name,
+            uid=uid,
+            gid=gid,
+            view=ViewPlan(binds=tuple(binds), tmp_size=limits.tmp),
+            rlimits=Rlimits(
+                nofile=limits.open_files,
+                fsize=max(limits.tmp, quota, 64 * _MiB),
+                data=2 * limits.memory + 256 * _MiB,
+                nproc=limits.pids if os.geteuid() == 0 else None,
+            ),
+            cgroup_procs=() if cgroup is None else cgroup.procs_files,
+            landlock=isolation.get("landlock").available,
+            seccomp=isolation.get("seccomp").available,
+        )
+        inline = self.inline.get(handle.name)
+        code = (
+            Inline(pickled=_pickle_feature(inline))
+            if inline is not None
+            else Entry(module=manifest.entry_module, attribute=manifest.entry_attribute)
+        )
+        start = Start(
+            feature=handle.name,
+            version=manifest.version,
+            tokens=[token.text for token in tokens],
+            code=code,
+            bundle="/bundle",
+            env=list(self.environments[handle.name]),
+        )
+        expectation = Expectation(
+            host_uid=uid,
+            seccomp=request.seccomp,
+            landlock_abi=isolation.landlock_abi if request.landlock else 0,
+        )
+        return LaunchSpec(
+            handle.name, manifest.version, request, expectation, start, self.start_timeout
+        )
+
+
+def default_state_dir(app: str) -> Path:
+    """``$XDG_STATE_HOME/capsule/state/<app>`` (default ``~/.local/state``): private storage
+    and copy-on-write changes of the app's features."""
+    state = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
+    return base / "capsule" / "state" / app
+
+
+def token_files(tokens: list[Token]) -> dict[str, str]:
+    """The /capsule/ files that name a container's tokens: ``tokens`` (id and expiry, one a
+    line) and ``expires`` (the earliest expiry, ISO 8601)."""
+    expires = min((t.claims.exp for t in tokens), default=None)
+    return {
+        "tokens": "".join(f"{t.token_id} {t.claims.exp:.0f}\n" for t in tokens),
+        "expires": "never\n" if expires is None else f"{_iso(expires)}\n",
+    }
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+def container_uids(supervisor_pid: int) -> range:
+    """The host uids a root supervisor maps its containers' root to: 256 of its own."""
+    first = _UID_BASE + ((supervisor_pid & 0xFFFF) << 8)
+    return range(first, first + 256)
+
+
+def _pickle_feature(feature: Feature) -> bytes:
+    """cloudpickle a Feature, by value for every module the container cannot import.
+
+    Handlers defined in a test module or the host program travel as code; capsule's
+    own (the fault services) travel by reference.
+    """
+    handlers = [
+        *feature.services.values(),
+        *(f for listeners in feature.listeners.values() for f in listeners),
+        *feature.start_hooks,
+        *feature.stop_hooks,
+    ]
+    modules = {
+        sys.modules[name]
+        for name in {getattr(h, "__module__", "") for h in handlers}
+        if name in sys.modules and name != "__main__" and name.partition(".")[0] != "capsule"
+    }
+    for module in modules:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        pickled: bytes = cloudpickle.dumps(feature)
+        return pickled
+    finally:
+        for module in modules:
+            cloudpickle.unregister_pickle_by_value(module)
