@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import resource
 import signal
@@ -213,12 +212,10 @@ class _Server:
 # -- set-up helpers ----------------------------------------------------------------------
 
 
-_log = logging.getLogger("fusefs")
-
-
-def _raise_open_file_limit(owner: str) -> int:
+def _raise_open_file_limit(owner: str) -> tuple[int, str]:
     """Raise RLIMIT_NOFILE to _NOFILE, or as far as the hard limit allows (raising that
-    needs CAP_SYS_RESOURCE); logs what a lower limit means. Returns the limit in force."""
+    needs CAP_SYS_RESOURCE). Returns the limit in force, and what it means when it is
+    lower (for the owner to log: the server's own output may be the owner's terminal)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (_NOFILE, max(hard, _NOFILE)))
@@ -226,20 +223,15 @@ def _raise_open_file_limit(owner: str) -> int:
         limit = max(soft, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))  # up to hard: always allowed
         capacity = capacity_for(limit)
-        _log.warning(
-            "fusefs view of %s: the open-file limit stays at %d, not %d (%s; raising the hard"
-            " limit needs CAP_SYS_RESOURCE): the server keeps at most %d descriptors of known"
-            " files open and reopens the others when they are used, and the container can"
-            " hold about %d files open through the view at once (EMFILE beyond)",
-            owner,
-            limit,
-            _NOFILE,
-            exc,
-            capacity,
-            limit - capacity,
+        notice = (
+            f"fusefs view of {owner}: the open-file limit stays at {limit}, not {_NOFILE}"
+            f" ({exc}; raising the hard limit needs CAP_SYS_RESOURCE): the server keeps at"
+            f" most {capacity} descriptors of known files open and reopens the others when"
+            f" they are used, and the container can hold about {limit - capacity} files open"
+            " through the view at once (EMFILE beyond)"
         )
-        return limit
-    return _NOFILE
+        return limit, notice
+    return _NOFILE, ""
 
 
 def _open_dir(path: str) -> int:
@@ -356,7 +348,7 @@ def serve(
     """
     view.validate()
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
-    limit = _raise_open_file_limit(view.owner)
+    limit, notice = _raise_open_file_limit(view.owner)
     server = _Server(view, mountpoint, control, descriptors=capacity_for(limit))
     server.policy.callers = frozenset({*server.policy.callers, os.geteuid()})  # its own probes
     roots: dict[int, int] = {}
@@ -376,7 +368,9 @@ def serve(
         needed += [(path, True) for path in merged]
         needed += [(m.upper, True) for m in view.mounts if m.upper]
         confine(needed)
-    server.send(Mounted(pid=os.getpid(), connection=connection, mountpoint=mountpoint))
+    server.send(
+        Mounted(pid=os.getpid(), connection=connection, mountpoint=mountpoint, notice=notice)
+    )
     try:
         trio.run(server.run)
     finally:
