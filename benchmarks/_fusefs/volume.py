@@ -1,6 +1,6 @@
 """The fusefs benchmark's rows over a large volume: a million files (``--quick``: 20,000).
 
-Must not decide the run's layout or report: ``fusefs.py`` owns those and calls in here.
+Must not decide the run's layout or report: ``fusefs.py`` and ``report`` own those.
 
 A view's server keeps a bounded number of descriptors of the files it knows and reopens
 the others beneath their parent when used. These rows show what that costs, and that it
