@@ -51,10 +51,14 @@ class Serve(_Msg, tag="serve", frozen=True):
 
 
 class Revoke(_Msg, tag="revoke", frozen=True):
-    """These tokens are revoked: the mounts they grant fail from the next operation on."""
+    """These tokens are revoked: the mounts they grant fail from the next operation on.
+
+    Answered by a :class:`Revoked` of the same ``seq`` once nothing the kernel cached for
+    those mounts can serve another operation."""
 
     tokens: tuple[str, ...]
     reason: str = "revoked"
+    seq: int = 0
 
 
 class Probe(_Msg, tag="probe", frozen=True):
@@ -116,11 +120,17 @@ class Allowed(_Msg, tag="allowed", frozen=True):
 
 
 class Revoked(_Msg, tag="revoked", frozen=True):
-    """The mounts that the revoked tokens granted are closed and the kernel caches dropped."""
+    """The mounts that the revoked tokens granted are closed and the kernel's caches of them
+    dropped (``mounts``: those closed by this message; empty if they were closed already).
+
+    ``seq`` answers a :class:`Revoke` (0: closed by expiry). ``failed`` counts cache entries
+    the kernel refused to drop: the owner must then cut the mount's connection off."""
 
     tokens: tuple[str, ...]
     mounts: tuple[str, ...]
     reason: str
+    seq: int = 0
+    failed: int = 0
 
 
 class ProbeReply(_Msg, tag="probe_reply", frozen=True):

@@ -273,6 +273,13 @@ class NodeTable:
         """``name`` in ``parent`` is gone: its node keeps only its descriptor, if it has one."""
         self._unnamed(self._named(parent, name, pop=True))
 
+    def depth(self, node: Node) -> int:
+        """How many directories below its mount's root a backing node is (the root: 0)."""
+        depth = 0
+        while not node.is_root and node.parent in self._nodes:
+            node, depth = self._nodes[node.parent], depth + 1
+        return depth
+
     def path(self, node: Node, name: bytes = b"") -> str:
         """The node's path inside the view (of ``name`` in it, if given), for messages."""
         parts: list[bytes] = [name] if name else []
@@ -284,10 +291,15 @@ class NodeTable:
             node = parent
         return "/" + "/".join(os.fsdecode(p) for p in reversed(parts))
 
-    def inodes_of(self, mounts: Sequence[MountState]) -> list[int]:
-        """The inode numbers the kernel may cache for ``mounts``."""
+    def cached_of(self, mounts: Sequence[MountState]) -> list[tuple[int, int, bytes]]:
+        """``(inode, parent inode, name)`` of every node of ``mounts`` the kernel may cache:
+        its attributes and pages by inode, its name by the parent's (b"" once unlinked)."""
         wanted = {m.index for m in mounts}
-        return [n.ino for n in self._nodes.values() if n.mount and n.mount.index in wanted]
+        return [
+            (n.ino, n.parent, n.name)
+            for n in self._nodes.values()
+            if n.mount and n.mount.index in wanted
+        ]
 
     def close(self) -> None:
         self.descriptors.close()

@@ -22,7 +22,7 @@ import trio
 
 from fusefs import _sys
 from fusefs._nodes import Kind, Node, NodeTable, SpecialFileError, proc_path
-from fusefs._policy import MountState, ViewPolicy
+from fusefs._policy import MountState, ViewPolicy, link_escapes
 
 __all__ = ["ViewOperations"]
 
@@ -264,6 +264,14 @@ class ViewOperations(pyfuse3.Operations):
             except BaseException:
                 mount.usage_bytes = max(0, mount.usage_bytes - grow)  # not done: not charged
                 raise
+        if fields.update_mode and attr.st_mode & _STRIP:  # never served: say so
+            self.policy.deny(
+                "chmod",
+                self._where(node),
+                mount,
+                "set-user-ID and set-group-ID bits are never served",
+                code=errno.EPERM,
+            )
         if fields.update_mode and not stat.S_ISLNK(st.st_mode):
             os.chmod(proc_path(self._fd(node)), stat.S_IMODE(attr.st_mode) & ~_STRIP)
         if (fields.update_atime or fields.update_mtime) and not stat.S_ISLNK(st.st_mode):
@@ -318,6 +326,9 @@ class ViewOperations(pyfuse3.Operations):
         parent = self.nodes[parent_inode]
         name = _name(name)
         mount = self._check(parent, ctx, "symlink", write=True, name=name)
+        escape = link_escapes(target, self.nodes.depth(parent))
+        if escape is not None:
+            self.policy.deny("symlink", self._where(parent, name), mount, escape, code=errno.EPERM)
         return await self._created(
             parent, name, mount, lambda: os.symlink(target, name, dir_fd=self._fd(parent))
         )
@@ -478,6 +489,7 @@ class ViewOperations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:  # noqa: FBT001 - pyfuse3's signature
         handle = self._handles[fh]
         if handle.fd >= 0:
+            self._live(handle, "fsync", write=False)
             sync = os.fdatasync if datasync else os.fsync
             await trio.to_thread.run_sync(sync, handle.fd)
 
@@ -512,6 +524,8 @@ class ViewOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self._listings[fh]
         directory, names = listing.node, listing.names
+        if directory.mount is not None:  # opened before a revocation, read after it
+            self.policy.check(directory.mount, "readdir", self._where(directory), write=False)
         if directory.kind is not Kind.BACKING:
             for index in range(start_id, len(names)):
                 child = self.nodes[directory.children[names[index]]]  # type: ignore[index]

@@ -19,13 +19,17 @@ import pyfuse3
 from fusefs._control import Allowed, Denied, FromServer
 from fusefs._spec import MountSpec, ViewSpec
 
-__all__ = ["DENIALS_PER_SECOND", "MountState", "ViewPolicy", "Where"]
+__all__ = ["DENIALS_PER_SECOND", "EXPIRY_LEAD", "MountState", "ViewPolicy", "Where", "link_escapes"]
 
 #: a path in the view, or a callable that makes one when a denial needs it
 Where = str | Callable[[], str]
 
 #: denials sent in full per second; the rest are summarised by the next flush.
 DENIALS_PER_SECOND: Final = 100
+#: seconds before its token's expiry that a mount closes, so that the kernel's caches of it
+#: are dropped (see fusefs._revocation) by the time the token is dead; a grant lasting
+#: less than ten times this closes a tenth of its lifetime early instead
+EXPIRY_LEAD: Final = 1.0
 
 
 @dataclass(slots=True)
@@ -39,10 +43,19 @@ class MountState:
     usage_bytes: int = 0
     usage_inodes: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    granted: float = 0.0  # when the server got the grant (Unix time): set by the policy
 
     @property
     def status(self) -> str:
         return "open" if self.closed is None else self.closed
+
+    def closes_at(self) -> float | None:
+        """When the grant closes (Unix time): EXPIRY_LEAD before its token expires, or a
+        tenth of its lifetime before if that is shorter; None if it never expires."""
+        expires = self.spec.expires
+        if expires is None:
+            return None
+        return expires - min(EXPIRY_LEAD, max(0.0, expires - self.granted) / 10)
 
 
 class ViewPolicy:
@@ -56,7 +69,7 @@ class ViewPolicy:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.view = view
-        self.mounts = [MountState(i, m) for i, m in enumerate(view.mounts)]
+        self.mounts = [MountState(i, m, granted=clock()) for i, m in enumerate(view.mounts)]
         self.callers = frozenset({view.uid, *view.callers})
         self._report = report
         self._clock = clock
@@ -77,12 +90,10 @@ class ViewPolicy:
 
         ``path`` is the path in the view, or a callable that makes it (only denials need it).
         """
-        if mount.closed is None:
-            expires = mount.spec.expires
-            if expires is not None and self._clock() >= expires:
-                mount.closed = "expired"
         if mount.closed is not None:
             self.deny(operation, path, mount, f"token {mount.closed}", uid=uid)
+        if self.expiring(mount, self._clock()):  # closed by expired() with its caches
+            self.deny(operation, path, mount, "token expired", uid=uid)
         if write and not mount.spec.writable:
             self.deny(
                 operation,
@@ -140,20 +151,27 @@ class ViewPolicy:
                 closed.append(mount)
         return closed
 
+    @staticmethod
+    def expiring(mount: MountState, now: float) -> bool:
+        """Whether the grant is due to close (see MountState.closes_at), or past it."""
+        closes = mount.closes_at()
+        return closes is not None and now >= closes
+
     def expired(self) -> list[MountState]:
-        """Close the mounts whose grant has expired; returns the ones closed now."""
+        """Close the mounts whose grant is due to close (see MountState.closes_at); returns
+        the ones closed now."""
         now = self._clock()
         closed = []
         for mount in self.mounts:
-            expires = mount.spec.expires
-            if mount.closed is None and expires is not None and now >= expires:
+            if mount.closed is None and self.expiring(mount, now):
                 mount.closed = "expired"
                 closed.append(mount)
         return closed
 
     def next_expiry(self) -> float | None:
-        times = [m.spec.expires for m in self.mounts if m.closed is None and m.spec.expires]
-        return min(times, default=None)
+        """When :meth:`expired` next closes a mount (Unix time), if ever."""
+        times = [m.closes_at() for m in self.mounts if m.closed is None]
+        return min((t for t in times if t is not None), default=None)
 
     def flush(self) -> None:
         """Report the allowed operations counted since the last flush, and suppressed denials."""
@@ -176,3 +194,22 @@ class ViewPolicy:
                     suppressed=suppressed,
                 )
             )
+
+
+def link_escapes(target: bytes, depth: int) -> str | None:
+    """Why a symlink to ``target``, made ``depth`` directories below its mount's root, is
+    refused (it would lead a host program walking the volume out of it), or None.
+
+    ``..`` is allowed only at the start of a relative target, and no further up than the
+    mount's root: after a name, a ``..`` may climb out through a symlink to a directory."""
+    if target.startswith(b"/"):
+        return "a symlink to an absolute path is refused"
+    parts = [p for p in target.split(b"/") if p not in {b"", b"."}]
+    climbs = 0
+    while climbs < len(parts) and parts[climbs] == b"..":
+        climbs += 1
+    if b".." in parts[climbs:]:
+        return "a symlink with '..' after a name is refused"
+    if climbs > depth:
+        return "a symlink that leads out of its mount is refused"
+    return None

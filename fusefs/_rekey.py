@@ -24,13 +24,15 @@ def rekey(policy: ViewPolicy, info: dict[str, str], message: Rekey, *, now: floa
         successor = message.tokens.get(spec.token or "")
         if successor is None:
             continue
-        if mount.closed is None and spec.expires is not None and now >= spec.expires:
-            mount.closed = "expired"  # too late: the grant lapsed before its renewal came
+        if mount.closed is None and policy.expiring(mount, now):
+            closed[spec.view_path] = "expired"  # too late: closing (its caches dropped) now
+            continue
         if mount.closed is not None:
             closed[spec.view_path] = mount.closed
             continue
         expires = message.expires.get(successor, spec.expires)
         mount.spec = msgspec.structs.replace(spec, token=successor, expires=expires)
+        mount.granted = now
         rekeyed.append(spec.view_path)
     info.update((name, text) for name, text in message.info.items() if name in info)
     return Rekeyed(seq=message.seq, mounts=tuple(rekeyed), closed=closed)

@@ -31,7 +31,6 @@ from fusefs._control import (
     ProbeReply,
     Rekey,
     Revoke,
-    Revoked,
     Shutdown,
     decode_to_server,
     encode,
@@ -40,8 +39,9 @@ from fusefs._descriptors import capacity_for
 from fusefs._lifecycle import connection_of
 from fusefs._nodes import NodeTable
 from fusefs._ops import ViewOperations
-from fusefs._policy import MountState, ViewPolicy
+from fusefs._policy import ViewPolicy
 from fusefs._rekey import rekey
+from fusefs._revocation import Closer
 from fusefs._spec import MountKind, ViewSpec
 
 __all__ = ["Confine", "serve"]
@@ -70,6 +70,7 @@ class _Server:
         self.policy = ViewPolicy(view, self.send)
         self.nodes = NodeTable(descriptors)
         self.ops = ViewOperations(self.policy, self.nodes)
+        self.closer = Closer(self.policy, self.nodes, self.send)
         self.readahead: int | None = None  # the mount's read_ahead_kb, opened before confine
         self.info = dict(view.info)  # the /capsule/ files' text, as Rekey updates it
 
@@ -125,7 +126,7 @@ class _Server:
             nursery.start_soon(self._raise_readahead)
             nursery.start_soon(self._control, nursery)
             nursery.start_soon(self._flush)
-            nursery.start_soon(self._expiry)
+            nursery.start_soon(self.closer.expire)
 
     async def _fuse(self, scope: trio.CancelScope) -> None:
         await pyfuse3.main()
@@ -155,31 +156,16 @@ class _Server:
             message = decode_to_server(data)
             if isinstance(message, Shutdown):
                 break
-            if isinstance(message, Revoke):
-                closed = self.policy.revoke(set(message.tokens), message.reason)
-                await self._closed(closed, message.tokens, message.reason)
+            if isinstance(message, Revoke):  # answered once the kernel's caches are dropped
+                nursery.start_soon(self.closer.revoke, message.tokens, message.reason, message.seq)
             elif isinstance(message, Probe):
                 nursery.start_soon(self._probe, message.seq)
             elif isinstance(message, Rekey):
                 self.send(rekey(self.policy, self.info, message, now=time.time()))
+                self.closer.reschedule()
         self.policy.flush()
         pyfuse3.terminate()
         nursery.cancel_scope.cancel()
-
-    async def _closed(self, closed: list[MountState], tokens: Sequence[str], reason: str) -> None:
-        """Drop the kernel's caches of closed mounts, so their next use reaches the policy."""
-        if not closed:
-            return
-        inodes = self.nodes.inodes_of(closed)
-
-        def invalidate() -> None:
-            for ino in inodes:
-                with contextlib.suppress(OSError):
-                    pyfuse3.invalidate_inode(ino, attr_only=False)
-
-        await trio.to_thread.run_sync(invalidate, abandon_on_cancel=True)
-        mounts = tuple(m.spec.view_path for m in closed)
-        self.send(Revoked(tokens=tuple(tokens), mounts=mounts, reason=reason))
 
     async def _probe(self, seq: int) -> None:
         """A lookup through the kernel, from a worker thread: proves requests are served."""
@@ -196,17 +182,6 @@ class _Server:
         while True:
             await trio.sleep(_FLUSH_INTERVAL)
             self.policy.flush()
-
-    async def _expiry(self) -> None:
-        while True:
-            expires = self.policy.next_expiry()
-            if expires is None:
-                return
-            await trio.sleep(max(0.0, expires - time.time()))  # wall clock, as token expiry
-            closed = self.policy.expired()
-            if closed:
-                tokens = tuple(sorted({m.spec.token for m in closed if m.spec.token}))
-                await self._closed(closed, tokens, "expired")
 
 
 # -- set-up helpers ----------------------------------------------------------------------

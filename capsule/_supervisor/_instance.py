@@ -268,6 +268,18 @@ class Instance:
         _log.error("container ended", feature=self.feature, reason=reason)
         self.send_signal(signal.SIGKILL)
 
+    async def revoke_files(self, tokens: frozenset[str]) -> None:
+        """Close the mounts of its view that ``tokens`` grant; returns once no operation
+        through them can succeed. A view that cannot confirm that ends the container, and
+        this returns once it has ended."""
+        if self.view is None or self.ended.is_set() or await self.view.revoke(tokens):
+            return
+        self.fail(self.view.failure or "its file-system server did not confirm a revocation")
+        with anyio.move_on_after(_EXIT_WAIT):
+            await self.ended.wait()
+        if not self.ended.is_set():  # never expected: say so rather than hang the supervisor
+            _log.error("container outlived SIGKILL", feature=self.feature, pid=self.pid)
+
     def _overrun(self) -> None:
         reason = "stopped reading its channel (over 32 MiB queued for it)"
         self._broker.audit.record("end", feature=self.feature, decision="end", reason=reason)

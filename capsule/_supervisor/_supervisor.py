@@ -257,16 +257,15 @@ class Supervisor(metaclass=NoPublicConstructor):
         """
         return self._broker.host_subscribe(pattern, buffer)
 
-    def revoke(self, token_id: str) -> frozenset[str]:
+    async def revoke(self, token_id: str) -> frozenset[str]:
         """Revoke a token (by its id) and everything derived from it; takes effect before
-        the next message (file access through the views those tokens grant fails from the
-        next operation the file-system server sees). Returns the ids revoked."""
+        the next message. Returns the ids revoked once nothing through the views they
+        grant can succeed, open files included (see ``Instance.revoke_files``)."""
         revoked = self._broker.revoke(token_id)
         closing = revoked | self._renewer.view_keys(revoked)
-        for handle in self._handles.values():
-            instance = handle.instance
-            if instance is not None and instance.view is not None and not instance.ended.is_set():
-                instance.view.revoke(closing)
+        async with anyio.create_task_group() as tg:
+            for instance in filter(None, (h.instance for h in self._handles.values())):
+                tg.start_soon(instance.revoke_files, closing)
         return revoked
 
     def audit(

@@ -41,12 +41,16 @@ _STOP_GRACE: Final = 2.0
 @dataclass(frozen=True, slots=True)
 class ViewTimeouts:
     """Seconds a file-system server may take to mount a view (``mount``), how often it is
-    probed (``probe_interval``), and how long a probe may take before the server is
-    aborted and its container ended (``probe``). ``open_supervisor(view_timeouts=...)``."""
+    probed (``probe_interval``), how long a probe may take before the server is aborted and
+    its container ended (``probe``), and how long it may take to confirm a revocation
+    before the same happens (``revoke``). ``open_supervisor(view_timeouts=...)``."""
 
     mount: float = 10.0
     probe_interval: float = 2.0
     probe: float = 5.0
+    #: how long a server may take to drop the kernel's caches of revoked mounts before the
+    #: container is ended instead (it grows with the files the view has served)
+    revoke: float = 30.0
 
 
 class ViewServer:
@@ -84,6 +88,9 @@ class ViewServer:
         self._answered = anyio.Event()
         self._rekeys: dict[int, fusefs.Rekeyed] = {}
         self._rekeyed = anyio.Event()  # set (and replaced) when a Rekeyed arrives
+        self._revoke_seq = 0
+        self._revoked: dict[int, fusefs.Revoked] = {}  # answers to revocations, by seq
+        self._revoke_answered = anyio.Event()
         self.denied = 0
         self.allowed = 0
 
@@ -212,6 +219,11 @@ class ViewServer:
                     count=count,
                 )
         elif isinstance(message, fusefs.Revoked):
+            if message.seq:
+                self._revoked[message.seq] = message
+                self._revoke_answered.set()
+            if not message.mounts:
+                return
             self._audit.record(
                 "fs-revoke",
                 feature=feature,
@@ -256,6 +268,7 @@ class ViewServer:
         if self.exited.is_set():
             return
         self.status = status
+        self._revoke_answered.set()  # a revocation waiting on it is answered no more
         if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
@@ -278,6 +291,13 @@ class ViewServer:
             if message is None:
                 return
             self._handle(message)
+            if isinstance(message, fusefs.Revoked) and message.failed and not message.seq:
+                self.failure = (  # an expiry whose caches stayed: nothing else can end them
+                    f"its file-system server could not drop {message.failed} kernel cache "
+                    "entries of expired mounts (aborted and killed)"
+                )
+                await self.abort()
+                return
 
     async def _probe_loop(self) -> None:
         while True:
@@ -326,10 +346,41 @@ class ViewServer:
         with contextlib.suppress(OSError):
             self._sock.send(fusefs.encode(message))
 
-    def revoke(self, tokens: frozenset[str] | set[str], reason: str = "revoked") -> None:
-        """Close the mounts these tokens grant, from the server's next operation on."""
-        if tokens and not self.exited.is_set():
-            self._send(fusefs.Revoke(tokens=tuple(sorted(tokens)), reason=reason))
+    async def revoke(self, tokens: frozenset[str] | set[str], reason: str = "revoked") -> bool:
+        """Close the mounts these tokens grant. Returns True once the server has refused
+        them and dropped every kernel cache of them, so that no operation through them can
+        succeed; False if it did not confirm that within ``timeouts.revoke`` (it is then
+        aborted and killed, and the caller must end the container)."""
+        if not tokens:
+            return True
+        if self.exited.is_set():
+            return False
+        self._revoke_seq += 1
+        seq = self._revoke_seq
+        self._send(fusefs.Revoke(tokens=tuple(sorted(tokens)), reason=reason, seq=seq))
+        with anyio.move_on_after(self.timeouts.revoke):
+            while seq not in self._revoked and not self.exited.is_set():
+                if self._serving:  # serve() reads the socket
+                    self._revoke_answered = anyio.Event()
+                    await self._revoke_answered.wait()
+                    continue
+                message = await self._receive()
+                if message is None:
+                    break
+                self._handle(message)
+        answer = self._revoked.pop(seq, None)
+        if answer is not None and not answer.failed:
+            return True
+        self.failure = (
+            f"its file-system server did not confirm revoking {', '.join(sorted(tokens))} "
+            f"within {self.timeouts.revoke:g}s"
+            if answer is None
+            else f"its file-system server could not drop {answer.failed} kernel cache entries "
+            "of revoked mounts"
+        )
+        _log.error("revocation not confirmed", feature=self.feature, reason=self.failure)
+        await self.abort()
+        return False
 
     # -- ending ------------------------------------------------------------------------
 

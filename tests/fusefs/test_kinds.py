@@ -102,8 +102,8 @@ def test_rw_mount_changes_reach_the_backing_directory(mountpoint: Path, volume: 
         os.link(work / "a.txt", work / "dir" / "hard")
         assert os.stat(volume / "a.txt").st_nlink == 2
 
-        os.chmod(work / "a.txt", 0o6755)  # noqa: S103 - to see set-id dropped
-        assert stat.S_IMODE(os.stat(volume / "a.txt").st_mode) == 0o755  # set-id bits dropped
+        os.chmod(work / "a.txt", 0o755)  # noqa: S103 - a plain mode change is served
+        assert stat.S_IMODE(os.stat(volume / "a.txt").st_mode) == 0o755
         os.truncate(work / "a.txt", 2)
         assert (volume / "a.txt").read_bytes() == b"he"
 
@@ -236,3 +236,21 @@ def test_capsule_directory_holds_the_info_files_and_is_read_only(
         outcomes = {name: errno_of(action) for name, action in refused.items()}
         assert outcomes == dict.fromkeys(refused, errno.EROFS)
         assert read(capsule / "feature") == b"feat\n"
+
+
+def test_chmod_to_set_id_bits_is_refused_with_eperm(mountpoint: Path, volume: Path) -> None:
+    """Set-id bits are never served: a chmod asking for them fails with EPERM (audited) and
+    changes nothing, rather than succeeding with the bits silently dropped."""
+    spec = view(mount("/work", MountKind.RW, volume, token="t-work"))
+    with ServerProcess(spec, str(mountpoint)) as server:
+        work = mountpoint / "work"
+        for mode in (0o4755, 0o2755, 0o6755):
+            assert errno_of(os.chmod, work / "a.txt", mode) == errno.EPERM, oct(mode)
+        assert errno_of(os.chmod, work / "sub", 0o2775) == errno.EPERM
+        assert stat.S_IMODE(os.stat(volume / "a.txt").st_mode) == 0o644
+        assert stat.S_IMODE(os.stat(volume / "sub").st_mode) == 0o755
+        refused = denial(server, operation="chmod", path="/work/a.txt")
+        assert refused.reason == "set-user-ID and set-group-ID bits are never served"
+        assert refused.token == "t-work"
+        os.chmod(work / "a.txt", 0o600)
+        assert stat.S_IMODE(os.stat(volume / "a.txt").st_mode) == 0o600

@@ -49,12 +49,12 @@ def test_symlinks_are_served_as_links_never_followed(
     mountpoint: Path, volumes: tuple[Path, Path, Path]
 ) -> None:
     data, work, _ = volumes
+    (work / "esc").symlink_to("/etc")  # made on the host: the view refuses to make them
+    (work / "up").symlink_to("../../../../../..")
     with ServerProcess(_view(*volumes), str(mountpoint)):
         assert os.readlink(mountpoint / "data" / "root") == "/"
         assert stat.S_ISLNK(os.lstat(mountpoint / "data" / "root").st_mode)
-        os.symlink("/etc", mountpoint / "work" / "esc")
-        os.symlink("../../../../../..", mountpoint / "work" / "up")
-        assert os.readlink(work / "esc") == "/etc"  # stored as given, not resolved
+        assert os.readlink(mountpoint / "work" / "esc") == "/etc"  # served, not resolved
         assert os.readlink(mountpoint / "work" / "up") == "../../../../../.."
         fd = os.open(mountpoint / "work" / "esc", os.O_RDONLY | os.O_NOFOLLOW | os.O_PATH)
         try:
@@ -65,6 +65,52 @@ def test_symlinks_are_served_as_links_never_followed(
             errno.ELOOP
         )
     assert os.readlink(data / "root") == "/"
+
+
+def test_symlinks_that_lead_out_of_a_writable_mount_are_refused(
+    mountpoint: Path, volumes: tuple[Path, Path, Path]
+) -> None:
+    """A host program walking a read-write volume would follow a symlink the feature left
+    there: one to an absolute path, or one that climbs out of the mount, is refused with
+    EPERM (audited) and never reaches the volume; links that stay inside are made."""
+    _, work, private = volumes
+    (work / "a" / "b").mkdir(parents=True)
+    with ServerProcess(_view(*volumes), str(mountpoint)) as server:
+        inside = mountpoint / "work"
+        refused = {
+            "/etc": inside / "abs",
+            "/": inside / "a" / "root",
+            "..": inside / "up",
+            "../work/file": inside / "sideways",
+            "../../..": inside / "a" / "b" / "up3",
+            "b/../../..": inside / "a" / "after-name",
+            "./.././../x": inside / "a" / "dotted",
+            "x/..": inside / "back",
+        }
+        for target, link in refused.items():
+            assert errno_of(os.symlink, target, link) == errno.EPERM, target
+            assert not os.path.lexists(work / link.relative_to(inside)), target
+        assert errno_of(os.symlink, "/etc", mountpoint / "private" / "abs") == errno.EPERM
+        allowed = {
+            "file": inside / "to-file",
+            "a/b": inside / "to-b",
+            "../file": inside / "a" / "to-file",
+            "../../a": inside / "a" / "b" / "to-a",
+            "./b/": inside / "a" / "dot-b",
+        }
+        for target, link in allowed.items():
+            os.symlink(target, link)
+            assert os.readlink(work / link.relative_to(inside)) == target
+        assert not os.path.lexists(private / "abs")
+        denied = denial(server, operation="symlink", path="/work/abs")
+        assert denied.reason == "a symlink to an absolute path is refused"
+        assert denied.token == "t-work"  # noqa: S105 - a token id, not a secret
+        assert denial(server, path="/work/up").reason == (
+            "a symlink that leads out of its mount is refused"
+        )
+        assert denial(server, path="/work/back").reason == (
+            "a symlink with '..' after a name is refused"
+        )
 
 
 @needs_root

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from fusefs import MountKind, Revoked, ServerProcess
+from fusefs._policy import EXPIRY_LEAD
 from tests.fusefs._support import (
     client,
     denial,
@@ -50,7 +52,9 @@ def test_revoking_a_token_closes_its_mount_even_for_open_files(
         try:
             assert os.pread(fd, 100, 0) == b"x" * 100
             revoked = server.revoke("t-data")
-            assert revoked == Revoked(tokens=("t-data",), mounts=("/data",), reason="revoked")
+            assert revoked == Revoked(
+                tokens=("t-data",), mounts=("/data",), reason="revoked", seq=revoked.seq
+            )
             assert errno_of(os.pread, fd, 100, 0) == errno.EACCES  # the page cache was dropped
             assert errno_of(os.pread, fd, 100, 5000) == errno.EACCES
             assert errno_of(os.stat, mountpoint / "data" / "file") == errno.EACCES
@@ -83,9 +87,8 @@ def test_revoking_tokens_that_close_nothing_answers_with_no_mounts(
     spec = view(mount("/data", MountKind.RO, data, token="t-data"))
     with ServerProcess(spec, str(mountpoint), timeout=5.0) as server:
         started = time.monotonic()
-        assert server.revoke("t-unknown") == Revoked(
-            tokens=("t-unknown",), mounts=(), reason="revoked"
-        )
+        unknown = server.revoke("t-unknown")
+        assert unknown == Revoked(tokens=("t-unknown",), mounts=(), reason="revoked", seq=1)
         assert server.revoke("t-data").mounts == ("/data",)
         assert server.revoke("t-data").mounts == ()  # closed already
         assert time.monotonic() - started < 2.5  # answered, not timed out
@@ -116,7 +119,7 @@ def test_an_expired_grant_stops_working_on_its_own(
     mountpoint: Path, volumes: tuple[Path, Path]
 ) -> None:
     data, work = volumes
-    expires = time.time() + 1.0
+    expires = time.time() + 1.0 + EXPIRY_LEAD
     spec = view(
         mount("/data", MountKind.RO, data, token="t-short", expires=expires),
         mount("/work", MountKind.RW, work, token="t-long", expires=time.time() + 3600),
@@ -126,7 +129,9 @@ def test_an_expired_grant_stops_working_on_its_own(
         try:
             assert os.pread(fd, 10, 0) == b"x" * 10
             revoked = server.wait_for(Revoked, timeout=5.0)
-            assert time.time() >= expires
+            # closed and its caches dropped before the token's expiry (a tenth of this short
+            # grant's lifetime before it), not after it
+            assert expires - EXPIRY_LEAD <= time.time() < expires
             assert revoked == Revoked(tokens=("t-short",), mounts=("/data",), reason="expired")
             wait_until(lambda: errno_of(os.stat, mountpoint / "data" / "file") == errno.EACCES)
             assert errno_of(os.pread, fd, 10, 0) == errno.EACCES
@@ -135,6 +140,61 @@ def test_an_expired_grant_stops_working_on_its_own(
         assert denial(server, operation="getattr", path="/data/file").reason == "token expired"
         assert read(mountpoint / "work" / "file") == b"x" * 10000
         assert "/data ro ro expired " in read(mountpoint / "capsule" / "mounts").decode()
+
+
+def test_no_cached_operation_outlives_the_expiry_of_a_grant(
+    tmp_path: Path, mountpoint: Path
+) -> None:
+    """With 20,000 files known to the kernel, threads read an open file (page cache),
+    fstat it and stat known names as the token expires: not one operation started at or
+    after the expiry succeeds (the mount closed EXPIRY_LEAD before, caches dropped)."""
+    data = tmp_path / "big"
+    for d in range(20):
+        (data / f"d{d}").mkdir(parents=True)
+        for f in range(1000):
+            (data / f"d{d}" / f"f{f}").write_bytes(b"x" * 4096)
+    expires = time.time() + 10 * EXPIRY_LEAD  # long enough to close EXPIRY_LEAD early
+    spec = view(mount("/big", MountKind.RO, data, token="t-big", expires=expires))
+    with ServerProcess(spec, str(mountpoint)) as server:
+        big = mountpoint / "big"
+        for d in range(20):
+            assert len(os.listdir(big / f"d{d}")) == 1000  # the kernel learns every file
+        fd = os.open(big / "d0" / "f0", os.O_RDONLY)
+        names = [big / f"d{d}" / f"f{f}" for d in range(1, 20) for f in range(0, 1000, 100)]
+        operations = {
+            "read": lambda: os.pread(fd, 4096, 0),
+            "fstat": lambda: os.fstat(fd),
+            "stat": lambda: [os.stat(name) for name in names[:20]],
+        }
+        stop = threading.Event()
+        seen = {name: {"ok_after": 0, "ok_before": 0, "failed_after": 0} for name in operations}
+
+        def hammer(name: str) -> None:
+            while not stop.is_set():
+                started = time.time()  # the clock expiry is measured in
+                outcome = "ok" if errno_of(operations[name]) is None else "failed"
+                when = "after" if started >= expires else "before"
+                if outcome == "ok" or when == "after":
+                    seen[name][f"{outcome}_{when}"] += 1
+
+        threads = [threading.Thread(target=hammer, args=(name,)) for name in operations]
+        try:
+            for thread in threads:
+                thread.start()
+            server.wait_for(Revoked, timeout=15.0)
+            while time.time() < expires + 0.3:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+            os.close(fd)
+    assert {name: kind["ok_after"] for name, kind in seen.items()} == dict.fromkeys(
+        operations, 0
+    ), seen
+    for name, kind in seen.items():
+        assert kind["ok_before"] > 0, (name, seen)
+        assert kind["failed_after"] > 0, (name, seen)
 
 
 def test_a_grant_that_expired_before_the_start_never_works(

@@ -651,7 +651,7 @@ async def test_revocation_takes_effect_before_the_next_message(capsule_app: Test
                 return await sup.call("victim", "heard") == ["before"]
 
             await _eventually(victim_heard_it)
-            revoked = sup.revoke(root.token_id)
+            revoked = await sup.revoke(root.token_id)
             after = [
                 await sup.call("victim", "probe", _request("dictionary", "lookup")),
                 await sup.call("attacker", "probe", _request("dictionary", "secret", child)),

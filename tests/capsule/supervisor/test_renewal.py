@@ -208,7 +208,7 @@ async def test_revoking_a_token_revokes_its_renewals(capsule_app: TestApp) -> No
             current = set(_ids(sup, "worker"))
             revoked: set[str] = set()
             for token_id in first:
-                revoked |= sup.revoke(token_id)
+                revoked |= await sup.revoke(token_id)
             assert current <= revoked
             denied = await sup.call("worker", "call_peer", "y")
             assert sup.feature("worker").tokens() == ()

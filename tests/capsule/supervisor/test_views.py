@@ -84,10 +84,11 @@ async def tour(ctx: Context, request: Any) -> Any:
 
 
 async def escape(ctx: Context, request: Any) -> Any:
-    """Path tricks from inside: links to / and /etc, .. chains, a hard link across mounts."""
-    os.symlink("/", "/notes/to-root")
-    os.symlink("/etc", "/notes/to-etc")
+    """Path tricks from inside: links to / and /etc (made by the host: the view refuses to
+    make them), .. chains, a hard link across mounts."""
     return {
+        "make_root_link": _errno_of(lambda: os.symlink("/", "/notes/to-root-again")),
+        "make_up_link": _errno_of(lambda: os.symlink("../..", "/notes/many/up")),
         "root_link": os.readlink("/notes/to-root"),
         "through_root": sorted(os.listdir("/notes/to-root/notes")),
         "via_etc_link": _errno_of(lambda: open("/notes/to-etc/passwd").close()),
@@ -274,14 +275,19 @@ async def test_each_kind_of_mount_behaves_as_granted(tmp_path: Path) -> None:
 
 @pytest.mark.trio
 async def test_path_tricks_from_inside_stay_inside_the_view(tmp_path: Path) -> None:
-    """A symlink to / written into a writable view resolves in the container's own root
-    (which holds the view, not the host); .. chains and links to /etc find nothing; a hard
-    link across mounts fails with EXDEV; a FIFO cannot be made (Landlock refuses it before
-    the server would)."""
+    """A symlink to / in a writable volume resolves in the container's own root (which
+    holds the view, not the host); the container cannot make one (EPERM), nor one that
+    climbs out of the mount; .. chains and links to /etc find nothing; a hard link across
+    mounts fails with EXDEV; a FIFO cannot be made (Landlock refuses it before the server
+    would)."""
     app = _view_app(tmp_path)
+    os.symlink("/", tmp_path / "volumes" / "notes" / "to-root")
+    os.symlink("/etc", tmp_path / "volumes" / "notes" / "to-etc")
     async with app.open() as sup:
         with trio.fail_after(20):
             seen = await sup.call("writer", "escape")
+    assert seen["make_root_link"] == "EPERM"
+    assert seen["make_up_link"] == "EPERM"
     assert seen["root_link"] == "/"
     assert "to-root" in seen["through_root"]  # / of the container is where /notes lives
     assert seen["via_etc_link"] == "ENOENT"
@@ -290,6 +296,7 @@ async def test_path_tricks_from_inside_stay_inside_the_view(tmp_path: Path) -> N
     assert seen["fifo"] in {"EACCES", "EPERM"}
     assert os.readlink(tmp_path / "volumes" / "notes" / "to-root") == "/"
     assert not (tmp_path / "volumes" / "notes" / "linked").exists()
+    assert not (tmp_path / "volumes" / "notes" / "to-root-again").is_symlink()
     assert leftovers() == []
 
 
@@ -297,9 +304,9 @@ async def test_path_tricks_from_inside_stay_inside_the_view(tmp_path: Path) -> N
 async def test_revoking_the_fs_token_closes_the_view_while_a_file_is_open(
     tmp_path: Path,
 ) -> None:
-    """After ``sup.revoke``, the next read of an already open file fails with EACCES, and so
-    does every other access through the mounts that token granted; the denial and the
-    revocation are audited with the token id; the other feature reads on."""
+    """Once ``await sup.revoke`` returns, the next read of an already open file fails with
+    EACCES, and so does every other access through the mounts that token granted; the
+    denial and the revocation are audited with the token id; the other feature reads on."""
     app = _view_app(tmp_path)
     async with app.open() as sup:
         with trio.fail_after(30):
@@ -310,16 +317,13 @@ async def test_revoking_the_fs_token_closes_the_view_while_a_file_is_open(
                 "notes": "ok",
             }
             token = _fs_token(sup, "writer")
-            assert token in sup.revoke(token)
-            outcomes: list[Any] = []
-
-            async def closed() -> bool:
-                outcomes.append(await sup.call("writer", "read_held"))
-                return outcomes[-1]["read"] == "EACCES"
-
-            while not await closed():  # noqa: ASYNC110 - the server applies it within ms
-                await trio.sleep(0.01)
-            assert outcomes[-1] == {"read": "EACCES", "stat": "EACCES", "notes": "EACCES"}
+            assert token in await sup.revoke(token)
+            # revoke() returned: the very next read fails, not one served from the cache
+            assert await sup.call("writer", "read_held") == {
+                "read": "EACCES",
+                "stat": "EACCES",
+                "notes": "EACCES",
+            }
             assert await sup.call("reader", "read_words") == "alpha\nbeta\n"
     events = _audit(app)
     revoked = [e for e in events if e["event"] == "fs-revoke"]
