@@ -89,11 +89,15 @@ ToServer: TypeAlias = Serve | Revoke | Probe | Shutdown | Rekey
 
 
 class Mounted(_Msg, tag="mounted", frozen=True):
-    """The view is mounted and served; ``connection`` names /sys/fs/fuse/connections/N."""
+    """The view is mounted and served; ``connection`` names /sys/fs/fuse/connections/N.
+
+    ``notice`` says what a limit the server could not raise means (empty when none): the
+    owner logs it, where its own logs go."""
 
     pid: int
     connection: int | None
     mountpoint: str
+    notice: str = ""
 
 
 class Denied(_Msg, tag="denied", frozen=True):

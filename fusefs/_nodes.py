@@ -1,26 +1,31 @@
 """The server's inode table: synthetic directories, the /capsule/ files, and backing nodes,
-each of which holds an ``O_PATH`` descriptor of the file it stands for.
+each of which stands for a file it reaches by an ``O_PATH`` descriptor.
 
-Backing nodes are reached only by single-component ``openat(parent_fd, name,
-O_PATH | O_NOFOLLOW)`` from their mount's root descriptor, never by a path string, so
-``..``, symlinks and renames cannot lead outside a mount: a symlink is a node of its own
-(the container's kernel resolves it inside the container's root), and a renamed file
-keeps its descriptor. Decides nothing about policy.
+Backing nodes are reached only by single-component ``openat2(parent_fd, name, O_PATH |
+O_NOFOLLOW, RESOLVE_BENEATH | RESOLVE_NO_XDEV)`` from their mount's root descriptor,
+never by a path string, so ``..``, symlinks and renames cannot lead outside a mount: a
+symlink is a node of its own (the container's kernel resolves it inside the container's
+root), and renames through the view are followed. A bounded number of descriptors stay
+open (``_descriptors``); a node whose descriptor was closed is reopened the same way,
+from its parent's, and must still be the same file (device and inode) or the caller
+gets ``ESTALE``. Decides nothing about policy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import os
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 import pyfuse3
 
 from fusefs import _sys
+from fusefs._descriptors import DEFAULT_CAPACITY, Descriptors
 from fusefs._policy import MountState
 
 __all__ = ["Kind", "Node", "NodeTable", "SpecialFileError", "proc_path"]
@@ -41,7 +46,8 @@ class SpecialFileError(Exception):
 @dataclass(slots=True, eq=False)
 class Node:
     """One inode the kernel knows. ``fd`` is -1 until the node is first used (a directory
-    listing names many files it never opens); :meth:`NodeTable.fd` opens it then."""
+    listing names many files it never opens) and after its descriptor was evicted;
+    :meth:`NodeTable.fd` opens it then."""
 
     ino: int
     kind: Kind
@@ -49,9 +55,9 @@ class Node:
     name: bytes
     mount: MountState | None = None
     fd: int = -1
-    key: tuple[int, int, int] | None = None  # (mount index, st_dev, st_ino)
+    key: int = -1  # the file's identity in its mount: see _identity
     lookups: int = 0
-    children: dict[bytes, int] = field(default_factory=dict)  # synthetic directories
+    children: dict[bytes, int] | None = None  # synthetic directories only
     content: Callable[[], bytes] | None = None  # info files
     cache_key: tuple[int, int] | None = None  # (mtime_ns, size) the kernel's cache holds
     is_root: bool = False  # a mount's root: lives as long as the view
@@ -65,10 +71,13 @@ def proc_path(fd: int) -> str:
 class NodeTable:
     """Inode number -> Node, with lookup counts as the kernel holds them."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        self.descriptors = Descriptors(capacity)
         self._nodes: dict[int, Node] = {}
-        self._by_key: dict[tuple[int, int, int], int] = {}
-        self._by_name: dict[tuple[int, bytes], int] = {}  # (parent, name) -> the node there
+        self._by_key: dict[int, int] = {}
+        # parent -> name -> the node there: one dict per directory, and no (parent, name)
+        # tuple per node, which would cost a third more memory per node
+        self._by_name: dict[int, dict[bytes, int]] = {}
         self.roots: dict[int, Node] = {}  # mount index -> the node of its root
         self._next = pyfuse3.ROOT_INODE
         self.root = self.synthetic(pyfuse3.ROOT_INODE, b"")
@@ -83,7 +92,7 @@ class NodeTable:
         self._nodes[node.ino] = node
         if node.parent in self._nodes and node.ino != node.parent:
             parent = self._nodes[node.parent]
-            if parent.kind is not Kind.BACKING:
+            if parent.children is not None:
                 parent.children[node.name] = node.ino
         return node
 
@@ -93,50 +102,73 @@ class NodeTable:
         return ino
 
     def synthetic(self, parent: int, name: bytes) -> Node:
-        return self._add(Node(self._number(), Kind.SYNTHETIC, parent, name, lookups=1))
+        node = Node(self._number(), Kind.SYNTHETIC, parent, name, lookups=1, children={})
+        return self._add(node)
 
     def info(self, parent: int, name: bytes, content: Callable[[], bytes]) -> Node:
         return self._add(Node(self._number(), Kind.INFO, parent, name, content=content, lookups=1))
 
     def mount_root(self, parent: int, name: bytes, mount: MountState, fd: int) -> Node:
         st = os.fstat(fd)
-        node = Node(self._number(), Kind.BACKING, parent, name, mount, fd, lookups=1)
+        node = Node(self._number(), Kind.BACKING, parent, name, mount, lookups=1)
         node.is_root = True
-        node.key = (mount.index, st.st_dev, st.st_ino)
+        self.descriptors.add(node, fd, root=True)
+        node.key = _identity(mount, st)
         self.roots[mount.index] = node
         self._by_key[node.key] = node.ino
         return self._add(node)
 
     def fd(self, node: Node) -> int:
-        """The node's O_PATH descriptor, opened now from its parent's if it has none yet.
+        """The node's O_PATH descriptor, opened now from its parent's if it has none (and
+        the parent's from its own, up to the first one open: a mount's root always is).
 
-        Raises FUSEError(ESTALE) when the name now names another file, and
+        Valid until the handler that asked returns (see :meth:`settle`). Raises
+        FUSEError(ESTALE) when a name on the way now names another file or none, and
         SpecialFileError when it crosses into another file system."""
         if node.fd >= 0:
             return node.fd
-        parent = self._nodes.get(node.parent)
-        if parent is None or parent.kind is not Kind.BACKING or node.key is None:
-            raise pyfuse3.FUSEError(errno.ESTALE)
-        fd = _open_beneath(self.fd(parent), node.name)
+        closed: list[Node] = []
+        while node.fd < 0:
+            parent = self._nodes.get(node.parent)
+            if parent is None or parent.kind is not Kind.BACKING or not node.name:
+                raise pyfuse3.FUSEError(errno.ESTALE)  # forgotten, or unlinked unopened
+            closed.append(node)
+            node = parent
+        dir_fd = node.fd
+        for node in reversed(closed):
+            dir_fd = self._reopen(dir_fd, node)
+        return dir_fd
+
+    def _reopen(self, dir_fd: int, node: Node) -> int:
+        try:
+            fd = _open_beneath(dir_fd, node.name)
+        except FileNotFoundError:
+            raise pyfuse3.FUSEError(errno.ESTALE) from None  # renamed or removed outside
         st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != node.key[1:]:
+        assert node.mount is not None  # noqa: S101 - backing nodes always have a mount
+        if _identity(node.mount, st) != node.key:
             os.close(fd)
             raise pyfuse3.FUSEError(errno.ESTALE)
-        node.fd = fd
+        self.descriptors.add(node, fd)
         return fd
+
+    def settle(self) -> None:
+        """Close the descriptors evicted since the last call: only between requests."""
+        self.descriptors.settle()
 
     def child(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
         """The node for ``name`` in backing directory ``parent``, opened, its lookup count
         raised."""
         return self.adopt(parent, name, _open_beneath(self.fd(parent), name))
 
-    def listed(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
+    def listed(self, parent: Node, name: bytes, dir_fd: int) -> tuple[Node, os.stat_result]:
         """Like :meth:`child` for an entry of a directory listing, but a file or symlink gets
         no descriptor until it is used (a stat is cheaper than an open). Directories are
         opened at once, so one with another file system mounted on it is never listed; a
-        file with one mounted on it is refused when first used."""
-        st = os.stat(name, dir_fd=self.fd(parent), follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
+        file with one mounted on it is refused when first used. ``dir_fd`` is
+        ``self.fd(parent)``, asked for once per listing request."""
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if st.st_mode & 0o170000 == stat.S_IFDIR:
             return self.child(parent, name)
         return self._entry(parent, name, st), st
 
@@ -149,7 +181,7 @@ class NodeTable:
             os.close(fd)
             raise
         if node.fd < 0:
-            node.fd = fd
+            self.descriptors.add(node, fd)
         else:
             os.close(fd)
         return node, st
@@ -160,27 +192,47 @@ class NodeTable:
         assert mount is not None  # noqa: S101 - backing nodes always have a mount
         if stat.S_IFMT(st.st_mode) not in _SERVED_TYPES:
             raise SpecialFileError("a device node, socket or FIFO is never served")
-        if mount.dev is not None and st.st_dev != mount.dev:
-            raise SpecialFileError("another file system is mounted here")
-        key = (mount.index, st.st_dev, st.st_ino)
+        key = _identity(mount, st)
         known = self._by_key.get(key)
-        if known is not None:
+        if known is not None:  # its device was checked when it became known
             node = self._nodes[known]
-            self._rename(node, parent.ino, name)
+            names = self._by_name.get(parent.ino)
+            if names is None or names.get(name) != known:  # moved, or a link's other name
+                self._rename(node, parent.ino, name)
+        elif mount.dev is not None and st.st_dev != mount.dev:
+            raise SpecialFileError("another file system is mounted here")
         else:
             node = Node(self._number(), Kind.BACKING, parent.ino, name, mount, key=key)
             self._by_key[key] = node.ino
             self._nodes[node.ino] = node
-            self._by_name[(parent.ino, name)] = node.ino
+            self._by_name.setdefault(parent.ino, {})[name] = node.ino
         node.lookups += 1
         return node
 
     def _rename(self, node: Node, parent: int, name: bytes) -> None:
-        if (node.parent, node.name) != (parent, name):
-            if self._by_name.get((node.parent, node.name)) == node.ino:
-                del self._by_name[(node.parent, node.name)]
-            node.parent, node.name = parent, name
-        self._by_name[(parent, name)] = node.ino
+        self._unname(node)
+        node.parent, node.name = parent, name
+        self._by_name.setdefault(parent, {})[name] = node.ino
+
+    def _named(self, parent: int, name: bytes, *, pop: bool = False) -> int | None:
+        """The node at ``name`` in ``parent``, if the table knows one (removed, if ``pop``)."""
+        names = self._by_name.get(parent)
+        if names is None:
+            return None
+        if not pop:
+            return names.get(name)
+        ino = names.pop(name, None)
+        if not names:
+            del self._by_name[parent]
+        return ino
+
+    def _unname(self, node: Node) -> None:
+        """Forget that ``node`` is at its name, unless another node is there now."""
+        names = self._by_name.get(node.parent)
+        if names is not None and names.get(node.name) == node.ino:
+            del names[node.name]
+            if not names:
+                del self._by_name[node.parent]
 
     def forget(self, ino: int, count: int) -> None:
         node = self._nodes.get(ino)
@@ -189,27 +241,37 @@ class NodeTable:
         node.lookups -= count
         if node.lookups <= 0:
             del self._nodes[ino]
-            if node.key is not None:
-                self._by_key.pop(node.key, None)
-            if self._by_name.get((node.parent, node.name)) == ino:
-                del self._by_name[(node.parent, node.name)]
-            if node.fd >= 0:
-                os.close(node.fd)
+            self._by_key.pop(node.key, None)
+            self._unname(node)
+            self.descriptors.discard(node)
+
+    def keep(self, parent: Node, name: bytes) -> None:
+        """``name`` in ``parent`` is about to be unlinked or replaced: if the kernel knows
+        its node, open it now, as nothing can reopen it once it has no name."""
+        ino = self._named(parent.ino, name)
+        node = self._nodes.get(ino) if ino is not None else None
+        if node is not None and node.fd < 0:
+            # the name no longer leads to this node (changed outside the view): then there
+            # is nothing of it to keep, and the operation on the name goes ahead
+            with contextlib.suppress(pyfuse3.FUSEError, OSError, SpecialFileError):
+                self.fd(node)
+
+    def _unnamed(self, ino: int | None) -> None:
+        node = None if ino is None else self._nodes.get(ino)
+        if node is not None:
+            node.name = b""  # reached by its descriptor only, until the kernel forgets it
+            self.descriptors.pin(node)
 
     def moved(self, old_parent: int, old: bytes, new_parent: int, new: bytes) -> None:
         """Follow a rename: the node at the old name is now at the new one."""
-        replaced = self._by_name.pop((new_parent, new), None)
-        if replaced is not None and replaced in self._nodes:
-            self._nodes[replaced].name = b""  # unlinked: reached by its descriptor only
-        ino = self._by_name.get((old_parent, old))
+        self._unnamed(self._named(new_parent, new, pop=True))
+        ino = self._named(old_parent, old)
         if ino is not None and ino in self._nodes:
             self._rename(self._nodes[ino], new_parent, new)
 
     def unlinked(self, parent: int, name: bytes) -> None:
         """``name`` in ``parent`` is gone: its node keeps only its descriptor, if it has one."""
-        ino = self._by_name.pop((parent, name), None)
-        if ino is not None and ino in self._nodes:
-            self._nodes[ino].name = b""
+        self._unnamed(self._named(parent, name, pop=True))
 
     def depth(self, node: Node) -> int:
         """How many directories below its mount's root a backing node is (the root: 0)."""
@@ -240,13 +302,15 @@ class NodeTable:
         ]
 
     def close(self) -> None:
-        for node in self._nodes.values():
-            if node.fd >= 0:
-                os.close(node.fd)
-                node.fd = -1
+        self.descriptors.close()
         self._nodes.clear()
         self._by_key.clear()
         self._by_name.clear()
+
+
+def _identity(mount: MountState, st: os.stat_result) -> int:
+    """(mount, st_dev, st_ino) as one int: a node's key, smaller than the tuple by half."""
+    return ((st.st_ino << 64 | st.st_dev) << 16) | mount.index
 
 
 def _open_beneath(dir_fd: int, name: bytes) -> int:

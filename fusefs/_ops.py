@@ -15,7 +15,7 @@ import os
 import stat
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -29,21 +29,27 @@ __all__ = ["ViewOperations"]
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _STRIP: Final = stat.S_ISUID | stat.S_ISGID
+_SHOWN: Final = ~_STRIP
+_SHOWN_READ_ONLY: Final = ~(_STRIP | 0o222)
 _OPEN_DROP: Final = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_PATH
 _INFO_FH: Final = 1 << 62  # file handles at and above this are /capsule/ snapshots
 
 
-def _errno_boundary(
-    handler: Callable[_P, Coroutine[Any, Any, _R]],
-) -> Callable[_P, Coroutine[Any, Any, _R]]:
-    """The one place where an OSError of a backing call becomes the errno the caller sees."""
+_Handler = Callable[Concatenate["ViewOperations", _P], Coroutine[Any, Any, _R]]
+
+
+def _errno_boundary(handler: _Handler[_P, _R]) -> _Handler[_P, _R]:
+    """The one place where an OSError of a backing call becomes the errno the caller sees;
+    and where, once a handler is done, the descriptors evicted while it ran are closed."""
 
     @functools.wraps(handler)
-    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+    async def wrapper(self: ViewOperations, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
-            return await handler(*args, **kwargs)
+            return await handler(self, *args, **kwargs)
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        finally:
+            self.nodes.settle()
 
     return wrapper
 
@@ -52,6 +58,19 @@ def _name(name: bytes) -> bytes:
     if name in (b"", b".", b"..") or b"/" in name or b"\0" in name:
         raise pyfuse3.FUSEError(errno.EINVAL)
     return name
+
+
+def _fill(attrs: pyfuse3.EntryAttributes, st: os.stat_result, *, writable: bool) -> None:
+    """The attributes of a backing file as the view shows them: no set-id bits, and no
+    write bits in a read-only mount."""
+    attrs.st_mode = st.st_mode & (_SHOWN if writable else _SHOWN_READ_ONLY)
+    attrs.st_nlink = st.st_nlink
+    attrs.st_size = st.st_size
+    attrs.st_blocks = st.st_blocks
+    attrs.st_blksize = st.st_blksize
+    attrs.st_atime_ns = st.st_atime_ns
+    attrs.st_mtime_ns = st.st_mtime_ns
+    attrs.st_ctime_ns = st.st_ctime_ns
 
 
 @dataclass(slots=True)
@@ -98,17 +117,8 @@ class ViewOperations(pyfuse3.Operations):
         view = self.policy.view
         attrs.st_uid, attrs.st_gid = view.uid, view.gid
         if node.kind is Kind.BACKING:
-            st = st or os.fstat(self._fd(node))
-            mode = st.st_mode & ~_STRIP
-            if node.mount is None or not node.mount.spec.writable:
-                mode &= ~0o222
-            attrs.st_mode = mode
-            attrs.st_nlink = st.st_nlink
-            attrs.st_size = st.st_size
-            attrs.st_blocks = st.st_blocks
-            attrs.st_blksize = st.st_blksize
-            attrs.st_atime_ns, attrs.st_mtime_ns = st.st_atime_ns, st.st_mtime_ns
-            attrs.st_ctime_ns = st.st_ctime_ns
+            writable = node.mount is not None and node.mount.spec.writable
+            _fill(attrs, st or os.fstat(self._fd(node)), writable=writable)
         elif node.kind is Kind.INFO:
             assert node.content is not None  # noqa: S101 - info nodes always have content
             attrs.st_mode = stat.S_IFREG | 0o444
@@ -207,6 +217,8 @@ class ViewOperations(pyfuse3.Operations):
         name = _name(name)
         if parent.kind is not Kind.BACKING:
             self.policy.caller(ctx.uid, "lookup", self._where(parent), None)
+            if parent.children is None:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
             child = self.nodes[parent.children.get(name, -1)]
             child.lookups += 1
             return self._attrs(child)
@@ -217,6 +229,7 @@ class ViewOperations(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self.nodes.forget(ino, count)
+        self.nodes.settle()
 
     @_errno_boundary
     async def getattr(
@@ -383,6 +396,7 @@ class ViewOperations(pyfuse3.Operations):
         name = _name(name)
         mount = self._check(parent, ctx, "unlink", write=True, name=name)
         self._release_entry(mount, parent, name)
+        self.nodes.keep(parent, name)
         os.unlink(name, dir_fd=self._fd(parent))
         self.nodes.unlinked(parent.ino, name)
 
@@ -414,6 +428,7 @@ class ViewOperations(pyfuse3.Operations):
         if not flags & _sys.RENAME_EXCHANGE:
             with contextlib.suppress(FileNotFoundError):
                 self._release_entry(mount, new, name_new)
+            self.nodes.keep(new, name_new)
         _sys.renameat2(self._fd(old), name_old, self._fd(new), name_new, flags)
         self.nodes.moved(old.ino, name_old, new.ino, name_new)
 
@@ -495,12 +510,8 @@ class ViewOperations(pyfuse3.Operations):
         node = self.nodes[inode]
         if node.kind is Kind.BACKING:
             self._check(node, ctx, "readdir", write=False)
-            fd = os.open(proc_path(self._fd(node)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                names = [os.fsencode(name) for name in os.listdir(fd)]
-            finally:
-                os.close(fd)
-        elif node.kind is Kind.SYNTHETIC:
+            names = os.listdir(os.fsencode(proc_path(self._fd(node))))
+        elif node.children is not None:
             self.policy.caller(ctx.uid, "readdir", self._where(node), None)
             names = sorted(node.children)
         else:
@@ -512,27 +523,35 @@ class ViewOperations(pyfuse3.Operations):
     @_errno_boundary
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self._listings[fh]
-        if listing.node.mount is not None:  # opened before a revocation, read after it
-            self.policy.check(listing.node.mount, "readdir", self._where(listing.node), write=False)
-        for index in range(start_id, len(listing.names)):
-            name = listing.names[index]
-            node, attrs = self._entry(listing.node, name)
-            if node is None:
-                continue
-            if not pyfuse3.readdir_reply(token, name, attrs, index + 1):
+        directory, names = listing.node, listing.names
+        if directory.mount is not None:  # opened before a revocation, read after it
+            self.policy.check(directory.mount, "readdir", self._where(directory), write=False)
+        if directory.kind is not Kind.BACKING:
+            for index in range(start_id, len(names)):
+                child = self.nodes[directory.children[names[index]]]  # type: ignore[index]
+                child.lookups += 1
+                if not pyfuse3.readdir_reply(token, names[index], self._attrs(child), index + 1):
+                    child.lookups -= 1
+                    return
+            return
+        # The hot loop of a listing: one stat per entry and one attributes object refilled
+        # for each (readdir_reply copies it), nothing else that costs per entry.
+        mount = directory.mount
+        writable = mount is not None and mount.spec.writable
+        attrs = self._attrs(directory)
+        listed, reply = self.nodes.listed, pyfuse3.readdir_reply
+        dir_fd = self._fd(directory)  # stays open until this handler returns
+        for index in range(start_id, len(names)):
+            name = names[index]
+            try:
+                node, st = listed(directory, name, dir_fd)
+            except (OSError, SpecialFileError):
+                continue  # gone since the listing, or never served: not listed
+            attrs.st_ino = node.ino
+            _fill(attrs, st, writable=writable)
+            if not reply(token, name, attrs, index + 1):
                 self.nodes.forget(node.ino, 1)
                 return
-
-    def _entry(self, directory: Node, name: bytes) -> tuple[Node | None, Any]:
-        if directory.kind is not Kind.BACKING:
-            child = self.nodes[directory.children[name]]
-            child.lookups += 1
-            return child, self._attrs(child)
-        try:
-            node, st = self.nodes.listed(directory, name)
-        except (OSError, SpecialFileError):
-            return None, None  # gone since the listing, or never served: not listed
-        return node, self._attrs(node, st)
 
     async def releasedir(self, fh: int) -> None:
         self._listings.pop(fh, None)

@@ -3,12 +3,14 @@ benchmarks that use fusefs without capsule.
 
 Starts ``python -m fusefs FD``, hands it the view over the control socket, collects what
 it reports on a reader thread, and on exit stops it and unmounts. It never stats or
-opens the mount itself.
+opens the mount itself. What the server says of a limit it could not raise is logged as a
+warning of the ``fusefs`` logger.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import subprocess
@@ -39,6 +41,8 @@ from fusefs._lifecycle import abort_connection, unmount
 from fusefs._spec import ViewSpec
 
 __all__ = ["ServerError", "ServerProcess"]
+
+_log = logging.getLogger("fusefs")
 
 _M = TypeVar("_M", bound=FromServer)
 _STOP_WAIT: Final = 5.0
@@ -78,6 +82,8 @@ class ServerProcess:
         except BaseException:
             self.close()
             raise
+        if self.mounted.notice:  # a limit the server could not raise, and what it means
+            _log.warning("%s", self.mounted.notice)
 
     # -- reporting ------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from fusefs._control import (
     decode_to_server,
     encode,
 )
+from fusefs._descriptors import capacity_for
 from fusefs._lifecycle import connection_of
 from fusefs._nodes import NodeTable
 from fusefs._ops import ViewOperations
@@ -49,6 +50,8 @@ __all__ = ["Confine", "serve"]
 #: writes beneath each; it may restrict the process (Landlock) to them. Given by the owner.
 Confine = Callable[[Sequence[tuple[str, bool]]], None]
 
+#: the open-file limit the server asks for: descriptors of known files (a bounded number,
+#: see _descriptors) and the files the container holds open through the view
 _NOFILE: Final = 65536
 _FLUSH_INTERVAL: Final = 1.0
 #: the mount's readahead: libfuse 3's largest read request (max_pages 256), where the
@@ -57,13 +60,15 @@ _READAHEAD_KB: Final = 1024
 
 
 class _Server:
-    def __init__(self, view: ViewSpec, mountpoint: str, control: socket.socket) -> None:
+    def __init__(
+        self, view: ViewSpec, mountpoint: str, control: socket.socket, *, descriptors: int
+    ) -> None:
         self.view = view
         self.mountpoint = mountpoint
         self.control = control
         self.dropped = 0
         self.policy = ViewPolicy(view, self.send)
-        self.nodes = NodeTable()
+        self.nodes = NodeTable(descriptors)
         self.ops = ViewOperations(self.policy, self.nodes)
         self.closer = Closer(self.policy, self.nodes, self.send)
         self.readahead: int | None = None  # the mount's read_ahead_kb, opened before confine
@@ -83,7 +88,7 @@ class _Server:
         parts = [os.fsencode(p) for p in view_path.strip("/").split("/")]
         parent = self.nodes.root
         for part in parts[:-1]:
-            known = parent.children.get(part)
+            known = (parent.children or {}).get(part)
             parent = self.nodes[known] if known else self.nodes.synthetic(parent.ino, part)
         return parent.ino, parts[-1]
 
@@ -180,6 +185,28 @@ class _Server:
 
 
 # -- set-up helpers ----------------------------------------------------------------------
+
+
+def _raise_open_file_limit(owner: str) -> tuple[int, str]:
+    """Raise RLIMIT_NOFILE to _NOFILE, or as far as the hard limit allows (raising that
+    needs CAP_SYS_RESOURCE). Returns the limit in force, and what it means when it is
+    lower (for the owner to log: the server's own output may be the owner's terminal)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (_NOFILE, max(hard, _NOFILE)))
+    except (ValueError, OSError) as exc:
+        limit = max(soft, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))  # up to hard: always allowed
+        capacity = capacity_for(limit)
+        notice = (
+            f"fusefs view of {owner}: the open-file limit stays at {limit}, not {_NOFILE}"
+            f" ({exc}; raising the hard limit needs CAP_SYS_RESOURCE): the server keeps at"
+            f" most {capacity} descriptors of known files open and reopens the others when"
+            f" they are used, and the container can hold about {limit - capacity} files open"
+            " through the view at once (EMFILE beyond)"
+        )
+        return limit, notice
+    return _NOFILE, ""
 
 
 def _open_dir(path: str) -> int:
@@ -296,9 +323,8 @@ def serve(
     """
     view.validate()
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (_NOFILE, _NOFILE))
-    server = _Server(view, mountpoint, control)
+    limit, notice = _raise_open_file_limit(view.owner)
+    server = _Server(view, mountpoint, control, descriptors=capacity_for(limit))
     server.policy.callers = frozenset({*server.policy.callers, os.geteuid()})  # its own probes
     roots: dict[int, int] = {}
     for index, spec in enumerate(view.mounts):
@@ -317,7 +343,9 @@ def serve(
         needed += [(path, True) for path in merged]
         needed += [(m.upper, True) for m in view.mounts if m.upper]
         confine(needed)
-    server.send(Mounted(pid=os.getpid(), connection=connection, mountpoint=mountpoint))
+    server.send(
+        Mounted(pid=os.getpid(), connection=connection, mountpoint=mountpoint, notice=notice)
+    )
     try:
         trio.run(server.run)
     finally:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import enum
 import posixpath
-from typing import final
+from typing import Final, final
 
 import msgspec
 
-__all__ = ["MountKind", "MountSpec", "ViewSpec", "ViewSpecError"]
+__all__ = ["MAX_MOUNTS", "MountKind", "MountSpec", "ViewSpec", "ViewSpecError"]
+
+#: mounts in one view at most (the node table numbers them in 16 bits)
+MAX_MOUNTS: Final = 1024
 
 
 class ViewSpecError(ValueError):
@@ -69,6 +72,10 @@ class ViewSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def validate(self) -> ViewSpec:
         """Return self, or raise ViewSpecError naming the first broken rule."""
         seen: set[str] = set()
+        if len(self.mounts) > MAX_MOUNTS:
+            raise ViewSpecError(
+                f"view of {self.owner!r}: {len(self.mounts)} mounts, more than {MAX_MOUNTS}"
+            )
         for name in self.info:
             if not name or "/" in name or name.startswith(".") or name == "mounts":
                 raise ViewSpecError(f"view of {self.owner!r}: /capsule/{name} is not a valid name")
