@@ -50,9 +50,11 @@ __all__ = ["Confine", "serve"]
 #: writes beneath each; it may restrict the process (Landlock) to them. Given by the owner.
 Confine = Callable[[Sequence[tuple[str, bool]]], None]
 
-#: the open-file limit the server asks for: descriptors of known files (a bounded number,
-#: see _descriptors) and the files the container holds open through the view
-_NOFILE: Final = 65536
+#: the open-file limit the server asks for: descriptors of known files (at most 4,096, see
+#: _descriptors) and the files the container holds open through the view (a container's
+#: own limit is 256 unless its policy says otherwise). Below common hard limits (Debian's
+#: 1,048,576 for services; 20,000 here), so raising it needs no CAP_SYS_RESOURCE.
+_NOFILE: Final = 16384
 _FLUSH_INTERVAL: Final = 1.0
 #: the mount's readahead: libfuse 3's largest read request (max_pages 256), where the
 #: kernel's default 128 KiB would cut a sequential read into eight times the round trips

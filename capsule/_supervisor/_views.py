@@ -184,6 +184,8 @@ class ViewServer:
         feature = self.feature
         if isinstance(message, fusefs.Mounted):
             self.mounted = message
+            if message.notice:  # a limit the server could not raise, and what that means
+                _log.warning("file-system server limit", feature=feature, notice=message.notice)
         elif isinstance(message, fusefs.Denied):
             self.denied += max(1, message.suppressed)
             if message.suppressed:

@@ -123,7 +123,7 @@ def test_a_server_that_cannot_raise_its_open_file_limit_says_so_and_still_serves
     served, count, _, descriptors = result.stdout.split()
     assert (served, int(count)) == ("served", files)
     assert int(descriptors) <= 256 + 64, result.stdout  # a quarter of the limit, and its own
-    assert "the open-file limit stays at 1024, not 65536" in result.stderr, result.stderr
+    assert "the open-file limit stays at 1024, not 16384" in result.stderr, result.stderr
     assert "keeps at most 256 descriptors of known files open" in result.stderr
 
 

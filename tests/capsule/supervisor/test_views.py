@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import trio
 
 import fusefs
@@ -361,6 +363,26 @@ async def test_a_hung_view_server_is_aborted_and_the_feature_recovers(tmp_path: 
             assert await sup.call("writer", "read_state") == "ENOENT"
     ends = [e for e in _audit(app) if e["event"] == "fs-end"]
     assert ends, "the hung server is audited"
+    assert leftovers() == []
+
+
+@pytest.mark.trio
+async def test_an_open_file_limit_the_view_server_cannot_raise_is_logged(tmp_path: Path) -> None:
+    """A server whose hard open-file limit is below what it asks for still serves, and
+    the supervisor logs what the lower limit means (never a silent failure)."""
+    app = _view_app(tmp_path)
+    async with app.open() as sup:
+        with trio.fail_after(30):
+            zygote = sup._zygote
+            assert zygote is not None
+            # every server forked from now on inherits the lower limit
+            resource.prlimit(zygote.pid, resource.RLIMIT_NOFILE, (256, 1024))
+            with structlog.testing.capture_logs() as logs:
+                await sup.restart("reader")
+                assert await sup.call("reader", "read_words") == "alpha\nbeta\n"
+    notices = [entry for entry in logs if entry["event"] == "file-system server limit"]
+    assert [entry["feature"] for entry in notices] == ["reader"], logs
+    assert "the open-file limit stays at 1024" in notices[0]["notice"]
     assert leftovers() == []
 
 
