@@ -61,7 +61,7 @@ GROUPS: Final = (
 GROUP: Final = {group.key: group for group in GROUPS}
 DISK_ROW: Final = "native, from disk (its page cache dropped first)"
 FLOOR_ROW: Final = "pyfuse3 floor (no work per entry but readdir_reply)"
-#: the rows set against bindfs in the fusefs/bindfs column
+#: the rows set against bindfs in the p50/bindfs column
 _AGAINST_BINDFS: Final = ("fusefs", "floor")
 
 
