@@ -352,7 +352,7 @@ class ViewServer:
         """Close the mounts these tokens grant. Returns True once the server has refused
         them and dropped every kernel cache of them, so that no operation through them can
         succeed; False if it did not confirm that within ``timeouts.revoke`` (it is then
-        aborted and killed, and the caller must end the container)."""
+        aborted, killed and waited for, and the caller must end the container)."""
         if not tokens:
             return True
         if self.exited.is_set():
@@ -382,6 +382,8 @@ class ViewServer:
         )
         _log.error("revocation not confirmed", feature=self.feature, reason=self.failure)
         await self.abort()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_STOP_GRACE):
+            await self._wait_exit()  # gone, not only signalled, when the caller goes on
         return False
 
     # -- ending ------------------------------------------------------------------------
