@@ -30,11 +30,11 @@ _CWD: Final = -100  # AT_FDCWD: an absolute path ignores it
 _DIRECTORY: Final = os.O_PATH | os.O_DIRECTORY
 _BENEATH: Final = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_XDEV
 _WHY: Final = {
-    errno.ENOENT: "no longer exists (moved or removed)",
-    errno.ELOOP: "now passes through a symbolic link (a grant never follows one)",
-    errno.ENOTDIR: "now passes through something that is not a directory",
-    errno.EXDEV: "now crosses into another file system (a mount point)",
-    errno.EACCES: "can no longer be searched (permission denied)",
+    errno.ENOENT: "a directory on its path was moved or removed",
+    errno.ELOOP: "a symbolic link now stands on its path (a grant never follows one)",
+    errno.ENOTDIR: "something that is not a directory now stands on its path",
+    errno.EXDEV: "its path now crosses into another file system (a mount point)",
+    errno.EACCES: "its path can no longer be searched (permission denied)",
 }
 
 
@@ -86,7 +86,7 @@ class GrantDirs:
         except OSError as exc:
             why = _WHY.get(exc.errno or 0, exc.strerror or str(exc))
             raise FeatureStartError(
-                feature, f"refused to mount {where}: its path {why} since the app opened"
+                feature, f"refused to mount {where}: {why} since the app opened"
             ) from None
         try:
             found, expected = os.fstat(now), os.fstat(held)
