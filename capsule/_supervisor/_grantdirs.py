@@ -81,8 +81,20 @@ class GrantDirs:
             raise FeatureStartError(feature, f"{where} was not opened when the app opened")
         if isinstance(held, str):
             raise FeatureStartError(feature, f"refused to mount {where}: {held}")
+        name, inside = grant.volume.partition("/")[0], self._inside(grant)
+        volume = self._volumes[name]
+        assert isinstance(volume, int)  # noqa: S101 - a held grant has a held volume
+        self._check(feature, where, volume, functools.partial(self._open_volume, name))
+        if inside:
+            beneath = functools.partial(sc.openat2, volume, inside, _DIRECTORY, _BENEATH)
+            self._check(feature, where, held, beneath)
+        return held
+
+    @staticmethod
+    def _check(feature: str, where: str, held: int, opener: Callable[[], int]) -> None:
+        """Refuse unless ``opener`` opens the directory ``held`` is."""
         try:
-            now = self._resolve(grant)
+            now = opener()
         except OSError as exc:
             why = _WHY.get(exc.errno or 0, exc.strerror or str(exc))
             raise FeatureStartError(
@@ -99,7 +111,6 @@ class GrantDirs:
                 f"(inode {found.st_dev}:{found.st_ino}, not {expected.st_dev}:{expected.st_ino} "
                 "as when the app opened): the granted directory was moved or replaced",
             )
-        return held
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -120,16 +131,6 @@ class GrantDirs:
         volume = self._app.volumes[grant.volume.partition("/")[0]]
         inside = grant.host.relative_to(volume).as_posix()
         return "" if inside == "." else inside
-
-    def _resolve(self, grant: MountGrant) -> int:
-        """Open the grant's path again: the volume from the host's root, without following a
-        link; a subdirectory beneath the volume's held descriptor, the same way."""
-        name = grant.volume.partition("/")[0]
-        inside = self._inside(grant)
-        volume = self._volumes[name]
-        if not inside or isinstance(volume, str):
-            return self._open_volume(name)
-        return sc.openat2(volume, inside, _DIRECTORY, _BENEATH)
 
 
 def _opened(opener: Callable[[], int]) -> int | str:
