@@ -1,5 +1,5 @@
 """Names and topic patterns: what the broker accepts as a feature, service or topic, and
-which subscriptions an event reaches.
+which subscriptions an event reaches (a trie over dot-separated segments).
 
 Pure matching: no I/O, no authorization (grants decide who may subscribe or publish).
 """
@@ -63,51 +63,121 @@ def matches(pattern: str, topic: str) -> bool:
 
 
 @final
-class TopicIndex(Generic[T]):
-    """Subscriptions by pattern, with a per-topic cache of who an event reaches."""
+class _Node(Generic[T]):
+    """One segment of the trie: its children, and the subscriptions that end here."""
+
+    __slots__ = ("children", "exact", "wild")
 
     def __init__(self) -> None:
-        self._subs: dict[str, list[T]] = {}
+        self.children: dict[str, _Node[T]] = {}
+        self.exact: list[T] | None = None  # pattern "a.b": topic "a.b" only
+        self.wild: list[T] | None = None  # pattern "a.b.*": topics below "a.b"
+
+
+@final
+class TopicIndex(Generic[T]):
+    """Subscriptions in a trie of dot-separated segments, with a per-topic cache of who an
+    event reaches: matching a topic costs its segments plus its subscribers, however many
+    other subscriptions there are."""
+
+    def __init__(self) -> None:
+        self._root: _Node[T] = _Node()
+        self._subs: dict[str, list[T]] = {}  # pattern -> the list its trie node holds
+        self._count = 0
         self._cache: dict[str, tuple[T, ...]] = {}
 
+    def _path(self, pattern: str, *, create: bool) -> list[_Node[T]] | None:
+        """The nodes from the root to ``pattern``'s stem (without ``.*``)."""
+        stem = pattern[:-2] if pattern.endswith(".*") else pattern
+        nodes = [self._root]
+        for segment in stem.split("."):
+            child = nodes[-1].children.get(segment)
+            if child is None:
+                if not create:
+                    return None
+                child = nodes[-1].children[segment] = _Node()
+            nodes.append(child)
+        return nodes
+
     def add(self, pattern: str, sub: T) -> None:
-        self._subs.setdefault(pattern, []).append(sub)
+        subs = self._subs.get(pattern)
+        if subs is None:
+            nodes = self._path(pattern, create=True)
+            assert nodes is not None  # noqa: S101 - created on the way
+            subs = self._subs[pattern] = []
+            if pattern.endswith(".*"):
+                nodes[-1].wild = subs
+            else:
+                nodes[-1].exact = subs
+        subs.append(sub)
+        self._count += 1
         self._cache.clear()
 
     def remove(self, pattern: str, sub: T) -> None:
         subs = self._subs.get(pattern)
         if subs is not None and sub in subs:
             subs.remove(sub)
+            self._count -= 1
             if not subs:
-                del self._subs[pattern]
+                self._forget(pattern)
             self._cache.clear()
+
+    def _forget(self, pattern: str) -> None:
+        """Drop ``pattern``'s empty list and prune the trie nodes nothing needs any more."""
+        del self._subs[pattern]
+        nodes = self._path(pattern, create=False)
+        if nodes is None:
+            return
+        if pattern.endswith(".*"):
+            nodes[-1].wild = None
+        else:
+            nodes[-1].exact = None
+        stem = pattern[:-2] if pattern.endswith(".*") else pattern
+        segments = stem.split(".")
+        for depth in range(len(segments), 0, -1):
+            node = nodes[depth]
+            if node.children or node.exact is not None or node.wild is not None:
+                break
+            del nodes[depth - 1].children[segments[depth - 1]]
 
     def remove_where(self, doomed: Callable[[T], bool]) -> int:
         removed = 0
         for pattern in list(self._subs):
-            kept = [s for s in self._subs[pattern] if not doomed(s)]
-            removed += len(self._subs[pattern]) - len(kept)
-            if kept:
-                self._subs[pattern] = kept
-            else:
-                del self._subs[pattern]
+            subs = self._subs[pattern]
+            kept = [s for s in subs if not doomed(s)]
+            if len(kept) == len(subs):
+                continue
+            removed += len(subs) - len(kept)
+            subs[:] = kept  # the trie node holds this very list
+            if not kept:
+                self._forget(pattern)
         if removed:
+            self._count -= removed
             self._cache.clear()
         return removed
 
     def matching(self, topic: str) -> tuple[T, ...]:
         found = self._cache.get(topic)
         if found is None:
-            found = tuple(
-                sub
-                for pattern, subs in self._subs.items()
-                if matches(pattern, topic)
-                for sub in subs
-            )
+            found = self._walk(topic)
             if len(self._cache) >= _CACHE:
                 self._cache.clear()
             self._cache[topic] = found
         return found
 
+    def _walk(self, topic: str) -> tuple[T, ...]:
+        reached: list[T] = []
+        node = self._root
+        for depth, segment in enumerate(topic.split(".")):
+            if depth and node.wild is not None:  # "a.*" reaches "a.b", "a.b.c", ...
+                reached.extend(node.wild)
+            child = node.children.get(segment)
+            if child is None:
+                return tuple(reached)
+            node = child
+        if node.exact is not None:
+            reached.extend(node.exact)
+        return tuple(reached)
+
     def __len__(self) -> int:
-        return sum(len(s) for s in self._subs.values())
+        return self._count

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from capsule._broker._topics import TopicIndex, matches, valid_call, valid_pattern, valid_topic
 
@@ -72,3 +74,35 @@ def test_the_index_finds_subscribers_and_forgets_removed_ones() -> None:
     assert index.remove_where(lambda sub: sub == "c") == 1
     assert index.matching("editor.changed") == ()
     assert len(index) == 1
+
+
+_SEGMENT = st.sampled_from(["a", "b", "c"])
+_TOPIC = st.lists(_SEGMENT, min_size=1, max_size=4).map(".".join)
+_PATTERN = st.tuples(_TOPIC, st.booleans()).map(lambda p: p[0] + ".*" if p[1] else p[0])
+
+
+@given(
+    subs=st.lists(_PATTERN, max_size=12),
+    removed=st.lists(st.integers(0, 11), max_size=6),
+    topics=st.lists(_TOPIC, min_size=1, max_size=8),
+)
+def test_the_trie_reaches_exactly_the_subscriptions_a_pattern_matches(
+    subs: list[str], removed: list[int], topics: list[str]
+) -> None:
+    index: TopicIndex[int] = TopicIndex()
+    live = dict(enumerate(subs))
+    for number, pattern in live.items():
+        index.add(pattern, number)
+    for number in removed:
+        if number in live:
+            index.remove(live.pop(number), number)
+    index.remove_where(lambda number: number % 5 == 4)
+    live = {n: p for n, p in live.items() if n % 5 != 4}
+    assert len(index) == len(live)
+    for topic in topics:
+        expected = sorted(n for n, p in live.items() if matches(p, topic))
+        assert sorted(index.matching(topic)) == expected
+    for number, pattern in live.items():
+        index.remove(pattern, number)
+    assert len(index) == 0
+    assert not index._root.children  # every node pruned
