@@ -11,7 +11,9 @@ is involved) and any extra fields of the event (``count``, ``to``, ``parent``, `
 ``revoked``, ...). ``decision`` is one of:
 
 * ``allow``: a message was authorized (summarised with ``count``),
-* ``deny``: a message was refused by policy (``deny-suppressed`` summarises a flood),
+* ``deny``: a message was refused by policy (``deny-suppressed`` summarises a flood; event
+  ``limit`` summarises the attempts past one of the feature's limits in the last flush
+  interval, with ``limit`` and ``count``),
 * ``admit`` / ``refuse``: a container's token was accepted / refused at admission,
 * ``delegate``: a narrower token was handed to another feature (``to``, ``parent``),
 * ``revoke``: tokens were revoked (``revoked``),
@@ -148,6 +150,7 @@ class AuditLog:
         self._dropped = 0
         self._windows: dict[str, tuple[int, int]] = {}  # feature -> (second, denials in it)
         self._suppressed: dict[str, int] = {}
+        self._limits: dict[tuple[str, str], tuple[int, str]] = {}  # (feature, limit) -> (n, why)
         self._closed = False
         self._file = None if path is None else _open_append(path)
         self._logger = structlog.wrap_logger(
@@ -167,6 +170,14 @@ class AuditLog:
         """Count one allowed message; it is written as part of a summary at the next flush."""
         key = (feature, token_id, action, target)
         self._pending[key] = self._pending.get(key, 0) + 1
+
+    def limit(self, feature: str, limit: str, reason: str) -> None:
+        """Count one attempt of ``feature`` past its ``limit``: however many there are, they
+        become one line (with ``count`` and the last ``reason``) at the next flush."""
+        self._denied[feature] = self._denied.get(feature, 0) + 1
+        key = (feature, limit)
+        count, _ = self._limits.get(key, (0, ""))
+        self._limits[key] = (count + 1, reason)
 
     # -- everything else -----------------------------------------------------------------
 
@@ -215,6 +226,17 @@ class AuditLog:
                 token=token_id,
                 capability=f"icc:{action}:{target}",
                 fields={"count": count},
+            )
+        limits, self._limits = self._limits, {}
+        for (feature, limit), (count, reason) in limits.items():
+            self._emit(
+                "limit",
+                feature=feature,
+                decision="deny",
+                reason=reason,
+                token=None,
+                capability=None,
+                fields={"limit": limit, "count": count},
             )
         suppressed, self._suppressed = self._suppressed, {}
         for feature, count in suppressed.items():

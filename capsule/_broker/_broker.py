@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final, final
 
 import msgspec
@@ -52,6 +52,7 @@ from capsule._ipc._messages import (
 )
 from capsule._ipc._outcome import error_for
 from capsule._ipc._payload import NIL, encode_payload
+from capsule._manifest._model import DEFAULT_BROKER_LIMITS, BrokerLimits
 from capsule._tasks import TaskStarter
 from capsule._tokens._authority import Token, TokenAuthority
 from capsule._tokens._caps import Action
@@ -92,8 +93,10 @@ class Broker:
         task_group: TaskStarter,
         *,
         call_timeout: float,
+        limits: Mapping[str, BrokerLimits] | None = None,
     ) -> None:
         self._authority = authority
+        self._limits = dict(limits or {})  # feature -> its [policy.NAME.limits]
         self._verifier = authority.verifier
         self.audit = audit
         self._resolve = resolve
@@ -129,7 +132,15 @@ class Broker:
     def attach(self, conn: Connection, feature: str, *, landlock_abi: int = 0) -> Peer:
         """The broker's state for a new container; ``landlock_abi`` is the Landlock ABI it is
         restricted at (the network mediator passes sockets only from ABI 4 on)."""
-        return Peer(conn, feature, landlock_abi=landlock_abi)
+        limits = self._limits.get(feature, DEFAULT_BROKER_LIMITS)
+        conn.limit_queue(limits.queue, close=limits.lagged == "close")
+        action = "ended" if limits.lagged == "close" else "dropped"
+        reason = (
+            f"events {action}: more than {limits.queue} bytes were queued for it "
+            f"(limits.queue of [policy.{feature}] in app.toml)"
+        )
+        conn.on_lag = lambda: self.audit.limit(feature, "queue", reason)
+        return Peer(conn, feature, landlock_abi=landlock_abi, limits=limits)
 
     def dispatch(self, peer: Peer, message: FromContainer) -> None:
         """Handle one message from ``peer`` (raises ProtocolError for one it may not send)."""
@@ -148,6 +159,7 @@ class Broker:
         peer.detached = True
         self.calls.detach(peer, crashed)
         self._topics.remove_where(lambda sub: sub.peer is peer)
+        peer.subscriptions.clear()
         self.network.detach(peer)
         for handle in list(peer.handles.values()):
             self._authority.revoke(handle.claims)
@@ -405,6 +417,8 @@ class Broker:
             grant = sub.grant
             if grant is not None and not grant.allows(Action.ICC_SUBSCRIBE, sub.pattern, now):
                 self._topics.remove(sub.pattern, sub)
+                if sub.peer is not None and sub.peer.subscriptions.get(sub.pattern) is sub:
+                    del sub.peer.subscriptions[sub.pattern]
                 continue
             if sub.peer is not None:
                 if frame is None:
@@ -421,8 +435,28 @@ class Broker:
         )
         if handle is None:
             return
-        self._topics.add(msg.pattern, Subscriber(msg.pattern, peer=peer, grant=handle.grant))
+        held = peer.subscriptions.get(msg.pattern)
+        if held is not None:  # the same pattern again is the same subscription
+            held.grant = handle.grant  # now under the handle just checked
+            peer.conn.send(Result(id=msg.id, value=NIL))
+            return
+        if len(peer.subscriptions) >= peer.limits.subscriptions:
+            self._over(peer, msg.id, "subscriptions", f"{peer.limits.subscriptions} subscriptions")
+            return
+        subscriber = Subscriber(msg.pattern, peer=peer, grant=handle.grant)
+        peer.subscriptions[msg.pattern] = subscriber
+        self._topics.add(msg.pattern, subscriber)
         peer.conn.send(Result(id=msg.id, value=NIL))
+
+    def _over(self, peer: Peer, request_id: int, limit: str, holds: str) -> None:
+        """Refuse a request past one of ``peer``'s limits: OverloadedError in the container,
+        one aggregated audit line however often it tries."""
+        peer.denied += 1
+        reason = f"holds {holds} already (limits.{limit} of [policy.{peer.feature}] in app.toml)"
+        self.audit.limit(peer.feature, limit, reason)
+        peer.conn.send(
+            Error(id=request_id, kind="overloaded", feature=peer.feature, message=reason)
+        )
 
     # -- delegation --------------------------------------------------------------------
 
@@ -438,6 +472,10 @@ class Broker:
                 token=None if handle is None else handle.grant.token_id,
                 request_id=msg.id,
             )
+            return
+        live = self._live_delegations(peer.feature)
+        if live >= peer.limits.delegations:
+            self._over(peer, msg.id, "delegations", f"{live} live delegated tokens")
             return
         target = self._resolve(msg.to)
         recipient = None if target is None else target._live_peer()
@@ -478,6 +516,21 @@ class Broker:
         recipient.granted.append(token.token_id)
         recipient.conn.send(Granted(token=token.text, sender=peer.feature))
         peer.conn.send(Result(id=msg.id, value=encode_payload(token.token_id, "a token id")))
+
+    def _live_delegations(self, feature: str) -> int:
+        """Tokens ``feature`` delegated that are neither revoked nor past their ttl; forgets
+        the ones whose ttl ended (their recipients' handles expire on their own)."""
+        now = time.time()
+        ended = [
+            t for t, (by, _, _, until) in self._delegated.items() if by == feature and until <= now
+        ]
+        for token_id in ended:
+            del self._delegated[token_id]
+        return sum(1 for by, _, _, _ in self._delegated.values() if by == feature)
+
+    def delegations(self, feature: str) -> int:
+        """Live tokens ``feature`` has delegated (for its statistics)."""
+        return self._live_delegations(feature)
 
     def _revoke(self, peer: Peer, msg: Revoke) -> None:
         record = self._delegated.get(msg.token_id)

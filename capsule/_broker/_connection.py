@@ -21,7 +21,7 @@ import anyio
 import anyio.lowlevel
 
 from capsule._ipc._channel import FrameBuffer, encode_frame
-from capsule._ipc._messages import FromContainer
+from capsule._ipc._messages import FromContainer, Lagged
 from capsule.errors import ChannelClosedError, ProtocolError
 
 __all__ = ["FAIR_BATCH", "HARD_LIMIT", "SOFT_LIMIT", "Connection", "Outbox"]
@@ -31,9 +31,13 @@ _ANCILLARY: Final = socket.CMSG_SPACE(64 * array.array("i").itemsize)
 FAIR_BATCH: Final = 16
 """Frames one connection may dispatch before every other connection gets a turn."""
 SOFT_LIMIT: Final = 4 << 20
-"""Queued bytes past which droppable frames (events) to this container are dropped."""
+"""Queued bytes past which droppable frames (events) to this container are dropped, unless
+its app sets another ``queue`` limit."""
 HARD_LIMIT: Final = 32 << 20
-"""Queued bytes past which the container is taken as not reading its channel at all."""
+"""Queued bytes past which the container is taken as not reading its channel at all (or
+twice its ``queue`` limit, when that is more)."""
+_FRAME_COST: Final = 64
+"""What one queued frame costs beyond its bytes (the bytes object and its list slot)."""
 
 
 def _close_passed_fds(ancillary: list[tuple[int, int, bytes]]) -> int:
@@ -129,7 +133,25 @@ class Connection:
         self.overrun = False
         #: frames dropped because this container did not read its events fast enough
         self.dropped = 0
+        self._lagged = 0  # dropped and not yet told to the container
+        #: queued bytes past which events are dropped (or the container closed, ``lag_close``)
+        self.queue_limit = SOFT_LIMIT
+        self.hard_limit = HARD_LIMIT
+        self.lag_close = False
+        self.overrun_reason = ""
         self.on_overrun: Callable[[], None] | None = None
+        self.on_lag: Callable[[], None] | None = None
+
+    @property
+    def queued(self) -> int:
+        """Bytes queued towards the container, not yet written (with each frame's cost)."""
+        return self._out_bytes
+
+    def limit_queue(self, limit: int, *, close: bool) -> None:
+        """Drop events past ``limit`` queued bytes (``close``: end the container instead)."""
+        self.queue_limit = limit
+        self.hard_limit = max(HARD_LIMIT, 2 * limit)
+        self.lag_close = close
 
     # -- writing -----------------------------------------------------------------------
 
@@ -137,31 +159,47 @@ class Connection:
         """Queue one encoded frame; False when it was dropped or the channel is closed."""
         if self.closed:
             return False
-        if self._out_bytes > SOFT_LIMIT:
+        if self._out_bytes > self.queue_limit:
             if droppable:
                 self.dropped += 1
+                self._lagged += 1
+                if self.on_lag is not None:
+                    self.on_lag()
+                if self.lag_close:
+                    self._overrun(f"fell behind its events (over {self.queue_limit} bytes queued)")
                 return False
-            if self._out_bytes > HARD_LIMIT and not self.overrun:
-                self.overrun = True
-                if self.on_overrun is not None:
-                    self.on_overrun()
+            if self._out_bytes > self.hard_limit:
+                self._overrun(f"stopped reading its channel (over {self.hard_limit} bytes queued)")
                 return False
         self._out.append(frame)
-        self._out_bytes += len(frame)
+        self._out_bytes += len(frame) + _FRAME_COST
         if not self._dirty and not self._blocked:
             self._dirty = True
             self._outbox.mark(self)
         return True
 
+    def _overrun(self, reason: str) -> None:
+        if self.overrun:
+            return
+        self.overrun = True
+        self.overrun_reason = reason
+        if self.on_overrun is not None:
+            self.on_overrun()
+
+    def _drained(self) -> None:
+        """Everything queued was written: tell the container how many events it missed."""
+        self._out_bytes = 0
+        if self._lagged:
+            dropped, self._lagged = self._lagged, 0
+            self.put(encode_frame(Lagged(dropped=dropped)))
+
     def pass_socket(self, frame: bytes, sock: socket.socket, fallback: bytes) -> bool:
         """Queue ``frame`` with ``sock`` attached; the socket is ours from now on (closed
         once the kernel holds it, or if it cannot be sent). False when it was not queued."""
-        if self.closed or self._out_bytes > HARD_LIMIT:
+        if self.closed or self._out_bytes > self.hard_limit:
             sock.close()
-            if not self.closed and not self.overrun:  # as put() does: it is not reading
-                self.overrun = True
-                if self.on_overrun is not None:
-                    self.on_overrun()
+            if not self.closed:  # as put() does: it is not reading
+                self._overrun(f"stopped reading its channel (over {self.hard_limit} bytes queued)")
             return False
         self._out.append(_Passing(frame, sock, fallback))
         self._out_bytes += len(frame)
@@ -190,7 +228,7 @@ class Connection:
             self._out_bytes = len(data) - sent
             self._block()
         else:
-            self._out_bytes = 0
+            self._drained()
 
     def _send(self, data: bytes, sock: socket.socket | None = None) -> int:
         """Bytes of ``data`` written (with ``sock`` attached), 0 when the channel is full, -1
@@ -255,7 +293,7 @@ class Connection:
                 self._block()
                 return
             del out[:run]
-        self._out_bytes = 0
+        self._drained()
 
     def _fail(self) -> None:
         """The channel failed: nothing more is written, and queued sockets are closed."""

@@ -16,6 +16,7 @@ import anyio
 
 from capsule._broker._connection import Connection
 from capsule._broker._host import HostCall
+from capsule._manifest._model import DEFAULT_BROKER_LIMITS, BrokerLimits
 from capsule._tokens._format import TokenClaims
 from capsule._tokens._grant import Grant
 
@@ -67,15 +68,27 @@ class Peer:
         "handles",
         "ids",
         "landlock_abi",
+        "limits",
         "messages",
         "refused",
         "requests",
         "services",
+        "subscriptions",
     )
 
-    def __init__(self, conn: Connection, feature: str, *, landlock_abi: int = 0) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        feature: str,
+        *,
+        landlock_abi: int = 0,
+        limits: BrokerLimits = DEFAULT_BROKER_LIMITS,
+    ) -> None:
         self.conn = conn
         self.feature = feature
+        #: what its app lets it make the broker hold (``[policy.NAME.limits]``)
+        self.limits = limits
+        self.subscriptions: dict[str, Subscriber] = {}  # pattern -> its one subscription
         #: the Landlock ABI its container is restricted at (4+ stops TCP connect and bind)
         self.landlock_abi = landlock_abi
         self.handles: dict[int, Handle] = {}

@@ -32,13 +32,26 @@ __all__ = [
 
 _PS_COLUMNS: Final = (
     "FEATURE", "VERSION", "STATE", "PID", "RESTARTS", "UPTIME", "MEMORY", "CALLS", "DENIED",
-    "FS-DENIED",
+    "FS-DENIED", "SUBS", "DELEG", "QUEUED",
 )  # fmt: skip
 _RATE_COLUMNS: Final = ("MSG/S", "CALL/S", "CPU%")
-_NUMERIC: Final = frozenset({"PID", "RESTARTS", "UPTIME", "MEMORY", "CALLS", "DENIED", "FS-DENIED"})
+_NUMERIC: Final = frozenset(
+    {"PID", "RESTARTS", "UPTIME", "MEMORY", "CALLS", "DENIED", "FS-DENIED", "SUBS", "DELEG"}
+    | {"QUEUED"}
+)
 _UNITS: Final = ("B", "KiB", "MiB", "GiB", "TiB")
 #: columns a narrow terminal loses first, in this order
-_DROP_FIRST: Final = ("VERSION", "FS-DENIED", "CALL/S", "UPTIME", "CALLS", "RESTARTS")
+_DROP_FIRST: Final = (
+    "VERSION",
+    "QUEUED",
+    "DELEG",
+    "SUBS",
+    "FS-DENIED",
+    "CALL/S",
+    "UPTIME",
+    "CALLS",
+    "RESTARTS",
+)
 
 
 @final
@@ -120,6 +133,11 @@ def header(snapshot: Snapshot) -> str:
     )
 
 
+def _of(row: FeatureRow, used: int, limit: int) -> str:
+    """``3/1024``: what a feature holds out of its limit (``-`` when not running)."""
+    return "-" if row.pid is None else f"{used}/{limit}"
+
+
 def _row(row: FeatureRow, rate: Rates | None, *, with_rates: bool) -> list[str]:
     cells = [
         row.name,
@@ -132,6 +150,9 @@ def _row(row: FeatureRow, rate: Rates | None, *, with_rates: bool) -> list[str]:
         str(row.calls_total),
         str(row.denied),
         str(row.files_denied),
+        _of(row, row.subscriptions, row.subscriptions_limit),
+        _of(row, row.delegations, row.delegations_limit),
+        "-" if row.pid is None else human_size(row.queued),
     ]
     if with_rates:
         cells += [

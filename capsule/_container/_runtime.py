@@ -40,6 +40,7 @@ from capsule._ipc._messages import (
     Granted,
     Hello,
     Item,
+    Lagged,
     Log,
     More,
     Opened,
@@ -140,6 +141,7 @@ class _Server:
         self.events_queued = 0  # bytes, against _EVENT_BUDGET
         self.events_arrived = anyio.Event()
         self.events_dropped = 0
+        self.events_lagged = 0  # dropped by the broker before they reached us (Lagged)
         self.stopped = anyio.Event()
 
     async def handle(self, call: Call, scope: anyio.CancelScope) -> None:
@@ -286,6 +288,12 @@ class _Server:
                 tg.start_soon(self.admit_granted, message)
             elif isinstance(message, Renewed):
                 self.client.renewed(message)
+            elif isinstance(message, Lagged):
+                self.events_lagged += message.dropped
+                _note(
+                    f"lagged: the broker dropped {message.dropped} event(s) "
+                    f"({self.events_lagged} so far): this feature read its channel too slowly"
+                )
             elif isinstance(message, Stop):
                 self.stopped.set()
                 return

@@ -38,6 +38,7 @@ __all__ = [
     "Hello",
     "Inline",
     "Item",
+    "Lagged",
     "Listen",
     "Log",
     "More",
@@ -377,6 +378,13 @@ class Renewed(_Message, tag="renewed", frozen=True):
     expires: float
 
 
+class Lagged(_Message, tag="lagged", frozen=True):
+    """The broker dropped ``dropped`` events for this container since it last said so: more
+    than its queue limit of bytes was waiting for it to read."""
+
+    dropped: int
+
+
 FromSupervisor: TypeAlias = (
     Start
     | Call
@@ -389,6 +397,7 @@ FromSupervisor: TypeAlias = (
     | Event
     | Granted
     | Renewed
+    | Lagged
     | Item
     | End
     | More

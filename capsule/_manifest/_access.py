@@ -12,8 +12,9 @@ The mapping, the same on both sides::
     net = ["127.0.0.1:8080"]          -> net:connect:127.0.0.1:8080   ("?conns=N" caps it)
     listen = ["127.0.0.1:8080"]       -> net:listen:127.0.0.1:8080
 
-A policy also has ``env`` (see ``capsule._manifest._env``), which is no capability and
-which [access] cannot ask for: the app alone sets a feature's environment.
+A policy also has ``env`` (see ``capsule._manifest._env``) and ``limits`` (see
+``capsule._manifest._budget``), which are no capabilities and which [access] cannot ask
+for: the app alone sets a feature's environment and what it may make the broker hold.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Final, final
 
 import msgspec
 
+from capsule._manifest._budget import read_broker_limits
 from capsule._manifest._env import read_env
 from capsule._manifest._locator import KeyPath, format_key
 from capsule._manifest._model import (
@@ -268,7 +270,7 @@ def _policy_fs(entry: Table) -> FsApproval | None:
 
 def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
     """One ``[policy.NAME]`` table of an app.toml: what the app approves for NAME."""
-    table.allow(*ACCESS_KEYS, "env")
+    table.allow(*ACCESS_KEYS, "env", "limits")
     icc = _icc_and_net(table)
     approvals = [Approval(key=key, capability=cap) for name in icc for key, cap in icc[name]]
     fs: list[FsApproval] = []
@@ -290,5 +292,6 @@ def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
         net=tuple(cap.target for _, cap in icc["net"]),
         listen=tuple(cap.target for _, cap in icc["listen"]),
         env=read_env(table),
+        limits=read_broker_limits(table.table("limits")),
     )
     return policy, tuple(approvals)

@@ -15,10 +15,12 @@ import msgspec
 from capsule._tokens._caps import Capability, parse_capability
 
 __all__ = [
+    "DEFAULT_BROKER_LIMITS",
     "DEFAULT_LIMITS",
     "DEFAULT_RESTART",
     "Access",
     "AppManifest",
+    "BrokerLimits",
     "EnvVar",
     "FeatureGrant",
     "FeatureManifest",
@@ -40,6 +42,7 @@ Mode: TypeAlias = Literal["ro", "rw"]
 Storage: TypeAlias = Literal["volume", "cow", "private"]
 Strategy: TypeAlias = Literal["one_for_one", "one_for_all", "rest_for_one"]
 RestartMode: TypeAlias = Literal["always", "on-failure", "never"]
+LaggedPolicy: TypeAlias = Literal["drop", "close"]
 
 _MiB: Final = 1 << 20
 
@@ -115,7 +118,24 @@ class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True):
     backoff_max: float = 5.0
 
 
+@final
+class BrokerLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """What one feature may make the broker hold, from ``[policy.NAME.limits]`` of app.toml.
+
+    ``subscriptions``: patterns subscribed on one connection (the same pattern twice is
+    one); ``delegations``: tokens it has delegated that are still live; ``queue``: bytes
+    queued towards its container that it has not read yet; ``lagged``: past ``queue``,
+    ``"drop"`` events (the container is told how many) or ``"close"`` its container.
+    """
+
+    subscriptions: int = 1024
+    delegations: int = 64
+    queue: int = 4 * _MiB
+    lagged: LaggedPolicy = "drop"
+
+
 DEFAULT_LIMITS: Final = Limits()
+DEFAULT_BROKER_LIMITS: Final = BrokerLimits()
 DEFAULT_RESTART: Final = RestartPolicy()
 
 
@@ -181,7 +201,8 @@ class EnvVar(msgspec.Struct, frozen=True, kw_only=True):
 @final
 class Policy(msgspec.Struct, frozen=True, kw_only=True):
     """What an app approves for one feature in ``[policy.NAME]``: the same keys as [access],
-    and ``env``, the environment variables it sets for the feature (the app alone decides)."""
+    and ``env``, the environment variables it sets for the feature, and ``limits``, what it may
+    make the broker hold (the app alone decides both)."""
 
     call: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
@@ -190,6 +211,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     net: tuple[str, ...] = ()
     listen: tuple[str, ...] = ()
     env: tuple[EnvVar, ...] = ()
+    limits: BrokerLimits = DEFAULT_BROKER_LIMITS
 
 
 @final

@@ -60,6 +60,13 @@ class FeatureStatistics:
     tokens_renewed: int = 0  # token renewals, over all its containers
     renewals_failed: int = 0  # renewal attempts that failed (each logged and audited)
     renewal_error: str | None = None  # why the last renewal failed, until one succeeds
+    # what it makes the broker hold, and its limits ([policy.NAME.limits] of app.toml)
+    subscriptions: int = 0  # patterns subscribed (the same pattern twice is one)
+    subscriptions_limit: int = 0
+    delegations: int = 0  # tokens it delegated that are still live
+    delegations_limit: int = 0
+    queued: int = 0  # bytes queued towards its container, not read yet
+    queue_limit: int = 0  # past it, events to it are dropped (it is told) or it is ended
 
 
 @final
@@ -195,4 +202,10 @@ class FeatureHandle(metaclass=NoPublicConstructor):
             tokens_renewed=self.renewals,
             renewals_failed=self.renewals_failed,
             renewal_error=self.renewal_error,
+            subscriptions=0 if instance is None else len(instance.peer.subscriptions),
+            subscriptions_limit=0 if instance is None else instance.peer.limits.subscriptions,
+            delegations=0 if instance is None else instance.delegations(),
+            delegations_limit=0 if instance is None else instance.peer.limits.delegations,
+            queued=0 if instance is None else instance.peer.conn.queued,
+            queue_limit=0 if instance is None else instance.peer.conn.queue_limit,
         )

@@ -280,8 +280,12 @@ class Instance:
         if not self.ended.is_set():  # never expected: say so rather than hang the supervisor
             _log.error("container outlived SIGKILL", feature=self.feature, pid=self.pid)
 
+    def delegations(self) -> int:
+        """Live tokens this feature delegated (they count against its delegations limit)."""
+        return self._broker.delegations(self.feature)
+
     def _overrun(self) -> None:
-        reason = "stopped reading its channel (over 32 MiB queued for it)"
+        reason = self._conn.overrun_reason
         self._broker.audit.record("end", feature=self.feature, decision="end", reason=reason)
         _log.error("container ended", feature=self.feature, reason=reason)
         self.send_signal(signal.SIGKILL)

@@ -144,6 +144,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             self._handles.get,
             self._tg,
             call_timeout=call_timeout,
+            limits={name: policy.limits for name, policy in app.manifest.policies.items()},
         )
         self._renewer = Renewer(
             self._authority,

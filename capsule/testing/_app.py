@@ -133,7 +133,8 @@ class TestApp:
         ``limits`` and ``restart`` are the ``[limits]`` and ``[restart]`` tables of its
         capsule.toml; ``policy`` is both its ``[access]`` request and the app's
         approval (``{"fs": [{"path": "/data", "volume": "words"}]}``), except ``env``,
-        which only the app's policy holds (``{"env": {"LOG_LEVEL": "debug"}}``).
+        which only the app's policy holds (``{"env": {"LOG_LEVEL": "debug"}}``), and
+        ``limits``, its broker limits (``{"limits": {"subscriptions": 16}}``).
         """
         if name in self._specs:
             raise ValueError(f"feature {name!r} is declared twice")
@@ -189,7 +190,7 @@ class TestApp:
             if key == "fs"
             else value
             for key, value in spec.policy.items()
-            if key != "env"  # the app alone sets a feature's environment
+            if key not in {"env", "limits"}  # the app alone sets these
         }
         parts = [
             _table("feature", {"name": name, "version": spec.version, "entry": "inline:feature"}),

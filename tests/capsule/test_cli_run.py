@@ -86,7 +86,7 @@ def test_ps_lists_every_feature_of_the_running_app(app_run: Run) -> None:
     assert head.startswith(f"app {app_run.name}  pid {app_run.pid}  up ")
     assert columns.split() == [
         *("FEATURE", "VERSION", "STATE", "PID", "RESTARTS", "UPTIME", "MEMORY", "CALLS"),
-        *("DENIED", "FS-DENIED"),
+        *("DENIED", "FS-DENIED", "SUBS", "DELEG", "QUEUED"),
     ]
     assert [row.split()[:3] for row in rows] == [
         ["echo", "1.0.0", "running"],

@@ -27,6 +27,8 @@ def _row(name: str, *, pid: int | None = 7, messages: int = 0, cpu: int | None =
         events_dropped=0, uptime=61.0 if pid else None, last_exit=None,
         memory_current=3 << 20 if pid else None, memory_limit=None, oom_kills=0,
         pids_current=None, cpu_usage_ns=cpu, files_allowed=0, files_denied=2,
+        subscriptions=3, subscriptions_limit=1024, delegations=0, delegations_limit=64,
+        queued=2048, queue_limit=4 << 20,
     )  # fmt: skip
 
 
@@ -57,9 +59,10 @@ def test_text_table_aligns_one_row_per_feature() -> None:
     assert columns.split()[-3:] == ["MSG/S", "CALL/S", "CPU%"]
     assert first.split() == [
         *("spellcheck", "1.0.0", "running", "7", "0", "1m01s", "3.0MiB", "0", "1", "2"),
-        *("-", "-", "-"),
+        *("3/1024", "0/64", "2.0KiB", "-", "-", "-"),
     ]
     assert second.split()[2:7] == ["stopped", "-", "0", "-", "-"]
+    assert second.split()[10:13] == ["-", "-", "-"]  # not running: it holds nothing
     assert len({len(line) for line in (columns, first)}) == 1
 
 
@@ -85,9 +88,10 @@ def test_a_narrow_terminal_loses_the_least_needed_columns_first() -> None:
     snapshot = _snapshot(1.0, _row("spellcheck"), _row("b", pid=None))
     every = [
         *("FEATURE", "VERSION", "STATE", "PID", "RESTARTS", "UPTIME", "MEMORY", "CALLS"),
-        *("DENIED", "FS-DENIED", "MSG/S", "CALL/S", "CPU%"),
+        *("DENIED", "FS-DENIED", "SUBS", "DELEG", "QUEUED", "MSG/S", "CALL/S", "CPU%"),
     ]
-    narrow = [c for c in every if c not in {"VERSION", "FS-DENIED", "CALL/S"}]
+    gone = {"VERSION", "QUEUED", "DELEG", "SUBS", "FS-DENIED", "CALL/S"}
+    narrow = [c for c in every if c not in gone]
     for width, columns in [(200, every), (80, narrow)]:
         console = Console(file=io.StringIO(), width=width, record=True, color_system=None)
         console.print(rich_view(snapshot, {}, width=width))
