@@ -21,6 +21,10 @@ Measures, in one run and on one machine:
   ``Broker._check`` does them, and ``Broker._check`` itself on a fake peer; target
   <= 1 us p50; admission (``diagnose`` + ``compile_grant`` of the token text, as
   ``Broker._admit``), target <= 100 us p50;
+* topic matching: ``Broker._deliver_event`` to a topic published for the first time (no
+  cached answer) while one peer holds ``subscriptions`` distinct patterns (100,000; 10,000
+  with ``--quick``), and with 10 for comparison; target <= 20 us p50 (matching walks a trie
+  of the topic's segments, so it must not grow with the number of subscriptions);
 * fairness: the p99 of sequential host calls to a ``quiet`` feature alone, then while a
   ``flooder`` feature publishes as fast as it can, then while it calls with 64 in flight;
   target: flooded p99 <= 2x the quiet p99.
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import socket
 import subprocess
 import sys
@@ -44,6 +49,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final, cast
 
+import msgspec
 import trio
 from _common import (
     Job,
@@ -68,7 +74,7 @@ from _common import (
 from capsule import Supervisor
 from capsule._broker._audit import AuditLog
 from capsule._broker._broker import Broker
-from capsule._broker._routes import Handle, Peer
+from capsule._broker._routes import Handle, Peer, Subscriber
 from capsule._broker._topics import valid_call
 from capsule.feature import Context
 from capsule.testing import TestApp
@@ -85,6 +91,7 @@ PIPELINE_TARGET: Final = 20_000.0  # calls/s, 64 in flight
 EVENTS_TARGET: Final = 100_000.0  # events/s
 CHECK_TARGET: Final = Target(1.0)
 ADMISSION_TARGET: Final = Target(100.0)
+MATCH_TARGET: Final = Target(20.0)
 FAIRNESS_TARGET: Final = 2.0  # flooded p99 / quiet p99
 IN_FLIGHT: Final = 64
 
@@ -94,6 +101,7 @@ PIPELINE_ROW: Final = f"pipelined calls, {IN_FLIGHT} in flight: time per call"
 EVENTS_ROW: Final = "events publisher -> subscriber: time per event counted"
 CHECK_ROW: Final = "per-message check: Broker._check on a fake peer"
 ADMISSION_ROW: Final = "admission: diagnose + compile_grant (ctk1 text, as _admit)"
+MATCH_ROW: Final = "publish to a fresh topic, many subscriptions (Broker._deliver_event)"
 QUIET_ALONE: Final = "quiet host -> quiet.ping, alone"
 QUIET_PUBLISH: Final = "quiet ping while flooder publishes flat out"
 QUIET_CALL: Final = f"quiet ping while flooder calls, {IN_FLIGHT} in flight"
@@ -139,6 +147,7 @@ class Sizes:
     quiet_pings: int  # per condition (alone, publish flood, call flood)
     quiet_warmup: int  # per round and condition
     flood_ramp_s: float  # how long a flood runs before the quiet calls start
+    subscriptions: int  # distinct patterns held while a fresh topic is matched
 
 
 FULL: Final = Sizes(
@@ -160,6 +169,7 @@ FULL: Final = Sizes(
     quiet_pings=3_000,
     quiet_warmup=20,
     flood_ramp_s=0.05,
+    subscriptions=100_000,
 )
 QUICK: Final = Sizes(
     rounds=3,
@@ -180,6 +190,7 @@ QUICK: Final = Sizes(
     quiet_pings=300,
     quiet_warmup=10,
     flood_ramp_s=0.03,
+    subscriptions=10_000,
 )
 
 
@@ -633,6 +644,62 @@ def authorization_jobs(sizes: Sizes) -> list[Job]:
     ]
 
 
+def matching_jobs(sizes: Sizes) -> list[Job]:
+    """Publishing to topics never published before, with many subscriptions and with few."""
+    fresh = itertools.count()
+    raw = msgspec.Raw(msgspec.msgpack.encode("x"))
+
+    def publisher(patterns: int) -> Callable[[int], list[float]]:
+        deliver = _subscribed(patterns)._deliver_event
+
+        def publish(count: int) -> None:
+            for _ in range(count):
+                deliver(f"bench.fresh.t{next(fresh)}", raw, "caller")
+
+        def run(count: int) -> list[float]:
+            return time_batches(
+                publish, batch=sizes.check_batch, samples=count, warmup=sizes.check_warmup
+            )
+
+        return run
+
+    return [
+        Job(
+            MATCH_ROW,
+            sizes.check_samples,
+            publisher(sizes.subscriptions),
+            calls_per_sample=sizes.check_batch,
+            target=MATCH_TARGET,
+            note=f"{sizes.subscriptions:,} distinct patterns held; each topic is new (no cache)",
+            extra={"subscriptions": sizes.subscriptions},
+        ),
+        Job(
+            "publish to a fresh topic, 10 subscriptions",
+            sizes.check_samples,
+            publisher(10),
+            calls_per_sample=sizes.check_batch,
+            detail=True,
+        ),
+    ]
+
+
+def _subscribed(patterns: int) -> Broker:
+    """A broker one peer of which holds ``patterns`` distinct subscriptions (``bench.sN`` and
+    ``bench.sN.*``, half each, and ``bench.fresh.*``, which each topic reaches), added as
+    ``Broker._subscribe`` adds them."""
+    authority = TokenAuthority(KeyRing.generate())
+    audit = AuditLog(None, app="brokerbench", run="bench")
+    broker = Broker(authority, audit, lambda _: None, cast(Any, None), call_timeout=30.0)
+    peer = Peer(cast(Any, None), "subscriber")
+    for i in range(patterns - 1):
+        pattern = f"bench.s{i // 2}" + (".*" if i % 2 else "")
+        subscriber = Subscriber(pattern)  # no peer, no host: reached, and nothing to write
+        peer.subscriptions[pattern] = subscriber
+        broker._topics.add(pattern, subscriber)
+    broker._topics.add("bench.fresh.*", Subscriber("bench.fresh.*"))
+    return broker
+
+
 # -- fairness --------------------------------------------------------------------------------
 
 
@@ -714,6 +781,7 @@ async def run_timed(root: Path, sizes: Sizes, child: EchoChild) -> Collected:
             *call_jobs(sup, sizes),
             event_job(sup, sizes, tally),
             *authorization_jobs(sizes),
+            *matching_jobs(sizes),
             *fairness_jobs(sup, sizes, floods),
         ]
         samples = await trio.to_thread.run_sync(lambda: run_interleaved(jobs, rounds=sizes.rounds))
@@ -743,6 +811,7 @@ def summary(floor: Measure, measures: Sequence[Measure], tally: EventTally) -> l
     events = _row(measures, EVENTS_ROW)
     check = _row(measures, CHECK_ROW)
     admission = _row(measures, ADMISSION_ROW)
+    match = _row(measures, MATCH_ROW)
     alone = _row(measures, QUIET_ALONE)
     rows: list[dict[str, Any]] = []
 
@@ -806,6 +875,15 @@ def summary(floor: Measure, measures: Sequence[Measure], tally: EventTally) -> l
         admission.p50_us / floor.p50_us,
         "<= 100 us",
         admission.p50_us <= ADMISSION_TARGET.p50_us,
+    )
+    add(
+        "publish to a fresh topic p50, many subscriptions",
+        f"{match.p50_us:.2f} us",
+        f"{floor.p50_us:.1f} us",
+        match.p50_us / floor.p50_us,
+        "<= 20 us",
+        match.p50_us <= MATCH_TARGET.p50_us,
+        subscriptions=match.extra.get("subscriptions"),
     )
     for name, label in ((QUIET_PUBLISH, "publish flood"), (QUIET_CALL, "call flood")):
         flooded = _row(measures, name)
