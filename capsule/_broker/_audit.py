@@ -1,8 +1,16 @@
 """The broker's audit log: every security decision as one JSON line, one file per app run.
 
-Must not slow the message path: allowed messages are only counted (one dict update each)
-and become one summary line per (feature, token, action, target) at the next flush; it
-never reads the file back (that is ``_audit_read``) and never configures structlog globally.
+Must not slow the message path: allowed messages are only counted (two dict updates each)
+and become one summary line per (feature, token, action, target) at the next flush, or
+one line per (feature, token, action) when they reached more than DISTINCT_TARGETS
+targets; it never reads the file back (that is ``_audit_read``) and never configures
+structlog globally.
+
+The log cannot fill the disk: the file is rotated (``<run>.jsonl.1`` is the newest of
+``keep`` old ones) so that all of them hold at most about ``max_bytes``, and what one
+feature can make it write is capped: past ``share`` of a file, its allow, deny and drop
+lines are only counted, and written as one ``suppressed`` line per flush. Decisions that
+matter (admit, refuse, delegate, revoke, renew, end, and any other) are always written.
 
 Each line is a JSON object with the fields ``time`` (Unix seconds), ``ts`` (ISO 8601 UTC,
 milliseconds, ``Z``), ``app``, ``run``, ``event``, ``feature``, ``decision``, ``reason``,
@@ -20,7 +28,9 @@ is involved) and any extra fields of the event (``count``, ``to``, ``parent``, `
 * ``renew`` / ``fail``: a token was renewed (``previous``, ``handle``, ``expires``) / a
   renewal failed (event ``renew``),
 * ``end``: a session or a container ended,
-* ``drop``: a message was dropped (queue full, peer gone).
+* ``drop``: a message was dropped (queue full, peer gone),
+* ``suppressed``: lines of a feature past its share of the log were only counted
+  (``count``).
 
 Any other string is accepted and written as given. The log is not thread-safe: it belongs
 to the broker's event loop.
@@ -42,8 +52,12 @@ import structlog
 from structlog.typing import EventDict
 
 __all__ = [
+    "AUDIT_KEEP",
+    "AUDIT_MAX",
+    "AUDIT_SHARE",
     "DENIALS_PER_SECOND",
     "DENY_DECISIONS",
+    "DISTINCT_TARGETS",
     "AuditLog",
     "AuditStatistics",
     "default_audit_path",
@@ -53,6 +67,19 @@ __all__ = [
 DENIALS_PER_SECOND: Final = 200
 #: the decisions that count as denials (``denied``, ``denied_by``, the flood cap).
 DENY_DECISIONS: Final = frozenset({"deny", "refuse"})
+#: distinct targets of one (feature, token, action) written as a line each per flush; past
+#: it, one line sums up all of them, with a few examples.
+DISTINCT_TARGETS: Final = 16
+_EXAMPLES: Final = 3
+#: the most bytes the log and its rotated files hold together (as journald's SystemMaxUse).
+AUDIT_MAX: Final = 64 << 20
+#: rotated files kept beside the one being written.
+AUDIT_KEEP: Final = 4
+#: the part of each file one feature's allow, deny and drop lines may take.
+AUDIT_SHARE: Final = 0.25
+#: decisions whose lines count against a feature's share; the others are always written.
+_SHEDDABLE: Final = frozenset({"allow", "deny", "drop"})
+_MIN_FILE: Final = 4096
 #: buffered lines past which ``record`` writes at once instead of at the next flush.
 _BUFFER_LINES: Final = 64
 _FILE_MODE: Final = 0o600
@@ -62,7 +89,7 @@ _ORDER: Final = (
     "time", "ts", "app", "run", "event", "feature", "decision", "reason", "token", "capability"
 )  # fmt: skip
 
-_AllowKey = tuple[str, str, str, str]
+_AllowKey = tuple[str, str, str]  # (feature, token id, action)
 
 
 @final
@@ -139,11 +166,25 @@ class AuditLog:
         app: str,
         run: str,
         clock: Callable[[], float] = time.time,
+        max_bytes: int = AUDIT_MAX,
+        keep: int = AUDIT_KEEP,
+        share: float = AUDIT_SHARE,
     ) -> None:
+        if keep < 1 or not 0 < share <= 1:
+            raise ValueError(f"keep must be at least 1 and share in (0, 1]: {keep}, {share}")
         self.path = path
         self._clock = clock
         self._lines: list[str] = []
-        self._pending: dict[_AllowKey, int] = {}
+        self._pending: dict[_AllowKey, dict[str, int]] = {}  # -> target -> count
+        self._overflow: dict[_AllowKey, int] = {}  # allows on targets past DISTINCT_TARGETS
+        self._keep = keep
+        #: bytes per file: the current one and ``keep`` rotated ones hold ``max_bytes``
+        self.file_bytes = max(max_bytes // (keep + 1), _MIN_FILE)
+        self.share_bytes = max(int(self.file_bytes * share), 1)
+        self._size = 0
+        self._used: dict[str, int] = {}  # feature -> bytes of sheddable lines in this file
+        self._shed: dict[str, int] = {}  # feature -> sheddable lines not written since flush
+        self._flushed = clock()
         self._allowed = 0
         self._denied: dict[str, int] = {}
         self._events = 0
@@ -153,6 +194,8 @@ class AuditLog:
         self._limits: dict[tuple[str, str], tuple[int, str]] = {}  # (feature, limit) -> (n, why)
         self._closed = False
         self._file = None if path is None else _open_append(path)
+        if self._file is not None:
+            self._size = os.fstat(self._file.fileno()).st_size
         self._logger = structlog.wrap_logger(
             _BufferSink(self._lines),
             processors=[
@@ -168,8 +211,17 @@ class AuditLog:
 
     def allow(self, feature: str, token_id: str, action: str, target: str) -> None:
         """Count one allowed message; it is written as part of a summary at the next flush."""
-        key = (feature, token_id, action, target)
-        self._pending[key] = self._pending.get(key, 0) + 1
+        key = (feature, token_id, action)
+        targets = self._pending.get(key)
+        if targets is None:
+            targets = self._pending[key] = {}
+        count = targets.get(target)
+        if count is not None:
+            targets[target] = count + 1
+        elif len(targets) < DISTINCT_TARGETS:
+            targets[target] = 1
+        else:  # a flood of new targets: counted, never kept (memory stays bounded)
+            self._overflow[key] = self._overflow.get(key, 0) + 1
 
     def limit(self, feature: str, limit: str, reason: str) -> None:
         """Count one attempt of ``feature`` past its ``limit``: however many there are, they
@@ -216,17 +268,26 @@ class AuditLog:
     def flush(self) -> None:
         """Write the allow summaries, the flood summaries and every buffered line."""
         pending, self._pending = self._pending, {}
-        for (feature, token_id, action, target), count in pending.items():
-            self._allowed += count
-            self._emit(
-                "allow",
-                feature=feature,
-                decision="allow",
-                reason="",
-                token=token_id,
-                capability=f"icc:{action}:{target}",
-                fields={"count": count},
-            )
+        overflow, self._overflow = self._overflow, {}
+        now = self._clock()
+        seconds, self._flushed = max(now - self._flushed, 0.0), now
+        for key, targets in pending.items():
+            feature, token_id, action = key
+            more = overflow.get(key, 0)
+            self._allowed += sum(targets.values()) + more
+            if more:
+                self._summarise(key, targets, more, seconds)
+                continue
+            for target, count in targets.items():
+                self._emit(
+                    "allow",
+                    feature=feature,
+                    decision="allow",
+                    reason="",
+                    token=token_id,
+                    capability=f"icc:{action}:{target}",
+                    fields={"count": count},
+                )
         limits, self._limits = self._limits, {}
         for (feature, limit), (count, reason) in limits.items():
             self._emit(
@@ -249,7 +310,41 @@ class AuditLog:
                 capability=None,
                 fields={"count": count},
             )
+        shed, self._shed = self._shed, {}
+        for feature, count in shed.items():
+            self._emit(
+                "suppressed",
+                feature=feature,
+                decision="suppressed",
+                reason=(
+                    f"suppressed {count} similar events from {feature} in the last "
+                    f"{seconds:.0f}s: its lines took {self.share_bytes} bytes of this "
+                    f"{self.file_bytes}-byte file, its share"
+                ),
+                token=None,
+                capability=None,
+                fields={"count": count},
+            )
         self._write()
+
+    def _summarise(
+        self, key: _AllowKey, targets: dict[str, int], more: int, seconds: float
+    ) -> None:
+        """One line for allows on more than DISTINCT_TARGETS targets in one interval."""
+        feature, token_id, action = key
+        count = sum(targets.values()) + more
+        self._emit(
+            "allow",
+            feature=feature,
+            decision="allow",
+            reason=(
+                f"suppressed {count} similar events from {feature} in the last {seconds:.0f}s "
+                f"({action} to more than {DISTINCT_TARGETS} targets)"
+            ),
+            token=token_id,
+            capability=None,
+            fields={"action": action, "count": count, "examples": list(targets)[:_EXAMPLES]},
+        )
 
     async def run(self, interval: float = 1.0) -> None:
         """Flush every ``interval`` seconds until cancelled; ``close()`` writes the rest."""
@@ -271,7 +366,9 @@ class AuditLog:
 
     def statistics(self) -> AuditStatistics:
         return AuditStatistics(
-            allowed=self._allowed + sum(self._pending.values()),
+            allowed=self._allowed
+            + sum(sum(targets.values()) for targets in self._pending.values())
+            + sum(self._overflow.values()),
             denied=sum(self._denied.values()),
             events=self._events,
             dropped=self._dropped,
@@ -305,12 +402,21 @@ class AuditLog:
         capability: str | None,
         fields: dict[str, Any],
     ) -> None:
+        sheddable = decision in _SHEDDABLE
+        used = self._used.get(feature, 0) if sheddable else 0
+        if used >= self.share_bytes:  # a summary line stands for ``count`` events
+            events = int(fields.get("count", 1))
+            self._shed[feature] = self._shed.get(feature, 0) + events
+            self._dropped += events
+            return
         optional = {"token": token, "capability": capability}
         present = {key: value for key, value in optional.items() if value is not None}
         self._logger.msg(
             event, feature=feature, decision=decision, reason=reason, **present, **fields
         )
         self._events += 1
+        if sheddable:
+            self._used[feature] = used + len(self._lines[-1]) + 1
 
     def _add_time(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
         """structlog processor: ``time`` (Unix seconds) and ``ts`` (ISO 8601 UTC) from the clock."""
@@ -326,3 +432,21 @@ class AuditLog:
             return
         self._file.write(text)
         self._file.flush()
+        self._size += len(text)  # JSON lines are ASCII: characters are bytes
+        if self._size >= self.file_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        """``<run>.jsonl`` becomes ``.1``, ``.1`` becomes ``.2``, ...; the oldest goes."""
+        assert self._file is not None  # noqa: S101 - only called after a write
+        assert self.path is not None  # noqa: S101 - as the file
+        self._file.close()
+        self._file = None
+        name = self.path.name
+        for number in range(self._keep, 0, -1):
+            source = self.path if number == 1 else self.path.with_name(f"{name}.{number - 1}")
+            if source.exists():
+                os.replace(source, self.path.with_name(f"{name}.{number}"))
+        self._file = _open_append(self.path)
+        self._size = 0
+        self._used.clear()

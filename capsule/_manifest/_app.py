@@ -20,7 +20,7 @@ from capsule._manifest._locator import KeyPath
 from capsule._manifest._model import AppManifest, Policy, Strategy
 from capsule._manifest._problems import Doc, Problem
 from capsule._manifest._reader import Table, read_toml, suggest
-from capsule._units import format_duration, parse_duration
+from capsule._units import format_duration, format_size, parse_duration, parse_size
 from capsule.errors import ConfigError
 
 __all__ = ["APP_TABLES", "STRATEGIES", "ParsedApp", "ParsedPolicy", "read_app", "volume_dir"]
@@ -30,6 +30,8 @@ STRATEGIES: Final[tuple[Strategy, ...]] = ("one_for_one", "one_for_all", "rest_f
 WAIVABLE: Final[tuple[str, ...]] = ("cgroups", "landlock", "seccomp")
 #: the shortest and longest lifetime of a container's tokens, in seconds
 TOKEN_TTL_RANGE: Final = (1.0, 24 * 3600.0)
+#: the smallest audit_max: five files of 64 KiB
+AUDIT_MAX_MIN: Final = 320 << 10
 
 
 @final
@@ -75,6 +77,15 @@ def _token_ttl(value: object) -> float:
             f'must be from {format_duration(low)} to {format_duration(high)}, found "{value}"'
         )
     return seconds
+
+
+def _audit_max(value: object) -> int:
+    size = parse_size(value)
+    if size < AUDIT_MAX_MIN:
+        raise ConfigError(
+            f"must be at least {format_size(AUDIT_MAX_MIN)}, found {format_size(size)}"
+        )
+    return size
 
 
 def _check_bundle_dir(value: str) -> str | None:
@@ -170,10 +181,14 @@ def read_app(root: Path, shown: str, sink: list[Problem]) -> ParsedApp | None:
     head = top.table("app", required=True)
     name = strategy = None
     token_ttl: float | None = None
+    audit_max: int | None = None
+    audit_share: float | None = None
     bundles: list[tuple[KeyPath, str]] = []
     waived: list[str] = []
     if head is not None:
-        head.allow("name", "features", "strategy", "allow_missing", "token_ttl")
+        head.allow(
+            "name", "features", "strategy", "allow_missing", "token_ttl", "audit_max", "audit_share"
+        )
         name = head.string("name", required='name = "notes"', check=check_feature_name)
         if "features" not in head:
             head.missing("features", 'features = ["features/editor"]')
@@ -189,6 +204,8 @@ def read_app(root: Path, shown: str, sink: list[Problem]) -> ParsedApp | None:
         strategy = head.choice("strategy", STRATEGIES)
         waived = [value for _, value in head.strings("allow_missing", _check_waivable)]
         token_ttl = head.converted("token_ttl", _token_ttl)
+        audit_max = head.converted("audit_max", _audit_max)
+        audit_share = head.number("audit_share", above=0, maximum=1)
     declared, volumes = _read_volumes(top.table("volumes"), root, shown)
     policies: dict[str, ParsedPolicy] = {}
     policy_table = top.table("policy")
@@ -205,6 +222,8 @@ def read_app(root: Path, shown: str, sink: list[Problem]) -> ParsedApp | None:
         strategy=next((s for s in STRATEGIES if s == strategy), "one_for_one"),
         allow_missing=tuple(waived),
         token_ttl=token_ttl,
+        audit_max=audit_max,
+        audit_share=audit_share,
         volumes=MappingProxyType(declared),
         policies=MappingProxyType({name: parsed.policy for name, parsed in policies.items()}),
     )

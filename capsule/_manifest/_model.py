@@ -221,6 +221,7 @@ class AppManifest(msgspec.Struct, frozen=True, kw_only=True):
     ``allow_missing`` names isolation mechanisms (``cgroups``, ``landlock``,
     ``seccomp``) the app agrees to run without on a machine that lacks them.
     ``token_ttl`` is how long its containers' tokens live before renewal replaces them.
+    ``audit_max`` and ``audit_share`` bound its audit log and one feature's part of it.
     """
 
     name: str
@@ -228,6 +229,8 @@ class AppManifest(msgspec.Struct, frozen=True, kw_only=True):
     strategy: Strategy = "one_for_one"
     allow_missing: tuple[str, ...] = ()
     token_ttl: float | None = None  # seconds a container's tokens live; None: the default
+    audit_max: int | None = None  # bytes the audit log and its rotated files hold; None: 64 MiB
+    audit_share: float | None = None  # of each audit file, one feature's part; None: 0.25
     volumes: Mapping[str, str] = msgspec.field(default_factory=dict)
     policies: Mapping[str, Policy] = msgspec.field(default_factory=dict)
 

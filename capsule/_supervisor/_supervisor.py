@@ -21,7 +21,7 @@ import anyio.abc
 import anyio.lowlevel
 import structlog
 
-from capsule._broker._audit import AuditLog, default_audit_path
+from capsule._broker._audit import AUDIT_MAX, AUDIT_SHARE, AuditLog, default_audit_path
 from capsule._broker._broker import Broker
 from capsule._broker._host import Stream, Subscription
 from capsule._container._feature import Feature
@@ -137,6 +137,8 @@ class Supervisor(metaclass=NoPublicConstructor):
             audit or default_audit_path(app.manifest.name, self._rundir.name),
             app=app.manifest.name,
             run=self._rundir.name,
+            max_bytes=app.manifest.audit_max or AUDIT_MAX,
+            share=app.manifest.audit_share or AUDIT_SHARE,
         )
         self._broker = Broker(
             self._authority,

@@ -102,6 +102,8 @@ class TestApp:
         self.name = name
         self.strategy = strategy
         self.allow_missing = tuple(allow_missing)
+        #: more keys of its ``[app]`` table, as written (``{"audit_max": "1MiB"}``)
+        self.settings: dict[str, TomlValue] = {}
         self._specs: dict[str, _Spec] = {}
         self._volumes: dict[str, str] = {}
 
@@ -168,6 +170,7 @@ class TestApp:
         }
         if self.allow_missing:
             head["allow_missing"] = list(self.allow_missing)
+        head.update(self.settings)
         parts = [_table("app", head)]
         if self._volumes:
             parts.append(_table("volumes", self._volumes))

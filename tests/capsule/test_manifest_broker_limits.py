@@ -52,3 +52,32 @@ def test_bad_broker_limits_are_reported_with_file_line_and_key(
     with pytest.raises(ConfigError) as raised:
         load_app(root)
     assert (raised.value.key, raised.value.line) == (key, 6)
+
+
+def test_the_audit_logs_cap_and_a_features_share_are_set_in_the_app_table(
+    tmp_path: Path,
+) -> None:
+    root = make_app(tmp_path, {"a": ""}, 'audit_max = "16MiB"\naudit_share = 0.1\n')
+    manifest = load_app(root).manifest
+    assert (manifest.audit_max, manifest.audit_share) == (16 << 20, 0.1)
+    default = load_app(make_app(tmp_path / "d", {"a": ""})).manifest
+    assert (default.audit_max, default.audit_share) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("entry", "key", "fragment"),
+    [
+        ('audit_max = "64KiB"', "app.audit_max", "at least 320KiB"),
+        ('audit_max = "64MB"', "app.audit_max", "64MiB"),
+        ("audit_share = 0", "app.audit_share", "more than 0 and at most 1"),
+        ("audit_share = 2", "app.audit_share", "more than 0 and at most 1"),
+    ],
+)
+def test_a_bad_audit_budget_is_reported_with_file_line_and_key(
+    tmp_path: Path, entry: str, key: str, fragment: str
+) -> None:
+    root = make_app(tmp_path, {"a": ""}, f"{entry}\n")
+    problem = one(check_app(root), key)
+    assert problem.path.endswith("/app.toml")
+    assert problem.line == 4
+    assert fragment in problem.message, problem.message
