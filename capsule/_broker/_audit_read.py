@@ -7,6 +7,7 @@ JSON objects as problems, then reads on.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,11 +65,13 @@ def read_events(
     """The events of ``path`` in order; blank lines are skipped.
 
     With ``follow`` it waits for lines appended later (checking every ``poll`` seconds),
-    a last line without its newline included, and never ends by itself.
+    a last line without its newline included, goes on in the new file when the log is
+    rotated (line numbers count on), and never ends by itself.
     """
     number = 0
     partial = b""
-    with path.open("rb") as file:
+    file = path.open("rb")
+    try:
         while True:
             chunk = file.readline()
             if chunk:
@@ -76,6 +79,10 @@ def read_events(
                 if not partial.endswith(b"\n"):
                     continue  # at the end of the file: waits for the rest below
             elif follow:
+                if not partial and _rotated(path, file.fileno()):
+                    file.close()  # read to its end: go on with the new file
+                    file = path.open("rb")
+                    continue
                 sleep(poll)
                 continue
             elif not partial:
@@ -84,3 +91,15 @@ def read_events(
             number += 1
             if raw.strip():
                 yield _parse(path, number, raw.rstrip(b"\r\n"))
+    finally:
+        file.close()
+
+
+def _rotated(path: Path, fd: int) -> bool:
+    """Whether ``path`` is now another file than the one open as ``fd`` (the log rotated)."""
+    try:
+        now = path.stat()
+    except FileNotFoundError:
+        return False  # between the rename and the new file
+    held = os.fstat(fd)
+    return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)

@@ -5,12 +5,15 @@ that matter are always written."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from capsule._broker._audit import DISTINCT_TARGETS, AuditLog
+from capsule._broker._audit_read import AuditEvent, read_events
 
 TID = "3f2a9c1b0d4e5f60718293a4b5c6d7e8"
 T0 = 1_795_600_800.125
@@ -118,3 +121,34 @@ def test_the_log_rotates_and_all_its_files_stay_under_the_cap(tmp_path: Path) ->
 def test_a_budget_that_makes_no_sense_is_refused(tmp_path: Path, keep: int, share: float) -> None:
     with pytest.raises(ValueError, match="keep must be at least 1"):
         AuditLog(None, app="a", run="r", keep=keep, share=share)
+
+
+def test_follow_goes_on_in_the_new_file_when_the_log_rotates(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    log = AuditLog(path, app="notes", run="run", max_bytes=5 * 4096, keep=4, share=1.0)
+    log.record("admit", feature="a", decision="admit", n=0)
+    log.flush()
+    seen: list[int] = []
+
+    def follow() -> None:  # a daemon: left waiting if following fails, and the test fails
+        for item in read_events(path, follow=True, poll=0.005):
+            assert isinstance(item, AuditEvent)
+            seen.append(item.get("n"))
+            if len(seen) == 200:
+                return
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    try:
+        for n in range(1, 200):  # ~40 KB: the file rotates several times
+            deadline = time.monotonic() + 2
+            while len(seen) < n and time.monotonic() < deadline:
+                time.sleep(0.002)
+            assert len(seen) == n, f"the reader stopped at line {len(seen)}"
+            log.record("admit", feature="a", decision="admit", n=n)
+            log.flush()
+        reader.join(2)
+    finally:
+        log.close()
+    assert path.with_name("run.jsonl.4").exists()
+    assert seen == list(range(200))
