@@ -163,7 +163,7 @@ class Broker:
         self.network.detach(peer)
         for handle in list(peer.handles.values()):
             self._authority.revoke(handle.claims)
-        for token_id in peer.granted:  # delegated to it, even if never presented
+        for token_id in list(peer.granted):  # delegated to it, even if never presented
             self._authority.revoke(token_id)
         peer.handles.clear()
 
@@ -236,6 +236,11 @@ class Broker:
             for handle in handles:
                 handle.grant.revoke()
             delegation = self._delegated.pop(token_id, None)
+            if delegation is not None:  # its recipient forgets it: nothing grows per delegation
+                target = self._resolve(delegation[1])
+                recipient = None if target is None else target._live_peer()
+                if recipient is not None:
+                    recipient.granted.discard(token_id)
             holder = handles[0].grant.feature if handles else delegation[1] if delegation else ""
             self.audit.record(
                 "revoke", feature=holder, decision="revoke", token=token_id, handles=len(handles)
@@ -513,7 +518,7 @@ class Broker:
             capabilities=[str(c) for c in token.claims.caps],
             expires=token.claims.exp,
         )
-        recipient.granted.append(token.token_id)
+        recipient.granted.add(token.token_id)
         recipient.conn.send(Granted(token=token.text, sender=peer.feature))
         peer.conn.send(Result(id=msg.id, value=encode_payload(token.token_id, "a token id")))
 

@@ -93,7 +93,7 @@ class Peer:
         self.landlock_abi = landlock_abi
         self.handles: dict[int, Handle] = {}
         self.admitted: dict[str, Handle] = {}  # token id -> handle
-        self.granted: list[str] = []  # ids of tokens delegated to it, admitted or not
+        self.granted: set[str] = set()  # ids of live tokens delegated to it, admitted or not
         self.calls: dict[int, Route] = {}  # delivered into this container, awaiting its answer
         self.requests: dict[int, Route] = {}  # made by this container, in flight
         self.services: frozenset[str] = frozenset()

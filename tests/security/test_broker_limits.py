@@ -251,3 +251,26 @@ async def test_a_feature_that_stops_reading_is_ended_when_its_policy_says_close(
                 await first.ended.wait()
     ends = [e for e in _audit(app) if e["decision"] == "end" and e["feature"] == "attacker"]
     assert any(f"fell behind its events (over {_QUEUE} bytes queued)" in e["reason"] for e in ends)
+
+
+@pytest.mark.trio
+async def test_delegating_and_revoking_in_a_loop_leaves_nothing_behind_for_the_recipient(
+    capsule_app: TestApp,
+) -> None:
+    """What the broker keeps for a recipient per delegated token goes with the revocation."""
+    app = _app(capsule_app)
+    attempt = {"op": "delegate", "caps": "icc:call:dictionary.lookup", "to": "listener"}
+    async with app.open() as sup:
+        with trio.fail_after(60):
+            for _ in range(150):
+                given = await sup.call("attacker", "probe", attempt)
+                assert given["ok"], given
+                answer = await sup.call(
+                    "attacker", "probe", {"op": "revoke", "token_id": given["token_id"]}
+                )
+                assert answer == {"ok": True, "revoked": 1}
+            recipient = sup.feature("listener").instance
+            assert recipient is not None
+            kept = len(recipient.peer.granted)
+            held = _stats(sup, "attacker").delegations
+    assert (kept, held) == (0, 0)
