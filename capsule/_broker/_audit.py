@@ -183,6 +183,7 @@ class AuditLog:
         self.share_bytes = max(int(self.file_bytes * share), 1)
         self._size = 0
         self._used: dict[str, int] = {}  # feature -> bytes of sheddable lines in this file
+        self._spent: dict[str, int] = {}  # feature -> bytes of all its lines in this file
         self._shed: dict[str, int] = {}  # feature -> sheddable lines not written since flush
         self._flushed = clock()
         self._allowed = 0
@@ -375,6 +376,11 @@ class AuditLog:
             path=None if self.path is None else str(self.path),
         )
 
+    def over_share(self, feature: str) -> bool:
+        """Whether ``feature``'s lines, those that are always written included, took its share
+        of the current file: the broker then refuses what would add more of them."""
+        return self._spent.get(feature, 0) >= self.share_bytes
+
     def denied_by(self, feature: str) -> int:
         """How many deny/refuse decisions were recorded for ``feature``, suppressed or not."""
         return self._denied.get(feature, 0)
@@ -415,8 +421,10 @@ class AuditLog:
             event, feature=feature, decision=decision, reason=reason, **present, **fields
         )
         self._events += 1
+        size = len(self._lines[-1]) + 1
+        self._spent[feature] = self._spent.get(feature, 0) + size
         if sheddable:
-            self._used[feature] = used + len(self._lines[-1]) + 1
+            self._used[feature] = used + size
 
     def _add_time(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
         """structlog processor: ``time`` (Unix seconds) and ``ts`` (ISO 8601 UTC) from the clock."""
@@ -450,3 +458,4 @@ class AuditLog:
         self._file = _open_append(self.path)
         self._size = 0
         self._used.clear()
+        self._spent.clear()

@@ -482,6 +482,17 @@ class Broker:
         if live >= peer.limits.delegations:
             self._over(peer, msg.id, "delegations", f"{live} live delegated tokens")
             return
+        if self.audit.over_share(peer.feature):  # its delegations are always audited: slow it
+            reason = (
+                f"its audit lines took its share of the audit log ({self.audit.share_bytes} "
+                f"bytes of {self.audit.file_bytes}, audit_share in app.toml); delegate later"
+            )
+            peer.denied += 1
+            self.audit.limit(peer.feature, "audit_share", reason)
+            peer.conn.send(
+                Error(id=msg.id, kind="overloaded", feature=peer.feature, message=reason)
+            )
+            return
         target = self._resolve(msg.to)
         recipient = None if target is None else target._live_peer()
         if recipient is None:

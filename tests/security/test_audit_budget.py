@@ -93,3 +93,33 @@ async def test_a_denial_flood_takes_only_its_share_and_decisions_that_matter_are
     assert {e["feature"] for e in admits} == {"flooder", "quiet"}
     assert [e["token"] for e in written if e["decision"] == "revoke"][:1] == [token]
     assert token in revoked
+
+
+@pytest.mark.trio
+async def test_delegations_always_audited_are_refused_once_they_took_the_features_share(
+    capsule_app: TestApp,
+) -> None:
+    """Delegating and revoking in a loop writes lines that are never dropped; past its share
+    of the file, delegating is refused instead, and every delegation made is in the log."""
+    app = _app(capsule_app)
+    attempt = {"op": "delegate", "caps": "icc:call:quiet.ping", "to": "quiet"}
+    made: list[str] = []
+    refused: dict[str, Any] = {}
+    async with app.open() as sup:
+        with trio.fail_after(60):
+            for _ in range(2000):
+                given = await sup.call("flooder", "probe", attempt)
+                if not given["ok"]:
+                    refused = given
+                    break
+                made.append(given["token_id"])
+                revoke = {"op": "revoke", "token_id": given["token_id"]}
+                assert (await sup.call("flooder", "probe", revoke))["ok"]
+    written = _audit(app)
+    mine = [e for e in written if e["feature"] == "flooder"]
+    assert 20 < len(made) < 2000
+    assert refused["error"] == "OverloadedError"
+    assert "took its share of the audit log" in refused["reason"]
+    assert [e["token"] for e in written if e["decision"] == "delegate"] == made
+    assert sum(len(json.dumps(e)) + 1 for e in mine) <= 52_428 + 4_000
+    assert [e["limit"] for e in mine if e["event"] == "limit"] == ["audit_share"]
