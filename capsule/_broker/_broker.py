@@ -23,7 +23,7 @@ from capsule._broker._calls import MAX_IN_FLIGHT, CallRouter, Target
 from capsule._broker._connection import Connection, Outbox
 from capsule._broker._host import Stream, Subscription
 from capsule._broker._network import NetworkMediator
-from capsule._broker._routes import Handle, Peer, Subscriber, unusable
+from capsule._broker._routes import WITHDRAWN, Handle, Peer, Subscriber, unusable
 from capsule._broker._topics import TopicIndex, valid_call, valid_pattern, valid_topic
 from capsule._ipc._channel import encode_frame
 from capsule._ipc._messages import (
@@ -54,7 +54,7 @@ from capsule._ipc._outcome import error_for
 from capsule._ipc._payload import NIL, encode_payload
 from capsule._manifest._model import DEFAULT_BROKER_LIMITS, BrokerLimits
 from capsule._tasks import TaskStarter
-from capsule._tokens._authority import Token, TokenAuthority
+from capsule._tokens._authority import Token, TokenAuthority, revoked_reason
 from capsule._tokens._caps import Action
 from capsule._tokens._grant import compile_grant
 from capsule.errors import (
@@ -182,7 +182,7 @@ class Broker:
         claims, reason = self._verifier.diagnose(msg.token, aud=peer.feature)
         if claims is None:
             peer.denied += 1
-            peer.refused += 1
+            peer.refused += not self._withdrawn(peer, reason)
             self.audit.record(
                 "admit", feature=peer.feature, decision="refuse", reason=reason or "invalid token"
             )
@@ -228,6 +228,16 @@ class Broker:
             )
         )
 
+    @staticmethod
+    def _withdrawn(peer: Peer, reason: str | None) -> bool:
+        """Whether ``peer`` was refused a token delegated to it and revoked before it could
+        present it: not its fault, so it does not count towards MAX_REFUSED (once each)."""
+        for token_id in peer.withdrawn:
+            if reason == revoked_reason(token_id):
+                del peer.withdrawn[token_id]
+                return True
+        return False
+
     def _revoked(self, ids: frozenset[bytes]) -> None:
         """Revocation listener: runs inside ``revoke()``, so no message is authorized after it."""
         for jti in ids:
@@ -241,6 +251,10 @@ class Broker:
                 recipient = None if target is None else target._live_peer()
                 if recipient is not None:
                     recipient.granted.discard(token_id)
+                    if token_id not in recipient.admitted:  # its Granted may be on its way
+                        recipient.withdrawn[token_id] = None
+                        if len(recipient.withdrawn) > WITHDRAWN:
+                            del recipient.withdrawn[next(iter(recipient.withdrawn))]
             holder = handles[0].grant.feature if handles else delegation[1] if delegation else ""
             self.audit.record(
                 "revoke", feature=holder, decision="revoke", token=token_id, handles=len(handles)

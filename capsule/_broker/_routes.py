@@ -20,8 +20,10 @@ from capsule._manifest._model import DEFAULT_BROKER_LIMITS, BrokerLimits
 from capsule._tokens._format import TokenClaims
 from capsule._tokens._grant import Grant
 
-__all__ = ["Deadlines", "Handle", "Peer", "Route", "Subscriber", "unusable"]
+__all__ = ["WITHDRAWN", "Deadlines", "Handle", "Peer", "Route", "Subscriber", "unusable"]
 
+WITHDRAWN: Final = 64
+"""Delegated tokens revoked before their recipient presented them, remembered per peer."""
 _COMPACT_EVERY: Final = 4096  # finished calls leave heap entries behind; drop them this often
 
 
@@ -74,6 +76,7 @@ class Peer:
         "requests",
         "services",
         "subscriptions",
+        "withdrawn",
     )
 
     def __init__(
@@ -94,6 +97,8 @@ class Peer:
         self.handles: dict[int, Handle] = {}
         self.admitted: dict[str, Handle] = {}  # token id -> handle
         self.granted: set[str] = set()  # ids of live tokens delegated to it, admitted or not
+        #: tokens delegated to it and revoked before it presented them (the latest WITHDRAWN)
+        self.withdrawn: dict[str, None] = {}
         self.calls: dict[int, Route] = {}  # delivered into this container, awaiting its answer
         self.requests: dict[int, Route] = {}  # made by this container, in flight
         self.services: frozenset[str] = frozenset()

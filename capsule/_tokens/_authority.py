@@ -38,13 +38,18 @@ from capsule._tokens._keys import KeyRing, PublicKeyRing
 from capsule._tokens._revocation import RevocationList
 from capsule.errors import CapabilityDeniedError, ConfigError, InvalidTokenError
 
-__all__ = ["Token", "TokenAuthority", "TokenVerifier", "inspect_token"]
+__all__ = ["Token", "TokenAuthority", "TokenVerifier", "inspect_token", "revoked_reason"]
 
 _log = structlog.get_logger("capsule.tokens")
 
 _AUDIENCE: Final = re.compile(r"[a-z][a-z0-9-]{0,62}")
 DEFAULT_TTL: Final = 3600.0
 MAX_TTL: Final = 366 * 24 * 3600.0
+
+
+def revoked_reason(token_id: str) -> str:
+    """What ``diagnose`` says of a genuine token that is revoked (or whose ancestor is)."""
+    return f"token {token_id} or an ancestor is revoked"
 
 
 @final
@@ -180,7 +185,7 @@ class TokenVerifier:
         if aud is not None and claims.aud != aud:
             return None, f"token {claims.token_id} is for {claims.aud!r}, presented as {aud!r}"
         if self.revocations.any_revoked(claims.jti, claims.chain):
-            return None, f"token {claims.token_id} or an ancestor is revoked"
+            return None, revoked_reason(claims.token_id)
         return claims, None
 
     def verify_at_time(

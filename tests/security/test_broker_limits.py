@@ -67,6 +67,7 @@ def _app(app: TestApp, *, lagged: str = "drop") -> TestApp:
     attacker.on("slow.*")(ignore)
     listener = app.feature("listener", policy={"subscribe": ["spell.*"]})
     listener.service("ping")(_ping)
+    listener.service("freeze")(_freeze)
     listener.on("spell.*")(ignore)
     return app
 
@@ -274,3 +275,36 @@ async def test_delegating_and_revoking_in_a_loop_leaves_nothing_behind_for_the_r
             kept = len(recipient.peer.granted)
             held = _stats(sup, "attacker").delegations
     assert (kept, held) == (0, 0)
+
+
+@pytest.mark.trio
+async def test_tokens_revoked_before_their_recipient_presents_them_do_not_get_it_ended(
+    capsule_app: TestApp,
+) -> None:
+    """A delegator that revokes each token before its recipient can present it must not make
+    the recipient look like a container presenting invalid tokens (which is ended)."""
+    app = _app(capsule_app)
+    attempt = {"op": "delegate", "caps": "icc:call:dictionary.lookup", "to": "listener"}
+    async with app.open() as sup:
+        with trio.fail_after(60):
+            before = sup.feature("listener").instance
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sup.call, "listener", "freeze", 2.0)
+                await trio.sleep(0.3)  # the listener reads nothing until it thaws
+                for _ in range(40):
+                    given = await sup.call("attacker", "probe", attempt)
+                    assert given["ok"], given
+                    revoke = {"op": "revoke", "token_id": given["token_id"]}
+                    assert (await sup.call("attacker", "probe", revoke))["ok"]
+
+            async def all_presented() -> bool:
+                return _stats(sup, "listener").denied >= 40
+
+            await _eventually(all_presented)
+            assert await sup.call("listener", "ping") == "pong"
+            after = sup.feature("listener").instance
+            restarts = sup.statistics().features["listener"].restarts
+    refused = [e for e in _audit(app) if e["decision"] == "refuse" and e["feature"] == "listener"]
+    assert (after is before, restarts) == (True, 0)
+    assert len(refused) == 40
+    assert all("is revoked" in e["reason"] for e in refused)
