@@ -81,6 +81,10 @@ _ACTION_WORD: Final = {
 }
 
 
+def _holds(peer: Peer, limit: str, what: str) -> str:
+    return f"holds {what} already (limits.{limit} of [policy.{peer.feature}] in app.toml)"
+
+
 @final
 class Broker:
     """Routes every message of every container of one app run."""
@@ -460,18 +464,18 @@ class Broker:
             peer.conn.send(Result(id=msg.id, value=NIL))
             return
         if len(peer.subscriptions) >= peer.limits.subscriptions:
-            self._over(peer, msg.id, "subscriptions", f"{peer.limits.subscriptions} subscriptions")
+            holds = f"{peer.limits.subscriptions} subscriptions"
+            self._over(peer, msg.id, "subscriptions", _holds(peer, "subscriptions", holds))
             return
         subscriber = Subscriber(msg.pattern, peer=peer, grant=handle.grant)
         peer.subscriptions[msg.pattern] = subscriber
         self._topics.add(msg.pattern, subscriber)
         peer.conn.send(Result(id=msg.id, value=NIL))
 
-    def _over(self, peer: Peer, request_id: int, limit: str, holds: str) -> None:
+    def _over(self, peer: Peer, request_id: int, limit: str, reason: str) -> None:
         """Refuse a request past one of ``peer``'s limits: OverloadedError in the container,
         one aggregated audit line however often it tries."""
         peer.denied += 1
-        reason = f"holds {holds} already (limits.{limit} of [policy.{peer.feature}] in app.toml)"
         self.audit.limit(peer.feature, limit, reason)
         peer.conn.send(
             Error(id=request_id, kind="overloaded", feature=peer.feature, message=reason)
@@ -492,20 +496,17 @@ class Broker:
                 request_id=msg.id,
             )
             return
-        live = self._live_delegations(peer.feature)
+        live = self.delegations(peer.feature)
         if live >= peer.limits.delegations:
-            self._over(peer, msg.id, "delegations", f"{live} live delegated tokens")
+            holds = _holds(peer, "delegations", f"{live} live delegated tokens")
+            self._over(peer, msg.id, "delegations", holds)
             return
         if self.audit.over_share(peer.feature):  # its delegations are always audited: slow it
             reason = (
                 f"its audit lines took its share of the audit log ({self.audit.share_bytes} "
                 f"bytes of {self.audit.file_bytes}, audit_share in app.toml); delegate later"
             )
-            peer.denied += 1
-            self.audit.limit(peer.feature, "audit_share", reason)
-            peer.conn.send(
-                Error(id=msg.id, kind="overloaded", feature=peer.feature, message=reason)
-            )
+            self._over(peer, msg.id, "audit_share", reason)
             return
         target = self._resolve(msg.to)
         recipient = None if target is None else target._live_peer()
@@ -547,7 +548,7 @@ class Broker:
         recipient.conn.send(Granted(token=token.text, sender=peer.feature))
         peer.conn.send(Result(id=msg.id, value=encode_payload(token.token_id, "a token id")))
 
-    def _live_delegations(self, feature: str) -> int:
+    def delegations(self, feature: str) -> int:
         """Tokens ``feature`` delegated that are neither revoked nor past their ttl; forgets
         the ones whose ttl ended (their recipients' handles expire on their own)."""
         now = time.time()
@@ -557,10 +558,6 @@ class Broker:
         for token_id in ended:
             del self._delegated[token_id]
         return sum(1 for by, _, _, _ in self._delegated.values() if by == feature)
-
-    def delegations(self, feature: str) -> int:
-        """Live tokens ``feature`` has delegated (for its statistics)."""
-        return self._live_delegations(feature)
 
     def _revoke(self, peer: Peer, msg: Revoke) -> None:
         record = self._delegated.get(msg.token_id)
