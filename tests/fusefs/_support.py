@@ -97,18 +97,18 @@ def denial(server: ServerProcess, **fields: object) -> Denied:
     return wait_until(find, what=f"a Denied with {fields}; got {server.denials}")
 
 
-def held_on_host(volume: Path, server: ServerProcess) -> tuple[int, int]:
+def held_on_host(volume: Path, server: int) -> tuple[int, int]:
     """What a view of ``volume`` makes the host hold, as a quota counts it: ``(bytes,
     inodes)``, the apparent sizes of its regular files and the number of its files,
     directories and symlinks (each once, however many names it has), beneath ``volume``
-    and unlinked but still held open by the server."""
+    and unlinked but still held open by the view server whose pid is ``server``."""
     found: dict[tuple[int, int], os.stat_result] = {}
     for directory, dirs, files in os.walk(volume):  # never into a symlink
         for name in dirs + files:
             with contextlib.suppress(FileNotFoundError):  # removed while walking: polled
                 st = os.lstat(os.path.join(directory, name))
                 found[st.st_dev, st.st_ino] = st
-    fds = f"/proc/{server.process.pid}/fd"
+    fds = f"/proc/{server}/fd"
     for fd in os.listdir(fds):
         with contextlib.suppress(FileNotFoundError):  # closed since the listing: polled
             link = os.path.join(fds, fd)

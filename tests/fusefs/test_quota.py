@@ -164,7 +164,7 @@ def test_unlinked_open_files_stay_charged_until_their_last_close(
                 if errno_of(os.write, fd, b"x" * quota) == errno.EDQUOT:
                     refused += 1
                 os.unlink(w / f"f{i}")
-                assert held_on_host(volume, server)[0] <= quota
+                assert held_on_host(volume, server.process.pid)[0] <= quota
             assert refused == 7  # only the first fitted: the others found it still held
             assert denial(server, operation="write", path="/w/f1").reason.startswith("over its")
             assert _usage(mountpoint, "/w") == (quota, 8)  # eight unlinked files, all held
@@ -178,7 +178,7 @@ def test_unlinked_open_files_stay_charged_until_their_last_close(
                 os.close(fd)
         write(w / "g", b"g" * quota)  # its last close gave the first file back
         assert _usage(mountpoint, "/w") == (quota, 1)
-        assert held_on_host(volume, server) == (quota, 1)
+        assert held_on_host(volume, server.process.pid) == (quota, 1)
 
 
 def test_refused_renames_of_directories_free_no_inodes(mountpoint: Path, tmp_path: Path) -> None:
@@ -196,7 +196,7 @@ def test_refused_renames_of_directories_free_no_inodes(mountpoint: Path, tmp_pat
         assert _usage(mountpoint, "/p") == (0, 3)
         made = [errno_of(os.mkdir, p / f"x{i}") for i in range(8)]
         assert made == [None] + [errno.EDQUOT] * 7
-        assert held_on_host(volume, server) == (0, 4)
+        assert held_on_host(volume, server.process.pid) == (0, 4)
         os.rename(p / "a", p / "b" / "c")  # over an empty directory: that one is freed
         wait_until(lambda: _usage(mountpoint, "/p") == (0, 3), what="the directory given back")
-        assert held_on_host(volume, server) == (0, 3)
+        assert held_on_host(volume, server.process.pid) == (0, 3)

@@ -160,7 +160,7 @@ class _QuotaMachine(RuleBasedStateMachine):
 
     @invariant()
     def the_host_never_holds_more_than_the_quota(self) -> None:
-        size, inodes = held_on_host(self.volume, self.server)
+        size, inodes = held_on_host(self.volume, self.server.process.pid)
         assert size <= QUOTA_BYTES
         assert inodes <= QUOTA_INODES
 
@@ -171,7 +171,7 @@ class _QuotaMachine(RuleBasedStateMachine):
         # what the host holds, and agrees with it once the server has heard.
         def agree() -> bool:
             counted = self._counted()
-            held = held_on_host(self.volume, self.server)
+            held = held_on_host(self.volume, self.server.process.pid)
             assert held[0] <= counted[0], f"the host holds {held}, the quota counts {counted}"
             assert held[1] <= counted[1], f"the host holds {held}, the quota counts {counted}"
             room = os.statvfs(self.w)  # what df shows the container: the room left
