@@ -13,7 +13,11 @@ would go over while such a file of its mount is still held first waits, a bounde
 while, for it to be freed, and ``rm big; cp new big`` at the quota does not fail.
 
 Counts, decides EDQUOT (through the policy, which audits it) and reads ``fstat`` of the
-descriptors it is shown; never opens, closes or changes a file.
+descriptors it is shown; never opens, closes or changes a file itself (it asks the node
+table to close its descriptor of a file nothing can reach any more).
+
+``cow`` mounts: what the feature writes through the mount is counted, but not yet the
+copy of a volume's file its first change makes, nor whiteouts (docs/guide/files.md).
 """
 
 from __future__ import annotations
