@@ -40,7 +40,12 @@ Measures (bulk rows as time per MiB, the others per call):
 * stat of a name that does not exist: neither FUSE file system caches negative entries,
   so each call is **one FUSE round trip** (a lookup answered ENOENT). The target for
   open + read + close is stated against this row of the same file system;
-* listing of a directory of 1,000 entries (``os.listdir``);
+* listing of a directory of 1,000 entries (``os.listdir``); beside the three, the
+  **pyfuse3 floor** of it (``_fusefs/floor.py``): a pyfuse3 file system whose listing
+  does no work per entry but hand a ready attributes object to ``readdir_reply``, which
+  is what any pyfuse3 server pays (READDIRPLUS round trips, the kernel taking in every
+  entry's attributes) before its own work; its row is skipped, with the reason, when it
+  cannot mount;
 * sequential write of 64 MiB (``--quick`` 16 MiB) in 128 KiB writes to a new file, then
   ``fsync`` and close (the previous sample's file is unlinked, untimed);
 * create + write 4 KiB + close of a new file (the files are unlinked after each slice,
@@ -58,7 +63,8 @@ and mount) is removed on the way out, also on Ctrl-C, SIGTERM or an error. Run:
 ``allow_other`` and the readahead setting; otherwise those are left as they are).
 The targets checked are the project's: fusefs bulk sequential read >= 70 % of native
 when warm and >= 2.5 GiB/s cold; open + read + close <= 1.3x one FUSE round trip; stat
-with caching <= 2x native.
+with caching <= 2x native; a listing of 1,000 entries <= 2x bindfs (checked only when
+bindfs is there).
 """
 
 from __future__ import annotations
@@ -93,6 +99,7 @@ from _common import (
 )
 from _fusefs.report import (
     DISK_ROW,
+    FLOOR_ROW,
     GROUP,
     GROUPS,
     find_row,
@@ -212,8 +219,21 @@ def _per_call(call: Callable[[], object], count: int, warmup: int) -> list[int]:
     return durations
 
 
-def small_jobs(trees: dict[str, Tree], sizes: Sizes) -> list[Job]:
-    """open + read + close, cached stat, a missing name, and a listing, on each file system."""
+def _listing(path: Path, entries: int) -> Callable[[], None]:
+    def listing() -> None:
+        if len(os.listdir(path)) != entries:
+            raise RuntimeError(f"{path}: wrong number of entries")
+
+    return listing
+
+
+def _timed(call: Callable[[], None], warmup: int) -> Callable[[int], list[int]]:
+    return lambda count: _per_call(call, count, warmup)
+
+
+def small_jobs(trees: dict[str, Tree], sizes: Sizes, floor: Path | None) -> list[Job]:
+    """open + read + close, cached stat, a missing name, and a listing, on each file system;
+    and the listing of the pyfuse3 floor (``floor``, its listing directory), if mounted."""
     small_buffer = mmap.mmap(-1, SMALL)
     jobs: list[Job] = []
     for fs, tree in trees.items():
@@ -240,20 +260,17 @@ def small_jobs(trees: dict[str, Tree], sizes: Sizes) -> list[Job]:
                 return
             raise RuntimeError(f"{path} exists")
 
-        def listing(path: Path = tree.listing) -> None:
-            if len(os.listdir(path)) != sizes.listing_entries:
-                raise RuntimeError(f"{path}: wrong number of entries")
-
-        def timed(call: Callable[[], None], warmup: int) -> Callable[[int], list[int]]:
-            return lambda count: _per_call(call, count, warmup)
-
+        listing = _listing(tree.listing, sizes.listing_entries)
         every_file = max(sizes.warmup, sizes.small_files)  # the slice starts with all cached
         jobs += [
-            _job("open-read-close", fs, sizes.small_reads, timed(open_read_close, every_file)),
-            _job("stat", fs, sizes.stats, timed(stat, every_file)),
-            _job("round-trip", fs, sizes.misses, timed(missing, sizes.warmup)),
-            _job("listdir", fs, sizes.listings, timed(listing, 1)),
+            _job("open-read-close", fs, sizes.small_reads, _timed(open_read_close, every_file)),
+            _job("stat", fs, sizes.stats, _timed(stat, every_file)),
+            _job("round-trip", fs, sizes.misses, _timed(missing, sizes.warmup)),
+            _job("listdir", fs, sizes.listings, _timed(listing, 1)),
         ]
+    if floor is not None:
+        listing = _listing(floor, sizes.listing_entries)
+        jobs.append(_job("listdir", "floor", sizes.listings, _timed(listing, 1), row=FLOOR_ROW))
     return jobs
 
 
@@ -338,7 +355,7 @@ def run(sizes: Sizes, setup: Setup) -> tuple[list[Job], list[list[list[float]]]]
     buffer = mmap.mmap(-1, READ_CHUNK)  # page-aligned, reused by every read
     jobs = [
         *read_jobs(setup.trees, sizes, buffer),
-        *small_jobs(setup.trees, sizes),
+        *small_jobs(setup.trees, sizes, setup.floor_listing),
         *write_jobs(setup.trees, sizes),
         *volume_jobs(
             {fs: tree.volume for fs, tree in setup.trees.items() if fs != "bindfs"},

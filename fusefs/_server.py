@@ -10,6 +10,7 @@ go when it does.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import resource
@@ -17,7 +18,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 import pyfuse3
@@ -46,9 +47,10 @@ from fusefs._spec import MountKind, ViewSpec
 
 __all__ = ["Confine", "serve"]
 
-#: called once the view is mounted with the directories the server needs and whether it
-#: writes beneath each; it may restrict the process (Landlock) to them. Given by the owner.
-Confine = Callable[[Sequence[tuple[str, bool]]], None]
+#: called once the view is mounted with the directories the server needs (a path, or the
+#: descriptor the server serves a mount from) and whether it writes beneath each; it may
+#: restrict the process (Landlock) to them. Given by the owner.
+Confine = Callable[[Sequence[tuple[str | int, bool]]], None]
 
 #: the open-file limit the server asks for: descriptors of known files (at most 4,096, see
 #: _descriptors) and the files the container holds open through the view (a container's
@@ -231,6 +233,13 @@ def _open_readahead(connection: int | None) -> int | None:
         return None
 
 
+def _checked_dir(fd: int, view: ViewSpec, index: int) -> int:
+    """A directory descriptor the owner gave for mount ``index``, checked to be one."""
+    if not 0 <= index < len(view.mounts) or not stat.S_ISDIR(os.fstat(fd).st_mode):
+        raise ValueError(f"view of {view.owner!r}: descriptor {fd} is not a directory of a mount")
+    return fd
+
+
 def _overlay_option(path: str) -> str:
     if any(c in path for c in ",:\\"):
         raise ValueError(f"{path!r}: a copy-on-write directory must not contain ',', ':' or '\\'")
@@ -254,28 +263,56 @@ def _enter_private_namespace() -> None:
     _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE, "")
 
 
-def _mount_overlays(view: ViewSpec, roots: dict[int, int]) -> list[str]:
-    """Mount each cow mount's overlay privately; returns the merged directories."""
+def _mount_overlays(view: ViewSpec, roots: dict[int, int], lowers: dict[int, int]) -> list[str]:
+    """Mount each cow mount's overlay privately; returns the merged directories.
+
+    A lower layer the owner gave as a descriptor is cloned (``open_tree``) before the
+    server leaves the owner's mount namespace, since overlayfs takes layers from its own
+    namespace only, and named to it as ``/proc/self/fd/N``. Without root (no open_tree), it
+    is named by its backing path, which must lead to that same directory just before the
+    mount and just after it.
+    """
     merged_dirs: list[str] = []
     cows = [(i, m) for i, m in enumerate(view.mounts) if m.kind is MountKind.COW]
     if not cows:
         return merged_dirs
+    root = os.geteuid() == 0
+    clones = {i: _sys.open_tree(fd) for i, fd in lowers.items()} if root else {}
     _enter_private_namespace()
     for index, spec in cows:
         assert spec.upper is not None  # noqa: S101 - validated: cow mounts have an upper
         changes, work, merged = (os.path.join(spec.upper, d) for d in ("changes", "work", "merged"))
         for directory in (changes, work, merged):
             os.makedirs(directory, mode=0o700, exist_ok=True)
+        lower = f"/proc/self/fd/{clones[index]}" if index in clones else spec.backing
         options = (
-            f"lowerdir={_overlay_option(spec.backing)},upperdir={_overlay_option(changes)},"
+            f"lowerdir={_overlay_option(lower)},upperdir={_overlay_option(changes)},"
             f"workdir={_overlay_option(work)}"
         )
-        if os.geteuid() != 0:
+        if not root:
             options += ",userxattr"
+        if index in lowers and not root:
+            _same_directory(spec.backing, lowers[index])
         _sys.mount("overlay", merged, "overlay", 0, options)
+        if index in lowers and not root:
+            _same_directory(spec.backing, lowers[index])
         roots[index] = _open_dir(merged)
         merged_dirs.append(merged)
+    for fd in clones.values():  # the overlays hold their layers now
+        os.close(fd)
     return merged_dirs
+
+
+def _same_directory(path: str, fd: int) -> None:
+    """Refuse a backing path that no longer leads, without a link, to directory ``fd``."""
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    found = _sys.openat2(_sys.AT_FDCWD, os.fsencode(path), flags, _sys.RESOLVE_NO_SYMLINKS)
+    try:
+        same = os.path.samestat(os.fstat(found), os.fstat(fd))
+    finally:
+        os.close(found)
+    if not same:
+        raise OSError(errno.ESTALE, f"{path} no longer leads to the directory the owner gave")
 
 
 def _usage(policy: ViewPolicy, view: ViewSpec, roots: dict[int, int]) -> None:
@@ -317,31 +354,45 @@ def serve(
     control: socket.socket,
     *,
     confine: Confine | None = None,
+    roots: Mapping[int, int] | None = None,
 ) -> None:
     """Mount ``view`` at ``mountpoint`` and serve it until the owner says stop or goes away.
 
     ``control`` is this server's end of a SEQPACKET socket to the owner. Reports
     :class:`~fusefs._control.Mounted` once the view is in place. Never unmounts.
+    ``roots`` are directories the owner opened (and checked), by mount index: those mounts
+    are served from them (a cow mount's lower layer too), and their backing paths are never
+    opened (they only name the mount); the server owns the descriptors from here.
     """
     view.validate()
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
     limit, notice = _raise_open_file_limit(view.owner)
     server = _Server(view, mountpoint, control, descriptors=capacity_for(limit))
     server.policy.callers = frozenset({*server.policy.callers, os.geteuid()})  # its own probes
-    roots: dict[int, int] = {}
+    given = {index: _checked_dir(fd, view, index) for index, fd in (roots or {}).items()}
+    lowers = {i: fd for i, fd in given.items() if view.mounts[i].kind is MountKind.COW}
+    opened: dict[int, int] = {i: fd for i, fd in given.items() if i not in lowers}
     for index, spec in enumerate(view.mounts):
+        if index in given:
+            continue
         if spec.kind is MountKind.PRIVATE:
             os.makedirs(spec.backing, mode=0o700, exist_ok=True)
         if spec.kind is not MountKind.COW:
-            roots[index] = _open_dir(spec.backing)
+            opened[index] = _open_dir(spec.backing)
     pyfuse3.init(server.ops, mountpoint, _options(view))
     connection = connection_of(mountpoint)
     server.readahead = _open_readahead(connection)
-    merged = _mount_overlays(view, roots)
-    server.build(roots)
-    _usage(server.policy, view, roots)
+    merged = _mount_overlays(view, opened, lowers)
+    for fd in lowers.values():  # the overlay holds its lower layer now
+        os.close(fd)
+    needed: list[tuple[str | int, bool]] = [
+        (opened[i] if i in given else m.backing, m.writable)
+        for i, m in enumerate(view.mounts)
+        if m.kind is not MountKind.COW
+    ]
+    server.build(opened)
+    _usage(server.policy, view, opened)
     if confine is not None:
-        needed = [(m.backing, m.writable) for m in view.mounts if m.kind is not MountKind.COW]
         needed += [(path, True) for path in merged]
         needed += [(m.upper, True) for m in view.mounts if m.upper]
         confine(needed)

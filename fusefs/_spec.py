@@ -37,7 +37,9 @@ class MountSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     view_path: str
     kind: MountKind
-    backing: str  # absolute host directory (for COW: the read-only lower directory)
+    #: absolute host directory (for COW: the read-only lower directory); only names the
+    #: mount when the owner hands the server that directory as a descriptor (serve's roots)
+    backing: str
     upper: str | None = None  # COW only: absolute host directory holding this view's changes
     quota_bytes: int | None = None
     quota_inodes: int | None = None

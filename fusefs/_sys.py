@@ -11,6 +11,7 @@ import os
 from typing import Final
 
 __all__ = [
+    "AT_FDCWD",
     "CLONE_NEWNS",
     "CLONE_NEWUSER",
     "MNT_DETACH",
@@ -19,8 +20,10 @@ __all__ = [
     "PR_SET_PDEATHSIG",
     "RENAME_EXCHANGE",
     "RESOLVE_BENEATH",
+    "RESOLVE_NO_SYMLINKS",
     "RESOLVE_NO_XDEV",
     "mount",
+    "open_tree",
     "openat2",
     "prctl",
     "renameat2",
@@ -36,11 +39,15 @@ MNT_DETACH: Final = 0x2
 RENAME_EXCHANGE: Final = 2
 PR_SET_PDEATHSIG: Final = 1
 RESOLVE_NO_XDEV: Final = 0x01
+RESOLVE_NO_SYMLINKS: Final = 0x04
 RESOLVE_BENEATH: Final = 0x08
+AT_FDCWD: Final = -100
 _SYS_OPENAT2: Final = 437  # the same number on every architecture but alpha
+_SYS_OPEN_TREE: Final = 428  # the generic table's number, shared the same way
+_OPEN_TREE_CLONE: Final = 1
+_AT_EMPTY_PATH: Final = 0x1000
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_AT_FDCWD: Final = -100
 
 
 class _OpenHow(ctypes.Structure):
@@ -76,6 +83,16 @@ def renameat2(old_dir: int, old: bytes, new_dir: int, new: bytes, flags: int) ->
     """renameat2(2); names are single path components beneath the two directory fds."""
     result = _libc.renameat2(old_dir, old, new_dir, new, ctypes.c_uint(flags))
     _check(result, f"renameat2({old!r}, {new!r}, {flags})")
+
+
+def open_tree(fd: int) -> int:
+    """A detached copy of the mount at directory ``fd`` (``open_tree(OPEN_TREE_CLONE)``), usable
+    as an overlay layer from another mount namespace; needs CAP_SYS_ADMIN."""
+    flags = _OPEN_TREE_CLONE | _AT_EMPTY_PATH | os.O_CLOEXEC
+    result = _libc.syscall(
+        ctypes.c_long(_SYS_OPEN_TREE), ctypes.c_int(fd), ctypes.c_char_p(b""), ctypes.c_uint(flags)
+    )
+    return _check(result, "open_tree(OPEN_TREE_CLONE)")
 
 
 def openat2(dir_fd: int, name: bytes, flags: int, resolve: int) -> int:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -167,24 +168,16 @@ def set_readahead_kb(mountpoint: Path, value: int) -> bool:
     return True
 
 
-class Bindfs:
-    """bindfs in the foreground, in a session of its own, mounting ``source`` at ``mountpoint``."""
+class Served:
+    """A FUSE server started by ``argv`` in the foreground, in a session of its own,
+    mounting at ``mountpoint``; its stderr goes to ``log``."""
 
-    def __init__(
-        self, binary: str, source: Path, mountpoint: Path, cache_timeout: float, log: Path
-    ) -> None:
+    def __init__(self, argv: list[str], mountpoint: Path, log: Path) -> None:
+        self.argv = argv
         self.mountpoint = mountpoint
         self.log = log
-        options = (
-            f"auto_cache,entry_timeout={cache_timeout:g},attr_timeout={cache_timeout:g},"
-            "negative_timeout=0,big_writes"
-        )
-        self.argv = [binary, "-f", "-o", options]
-        if os.geteuid() != 0:
-            self.argv.append("--no-allow-other")
-        self.argv += [str(source), str(mountpoint)]
         with open(log, "wb") as stderr:  # a file, not a pipe nobody reads while it runs
-            # A fixed argument list: bindfs as found on PATH and our own directories.
+            # A fixed argument list: a program of ours or as found on PATH, our directories.
             self.process = subprocess.Popen(  # noqa: S603
                 self.argv,
                 stdin=subprocess.DEVNULL,
@@ -208,7 +201,7 @@ class Bindfs:
             time.sleep(0.01)
 
     def close(self) -> None:
-        """Unmount (lazily), then wait for bindfs to end; SIGKILL after five seconds."""
+        """Unmount (lazily), then wait for the server to end; SIGKILL after five seconds."""
         if fusefs.connection_of(str(self.mountpoint)) is not None:
             fusefs.unmount(str(self.mountpoint))
         try:
@@ -216,6 +209,32 @@ class Bindfs:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+class Bindfs(Served):
+    """bindfs mounting ``source`` at ``mountpoint``, caching as a view does."""
+
+    def __init__(
+        self, binary: str, source: Path, mountpoint: Path, cache_timeout: float, log: Path
+    ) -> None:
+        options = (
+            f"auto_cache,entry_timeout={cache_timeout:g},attr_timeout={cache_timeout:g},"
+            "negative_timeout=0,big_writes"
+        )
+        argv = [binary, "-f", "-o", options]
+        if os.geteuid() != 0:
+            argv.append("--no-allow-other")
+        super().__init__([*argv, str(source), str(mountpoint)], mountpoint, log)
+
+
+class Floor(Served):
+    """``floor.py``: a pyfuse3 file system whose ``listing`` directory holds the entries
+    of the backing one, listed with no work per entry but ``readdir_reply``."""
+
+    def __init__(self, mountpoint: Path, entries: int, cache_timeout: float, log: Path) -> None:
+        script = Path(__file__).with_name("floor.py")
+        argv = [sys.executable, str(script), str(mountpoint), str(entries), f"{cache_timeout:g}"]
+        super().__init__(argv, mountpoint, log)
 
 
 def bindfs_version(binary: str) -> str | None:
@@ -232,13 +251,15 @@ class Setup:
 
     trees: dict[str, Tree]
     server_pid: int = 0
+    floor_listing: Path | None = None  # the listing directory of the pyfuse3 floor
     skipped: dict[str, str] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
 def mounted(scratch: Path, sizes: Sizes) -> Iterator[Setup]:
-    """Make the backing directory, mount fusefs and bindfs over it; unmount on the way out."""
+    """Make the backing directory, mount fusefs and bindfs over it and the pyfuse3 floor of
+    a listing beside them; unmount on the way out."""
     backing = scratch / "backing"
     backing.mkdir()
     make_backing(backing, sizes)
@@ -292,8 +313,20 @@ def mounted(scratch: Path, sizes: Sizes) -> Iterator[Setup]:
                     "version": bindfs_version(binary),
                     "read_ahead_kb": readahead_kb(bindfs_point),
                 }
+        floor_point = scratch / "floor"
+        floor_point.mkdir()
+        try:
+            floor = Floor(floor_point, sizes.listing_entries, view.cache_timeout, scratch / "f.log")
+        except (OSError, RuntimeError) as exc:
+            setup.skipped["floor"] = f"the pyfuse3 floor cannot mount ({exc}): its row is skipped"
+        else:
+            stack.callback(floor.close)
+            setup.floor_listing = floor_point / "listing"
         setup.trees = {fs: trees[fs] for fs in FILESYSTEMS if fs in trees}
         check_trees(setup.trees, sizes)
+        listed = None if setup.floor_listing is None else sorted(os.listdir(setup.floor_listing))
+        if listed is not None and listed != sorted(os.listdir(backing / "listing")):
+            raise RuntimeError("the pyfuse3 floor lists other names than the backing directory")
         yield setup
 
 

@@ -54,6 +54,7 @@ _ABI_KERNEL: Final[Mapping[int, str]] = MappingProxyType(
     {1: "5.13", 2: "5.19", 3: "6.2", 4: "6.7", 5: "6.10", 6: "6.12", 7: "6.15"}
 )
 
+_RULE_OPEN: Final = os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW
 _SYS_LANDLOCK_CREATE_RULESET: Final = 444
 _SYS_LANDLOCK_ADD_RULE: Final = 445
 _SYS_LANDLOCK_RESTRICT_SELF: Final = 446
@@ -165,7 +166,9 @@ class PathRule:
     ``read`` lists directories and reads files; ``write`` writes, truncates, creates and
     removes regular files, directories and symlinks (never device nodes, sockets or FIFOs);
     ``refer`` also links and renames across directories beneath ``path`` (ABI 2+);
-    ``execute`` runs files; ``ioctl`` issues ioctl commands on devices.
+    ``execute`` runs files; ``ioctl`` issues ioctl commands on devices. ``fd``, when given,
+    is an open descriptor of the directory (used as it is, not reopened by ``path``, which
+    then only names it in errors; the caller keeps it).
     """
 
     path: str
@@ -174,6 +177,7 @@ class PathRule:
     execute: bool = False
     ioctl: bool = False
     refer: bool = False
+    fd: int | None = None
 
 
 def _errno_text(number: int) -> str:
@@ -287,7 +291,7 @@ def _too_old(abi: int, needed: int) -> str:
 def _add_rule(ruleset_fd: int, rule: PathRule, handled_fs: int) -> None:
     path = rule.path
     try:
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.dup(rule.fd) if rule.fd is not None else os.open(path, _RULE_OPEN)
     except FileNotFoundError:
         raise SandboxError(f"Landlock rule path {path!r} does not exist") from None
     except OSError as exc:

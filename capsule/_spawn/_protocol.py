@@ -15,6 +15,8 @@ from capsule._sandbox._view import ViewPlan
 
 __all__ = [
     "MAX_DATAGRAM",
+    "ROOTS_DATAGRAM",
+    "ROOTS_PER_DATAGRAM",
     "Exited",
     "FromZygote",
     "Rlimits",
@@ -29,6 +31,10 @@ __all__ = [
 ]
 
 MAX_DATAGRAM: Final = 1 << 20
+#: what the supervisor sends a new view server on its control socket, before anything else,
+#: beside a batch of its mounts' directory descriptors (SCM_RIGHTS takes 253 at most)
+ROOTS_DATAGRAM: Final = b"roots"
+ROOTS_PER_DATAGRAM: Final = 200
 
 
 class Rlimits(msgspec.Struct, frozen=True):
@@ -58,13 +64,16 @@ class ViewRequest(msgspec.Struct, frozen=True):
     """How to start one container's file-system server: its view (a ``fusefs.ViewSpec``
     as msgpack) and where to mount it; ``landlock`` confines the server to what it serves;
     ``cgroup_procs`` are the files it writes its pid to (its container's cpu group, so the
-    work a feature makes its server do counts against that feature's cpu limit)."""
+    work a feature makes its server do counts against that feature's cpu limit). ``roots``
+    are the mounts (by index) whose directories arrive as descriptors on the control socket,
+    in that order, beside ``ROOTS_DATAGRAM``s: the server opens no path for them."""
 
     name: str
     view: bytes
     mountpoint: str
     landlock: bool = True
     cgroup_procs: tuple[str, ...] = ()
+    roots: tuple[int, ...] = ()
 
 
 class _Msg(msgspec.Struct, frozen=True, tag_field="t"):

@@ -1,9 +1,11 @@
 """The child side of a view server: from a fresh fork of the zygote to a serving fusefs.
 
 Runs only in a freshly forked, single-threaded child of the zygote and never returns to
-it. It hands fusefs the view and a confinement (Landlock: the runtime read-only, the
-backing directories as the view needs them) applied once the view is mounted; fusefs
-does the rest. Holds no secrets; never runs feature code.
+it. It receives the directories behind the view's volume mounts as descriptors (never
+their paths: the supervisor checked them), and hands fusefs the view, those directories
+and a confinement (Landlock: the runtime read-only, the backing directories as the view
+needs them, by descriptor) applied once the view is mounted; fusefs does the rest.
+Holds no secrets; never runs feature code.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import fusefs
 from capsule._sandbox import _landlock
 from capsule._sandbox import _syscalls as sc
 from capsule._spawn._bootstrap import EXIT_BOOTSTRAP, close_all_but, reset_signals
-from capsule._spawn._protocol import ViewRequest
+from capsule._spawn._protocol import ROOTS_DATAGRAM, ROOTS_PER_DATAGRAM, ViewRequest
 
 __all__ = ["run"]
 
@@ -30,14 +32,33 @@ _STDERR = 2
 
 
 def _confine(runtime: Sequence[str]) -> fusefs.Confine:
-    def confine(needed: Sequence[tuple[str, bool]]) -> None:
+    def confine(needed: Sequence[tuple[str | int, bool]]) -> None:
         rules = [_landlock.PathRule(path, execute=True) for path in runtime]
         rules += [
-            _landlock.PathRule(path, write=writable, refer=writable) for path, writable in needed
+            _landlock.PathRule(where, write=writable, refer=writable)
+            if isinstance(where, str)
+            else _landlock.PathRule(
+                f"/proc/self/fd/{where}", fd=where, write=writable, refer=writable
+            )
+            for where, writable in needed
         ]
         _landlock.restrict(rules)
 
     return confine
+
+
+def _receive_roots(control: socket.socket, mounts: Sequence[int]) -> dict[int, int]:
+    """The directories behind ``mounts``, as descriptors the supervisor sends before anything
+    else on the control socket (a batch a datagram)."""
+    fds: list[int] = []
+    while len(fds) < len(mounts):
+        data, received, _, _ = socket.recv_fds(control, 64, ROOTS_PER_DATAGRAM)
+        fds += received
+        if data != ROOTS_DATAGRAM or not received:
+            raise RuntimeError(f"expected the view's directories, got {data[:32]!r}")
+    if len(fds) != len(mounts):
+        raise RuntimeError(f"expected {len(mounts)} directories, got {len(fds)}")
+    return dict(zip(mounts, fds, strict=True))
 
 
 def run(request: ViewRequest, *, control: int, runtime: Sequence[str]) -> NoReturn:
@@ -53,7 +74,9 @@ def run(request: ViewRequest, *, control: int, runtime: Sequence[str]) -> NoRetu
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         view = msgspec.msgpack.decode(request.view, type=fusefs.ViewSpec)
         confine = _confine(runtime) if request.landlock else None
-        fusefs.serve(view, request.mountpoint, socket.socket(fileno=control), confine=confine)
+        sock = socket.socket(fileno=control)
+        roots = _receive_roots(sock, request.roots)
+        fusefs.serve(view, request.mountpoint, sock, confine=confine, roots=roots)
     except BaseException as exc:  # the supervisor sees the exit; say why on stderr
         detail = "".join(traceback.format_exception(exc))
         sys.stderr.write(f"capsule view server for {request.name}: {detail}")

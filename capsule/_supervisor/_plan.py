@@ -23,6 +23,7 @@ from capsule._sandbox import _isolation
 from capsule._sandbox._cgroups import ContainerCgroup
 from capsule._sandbox._view import Bind, ViewPlan
 from capsule._spawn._protocol import Rlimits, SpawnRequest
+from capsule._supervisor._grantdirs import GrantDirs
 from capsule._supervisor._handle import FeatureHandle
 from capsule._supervisor._handshake import Expectation
 from capsule._supervisor._instance import LaunchSpec
@@ -55,6 +56,7 @@ class Planner:
         self.inline = dict(inline)
         self.start_timeout = start_timeout
         self.environments = environments  # each feature's whole environment, for its Start
+        self.dirs = GrantDirs(app)  # opened by the supervisor before any container runs
 
     def tokens(self, authority: TokenAuthority, feature: str, ttl: float) -> list[Token]:
         """Fresh tokens for a new container of ``handle``: its grant, a few capabilities each."""
@@ -64,9 +66,14 @@ class Planner:
             for i in range(0, len(caps), MAX_CAPABILITIES)
         ]
 
-    def view(self, handle: FeatureHandle, tokens: list[Token], uid: int, gid: int) -> ViewSpec:
+    def view(
+        self, handle: FeatureHandle, tokens: list[Token], uid: int, gid: int
+    ) -> tuple[ViewSpec, dict[int, int]]:
         """The file-system view of a new container: one mount per granted fs capability,
-        each tied to the token that carries it (revocation and expiry close that mount)."""
+        each tied to the token that carries it (revocation and expiry close that mount);
+        and the held directory behind each volume mount, by mount index (the server is
+        handed those, never a path). FeatureStartError if a grant's path no longer leads
+        to the directory it led to when the app opened."""
         carriers = {  # view path -> the fs capability granting it, and the token carrying it
             cap.target.rstrip("/"): (str(cap), token)
             for token in tokens
@@ -74,9 +81,12 @@ class Planner:
             if cap.kind == "fs"
         }
         mounts = []
-        for grant in self.app.grants[handle.name].mounts:
+        roots: dict[int, int] = {}
+        for index, grant in enumerate(self.app.grants[handle.name].mounts):
             text, token = carriers[grant.view]
             kind, backing, upper = self.backing(handle.name, grant)
+            if kind is not MountKind.PRIVATE:
+                roots[index] = self.dirs.directory(handle.name, grant)
             mounts.append(
                 MountSpec(
                     view_path=grant.view,
@@ -97,9 +107,8 @@ class Planner:
             "capabilities": "".join(f"{cap}\n" for t in tokens for cap in t.claims.caps),
             **token_files(tokens),
         }
-        return ViewSpec(
-            owner=handle.name, mounts=tuple(mounts), uid=uid, gid=gid, info=info
-        ).validate()
+        spec = ViewSpec(owner=handle.name, mounts=tuple(mounts), uid=uid, gid=gid, info=info)
+        return spec.validate(), roots
 
     def backing(self, feature: str, grant: MountGrant) -> tuple[MountKind, str, str | None]:
         """How a granted mount is backed: kind, backing directory and (cow) upper directory."""

@@ -325,6 +325,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             tree = CgroupTree(isolation.cgroups, self._rundir.name)
             await anyio.to_thread.run_sync(tree.open)
             self._cgroups = tree
+        self._plan.dirs.open()  # each granted directory, before any feature can move it
         self._tg.start_soon(self._broker.deadlines.run)
         self._tg.start_soon(self._broker.outbox.run)
         self._tg.start_soon(self._audit.run)
@@ -364,10 +365,12 @@ class Supervisor(metaclass=NoPublicConstructor):
         makes its server do is charged to that feature."""
         assert self._zygote is not None  # noqa: S101 - set by _open
         assert self._isolation is not None  # noqa: S101 - set by _open
+        view, roots = self._plan.view(handle, tokens, uid, gid)
         return await ViewServer.launch(
             handle.name,
-            self._plan.view(handle, tokens, uid, gid),
+            view,
             self._rundir.views / f"{handle.name}-{handle.generation}",
+            roots=roots,
             zygote=self._zygote,
             audit=self._audit,
             landlock=self._isolation.get("landlock").available,
@@ -508,6 +511,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                 if self._cgroups is not None:
                     await anyio.to_thread.run_sync(self._cgroups.close)
                 self._rundir.close()
+                self._plan.dirs.close()
                 self._audit.close()
             finally:
                 self._tg.cancel()  # the services the shutdown needed are done with

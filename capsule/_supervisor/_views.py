@@ -14,7 +14,7 @@ import functools
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
@@ -27,7 +27,7 @@ import structlog
 import fusefs
 from capsule._broker._audit import AuditLog
 from capsule._spawn._client import ZygoteClient
-from capsule._spawn._protocol import ViewRequest
+from capsule._spawn._protocol import ROOTS_DATAGRAM, ROOTS_PER_DATAGRAM, ViewRequest
 from capsule.errors import SandboxError
 
 __all__ = ["ViewServer", "ViewTimeouts"]
@@ -106,9 +106,13 @@ class ViewServer:
         landlock: bool,
         timeouts: ViewTimeouts,
         cgroup_procs: tuple[str, ...] = (),
+        roots: Mapping[int, int] | None = None,
     ) -> ViewServer:
         """Fork the server from the zygote and wait until the view is mounted; it joins
-        ``cgroup_procs`` first (its container's cpu group)."""
+        ``cgroup_procs`` first (its container's cpu group). ``roots`` are the directories
+        behind mounts, by mount index (descriptors the caller keeps): the server is handed
+        them on its own socket, never through the zygote, and serves those, not a path."""
+        roots = dict(roots or {})
         os.mkdir(mountpoint, mode=0o700)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)  # noqa: FBT003 - the socket API's own positional flag
@@ -118,6 +122,7 @@ class ViewServer:
             mountpoint=str(mountpoint),
             landlock=landlock,
             cgroup_procs=cgroup_procs,
+            roots=tuple(roots),
         )
         try:
             spawned = await zygote.spawn_view(request, theirs)
@@ -138,6 +143,7 @@ class ViewServer:
         )
         try:
             with anyio.fail_after(timeouts.mount):
+                await _send_roots(ours, list(roots.values()))
                 await server._until_mounted()
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
@@ -352,7 +358,7 @@ class ViewServer:
         """Close the mounts these tokens grant. Returns True once the server has refused
         them and dropped every kernel cache of them, so that no operation through them can
         succeed; False if it did not confirm that within ``timeouts.revoke`` (it is then
-        aborted and killed, and the caller must end the container)."""
+        aborted, killed and waited for, and the caller must end the container)."""
         if not tokens:
             return True
         if self.exited.is_set():
@@ -382,6 +388,8 @@ class ViewServer:
         )
         _log.error("revocation not confirmed", feature=self.feature, reason=self.failure)
         await self.abort()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_STOP_GRACE):
+            await self._wait_exit()  # gone, not only signalled, when the caller goes on
         return False
 
     # -- ending ------------------------------------------------------------------------
@@ -433,6 +441,22 @@ class ViewServer:
             await self.exited.wait()
         else:
             self._exited(await self._zygote.wait_exit(self.pid))
+
+
+async def _send_roots(sock: socket.socket, fds: list[int]) -> None:
+    """Hand the server its mounts' directories, a batch of descriptors a datagram. A server
+    gone already is reported by the wait for its mount that follows."""
+    for start in range(0, len(fds), ROOTS_PER_DATAGRAM):
+        batch = fds[start : start + ROOTS_PER_DATAGRAM]
+        while True:
+            try:
+                socket.send_fds(sock, [ROOTS_DATAGRAM], batch)
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+                continue
+            except OSError:
+                return
+            break
 
 
 def _describe(status: int | None) -> str:

@@ -6,8 +6,11 @@ test modules themselves, because their handlers are shipped into the container b
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import signal
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -21,6 +24,7 @@ from capsule._sandbox import _isolation
 __all__ = [
     "RESTART_AT_ONCE",
     "UID_FLOOR",
+    "Watch",
     "container_host_uid",
     "crash_signals",
     "descendants",
@@ -151,3 +155,60 @@ async def crash_signals(
         else:
             results[name] = f"returned {value!r}"
     return results
+
+
+class Watch:
+    """Every access the kernel reports in host directories while a test attacks
+    (inotify): an open, a read, a write, a create, a rename or a change of attributes of
+    the directories or of any file directly in them. ``with Watch(dirs) as watch:`` then
+    ``watch.events()``, read before the test looks at those directories itself."""
+
+    _MASK: Final = 0x3FF  # IN_ACCESS .. IN_DELETE: reads and opens included
+    _NAMES: Final = {
+        0x1: "access",
+        0x2: "modify",
+        0x4: "attrib",
+        0x8: "close-write",
+        0x10: "close",
+        0x20: "open",
+        0x40: "moved-from",
+        0x80: "moved-to",
+        0x100: "create",
+        0x200: "delete",
+    }
+
+    def __init__(self, directories: list[Path]) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self._fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self._paths: dict[int, Path] = {}
+        for directory in directories:
+            wd = libc.inotify_add_watch(self._fd, os.fsencode(directory), self._MASK)
+            if wd < 0:
+                raise OSError(ctypes.get_errno(), f"inotify_add_watch {directory}")
+            self._paths[wd] = directory
+
+    def events(self) -> list[str]:
+        """What happened so far: ``"open /canary/inner/secret.txt"``, one a line."""
+        found: list[str] = []
+        while True:
+            try:
+                data = os.read(self._fd, 65536)
+            except OSError as exc:
+                if exc.errno == errno.EAGAIN:
+                    return found
+                raise
+            offset = 0
+            while offset < len(data):
+                wd, mask, _, size = struct.unpack_from("iIII", data, offset)
+                name = data[offset + 16 : offset + 16 + size].rstrip(b"\0").decode()
+                offset += 16 + size
+                path = self._paths.get(wd, Path("?")) / name
+                found += [f"{what} {path}" for bit, what in self._NAMES.items() if mask & bit]
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        os.close(self._fd)

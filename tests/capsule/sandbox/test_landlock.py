@@ -218,6 +218,33 @@ def test_read_rule_allows_reading_beneath_and_nothing_outside(tree: dict[str, Pa
 
 
 @needs_landlock
+def test_a_rule_given_a_descriptor_covers_that_directory_not_what_its_path_names_now(
+    tree: dict[str, Path],
+) -> None:
+    """The view server adds its rules from the directories it serves: a rule with ``fd``
+    covers the directory opened, even after its path was swapped for a link elsewhere."""
+    ro = tree["ro"]
+    fd = os.open(ro, os.O_PATH | os.O_DIRECTORY)
+    ro.rename(ro.with_name("ro-moved"))
+    ro.symlink_to(tree["outside"])
+
+    def probe() -> dict[str, Any]:
+        return {
+            "held": _read(Path(f"/proc/self/fd/{fd}") / "file.txt").decode(),
+            "moved": _read(ro.with_name("ro-moved") / "file.txt").decode(),
+            "path now": _errno_of(lambda: _read(ro / "file.txt")),
+        }
+
+    try:
+        report = _restricted([PathRule(str(ro), fd=fd)], probe)
+    finally:
+        os.close(fd)
+    assert report["held"] == "content of ro"
+    assert report["moved"] == "content of ro"
+    assert report["path now"] == errno.EACCES
+
+
+@needs_landlock
 def test_write_needs_a_write_rule(tree: dict[str, Path]) -> None:
     ro, rw = tree["ro"], tree["rw"]
 
