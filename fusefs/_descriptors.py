@@ -9,14 +9,16 @@ after which the oldest goes and its file answers ESTALE. Mount roots are never c
 
 Evicted descriptors are closed only at :meth:`settle`, which the server calls between
 requests, so a descriptor a handler holds is never closed, nor its number reused, while
-that handler runs. Opens and resolves nothing itself, and never closes a descriptor it
-was not given.
+that handler runs; ``on_close`` is shown each one just before it is closed (the quota
+gives back the space of an unlinked file when the last descriptor of it goes). Opens and
+resolves nothing itself, and never closes a descriptor it was not given.
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -39,6 +41,7 @@ class Holder(Protocol):
 
     ino: int
     fd: int
+    key: int  # the identity of the file it reaches
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +59,10 @@ class Descriptors:
         self._open: OrderedDict[int, Holder] = OrderedDict()  # ino -> holder, oldest first
         self._roots: list[Holder] = []  # never closed before the view is
         self._pinned: OrderedDict[int, Holder] = OrderedDict()  # unlinked: never reopened
-        self._closing: list[int] = []
+        self._closing: list[tuple[Holder, int]] = []  # what held it, and the descriptor
         self._evicted = 0
+        #: shown each descriptor, and what held it, just before it is closed
+        self.on_close: Callable[[Holder, int], None] | None = None
 
     def add(self, holder: Holder, fd: int, *, root: bool = False) -> None:
         """``holder`` now owns ``fd``; the oldest evictable descriptor goes if over capacity
@@ -72,7 +77,7 @@ class Descriptors:
     def _trim(self, kept: OrderedDict[int, Holder]) -> None:
         while len(kept) > self.capacity:
             _, oldest = kept.popitem(last=False)
-            self._closing.append(oldest.fd)
+            self._closing.append((oldest, oldest.fd))
             oldest.fd = -1
             self._evicted += 1
 
@@ -88,21 +93,29 @@ class Descriptors:
             return
         if self._open.pop(holder.ino, None) is None:
             self._pinned.pop(holder.ino, None)
-        self._closing.append(holder.fd)
+        self._closing.append((holder, holder.fd))
         holder.fd = -1
 
     def settle(self) -> None:
         """Close what was evicted or discarded: called when no handler holds a descriptor."""
         closing, self._closing = self._closing, []
-        for fd in closing:
+        failed: BaseException | None = None
+        for holder, fd in closing:
+            try:
+                if self.on_close is not None:
+                    self.on_close(holder, fd)
+            except BaseException as exc:  # the rest are closed all the same; then it is raised
+                failed = failed or exc
             os.close(fd)
+        if failed is not None:
+            raise failed
 
     def statistics(self) -> DescriptorStatistics:
         return DescriptorStatistics(len(self._open), len(self._pinned), self._evicted)
 
     def close(self) -> None:
         for holder in (*self._open.values(), *self._pinned.values(), *self._roots):
-            self._closing.append(holder.fd)
+            self._closing.append((holder, holder.fd))
             holder.fd = -1
         self._open.clear()
         self._pinned.clear()

@@ -28,7 +28,7 @@ from fusefs import _sys
 from fusefs._descriptors import DEFAULT_CAPACITY, Descriptors
 from fusefs._policy import MountState
 
-__all__ = ["Kind", "Node", "NodeTable", "SpecialFileError", "proc_path"]
+__all__ = ["Kind", "Node", "NodeTable", "SpecialFileError", "identity", "proc_path"]
 
 _SERVED_TYPES: Final = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK)
 
@@ -55,7 +55,7 @@ class Node:
     name: bytes
     mount: MountState | None = None
     fd: int = -1
-    key: int = -1  # the file's identity in its mount: see _identity
+    key: int = -1  # the file's identity in its mount: see identity
     lookups: int = 0
     children: dict[bytes, int] | None = None  # synthetic directories only
     content: Callable[[], bytes] | None = None  # info files
@@ -113,7 +113,7 @@ class NodeTable:
         node = Node(self._number(), Kind.BACKING, parent, name, mount, lookups=1)
         node.is_root = True
         self.descriptors.add(node, fd, root=True)
-        node.key = _identity(mount, st)
+        node.key = identity(mount, st)
         self.roots[mount.index] = node
         self._by_key[node.key] = node.ino
         return self._add(node)
@@ -146,7 +146,7 @@ class NodeTable:
             raise pyfuse3.FUSEError(errno.ESTALE) from None  # renamed or removed outside
         st = os.fstat(fd)
         assert node.mount is not None  # noqa: S101 - backing nodes always have a mount
-        if _identity(node.mount, st) != node.key:
+        if identity(node.mount, st) != node.key:
             os.close(fd)
             raise pyfuse3.FUSEError(errno.ESTALE)
         self.descriptors.add(node, fd)
@@ -192,7 +192,7 @@ class NodeTable:
         assert mount is not None  # noqa: S101 - backing nodes always have a mount
         if stat.S_IFMT(st.st_mode) not in _SERVED_TYPES:
             raise SpecialFileError("a device node, socket or FIFO is never served")
-        key = _identity(mount, st)
+        key = identity(mount, st)
         known = self._by_key.get(key)
         if known is not None:  # its device was checked when it became known
             node = self._nodes[known]
@@ -233,6 +233,17 @@ class NodeTable:
             del names[node.name]
             if not names:
                 del self._by_name[node.parent]
+
+    def known(self, key: int) -> Node | None:
+        """The node of the file whose identity is ``key``, if the kernel knows it."""
+        ino = self._by_key.get(key)
+        return None if ino is None else self._nodes.get(ino)
+
+    def drop(self, node: Node) -> None:
+        """``node``'s file has no name left and nothing of it is open: close its descriptor
+        (at :meth:`settle`), so that the host frees the file now, not at the kernel's
+        forget. The node answers ESTALE from then on."""
+        self.descriptors.discard(node)
 
     def forget(self, ino: int, count: int) -> None:
         node = self._nodes.get(ino)
@@ -308,7 +319,7 @@ class NodeTable:
         self._by_name.clear()
 
 
-def _identity(mount: MountState, st: os.stat_result) -> int:
+def identity(mount: MountState, st: os.stat_result) -> int:
     """(mount, st_dev, st_ino) as one int: a node's key, smaller than the tuple by half."""
     return ((st.st_ino << 64 | st.st_dev) << 16) | mount.index
 

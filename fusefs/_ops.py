@@ -8,7 +8,6 @@ server serves one container only, so a slow backing call stalls nobody else.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import os
@@ -23,6 +22,7 @@ import trio
 from fusefs import _sys
 from fusefs._nodes import Kind, Node, NodeTable, SpecialFileError, proc_path
 from fusefs._policy import MountState, ViewPolicy, link_escapes
+from fusefs._quota import Quotas
 
 __all__ = ["ViewOperations"]
 
@@ -99,6 +99,7 @@ class ViewOperations(pyfuse3.Operations):
         super().__init__()
         self.policy = policy
         self.nodes = nodes
+        self.quotas = Quotas(policy, nodes)
         self.timeout = policy.view.cache_timeout
         self._handles: dict[int, _Open] = {}
         self._listings: dict[int, _Listing] = {}
@@ -166,40 +167,6 @@ class ViewOperations(pyfuse3.Operations):
         self.policy.check(mount, operation, self._where(node, name), write=write, uid=ctx.uid)
         return mount
 
-    def _charge(
-        self,
-        mount: MountState,
-        where: Callable[[], str],
-        operation: str,
-        *,
-        nbytes: int = 0,
-        inodes: int = 0,
-    ) -> None:
-        """Account ``nbytes`` and ``inodes`` to the mount's quota; EDQUOT (audited) if over."""
-        spec = mount.spec
-        for used, delta, limit, what in (
-            (mount.usage_bytes, nbytes, spec.quota_bytes, "bytes"),
-            (mount.usage_inodes, inodes, spec.quota_inodes, "inodes"),
-        ):
-            if delta > 0 and limit is not None and used + delta > limit:
-                self.policy.deny(
-                    operation,
-                    where,
-                    mount,
-                    f"over its quota of {limit} {what}",
-                    code=errno.EDQUOT,
-                )
-        mount.usage_bytes = max(0, mount.usage_bytes + nbytes)
-        mount.usage_inodes = max(0, mount.usage_inodes + inodes)
-
-    def _release_entry(self, mount: MountState, parent: Node, name: bytes) -> None:
-        """Give back the quota of ``name`` when its last link goes."""
-        st = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False)
-        if st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):
-            size = st.st_size if stat.S_ISREG(st.st_mode) else 0
-            mount.usage_bytes = max(0, mount.usage_bytes - size)
-            mount.usage_inodes = max(0, mount.usage_inodes - 1)
-
     def _child(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
         try:
             return self.nodes.child(parent, name)
@@ -257,12 +224,14 @@ class ViewOperations(pyfuse3.Operations):
         if fields.update_size:
             if not stat.S_ISREG(st.st_mode):
                 raise pyfuse3.FUSEError(errno.EINVAL)
+            if await self.quotas.room(mount, nbytes=attr.st_size - st.st_size):
+                st = os.fstat(self._fd(node))  # others ran meanwhile
             grow = attr.st_size - st.st_size
-            self._charge(mount, self._where(node), "truncate", nbytes=grow)  # EDQUOT first
+            self.quotas.charge(mount, self._where(node), "truncate", nbytes=grow)  # EDQUOT first
             try:
                 os.truncate(proc_path(self._fd(node)), attr.st_size)
             except BaseException:
-                mount.usage_bytes = max(0, mount.usage_bytes - grow)  # not done: not charged
+                self.quotas.refund(mount, nbytes=grow)  # not done: not charged
                 raise
         if fields.update_mode and attr.st_mode & _STRIP:  # never served: say so
             self.policy.deny(
@@ -299,11 +268,12 @@ class ViewOperations(pyfuse3.Operations):
     async def _created(
         self, parent: Node, name: bytes, mount: MountState, make: Callable[[], object]
     ) -> pyfuse3.EntryAttributes:
-        self._charge(mount, self._where(parent, name), "create", inodes=1)
+        await self.quotas.room(mount, inodes=1)
+        self.quotas.charge(mount, self._where(parent, name), "create", inodes=1)
         try:
             make()
         except BaseException:
-            mount.usage_inodes -= 1
+            self.quotas.refund(mount, inodes=1)
             raise
         node, st = self._child(parent, name)
         return self._attrs(node, st)
@@ -352,16 +322,17 @@ class ViewOperations(pyfuse3.Operations):
         name = _name(name)
         mount = self._check(parent, ctx, "create", write=True, name=name)
         base = (flags & ~_OPEN_DROP) | os.O_CLOEXEC | os.O_NOFOLLOW
-        self._charge(mount, self._where(parent, name), "create", inodes=1)
+        await self.quotas.room(mount, inodes=1)
+        self.quotas.charge(mount, self._where(parent, name), "create", inodes=1)
         try:
             fd = os.open(name, base | os.O_CREAT | os.O_EXCL, mode & 0o777, dir_fd=self._fd(parent))
         except FileExistsError:
-            mount.usage_inodes -= 1
+            self.quotas.refund(mount, inodes=1)
             if flags & os.O_EXCL:
                 raise
-            fd = os.open(name, base, dir_fd=self._fd(parent))
+            fd = self._open_existing(mount, parent, name, base)
         except BaseException:
-            mount.usage_inodes -= 1
+            self.quotas.refund(mount, inodes=1)
             raise
         try:
             path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
@@ -371,7 +342,17 @@ class ViewOperations(pyfuse3.Operations):
             raise
         fh = self._fh()
         self._handles[fh] = _Open(node, fd, write=True)
+        self.quotas.opened(node)
         return pyfuse3.FileInfo(fh=fh), self._attrs(node, st)
+
+    def _open_existing(self, mount: MountState, parent: Node, name: bytes, flags: int) -> int:
+        """Open ``name``, which a create found there already; what O_TRUNC cuts is given back."""
+        if not flags & os.O_TRUNC:
+            return os.open(name, flags, dir_fd=self._fd(parent))
+        size = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False).st_size
+        fd = os.open(name, flags, dir_fd=self._fd(parent))
+        self.quotas.refund(mount, nbytes=size)
+        return fd
 
     @_errno_boundary
     async def link(
@@ -395,19 +376,21 @@ class ViewOperations(pyfuse3.Operations):
         parent = self.nodes[parent_inode]
         name = _name(name)
         mount = self._check(parent, ctx, "unlink", write=True, name=name)
-        self._release_entry(mount, parent, name)
+        gone = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False)
         self.nodes.keep(parent, name)
         os.unlink(name, dir_fd=self._fd(parent))
         self.nodes.unlinked(parent.ino, name)
+        self.quotas.removed(mount, gone)  # once it is done: given back now or at its last close
 
     @_errno_boundary
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent = self.nodes[parent_inode]
         name = _name(name)
         mount = self._check(parent, ctx, "rmdir", write=True, name=name)
+        gone = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False)
         os.rmdir(name, dir_fd=self._fd(parent))
         self.nodes.unlinked(parent.ino, name)
-        mount.usage_inodes = max(0, mount.usage_inodes - 1)
+        self.quotas.removed(mount, gone)
 
     @_errno_boundary
     async def rename(  # noqa: PLR0917 - pyfuse3's signature
@@ -425,12 +408,26 @@ class ViewOperations(pyfuse3.Operations):
             self._backing(new, ctx, "rename")
             raise pyfuse3.FUSEError(errno.EXDEV)
         name_old, name_new = _name(name_old), _name(name_new)
+        replaced = None
         if not flags & _sys.RENAME_EXCHANGE:
-            with contextlib.suppress(FileNotFoundError):
-                self._release_entry(mount, new, name_new)
+            replaced = self._replaced(old, name_old, new, name_new)
             self.nodes.keep(new, name_new)
         _sys.renameat2(self._fd(old), name_old, self._fd(new), name_new, flags)
         self.nodes.moved(old.ino, name_old, new.ino, name_new)
+        if replaced is not None:  # only once the rename is done: a refused one frees nothing
+            self.quotas.removed(mount, replaced)
+
+    def _replaced(
+        self, old: Node, name_old: bytes, new: Node, name_new: bytes
+    ) -> os.stat_result | None:
+        """The file a rename of ``name_old`` to ``name_new`` would replace, if any (not the
+        file itself, under another of its names: then the rename changes nothing)."""
+        try:
+            target = os.stat(name_new, dir_fd=self._fd(new), follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        source = os.stat(name_old, dir_fd=self._fd(old), follow_symlinks=False)
+        return None if os.path.samestat(source, target) else target
 
     # -- files -------------------------------------------------------------------------
 
@@ -452,11 +449,12 @@ class ViewOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.ELOOP)
         fd = os.open(proc_path(self._fd(node)), (flags & ~_OPEN_DROP) | os.O_CLOEXEC)
         if flags & os.O_TRUNC:  # given back once the truncation happened
-            self._charge(mount, self._where(node), "open", nbytes=-st.st_size)
+            self.quotas.charge(mount, self._where(node), "open", nbytes=-st.st_size)
         keep = node.cache_key == (st.st_mtime_ns, st.st_size) and not flags & os.O_TRUNC
         node.cache_key = (st.st_mtime_ns, st.st_size)
         fh = self._fh()
         self._handles[fh] = _Open(node, fd, write=write)
+        self.quotas.opened(node)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     def _live(self, handle: _Open, operation: str, *, write: bool) -> MountState:
@@ -477,13 +475,21 @@ class ViewOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
         mount = self._live(handle, "write", write=True)
-        grow = max(0, off + len(buf) - os.fstat(handle.fd).st_size)
-        self._charge(mount, self._where(handle.node), "write", nbytes=grow)  # EDQUOT first
+        size = os.fstat(handle.fd).st_size
+        if await self.quotas.room(mount, nbytes=off + len(buf) - size):
+            size = os.fstat(handle.fd).st_size  # others ran meanwhile
+        grow = max(0, off + len(buf) - size)
+        self.quotas.charge(mount, self._where(handle.node), "write", nbytes=grow)  # EDQUOT first
         try:
-            return os.pwrite(handle.fd, buf, off)
+            written = os.pwrite(handle.fd, buf, off)
         except BaseException:
-            mount.usage_bytes = max(0, mount.usage_bytes - grow)  # not written: not charged
+            self.quotas.refund(mount, nbytes=grow)  # not written: not charged
             raise
+        if written < len(buf):  # a short write grew the file by less
+            self.quotas.refund(
+                mount, nbytes=grow - (max(0, off + written - size) if written else 0)
+            )
+        return written
 
     @_errno_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:  # noqa: FBT001 - pyfuse3's signature
@@ -501,7 +507,10 @@ class ViewOperations(pyfuse3.Operations):
         if handle.write:
             st = os.fstat(handle.fd)
             handle.node.cache_key = (st.st_mtime_ns, st.st_size)
-        os.close(handle.fd)
+        try:
+            self.quotas.closing(handle.node, handle.fd)
+        finally:
+            os.close(handle.fd)
 
     # -- directories -------------------------------------------------------------------
 

@@ -6,10 +6,12 @@ Nothing here mounts anything: the tests start :class:`fusefs.ServerProcess` them
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import select
+import stat
 import subprocess
 import sys
 import time
@@ -93,6 +95,30 @@ def denial(server: ServerProcess, **fields: object) -> Denied:
         return None
 
     return wait_until(find, what=f"a Denied with {fields}; got {server.denials}")
+
+
+def held_on_host(volume: Path, server: int) -> tuple[int, int]:
+    """What a view of ``volume`` makes the host hold, as a quota counts it: ``(bytes,
+    inodes)``, the apparent sizes of its regular files and the number of its files,
+    directories and symlinks (each once, however many names it has), beneath ``volume``
+    and unlinked but still held open by the view server whose pid is ``server``."""
+    found: dict[tuple[int, int], os.stat_result] = {}
+    for directory, dirs, files in os.walk(volume):  # never into a symlink
+        for name in dirs + files:
+            with contextlib.suppress(FileNotFoundError):  # removed while walking: polled
+                st = os.lstat(os.path.join(directory, name))
+                found[st.st_dev, st.st_ino] = st
+    fds = f"/proc/{server}/fd"
+    for fd in os.listdir(fds):
+        with contextlib.suppress(FileNotFoundError):  # closed since the listing: polled
+            link = os.path.join(fds, fd)
+            # the server's stdout may be a deleted file too (pytest's capture), not the view's
+            if os.readlink(link).startswith(f"{volume}/"):
+                st = os.stat(link)
+                if st.st_nlink == 0:
+                    found[st.st_dev, st.st_ino] = st
+    size = sum(st.st_size for st in found.values() if stat.S_ISREG(st.st_mode))
+    return size, len(found)
 
 
 def mountpoints_beneath(directory: Path) -> list[str]:

@@ -12,7 +12,16 @@ import os
 from pathlib import Path
 
 from fusefs import MountKind, ServerProcess
-from tests.fusefs._support import denial, errno_of, mount, read, view, write
+from tests.fusefs._support import (
+    denial,
+    errno_of,
+    held_on_host,
+    mount,
+    read,
+    view,
+    wait_until,
+    write,
+)
 
 
 def _mounts_line(mountpoint: Path, view_path: str) -> str:
@@ -127,3 +136,67 @@ def test_cow_quota_counts_only_the_views_own_changes(mountpoint: Path, tmp_path:
     with ServerProcess(spec, str(mountpoint)):
         assert _mounts_line(mountpoint, "/c").startswith("/c cow rw open bytes=800/1000")
     assert sorted(os.listdir(lower)) == ["large"]
+
+
+def _usage(mountpoint: Path, view_path: str) -> tuple[int, int]:
+    """The quota's view of ``view_path``: (bytes, inodes) from /capsule/mounts."""
+    fields = dict(f.split("=") for f in _mounts_line(mountpoint, view_path).split()[4:])
+    return int(fields["bytes"].split("/")[0]), int(fields["inodes"].split("/")[0])
+
+
+def test_unlinked_open_files_stay_charged_until_their_last_close(
+    mountpoint: Path, tmp_path: Path
+) -> None:
+    """The reported hole: files written, kept open and unlinked, eight times over, made the
+    server hold eight quotas' worth of deleted files on the host disk."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    quota = 64 * 1024
+    spec = view(mount("/w", MountKind.RW, volume, quota_bytes=quota, token="t-w"))
+    with ServerProcess(spec, str(mountpoint)) as server:
+        w = mountpoint / "w"
+        kept: list[int] = []
+        refused = 0
+        try:
+            for i in range(8):
+                fd = os.open(w / f"f{i}", os.O_RDWR | os.O_CREAT, 0o644)
+                kept.append(fd)
+                if errno_of(os.write, fd, b"x" * quota) == errno.EDQUOT:
+                    refused += 1
+                os.unlink(w / f"f{i}")
+                assert held_on_host(volume, server.process.pid)[0] <= quota
+            assert refused == 7  # only the first fitted: the others found it still held
+            assert denial(server, operation="write", path="/w/f1").reason.startswith("over its")
+            assert _usage(mountpoint, "/w") == (quota, 8)  # eight unlinked files, all held
+            assert errno_of(os.write, kept[0], b"y") == errno.EDQUOT  # nor through its own
+            while len(kept) > 1:
+                os.close(kept.pop())
+            assert _usage(mountpoint, "/w") == (quota, 1)  # closed: the host freed them
+            assert errno_of(write, w / "g", b"g") == errno.EDQUOT
+        finally:
+            for fd in kept:
+                os.close(fd)
+        write(w / "g", b"g" * quota)  # its last close gave the first file back
+        assert _usage(mountpoint, "/w") == (quota, 1)
+        assert held_on_host(volume, server.process.pid) == (quota, 1)
+
+
+def test_refused_renames_of_directories_free_no_inodes(mountpoint: Path, tmp_path: Path) -> None:
+    """The reported hole: a rename over a directory gave back the directory it would
+    replace before the host refused it (ENOTEMPTY), one inode each time."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    spec = view(mount("/p", MountKind.PRIVATE, volume, quota_inodes=4))
+    with ServerProcess(spec, str(mountpoint)) as server:
+        p = mountpoint / "p"
+        os.mkdir(p / "a")
+        os.makedirs(p / "b" / "c")
+        for _ in range(8):
+            assert errno_of(os.rename, p / "a", p / "b") == errno.ENOTEMPTY
+        assert _usage(mountpoint, "/p") == (0, 3)
+        made = [errno_of(os.mkdir, p / f"x{i}") for i in range(8)]
+        assert made == [None] + [errno.EDQUOT] * 7
+        assert held_on_host(volume, server.process.pid) == (0, 4)
+        os.rename(p / "a", p / "b" / "c")  # over an empty directory: that one is freed
+        wait_until(lambda: _usage(mountpoint, "/p") == (0, 3), what="the directory given back")
+        assert held_on_host(volume, server.process.pid) == (0, 3)

@@ -1,0 +1,100 @@
+"""THREATS 9: a feature cannot make the host hold more than its view's quota, through
+files it keeps open after unlinking them or through renames the host refuses.
+
+The attacks run inside a real container, through its view; the host judges what the
+volume holds plus the deleted files its view server still has open.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+import pytest
+import trio
+
+from capsule.feature import Context
+from capsule.testing import TestApp, leftovers
+from tests.fusefs._support import held_on_host
+
+_MIB = 1 << 20
+_held: dict[str, list[int]] = {"fds": []}  # in the container: files it keeps open
+
+
+def _outcome(action: Any, *args: Any) -> str:
+    try:
+        action(*args)
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    return "ok"
+
+
+async def hold_unlinked(ctx: Context, request: Any) -> Any:
+    """Write a quota's worth into each of eight files, keeping each open and unlinking it."""
+    outcomes = []
+    for i in range(8):
+        fd = os.open(f"/notes/f{i}", os.O_RDWR | os.O_CREAT, 0o644)
+        _held["fds"].append(fd)
+        outcomes.append(_outcome(os.write, fd, b"x" * _MIB))
+        os.unlink(f"/notes/f{i}")
+    return outcomes
+
+
+async def close_and_write(ctx: Context, request: Any) -> Any:
+    """Close what it held, then write a quota's worth again."""
+    while _held["fds"]:
+        os.close(_held["fds"].pop())
+    fd = os.open("/notes/again", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        return _outcome(os.write, fd, b"y" * _MIB)
+    finally:
+        os.close(fd)
+
+
+async def rename_over_full(ctx: Context, request: Any) -> Any:
+    """Rename a directory over a non-empty one again and again, then make directories."""
+    os.mkdir("/tree/a")
+    os.makedirs("/tree/b/c")
+    renames = [_outcome(os.rename, "/tree/a", "/tree/b") for _ in range(16)]
+    made = [_outcome(os.mkdir, f"/tree/x{i}") for i in range(16)]
+    return {"renames": sorted(set(renames)), "made": made}
+
+
+@pytest.mark.trio
+async def test_unlinked_open_files_and_refused_renames_stay_within_the_quota(
+    capsule_app: TestApp,
+) -> None:
+    notes = capsule_app.volume("notes")
+    tree = capsule_app.volume("tree")
+    probe = capsule_app.feature(
+        "probe",
+        policy={
+            "fs": [
+                {"path": "/notes", "volume": "notes", "mode": "rw", "quota": "1MiB"},
+                {"path": "/tree", "volume": "tree", "mode": "rw", "inodes": 4},
+            ]
+        },
+    )
+    for handler in (hold_unlinked, close_and_write, rename_over_full):
+        probe.service(handler.__name__)(handler)
+
+    with trio.fail_after(60):
+        async with capsule_app.open() as sup:
+            instance = sup.feature("probe").instance
+            assert instance is not None
+            assert instance.view is not None
+            server = instance.view.pid
+
+            outcomes = await sup.call("probe", "hold_unlinked")
+            assert outcomes == ["ok"] + ["EDQUOT"] * 7
+            assert held_on_host(notes, server) == (_MIB, 8)  # all held, one quota's worth
+            assert await sup.call("probe", "close_and_write") == "ok"
+            assert held_on_host(notes, server) == (_MIB, 1)
+
+            got = await sup.call("probe", "rename_over_full")
+            assert got == {"renames": ["ENOTEMPTY"], "made": ["ok"] + ["EDQUOT"] * 15}
+            assert held_on_host(tree, server) == (0, 4)
+    assert sorted(os.listdir(notes)) == ["again"]
+    assert sorted(os.listdir(tree)) == ["a", "b", "x0"]
+    assert leftovers() == []
