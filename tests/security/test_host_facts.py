@@ -116,10 +116,15 @@ async def test_a_container_never_holds_another_features_paths(capsule_app: TestA
             bravo_pids = sorted(processes_of_uid(host_uid))
             bravo_view = sup.feature("bravo").instance.view  # type: ignore[union-attr]
             assert bravo_view is not None
+            zygote = zygote_pid()
             on_host = {
                 pid: [n for n in needles if memory_holds(pid, n.encode())]
-                for pid in [*bravo_pids, zygote_pid()]
+                for pid in [*bravo_pids, zygote]
             }
+            # nor is the app's directory (where every bundle lies) in the zygote's memory
+            app_dir = str(capsule_app.root)
+            if memory_holds(zygote, app_dir.encode()):
+                on_host[zygote].append(app_dir)
             # bravo's file-system server lives in the host's mount namespace and reads its
             # mount table (to find its FUSE connection), where every view's mount point is
             # listed: only what no mount table names is judged there
