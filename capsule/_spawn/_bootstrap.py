@@ -7,6 +7,8 @@ mirrors the inner's exit: the supervisor kills a container by killing the outer
 inner one is PID 1 of the new namespace: it builds the root, pivots into it, drops
 uid and capabilities, applies Landlock and seccomp, measures itself, and serves. Both
 keep the zygote's minimal environment; the container's own comes in its Start message.
+The outer one reads its request (the container's name, view, cgroup) from a socket of
+its own, the first thing it does: the zygote never decodes it.
 
 Runs only in freshly forked, single-threaded children; never returns to the zygote.
 """
@@ -20,17 +22,22 @@ import select
 import signal
 import socket
 import traceback
-from typing import Final, NoReturn
+from collections.abc import Sequence
+from typing import Final, NoReturn, TypeVar
+
+import msgspec
 
 from capsule._ipc._channel import encode_frame
 from capsule._ipc._messages import CHANNEL_FD, NAMESPACES, Failure, SandboxStatus
 from capsule._sandbox import _landlock, _seccomp
 from capsule._sandbox import _syscalls as sc
-from capsule._sandbox._view import DEVICES, ViewPlan, build_root, enter_root
-from capsule._spawn._protocol import SpawnRequest
+from capsule._sandbox._view import DEVICES, Bind, ViewPlan, build_root, enter_root
+from capsule._spawn._protocol import MAX_DATAGRAM, SpawnRequest
 from capsule.errors import SandboxError
 
-__all__ = ["EXIT_BOOTSTRAP", "close_all_but", "reset_signals", "run_outer"]
+__all__ = ["EXIT_BOOTSTRAP", "close_all_but", "read_request", "reset_signals", "run_outer"]
+
+_Request = TypeVar("_Request")
 
 EXIT_BOOTSTRAP: Final = 70
 _ALL_NAMESPACES: Final = (
@@ -74,19 +81,42 @@ def reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
+def read_request(carrier: int, kind: type[_Request]) -> _Request:
+    """The one request the supervisor queued on ``carrier`` for this child (closed here)."""
+    try:
+        data = os.read(carrier, MAX_DATAGRAM)
+    finally:
+        os.close(carrier)
+    if not data:
+        raise SandboxError("the supervisor sent no request")
+    return msgspec.msgpack.decode(data, type=kind)
+
+
 def run_outer(
-    request: SpawnRequest,
+    carrier: int,
     *,
     channel: int,
     go: int,
     unshared: int,
     stage: str,
+    runtime: tuple[Sequence[Bind], Sequence[tuple[str, str]]],
     seccomp_program: bytes | None,
 ) -> NoReturn:
-    """The outer process, from the zygote's fork: never returns."""
+    """The outer process, from the zygote's fork: reads its request from ``carrier``, adds
+    the ``runtime``'s binds and links to its view; never returns."""
     try:
         reset_signals()
         os.setsid()
+        request = read_request(carrier, SpawnRequest)
+        binds, symlinks = runtime
+        request = msgspec.structs.replace(
+            request,
+            view=msgspec.structs.replace(
+                request.view,
+                binds=(*binds, *request.view.binds),
+                symlinks=(*symlinks, *request.view.symlinks),
+            ),
+        )
         close_all_but({channel, go, unshared})
         for procs in request.cgroup_procs:
             with open(procs, "w", encoding="ascii") as f:

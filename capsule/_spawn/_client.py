@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -69,6 +68,22 @@ class _Pending:
 class _Exit:
     done: anyio.Event = field(default_factory=anyio.Event)
     status: int | None = None
+
+
+def _carrying(request: SpawnRequest | ViewRequest, what: str) -> socket.socket:
+    """One end of a new socketpair with ``request`` queued on it as one datagram (the other
+    end is closed: the reader sees the request, then the end of the stream)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours:
+        data = _encoder.encode(request)
+        try:
+            ours.send(data)
+        except OSError as exc:
+            theirs.close()
+            raise SandboxError(
+                f"could not hand over the request for {what} ({len(data)} bytes): {exc}"
+            ) from exc
+    return theirs
 
 
 class ZygoteClient:
@@ -183,28 +198,40 @@ class ZygoteClient:
 
     async def spawn(self, request: SpawnRequest, channel: socket.socket) -> SpawnResult:
         """Start one container; ``channel`` is its end of the socketpair (closed here)."""
-        return await self._spawn(lambda seq: Spawn(seq=seq, request=request), channel, "container")
+        order = Spawn(seq=0, uid=request.uid, gid=request.gid)
+        return await self._spawn(order, request, request.name, channel, "container")
 
     async def spawn_view(self, request: ViewRequest, control: socket.socket) -> SpawnResult:
         """Start one file-system server; ``control`` is its end of the socketpair (closed here)."""
         return await self._spawn(
-            lambda seq: SpawnView(seq=seq, request=request), control, "file-system server"
+            SpawnView(seq=0), request, request.name, control, "file-system server"
         )
 
     async def _spawn(
-        self, make: Callable[[int], Spawn | SpawnView], channel: socket.socket, what: str
+        self,
+        order: Spawn | SpawnView,
+        request: SpawnRequest | ViewRequest,
+        name: str,
+        channel: socket.socket,
+        what: str,
     ) -> SpawnResult:
-        if self._closed:
+        """Send ``order`` (which names no feature) to the zygote with ``channel`` and a socket
+        holding ``request``: only the forked child reads the request, never the zygote."""
+        try:
+            if self._closed:
+                raise SandboxError("the zygote is not running")  # noqa: TRY301 - closes below
+            carrier = _carrying(request, f"the {what} for {name}")
+        except BaseException:
             channel.close()
-            raise SandboxError("the zygote is not running")
+            raise
         self._seq += 1
         pending = _Pending()
         self._pending[self._seq] = pending
-        data = _encoder.encode(make(self._seq))
+        data = _encoder.encode(msgspec.structs.replace(order, seq=self._seq))
         try:
             while True:
                 try:
-                    socket.send_fds(self._sock, [data], [channel.fileno()])
+                    socket.send_fds(self._sock, [data], [channel.fileno(), carrier.fileno()])
                     break
                 except BlockingIOError:
                     await anyio.wait_writable(self._sock)
@@ -213,9 +240,10 @@ class ZygoteClient:
             raise SandboxError(f"the zygote is gone: {exc}") from exc
         finally:
             channel.close()
+            carrier.close()
         await pending.done.wait()
         if pending.result is None:
-            raise SandboxError(f"could not start the {what}: {pending.error}")
+            raise SandboxError(f"could not start the {what} for {name}: {pending.error}")
         self._exits.setdefault(pending.result.pid, _Exit())
         return pending.result
 

@@ -2,7 +2,13 @@
 
 Data only. File descriptors travel beside a message as SCM_RIGHTS: a Spawn carries
 the container's end of its channel, a SpawnView the view server's end of its control
-socket, and a Spawned carries a pidfd of the process started.
+socket, each followed by the socket its child reads its request from, and a Spawned
+carries a pidfd of the process started. A Spawn or SpawnView names no feature: the
+zygote forks on it and only the child decodes its own SpawnRequest or ViewRequest, so
+nothing one feature's request holds (its name, its paths) is ever in the zygote's
+memory for a later fork to inherit. Must not grow a per-feature field: the host uid
+and gid a container's root maps to (numbers the zygote writes into its uid map) are
+the only facts about a container the zygote is told.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from capsule._sandbox._view import ViewPlan
 
 __all__ = [
     "MAX_DATAGRAM",
+    "ORDER_DATAGRAM",
     "ROOTS_DATAGRAM",
     "ROOTS_PER_DATAGRAM",
     "Exited",
@@ -31,6 +38,8 @@ __all__ = [
 ]
 
 MAX_DATAGRAM: Final = 1 << 20
+#: the largest message the zygote reads from the supervisor (they carry no request)
+ORDER_DATAGRAM: Final = 256
 #: what the supervisor sends a new view server on its control socket, before anything else,
 #: beside a batch of its mounts' directory descriptors (SCM_RIGHTS takes 253 at most)
 ROOTS_DATAGRAM: Final = b"roots"
@@ -47,8 +56,10 @@ class Rlimits(msgspec.Struct, frozen=True):
 class SpawnRequest(msgspec.Struct, frozen=True):
     """How to build one container. ``uid``/``gid`` are the host ids its root maps to.
 
-    Nothing secret travels here (no token, no environment value): the zygote forks every
-    container, and what it once held in memory each later fork inherits."""
+    Sent to the forked child on a socket of its own, never through the zygote (which forks
+    every container: what it once held in memory each later fork inherits). Nothing secret
+    travels here either (no token, no environment value): those come on the container's
+    channel, in its Start message."""
 
     name: str
     uid: int
@@ -66,7 +77,8 @@ class ViewRequest(msgspec.Struct, frozen=True):
     ``cgroup_procs`` are the files it writes its pid to (its container's cpu group, so the
     work a feature makes its server do counts against that feature's cpu limit). ``roots``
     are the mounts (by index) whose directories arrive as descriptors on the control socket,
-    in that order, beside ``ROOTS_DATAGRAM``s: the server opens no path for them."""
+    in that order, beside ``ROOTS_DATAGRAM``s: the server opens no path for them. Sent to
+    the forked server on a socket of its own, never through the zygote."""
 
     name: str
     view: bytes
@@ -81,13 +93,18 @@ class _Msg(msgspec.Struct, frozen=True, tag_field="t"):
 
 
 class Spawn(_Msg, tag="spawn", frozen=True):
+    """Fork a container; its channel and then its request's socket come beside this.
+    ``uid``/``gid``: the host ids to map its root to (the zygote writes the map)."""
+
     seq: int
-    request: SpawnRequest
+    uid: int
+    gid: int
 
 
 class SpawnView(_Msg, tag="spawn_view", frozen=True):
+    """Fork a file-system server; its control socket and then its request's come beside."""
+
     seq: int
-    request: ViewRequest
 
 
 ToZygote: TypeAlias = Spawn | SpawnView

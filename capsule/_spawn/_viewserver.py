@@ -1,10 +1,12 @@
 """The child side of a view server: from a fresh fork of the zygote to a serving fusefs.
 
 Runs only in a freshly forked, single-threaded child of the zygote and never returns to
-it. It receives the directories behind the view's volume mounts as descriptors (never
-their paths: the supervisor checked them), and hands fusefs the view, those directories
-and a confinement (Landlock: the runtime read-only, the backing directories as the view
-needs them, by descriptor) applied once the view is mounted; fusefs does the rest.
+it. It reads its request (the feature's name, view and mount point) from a socket of its
+own, never through the zygote. It receives the directories behind the view's volume
+mounts as descriptors (never their paths: the supervisor checked them), and hands fusefs
+the view, those directories and a confinement (Landlock: the runtime read-only, the
+backing directories as the view needs them, by descriptor) applied once the view is
+mounted; fusefs does the rest.
 Holds no secrets; never runs feature code.
 """
 
@@ -23,7 +25,7 @@ import msgspec
 import fusefs
 from capsule._sandbox import _landlock
 from capsule._sandbox import _syscalls as sc
-from capsule._spawn._bootstrap import EXIT_BOOTSTRAP, close_all_but, reset_signals
+from capsule._spawn._bootstrap import EXIT_BOOTSTRAP, close_all_but, read_request, reset_signals
 from capsule._spawn._protocol import ROOTS_DATAGRAM, ROOTS_PER_DATAGRAM, ViewRequest
 
 __all__ = ["run"]
@@ -61,11 +63,15 @@ def _receive_roots(control: socket.socket, mounts: Sequence[int]) -> dict[int, i
     return dict(zip(mounts, fds, strict=True))
 
 
-def run(request: ViewRequest, *, control: int, runtime: Sequence[str]) -> NoReturn:
-    """Serve ``request``'s view until the supervisor says stop or goes away; never returns."""
+def run(carrier: int, *, control: int, runtime: Sequence[str]) -> NoReturn:
+    """Serve the view of the request read from ``carrier`` until the supervisor says stop or
+    goes away; never returns."""
+    name = "a feature"
     try:
         reset_signals()
         os.setsid()
+        request = read_request(carrier, ViewRequest)
+        name = request.name
         close_all_but({_STDERR, control})
         for procs in request.cgroup_procs:
             with open(procs, "w", encoding="ascii") as f:
@@ -79,6 +85,6 @@ def run(request: ViewRequest, *, control: int, runtime: Sequence[str]) -> NoRetu
         fusefs.serve(view, request.mountpoint, sock, confine=confine, roots=roots)
     except BaseException as exc:  # the supervisor sees the exit; say why on stderr
         detail = "".join(traceback.format_exception(exc))
-        sys.stderr.write(f"capsule view server for {request.name}: {detail}")
+        sys.stderr.write(f"capsule view server for {name}: {detail}")
         os._exit(EXIT_BOOTSTRAP)
     os._exit(0)

@@ -3,8 +3,11 @@
 Started by the supervisor with ``python -I -m capsule._spawn._zygote FD STAGE``. It
 pre-imports the container runtime, compiles the seccomp filter once, and then only
 forks, writes uid maps, reaps, and reports exits. It holds no secrets (no signing
-key, no tokens) and never runs feature code itself. When the supervisor's end of
-its socket closes, it kills every container it started and exits.
+key, no tokens) and never runs feature code itself. It learns nothing per feature
+either: an order to spawn carries only the host uid and gid to map (the request
+itself comes on a socket the forked child reads), because every later fork inherits
+what the zygote's memory once held. When the supervisor's end of its socket closes,
+it kills every container it started and exits.
 """
 
 from __future__ import annotations
@@ -31,15 +34,13 @@ from capsule._sandbox import _syscalls as sc
 from capsule._sandbox._view import runtime_binds
 from capsule._spawn import _bootstrap, _viewserver
 from capsule._spawn._protocol import (
-    MAX_DATAGRAM,
+    ORDER_DATAGRAM,
     Exited,
     Spawn,
     Spawned,
     SpawnFailed,
-    SpawnRequest,
     SpawnView,
     ToZygote,
-    ViewRequest,
     ZygoteReady,
 )
 
@@ -68,26 +69,21 @@ class _Zygote:
         else:
             self.sock.send(data)
 
-    def spawn(self, seq: int, request: SpawnRequest, channel: int) -> None:
-        request = msgspec.structs.replace(
-            request,
-            view=msgspec.structs.replace(
-                request.view,
-                binds=self.binds + request.view.binds,
-                symlinks=self.symlinks + request.view.symlinks,
-            ),
-        )
+    def spawn(self, order: Spawn, channel: int, carrier: int) -> None:
+        """Fork one container; the child reads its request from ``carrier`` (this process never
+        does), waits for its uid map, and builds the sandbox."""
         go_read, go_write = os.pipe()
         ns_read, ns_write = os.pipe()
         pid = os.fork()
         if pid == 0:  # never return into the zygote's code, whatever happens
             try:
                 _bootstrap.run_outer(
-                    request,
+                    carrier,
                     channel=channel,
                     go=go_read,
                     unshared=ns_write,
                     stage=self.stage,
+                    runtime=(self.binds, self.symlinks),
                     seccomp_program=self.seccomp,
                 )
             finally:
@@ -95,42 +91,46 @@ class _Zygote:
         os.close(go_read)
         os.close(ns_write)
         os.close(channel)
+        os.close(carrier)
         self.children.add(pid)
         try:
             ready, _, _ = select.select([ns_read], [], [], _MAP_TIMEOUT)
             if not ready or os.read(ns_read, 1) != b"u":
                 raise OSError("the child did not reach its new namespaces")  # noqa: TRY301 - one cleanup path
-            _write_maps(pid, request.uid, request.gid)
+            _write_maps(pid, order.uid, order.gid)
             os.write(go_write, b"g")
             pidfd = os.pidfd_open(pid)
         except OSError as exc:
             os.kill(pid, signal.SIGKILL)
-            self.send(SpawnFailed(seq=seq, error=f"{request.name}: {exc}"))
+            self.send(SpawnFailed(seq=order.seq, error=str(exc)))
             return
         finally:
             os.close(ns_read)
             os.close(go_write)
         try:
-            self.send(Spawned(seq=seq, pid=pid), [pidfd])
+            self.send(Spawned(seq=order.seq, pid=pid), [pidfd])
         finally:
             os.close(pidfd)
 
-    def spawn_view(self, seq: int, request: ViewRequest, control: int) -> None:
-        """Fork one container's file-system server: no namespaces of its own to wait for."""
+    def spawn_view(self, order: SpawnView, control: int, carrier: int) -> None:
+        """Fork one container's file-system server: no namespaces of its own to wait for;
+        the child reads its request from ``carrier`` (this process never does)."""
         runtime = [bind.source for bind in self.binds]
         pid = os.fork()
         if pid == 0:  # never return into the zygote's code, whatever happens
             try:
-                _viewserver.run(request, control=control, runtime=runtime)
+                _viewserver.run(carrier, control=control, runtime=runtime)
             finally:
                 os._exit(_bootstrap.EXIT_BOOTSTRAP)
         os.close(control)
+        os.close(carrier)
         self.children.add(pid)
+        seq = order.seq
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as exc:
             os.kill(pid, signal.SIGKILL)
-            self.send(SpawnFailed(seq=seq, error=f"{request.name}: {exc}"))
+            self.send(SpawnFailed(seq=seq, error=str(exc)))
             return
         try:
             self.send(Spawned(seq=seq, pid=pid), [pidfd])
@@ -179,14 +179,14 @@ class _Zygote:
             self.kill_all()
 
     def _handle_request(self) -> bool:
-        data, fds, _, _ = socket.recv_fds(self.sock, MAX_DATAGRAM, 4)
+        data, fds, _, _ = socket.recv_fds(self.sock, ORDER_DATAGRAM, 4)
         if not data:
             return False
         message = _decoder.decode(data)
-        if isinstance(message, Spawn) and len(fds) == 1:
-            self.spawn(message.seq, message.request, fds[0])
-        elif isinstance(message, SpawnView) and len(fds) == 1:
-            self.spawn_view(message.seq, message.request, fds[0])
+        if isinstance(message, Spawn) and len(fds) == 2:  # its channel, its request
+            self.spawn(message, fds[0], fds[1])
+        elif isinstance(message, SpawnView) and len(fds) == 2:  # its control socket, its request
+            self.spawn_view(message, fds[0], fds[1])
         else:
             for fd in fds:
                 os.close(fd)

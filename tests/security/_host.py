@@ -28,6 +28,7 @@ __all__ = [
     "container_host_uid",
     "crash_signals",
     "descendants",
+    "memory_holds",
     "needs_full_isolation",
     "needs_x86_64",
     "processes_of_uid",
@@ -123,6 +124,25 @@ def zygote_pid() -> int:
         if b"capsule._spawn._zygote" in cmdline:
             return child
     raise AssertionError("no zygote among this process's children")
+
+
+def memory_holds(pid: int, needle: bytes) -> list[str]:
+    """The mappings of process ``pid`` whose memory holds ``needle`` (read on the host)."""
+    found = []
+    with open(f"/proc/{pid}/maps", encoding="utf-8") as maps, open(f"/proc/{pid}/mem", "rb") as mem:
+        for line in maps:
+            fields = line.split()
+            if not fields[1].startswith("r") or fields[-1] in {"[vvar]", "[vsyscall]"}:
+                continue
+            start, end = (int(bound, 16) for bound in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                chunk = mem.read(end - start)
+            except OSError:
+                continue  # a mapping the kernel will not hand out (a guard page, an I/O one)
+            if needle in chunk:
+                found.append(line.strip())
+    return found
 
 
 #: a restart policy that brings a container killed on purpose straight back.

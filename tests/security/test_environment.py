@@ -25,7 +25,13 @@ import trio
 from capsule._environ import MINIMAL
 from capsule.feature import Context
 from capsule.testing import TestApp, leftovers
-from tests.security._host import container_host_uid, processes_of_uid, sandbox_status, zygote_pid
+from tests.security._host import (
+    container_host_uid,
+    memory_holds,
+    processes_of_uid,
+    sandbox_status,
+    zygote_pid,
+)
 
 #: the host variable a feature must never see, and one the app passes on by name.
 _HOST_ONLY: Final = "CAPSULE_PROBE_OPENAI_API_KEY"
@@ -174,25 +180,6 @@ def _child_on_host(host_uid: int) -> int:
     return found[0]
 
 
-def _memory_holds(pid: int, needle: bytes) -> list[str]:
-    """The mappings of process ``pid`` whose memory holds ``needle`` (read on the host)."""
-    found = []
-    with open(f"/proc/{pid}/maps", encoding="utf-8") as maps, open(f"/proc/{pid}/mem", "rb") as mem:
-        for line in maps:
-            fields = line.split()
-            if not fields[1].startswith("r") or fields[-1] in {"[vvar]", "[vsyscall]"}:
-                continue
-            start, end = (int(bound, 16) for bound in fields[0].split("-"))
-            try:
-                mem.seek(start)
-                chunk = mem.read(end - start)
-            except OSError:
-                continue  # a mapping the kernel will not hand out (a guard page, an I/O one)
-            if needle in chunk:
-                found.append(line.strip())
-    return found
-
-
 @pytest.mark.trio
 async def test_the_zygote_never_holds_a_features_environment(capsule_app: TestApp) -> None:
     """THREATS: every container is forked from the zygote and inherits its memory, so a value
@@ -210,7 +197,7 @@ async def test_the_zygote_never_holds_a_features_environment(capsule_app: TestAp
             seen = await sup.call("holder", "look")
             await sup.call("later", "look")
             await sup.restart("holder")  # a second spawn request for the same feature
-            in_zygote = _memory_holds(zygote_pid(), secret.encode())
+            in_zygote = memory_holds(zygote_pid(), secret.encode())
 
     assert seen["os.environ"]["API_KEY"] == secret  # the feature does get it
     assert in_zygote == []

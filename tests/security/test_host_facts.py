@@ -1,0 +1,141 @@
+"""Host facts about other features, looked for in a container's own memory and judged on the host.
+
+Every container and every file-system server is forked from the zygote and inherits its memory,
+freed bytes included. Were the zygote to decode a feature's spawn request (its name, the backing
+directories of its view, where its view is mounted, its cgroup), every feature forked after it
+would carry those paths in its heap. The attack: feature ``alpha`` is started (twice) with a
+volume of its own, then ``bravo`` is started and scans its own memory for alpha's paths from
+inside its sandbox; the host then reads bravo's processes and the zygote's memory as root.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Final
+
+import pytest
+import trio
+
+from capsule.feature import Context
+from capsule.testing import TestApp, leftovers
+from tests.security._host import (
+    container_host_uid,
+    memory_holds,
+    processes_of_uid,
+    sandbox_status,
+    zygote_pid,
+)
+
+#: every byte to the next one: the probe searches its memory, shifted, for shifted needles, so
+#: it never holds a needle itself (the memory it scans would otherwise always contain it).
+_SHIFT: Final = bytes((value + 1) % 256 for value in range(256))
+_PIECE: Final = 1 << 20
+_OVERLAP: Final = 512  # longer than any needle: one that straddles two pieces is still found
+
+# --- run inside the container (shipped by value with the handlers) ----------------------------
+
+
+def _own_memory() -> list[tuple[int, int]]:
+    """The readable private anonymous mappings of this process: its heap, stacks and arenas,
+    where a decoded request (or what is left of it once freed) would lie. File mappings are the
+    runtime's own code, and reading past the end of one would raise SIGBUS."""
+    regions = []
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            name = fields[5] if len(fields) > 5 else ""
+            if fields[1].startswith("r") and name in {"", "[heap]", "[stack]"}:
+                start, end = (int(bound, 16) for bound in fields[0].split("-"))
+                regions.append((start, end))
+    return regions
+
+
+def _proc_self_mem() -> str:
+    try:
+        with open("/proc/self/mem", "rb"):
+            return "readable"
+    except OSError as exc:
+        return exc.strerror or "unreadable"
+
+
+async def _scan(ctx: Context, shifted: list[bytes]) -> dict[str, Any]:
+    """Which of the (shifted) needles this process's own memory holds, read by address: the
+    container is not dumpable, so its ``/proc/self/mem`` belongs to the host's root."""
+    found: set[int] = set()
+    scanned = 0
+    for start, end in _own_memory():
+        position = start
+        while position < end:
+            size = min(_PIECE, end - position)
+            piece = ctypes.string_at(position, size).translate(_SHIFT)
+            found.update(i for i, needle in enumerate(shifted) if needle in piece)
+            scanned += size
+            if position + size >= end:
+                break
+            position += size - _OVERLAP
+    return {"found": sorted(found), "scanned": scanned, "/proc/self/mem": _proc_self_mem()}
+
+
+# --- host side --------------------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_a_container_never_holds_another_features_paths(capsule_app: TestApp) -> None:
+    """THREATS: the zygote learns nothing per feature: it forks on a request that names no
+    feature, and the child reads its own request on a socket of its own. A container started
+    after another feature holds none of that feature's paths, in its own memory (read from
+    inside) nor in any of its processes' or the zygote's (read on the host)."""
+    backing = capsule_app.volume("alphaonly", {"a.txt": "a\n"})
+    alpha = capsule_app.feature(
+        "alpha", policy={"fs": [{"path": "/data", "volume": "alphaonly", "mode": "rw"}]}
+    )
+    alpha.service("scan")(_scan)
+    bravo = capsule_app.feature("bravo")
+    bravo.service("scan")(_scan)
+
+    with trio.fail_after(60):
+        async with capsule_app.open() as sup:
+            await sup.call("alpha", "scan", [])
+            for _ in range(3):
+                await sup.restart("alpha")  # more rounds of requests for alpha
+            instance = sup.feature("alpha").instance
+            assert instance is not None
+            assert instance.view is not None
+            unmounted = [
+                str(backing),  # the backing directory of alpha's volume
+                *instance.spec.request.cgroup_procs,  # alpha's cgroup, by name
+            ]
+            needles = [
+                *unmounted,
+                str(instance.view.mountpoint),  # where alpha's view is mounted
+                "/views/alpha-",  # any generation of it, under the run directory
+            ]
+            await sup.restart("bravo")  # forked after every request for alpha
+            seen = await sup.call("bravo", "scan", [n.encode().translate(_SHIFT) for n in needles])
+            host_uid = container_host_uid(sandbox_status(sup, "bravo"))
+            bravo_pids = sorted(processes_of_uid(host_uid))
+            bravo_view = sup.feature("bravo").instance.view  # type: ignore[union-attr]
+            assert bravo_view is not None
+            zygote = zygote_pid()
+            on_host = {
+                pid: [n for n in needles if memory_holds(pid, n.encode())]
+                for pid in [*bravo_pids, zygote]
+            }
+            # nor is the app's directory (where every bundle lies) in the zygote's memory
+            app_dir = str(capsule_app.root)
+            if memory_holds(zygote, app_dir.encode()):
+                on_host[zygote].append(app_dir)
+            # bravo's file-system server lives in the host's mount namespace and reads its
+            # mount table (to find its FUSE connection), where every view's mount point is
+            # listed: only what no mount table names is judged there
+            on_host[bravo_view.pid] = [
+                n for n in unmounted if memory_holds(bravo_view.pid, n.encode())
+            ]
+
+    assert seen["scanned"] > 1 << 20, seen  # the probe did read its heap
+    assert seen["/proc/self/mem"] == "Permission denied", seen  # hence the read by address
+    assert [needles[i] for i in seen["found"]] == [], seen
+    assert len(bravo_pids) >= 2, bravo_pids  # the outer process and the feature's
+    assert len(unmounted) >= 2, unmounted  # alpha has a cgroup of its own
+    assert on_host == {pid: [] for pid in on_host}, on_host
+    assert leftovers() == []
