@@ -1,6 +1,7 @@
 """The broker: admits tokens, authorizes every message against its handle's grant, and
-forwards events between containers and the host; hands calls to its router (``_calls``)
-and Connect and Listen to its network mediator (``_network``).
+forwards events between containers and the host; hands calls to its router (``_calls``),
+Connect and Listen to its network mediator (``_network``), and Delegate and Revoke to
+its delegations (``_delegation``).
 
 Must not verify a signature after admission, decode a payload, unpickle anything or
 block: a decision is a dict lookup and a Grant check, made before anything is
@@ -21,9 +22,10 @@ import structlog
 from capsule._broker._audit import AuditLog
 from capsule._broker._calls import MAX_IN_FLIGHT, CallRouter, Target
 from capsule._broker._connection import Connection, Outbox
+from capsule._broker._delegation import Delegations
 from capsule._broker._host import Stream, Subscription
 from capsule._broker._network import NetworkMediator
-from capsule._broker._routes import WITHDRAWN, Handle, Peer, Subscriber, unusable
+from capsule._broker._routes import WITHDRAWN, Handle, Peer, Subscriber, holds, unusable
 from capsule._broker._topics import TopicIndex, valid_call, valid_pattern, valid_topic
 from capsule._ipc._channel import encode_frame
 from capsule._ipc._messages import (
@@ -38,7 +40,6 @@ from capsule._ipc._messages import (
     Event,
     Failure,
     FromContainer,
-    Granted,
     Item,
     Listen,
     More,
@@ -58,7 +59,6 @@ from capsule._tokens._authority import Token, TokenAuthority, revoked_reason
 from capsule._tokens._caps import Action
 from capsule._tokens._grant import compile_grant
 from capsule.errors import (
-    CapabilityDeniedError,
     CapsuleError,
     ConfigError,
     FeatureCrashedError,
@@ -79,10 +79,6 @@ _ACTION_WORD: Final = {
     Action.ICC_PUBLISH: "publish",
     Action.ICC_SUBSCRIBE: "subscribe",
 }
-
-
-def _holds(peer: Peer, limit: str, what: str) -> str:
-    return f"holds {what} already (limits.{limit} of [policy.{peer.feature}] in app.toml)"
 
 
 @final
@@ -107,11 +103,10 @@ class Broker:
         self.calls = CallRouter(audit, resolve, task_group, call_timeout=call_timeout)
         self._topics: TopicIndex[Subscriber] = TopicIndex()
         self._grants: dict[str, list[Handle]] = {}  # token id -> its live handles
-        # token id -> (by, to, parent, until): ``until`` is when its delegator's ttl ends it
-        self._delegated: dict[str, tuple[str, str, str, float]] = {}
         self.deadlines = self.calls.deadlines
         self.outbox = Outbox()
         self.network = NetworkMediator(audit, task_group, self._deny)
+        self._delegations = Delegations(authority, audit, resolve, deny=self._deny, over=self._over)
         self.events = 0
         self._dispatch: dict[type, Callable[[Peer, Any], None]] = {
             Request: self._request,
@@ -124,8 +119,8 @@ class Broker:
             Publish: self._publish,
             Subscribe: self._subscribe,
             Admit: self._admit,
-            Delegate: self._delegate,
-            Revoke: self._revoke,
+            Delegate: self._delegations.delegate,
+            Revoke: self._delegations.revoke,
             Connect: self.network.request,
             Listen: self.network.request,
         }
@@ -249,7 +244,7 @@ class Broker:
             handles = self._grants.pop(token_id, ())
             for handle in handles:
                 handle.grant.revoke()
-            delegation = self._delegated.pop(token_id, None)
+            delegation = self._delegations.records.pop(token_id, None)
             if delegation is not None:  # its recipient forgets it: nothing grows per delegation
                 target = self._resolve(delegation[1])
                 recipient = None if target is None else target._live_peer()
@@ -301,7 +296,7 @@ class Broker:
     def _follow(self, previous: str, parent: Token) -> None:
         """Renew the admitted delegations of ``previous`` from its renewal ``parent``."""
         now = time.time()
-        for child, (by, to, derived_from, until) in list(self._delegated.items()):
+        for child, (by, to, derived_from, until) in list(self._delegations.records.items()):
             if derived_from != previous:
                 continue
             target = self._resolve(to)
@@ -329,7 +324,7 @@ class Broker:
             self._authority.revocations.record_renewal(
                 old.jti, renewed.claims.jti, now=now, expires=renewed.claims.exp
             )
-            self._delegated[renewed.token_id] = (by, to, parent.token_id, until)
+            self._delegations.records[renewed.token_id] = (by, to, parent.token_id, until)
             self.renew(recipient, child, renewed)
             self._authority.retire(old)
 
@@ -464,8 +459,8 @@ class Broker:
             peer.conn.send(Result(id=msg.id, value=NIL))
             return
         if len(peer.subscriptions) >= peer.limits.subscriptions:
-            holds = f"{peer.limits.subscriptions} subscriptions"
-            self._over(peer, msg.id, "subscriptions", _holds(peer, "subscriptions", holds))
+            subs = f"{peer.limits.subscriptions} subscriptions"
+            self._over(peer, msg.id, "subscriptions", holds(peer, "subscriptions", subs))
             return
         subscriber = Subscriber(msg.pattern, peer=peer, grant=handle.grant)
         peer.subscriptions[msg.pattern] = subscriber
@@ -483,92 +478,9 @@ class Broker:
 
     # -- delegation --------------------------------------------------------------------
 
-    def _delegate(self, peer: Peer, msg: Delegate) -> None:
-        handle = peer.handles.get(msg.handle)
-        why = unusable(handle, msg.handle)
-        if handle is None or why is not None:
-            self._deny(
-                peer,
-                "delegate",
-                why or f"handle {msg.handle} was not issued on this connection",
-                capability=", ".join(msg.capabilities),
-                token=None if handle is None else handle.grant.token_id,
-                request_id=msg.id,
-            )
-            return
-        live = self.delegations(peer.feature)
-        if live >= peer.limits.delegations:
-            holds = _holds(peer, "delegations", f"{live} live delegated tokens")
-            self._over(peer, msg.id, "delegations", holds)
-            return
-        if self.audit.over_share(peer.feature):  # its delegations are always audited: slow it
-            reason = (
-                f"its audit lines took its share of the audit log ({self.audit.share_bytes} "
-                f"bytes of {self.audit.file_bytes}, audit_share in app.toml); delegate later"
-            )
-            self._over(peer, msg.id, "audit_share", reason)
-            return
-        target = self._resolve(msg.to)
-        recipient = None if target is None else target._live_peer()
-        if recipient is None:
-            why = "is not part of this app" if target is None else "is not running"
-            peer.conn.send(Error(id=msg.id, kind="unavailable", feature=msg.to, message=why))
-            return
-        try:
-            token = self._authority.attenuate(
-                handle.token, msg.capabilities, holder=peer.feature, aud=msg.to, ttl=msg.ttl
-            )
-        except CapabilityDeniedError as exc:
-            self._deny(
-                peer,
-                "delegate",
-                exc.reason,
-                capability=exc.capability,
-                token=handle.grant.token_id,
-                request_id=msg.id,
-                to=msg.to,
-            )
-            return
-        except (ConfigError, InvalidTokenError) as exc:
-            peer.conn.send(Error(id=msg.id, kind="invalid", feature=peer.feature, message=str(exc)))
-            return
-        until = math.inf if msg.ttl is None else token.claims.iat + msg.ttl
-        self._delegated[token.token_id] = (peer.feature, msg.to, handle.grant.token_id, until)
-        self.audit.record(
-            "delegate",
-            feature=peer.feature,
-            decision="delegate",
-            token=token.token_id,
-            parent=handle.grant.token_id,
-            to=msg.to,
-            capabilities=[str(c) for c in token.claims.caps],
-            expires=token.claims.exp,
-        )
-        recipient.granted.add(token.token_id)
-        recipient.conn.send(Granted(token=token.text, sender=peer.feature))
-        peer.conn.send(Result(id=msg.id, value=encode_payload(token.token_id, "a token id")))
-
     def delegations(self, feature: str) -> int:
-        """Tokens ``feature`` delegated that are neither revoked nor past their ttl; forgets
-        the ones whose ttl ended (their recipients' handles expire on their own)."""
-        now = time.time()
-        ended = [
-            t for t, (by, _, _, until) in self._delegated.items() if by == feature and until <= now
-        ]
-        for token_id in ended:
-            del self._delegated[token_id]
-        return sum(1 for by, _, _, _ in self._delegated.values() if by == feature)
-
-    def _revoke(self, peer: Peer, msg: Revoke) -> None:
-        record = self._delegated.get(msg.token_id)
-        if record is None or record[0] != peer.feature:
-            reason = f"token {msg.token_id} was not delegated by {peer.feature}"
-            self._deny(
-                peer, "revoke", reason, capability="revoke", request_id=msg.id, token=msg.token_id
-            )
-            return
-        revoked = self._authority.revoke(msg.token_id)
-        peer.conn.send(Result(id=msg.id, value=encode_payload(len(revoked), "a count")))
+        """Tokens ``feature`` delegated that are neither revoked nor past their ttl."""
+        return self._delegations.live(feature)
 
     # -- the host's side ---------------------------------------------------------------
 
