@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, final
 
 import anyio
 import anyio.abc
@@ -26,7 +26,6 @@ from capsule._broker._broker import Broker
 from capsule._broker._host import Stream, Subscription
 from capsule._container._feature import Feature
 from capsule._manifest import App, load_app
-from capsule._manifest._app import TOKEN_TTL_RANGE
 from capsule._manifest._env import feature_environments
 from capsule._sandbox import _isolation
 from capsule._sandbox._cgroups import CgroupTree
@@ -41,7 +40,7 @@ from capsule._supervisor._handle import (
 from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._launch import Launcher
 from capsule._supervisor._plan import Planner, container_uids, default_state_dir
-from capsule._supervisor._renewal import Renewer
+from capsule._supervisor._renewal import Renewer, token_lifetime
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._rundir import RunDir
 from capsule._supervisor._views import ViewTimeouts
@@ -68,9 +67,6 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("capsule.supervisor")
-
-TOKEN_TTL: Final = 3600.0
-"""The lifetime of a container's tokens unless the app or ``open_supervisor`` says otherwise."""
 
 
 @final
@@ -474,24 +470,6 @@ class Supervisor(metaclass=NoPublicConstructor):
                 self._tg.cancel()  # the services the shutdown needed are done with
 
 
-def _load(app: str | os.PathLike[str] | App) -> App:
-    if isinstance(app, App):
-        return app
-    return load_app(Path(app))
-
-
-def _token_ttl(app: App, given: float | None) -> float:
-    if given is None:
-        return app.manifest.token_ttl or TOKEN_TTL
-    low, high = TOKEN_TTL_RANGE
-    if isinstance(given, bool) or not isinstance(given, int | float) or not low <= given <= high:
-        raise ConfigError(
-            f"token_ttl must be from {low:g} to {high:g} seconds, found {given!r}",
-            key="token_ttl",
-        )
-    return float(given)
-
-
 @asynccontextmanager
 async def open_supervisor(
     app: str | os.PathLike[str] | App,
@@ -528,8 +506,8 @@ async def open_supervisor(
     ``token_ttl``, else an hour); the supervisor renews them after two thirds of that, for
     as long as the container runs.
     """
-    loaded = _load(app)
-    ttl = _token_ttl(loaded, token_ttl)
+    loaded = app if isinstance(app, App) else load_app(Path(app))
+    ttl = token_lifetime(loaded, token_ttl)
     unknown = sorted(set(inline or ()) - set(loaded.features))
     if unknown:
         raise ConfigError(
