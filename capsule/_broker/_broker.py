@@ -1,6 +1,8 @@
 """The broker: admits tokens, authorizes every message against its handle's grant, and
-forwards events between containers and the host; hands calls to its router (``_calls``)
-and Connect and Listen to its network mediator (``_network``).
+forwards events between containers and the host; hands calls to its router (``_calls``),
+Connect and Listen to its network mediator (``_network``), Delegate and Revoke to its
+delegations (``_delegation``), and what revocation and renewal do to admitted tokens to
+its lifecycle (``_lifecycle``).
 
 Must not verify a signature after admission, decode a payload, unpickle anything or
 block: a decision is a dict lookup and a Grant check, made before anything is
@@ -9,21 +11,21 @@ forwarded, and a denied message never reaches its receiver.
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, final
 
 import msgspec
-import structlog
 
 from capsule._broker._audit import AuditLog
 from capsule._broker._calls import MAX_IN_FLIGHT, CallRouter, Target
 from capsule._broker._connection import Connection, Outbox
+from capsule._broker._delegation import Delegations
 from capsule._broker._host import Stream, Subscription
+from capsule._broker._lifecycle import Lifecycle, withdrawn
 from capsule._broker._network import NetworkMediator
-from capsule._broker._routes import WITHDRAWN, Handle, Peer, Subscriber, unusable
+from capsule._broker._routes import Handle, Peer, Subscriber, holds, unusable
 from capsule._broker._topics import TopicIndex, valid_call, valid_pattern, valid_topic
 from capsule._ipc._channel import encode_frame
 from capsule._ipc._messages import (
@@ -38,12 +40,10 @@ from capsule._ipc._messages import (
     Event,
     Failure,
     FromContainer,
-    Granted,
     Item,
     Listen,
     More,
     Publish,
-    Renewed,
     Reply,
     Request,
     Result,
@@ -54,12 +54,10 @@ from capsule._ipc._outcome import error_for
 from capsule._ipc._payload import NIL, encode_payload
 from capsule._manifest._model import DEFAULT_BROKER_LIMITS, BrokerLimits
 from capsule._tasks import TaskStarter
-from capsule._tokens._authority import Token, TokenAuthority, revoked_reason
+from capsule._tokens._authority import Token, TokenAuthority
 from capsule._tokens._caps import Action
 from capsule._tokens._grant import compile_grant
 from capsule.errors import (
-    CapabilityDeniedError,
-    CapsuleError,
     ConfigError,
     FeatureCrashedError,
     InvalidTokenError,
@@ -67,8 +65,6 @@ from capsule.errors import (
 )
 
 __all__ = ["MAX_HANDLES", "MAX_IN_FLIGHT", "MAX_REFUSED", "Broker", "Target"]
-
-_log = structlog.get_logger("capsule.broker")
 
 MAX_HANDLES: Final = 256
 """Tokens one container may hold admitted at once."""
@@ -79,10 +75,6 @@ _ACTION_WORD: Final = {
     Action.ICC_PUBLISH: "publish",
     Action.ICC_SUBSCRIBE: "subscribe",
 }
-
-
-def _holds(peer: Peer, limit: str, what: str) -> str:
-    return f"holds {what} already (limits.{limit} of [policy.{peer.feature}] in app.toml)"
 
 
 @final
@@ -103,15 +95,13 @@ class Broker:
         self._limits = dict(limits or {})  # feature -> its [policy.NAME.limits]
         self._verifier = authority.verifier
         self.audit = audit
-        self._resolve = resolve
         self.calls = CallRouter(audit, resolve, task_group, call_timeout=call_timeout)
         self._topics: TopicIndex[Subscriber] = TopicIndex()
-        self._grants: dict[str, list[Handle]] = {}  # token id -> its live handles
-        # token id -> (by, to, parent, until): ``until`` is when its delegator's ttl ends it
-        self._delegated: dict[str, tuple[str, str, str, float]] = {}
         self.deadlines = self.calls.deadlines
         self.outbox = Outbox()
         self.network = NetworkMediator(audit, task_group, self._deny)
+        self._delegations = Delegations(authority, audit, resolve, deny=self._deny, over=self._over)
+        self._lifecycle = Lifecycle(authority, audit, resolve, self._delegations)
         self.events = 0
         self._dispatch: dict[type, Callable[[Peer, Any], None]] = {
             Request: self._request,
@@ -124,12 +114,12 @@ class Broker:
             Publish: self._publish,
             Subscribe: self._subscribe,
             Admit: self._admit,
-            Delegate: self._delegate,
-            Revoke: self._revoke,
+            Delegate: self._delegations.delegate,
+            Revoke: self._delegations.revoke,
             Connect: self.network.request,
             Listen: self.network.request,
         }
-        authority.revocations.add_listener(self._revoked)
+        authority.revocations.add_listener(self._lifecycle.revoked)
 
     # -- containers coming and going -----------------------------------------------------
 
@@ -186,7 +176,7 @@ class Broker:
         claims, reason = self._verifier.diagnose(msg.token, aud=peer.feature)
         if claims is None:
             peer.denied += 1
-            peer.refused += not self._withdrawn(peer, reason)
+            peer.refused += not withdrawn(peer, reason)
             self.audit.record(
                 "admit", feature=peer.feature, decision="refuse", reason=reason or "invalid token"
             )
@@ -212,7 +202,7 @@ class Broker:
             handle = Handle(number, msg.token, claims, compile_grant(claims))
             peer.handles[number] = handle
             peer.admitted[claims.token_id] = handle
-            self._grants.setdefault(claims.token_id, []).append(handle)
+            self._lifecycle.hold(handle)
             self.audit.record(
                 "admit",
                 feature=peer.feature,
@@ -232,38 +222,6 @@ class Broker:
             )
         )
 
-    @staticmethod
-    def _withdrawn(peer: Peer, reason: str | None) -> bool:
-        """Whether ``peer`` was refused a token delegated to it and revoked before it could
-        present it: not its fault, so it does not count towards MAX_REFUSED (once each)."""
-        for token_id in peer.withdrawn:
-            if reason == revoked_reason(token_id):
-                del peer.withdrawn[token_id]
-                return True
-        return False
-
-    def _revoked(self, ids: frozenset[bytes]) -> None:
-        """Revocation listener: runs inside ``revoke()``, so no message is authorized after it."""
-        for jti in ids:
-            token_id = jti.hex()
-            handles = self._grants.pop(token_id, ())
-            for handle in handles:
-                handle.grant.revoke()
-            delegation = self._delegated.pop(token_id, None)
-            if delegation is not None:  # its recipient forgets it: nothing grows per delegation
-                target = self._resolve(delegation[1])
-                recipient = None if target is None else target._live_peer()
-                if recipient is not None:
-                    recipient.granted.discard(token_id)
-                    if token_id not in recipient.admitted:  # its Granted may be on its way
-                        recipient.withdrawn[token_id] = None
-                        if len(recipient.withdrawn) > WITHDRAWN:
-                            del recipient.withdrawn[next(iter(recipient.withdrawn))]
-            holder = handles[0].grant.feature if handles else delegation[1] if delegation else ""
-            self.audit.record(
-                "revoke", feature=holder, decision="revoke", token=token_id, handles=len(handles)
-            )
-
     def renew(self, peer: Peer, previous: str, token: Token) -> int | None:
         """Move ``peer``'s handle of token ``previous`` over to its renewal ``token``, at once:
         the same handle number and grant object, now under the new id and expiry (every
@@ -274,64 +232,7 @@ class Broker:
         derived again from ``token`` (same capabilities, audience and delegator, ending no
         later than its delegator asked) and takes over the recipient's handle the same way.
         """
-        handle = None if peer.detached else peer.admitted.pop(previous, None)
-        if handle is None:
-            return None
-        claims = token.claims
-        handle.token, handle.claims = token.text, claims
-        handle.grant.renew(claims.token_id, claims.exp)
-        peer.admitted[claims.token_id] = handle
-        moved = [h for h in self._grants.pop(previous, ()) if h is not handle]
-        if moved:  # another connection admitted it too: those handles keep the old token
-            self._grants[previous] = moved
-        self._grants.setdefault(claims.token_id, []).append(handle)
-        self.audit.record(
-            "renew",
-            feature=peer.feature,
-            decision="renew",
-            token=claims.token_id,
-            previous=previous,
-            handle=handle.number,
-            expires=claims.exp,
-        )
-        peer.conn.send(Renewed(handle=handle.number, token_id=claims.token_id, expires=claims.exp))
-        self._follow(previous, token)
-        return handle.number
-
-    def _follow(self, previous: str, parent: Token) -> None:
-        """Renew the admitted delegations of ``previous`` from its renewal ``parent``."""
-        now = time.time()
-        for child, (by, to, derived_from, until) in list(self._delegated.items()):
-            if derived_from != previous:
-                continue
-            target = self._resolve(to)
-            recipient = None if target is None else target._live_peer()
-            held = None if recipient is None else recipient.admitted.get(child)
-            if recipient is None or held is None or not held.grant.alive:
-                continue  # never admitted, or gone: it ends as it was
-            if held.claims.exp >= until:
-                continue  # its delegator's ttl ends it, not its parent's expiry
-            old = held.claims
-            try:
-                renewed = self._authority.attenuate(
-                    parent,
-                    old.caps,
-                    holder=by,
-                    aud=to,
-                    ttl=None if math.isinf(until) else until - now,
-                    now=now,
-                )
-            except CapsuleError as exc:
-                reason = f"the token delegated by {by} did not follow its parent's renewal: {exc}"
-                _log.error("delegated token not renewed", feature=to, token=child, error=reason)
-                self.audit.record("renew", feature=to, decision="fail", reason=reason, token=child)
-                continue
-            self._authority.revocations.record_renewal(
-                old.jti, renewed.claims.jti, now=now, expires=renewed.claims.exp
-            )
-            self._delegated[renewed.token_id] = (by, to, parent.token_id, until)
-            self.renew(recipient, child, renewed)
-            self._authority.retire(old)
+        return self._lifecycle.renew(peer, previous, token)
 
     def revoke(self, token_id: str) -> frozenset[str]:
         """Revoke a token and all derived from it (host authority)."""
@@ -464,8 +365,8 @@ class Broker:
             peer.conn.send(Result(id=msg.id, value=NIL))
             return
         if len(peer.subscriptions) >= peer.limits.subscriptions:
-            holds = f"{peer.limits.subscriptions} subscriptions"
-            self._over(peer, msg.id, "subscriptions", _holds(peer, "subscriptions", holds))
+            subs = f"{peer.limits.subscriptions} subscriptions"
+            self._over(peer, msg.id, "subscriptions", holds(peer, "subscriptions", subs))
             return
         subscriber = Subscriber(msg.pattern, peer=peer, grant=handle.grant)
         peer.subscriptions[msg.pattern] = subscriber
@@ -483,92 +384,9 @@ class Broker:
 
     # -- delegation --------------------------------------------------------------------
 
-    def _delegate(self, peer: Peer, msg: Delegate) -> None:
-        handle = peer.handles.get(msg.handle)
-        why = unusable(handle, msg.handle)
-        if handle is None or why is not None:
-            self._deny(
-                peer,
-                "delegate",
-                why or f"handle {msg.handle} was not issued on this connection",
-                capability=", ".join(msg.capabilities),
-                token=None if handle is None else handle.grant.token_id,
-                request_id=msg.id,
-            )
-            return
-        live = self.delegations(peer.feature)
-        if live >= peer.limits.delegations:
-            holds = _holds(peer, "delegations", f"{live} live delegated tokens")
-            self._over(peer, msg.id, "delegations", holds)
-            return
-        if self.audit.over_share(peer.feature):  # its delegations are always audited: slow it
-            reason = (
-                f"its audit lines took its share of the audit log ({self.audit.share_bytes} "
-                f"bytes of {self.audit.file_bytes}, audit_share in app.toml); delegate later"
-            )
-            self._over(peer, msg.id, "audit_share", reason)
-            return
-        target = self._resolve(msg.to)
-        recipient = None if target is None else target._live_peer()
-        if recipient is None:
-            why = "is not part of this app" if target is None else "is not running"
-            peer.conn.send(Error(id=msg.id, kind="unavailable", feature=msg.to, message=why))
-            return
-        try:
-            token = self._authority.attenuate(
-                handle.token, msg.capabilities, holder=peer.feature, aud=msg.to, ttl=msg.ttl
-            )
-        except CapabilityDeniedError as exc:
-            self._deny(
-                peer,
-                "delegate",
-                exc.reason,
-                capability=exc.capability,
-                token=handle.grant.token_id,
-                request_id=msg.id,
-                to=msg.to,
-            )
-            return
-        except (ConfigError, InvalidTokenError) as exc:
-            peer.conn.send(Error(id=msg.id, kind="invalid", feature=peer.feature, message=str(exc)))
-            return
-        until = math.inf if msg.ttl is None else token.claims.iat + msg.ttl
-        self._delegated[token.token_id] = (peer.feature, msg.to, handle.grant.token_id, until)
-        self.audit.record(
-            "delegate",
-            feature=peer.feature,
-            decision="delegate",
-            token=token.token_id,
-            parent=handle.grant.token_id,
-            to=msg.to,
-            capabilities=[str(c) for c in token.claims.caps],
-            expires=token.claims.exp,
-        )
-        recipient.granted.add(token.token_id)
-        recipient.conn.send(Granted(token=token.text, sender=peer.feature))
-        peer.conn.send(Result(id=msg.id, value=encode_payload(token.token_id, "a token id")))
-
     def delegations(self, feature: str) -> int:
-        """Tokens ``feature`` delegated that are neither revoked nor past their ttl; forgets
-        the ones whose ttl ended (their recipients' handles expire on their own)."""
-        now = time.time()
-        ended = [
-            t for t, (by, _, _, until) in self._delegated.items() if by == feature and until <= now
-        ]
-        for token_id in ended:
-            del self._delegated[token_id]
-        return sum(1 for by, _, _, _ in self._delegated.values() if by == feature)
-
-    def _revoke(self, peer: Peer, msg: Revoke) -> None:
-        record = self._delegated.get(msg.token_id)
-        if record is None or record[0] != peer.feature:
-            reason = f"token {msg.token_id} was not delegated by {peer.feature}"
-            self._deny(
-                peer, "revoke", reason, capability="revoke", request_id=msg.id, token=msg.token_id
-            )
-            return
-        revoked = self._authority.revoke(msg.token_id)
-        peer.conn.send(Result(id=msg.id, value=encode_payload(len(revoked), "a count")))
+        """Tokens ``feature`` delegated that are neither revoked nor past their ttl."""
+        return self._delegations.live(feature)
 
     # -- the host's side ---------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv6Address, ip_address
-from typing import Any, Final, Protocol, final
+from typing import Final, final
 
 import anyio
 import anyio.abc
@@ -37,7 +37,7 @@ import structlog
 from capsule._broker._audit import AuditLog
 from capsule._broker._netpolicy import Address, Destination, address_target, destination, pin
 from capsule._broker._netpolicy import screen as screen_address
-from capsule._broker._routes import Handle, Peer, unusable
+from capsule._broker._routes import Deny, Handle, Peer, unusable
 from capsule._ipc._channel import encode_frame
 from capsule._ipc._messages import Connect, Error, Listen, Opened
 from capsule._ipc._outcome import network_error
@@ -107,20 +107,6 @@ def _live_inodes() -> set[int]:
                 if len(fields) > 9 and fields[9] != "0":
                     live.add(int(fields[9]))
     return live
-
-
-class _Deny(Protocol):
-    def __call__(
-        self,
-        peer: Peer,
-        event: str,
-        reason: str,
-        *,
-        capability: str,
-        token: str | None = None,
-        request_id: int | None = None,
-        **fields: Any,
-    ) -> None: ...
 
 
 class _Refused(Exception):  # noqa: N818 - a decision, not a failure
@@ -203,7 +189,7 @@ def _capability(handle: Handle, action: Action, target: str) -> Capability:
 class NetworkMediator:
     """Opens the connections and listeners features ask for, after checking their grants."""
 
-    def __init__(self, audit: AuditLog, task_group: TaskStarter, deny: _Deny) -> None:
+    def __init__(self, audit: AuditLog, task_group: TaskStarter, deny: Deny) -> None:
         self._audit = audit
         self._tg = task_group
         self._deny = deny

@@ -10,7 +10,7 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable
-from typing import Final, final
+from typing import Any, Final, Protocol, final
 
 import anyio
 
@@ -20,7 +20,17 @@ from capsule._manifest._model import DEFAULT_BROKER_LIMITS, BrokerLimits
 from capsule._tokens._format import TokenClaims
 from capsule._tokens._grant import Grant
 
-__all__ = ["WITHDRAWN", "Deadlines", "Handle", "Peer", "Route", "Subscriber", "unusable"]
+__all__ = [
+    "WITHDRAWN",
+    "Deadlines",
+    "Deny",
+    "Handle",
+    "Peer",
+    "Route",
+    "Subscriber",
+    "holds",
+    "unusable",
+]
 
 WITHDRAWN: Final = 64
 """Delegated tokens revoked before their recipient presented them, remembered per peer."""
@@ -51,6 +61,27 @@ def unusable(handle: Handle | None, number: int) -> str | None:
     if time.time() >= handle.grant.expires:
         return f"token {handle.grant.token_id} expired"
     return None
+
+
+def holds(peer: Peer, limit: str, what: str) -> str:
+    """The reason a request past one of ``peer``'s limits is refused, naming where it is set."""
+    return f"holds {what} already (limits.{limit} of [policy.{peer.feature}] in app.toml)"
+
+
+class Deny(Protocol):
+    """The broker's way to refuse a message: counted, audited, answered when it has an id."""
+
+    def __call__(
+        self,
+        peer: Peer,
+        event: str,
+        reason: str,
+        *,
+        capability: str,
+        token: str | None = None,
+        request_id: int | None = None,
+        **fields: Any,
+    ) -> None: ...
 
 
 @final

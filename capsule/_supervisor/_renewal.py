@@ -1,4 +1,5 @@
-"""Token renewal: keeps a running container's tokens valid for as long as it runs.
+"""Token lifetime and renewal: how long a container's tokens live, and keeping them valid
+for as long as it runs.
 
 Renews only what the container holds, with the same audience and capabilities (a new
 id and expiry), and never a token that is revoked or expired: a failure is logged,
@@ -15,16 +16,20 @@ import structlog
 
 from capsule._broker._audit import AuditLog
 from capsule._broker._broker import Broker
+from capsule._manifest import App
+from capsule._manifest._app import TOKEN_TTL_RANGE
 from capsule._supervisor._handle import FeatureHandle
 from capsule._supervisor._instance import Instance
 from capsule._supervisor._plan import token_files
 from capsule._tokens._authority import Token, TokenAuthority
-from capsule.errors import CapsuleError
+from capsule.errors import CapsuleError, ConfigError
 
-__all__ = ["RENEW_AT", "Renewer"]
+__all__ = ["RENEW_AT", "TOKEN_TTL", "Renewer", "token_lifetime"]
 
 _log = structlog.get_logger("capsule.supervisor")
 
+TOKEN_TTL: Final = 3600.0
+"""The lifetime of a container's tokens unless the app or ``open_supervisor`` says otherwise."""
 RENEW_AT: Final = 2 / 3
 """The fraction of a token's lifetime after which it is renewed."""
 _RETRY_SHARE: Final = 12
@@ -32,6 +37,20 @@ _RETRY_SHARE: Final = 12
 the token expires), at least ``_RETRY_MIN`` and at most ``_RETRY_MAX`` seconds later."""
 _RETRY_MIN: Final = 0.1
 _RETRY_MAX: Final = 60.0
+
+
+def token_lifetime(app: App, given: float | None) -> float:
+    """The lifetime of ``app``'s tokens: ``given`` (``open_supervisor(token_ttl=)``, checked),
+    else the app's ``token_ttl``, else TOKEN_TTL."""
+    if given is None:
+        return app.manifest.token_ttl or TOKEN_TTL
+    low, high = TOKEN_TTL_RANGE
+    if isinstance(given, bool) or not isinstance(given, int | float) or not low <= given <= high:
+        raise ConfigError(
+            f"token_ttl must be from {low:g} to {high:g} seconds, found {given!r}",
+            key="token_ttl",
+        )
+    return float(given)
 
 
 @final

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, final
 
 import anyio
 import anyio.abc
@@ -26,10 +26,9 @@ from capsule._broker._broker import Broker
 from capsule._broker._host import Stream, Subscription
 from capsule._container._feature import Feature
 from capsule._manifest import App, load_app
-from capsule._manifest._app import TOKEN_TTL_RANGE
 from capsule._manifest._env import feature_environments
 from capsule._sandbox import _isolation
-from capsule._sandbox._cgroups import CgroupTree, ContainerCgroup
+from capsule._sandbox._cgroups import CgroupTree
 from capsule._spawn._client import ZygoteClient
 from capsule._supervisor._handle import (
     FeatureHandle,
@@ -39,13 +38,14 @@ from capsule._supervisor._handle import (
     NoPublicConstructor,
 )
 from capsule._supervisor._instance import Ending, Instance
+from capsule._supervisor._launch import Launcher
 from capsule._supervisor._plan import Planner, container_uids, default_state_dir
-from capsule._supervisor._renewal import Renewer
+from capsule._supervisor._renewal import Renewer, token_lifetime
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._rundir import RunDir
-from capsule._supervisor._views import ViewServer, ViewTimeouts
+from capsule._supervisor._views import ViewTimeouts
 from capsule._tasks import Services
-from capsule._tokens._authority import Token, TokenAuthority
+from capsule._tokens._authority import TokenAuthority
 from capsule._tokens._keys import KeyRing
 from capsule.errors import (
     CapsuleError,
@@ -67,9 +67,6 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("capsule.supervisor")
-
-TOKEN_TTL: Final = 3600.0
-"""The lifetime of a container's tokens unless the app or ``open_supervisor`` says otherwise."""
 
 
 @final
@@ -158,8 +155,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._zygote: ZygoteClient | None = None
         self._cgroups: CgroupTree | None = None
         self._isolation: _isolation.Isolation | None = None
+        self._launcher: Launcher | None = None  # once the zygote is up
         self._lock = anyio.Lock()
-        self._slots = 0
         self._started = 0
         self._closing = False
 
@@ -335,6 +332,19 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._zygote = ZygoteClient.launch(self._rundir.stage)
         await self._zygote.wait_started()
         self._tg.start_soon(self._zygote.serve)
+        self._launcher = Launcher(
+            self._plan,
+            self._authority,
+            self._broker,
+            audit=self._audit,
+            rundir=self._rundir,
+            task_group=self._tg,
+            zygote=self._zygote,
+            isolation=isolation,
+            cgroups=self._cgroups,
+            view_timeouts=self.view_timeouts,
+            token_ttl=self.token_ttl,
+        )
         _log.info(
             "supervisor started",
             app=self.app.manifest.name,
@@ -347,74 +357,14 @@ class Supervisor(metaclass=NoPublicConstructor):
                 handle.wanted = True
                 await self._launch(handle)
 
-    def _uid(self) -> tuple[int, int]:
-        if os.geteuid() != 0:
-            return os.geteuid(), os.getegid()
-        self._slots += 1
-        uids = container_uids(os.getpid())
-        uid = uids[self._slots % len(uids)]
-        return uid, uid
-
-    async def _open_view(
-        self,
-        handle: FeatureHandle,
-        tokens: list[Token],
-        uid: int,
-        gid: int,
-        cgroup: ContainerCgroup | None,
-    ) -> ViewServer:
-        """Start the file-system server of a new container and wait until its view is
-        mounted. The server shares the container's cpu limit (cgroup v1): what a feature
-        makes its server do is charged to that feature."""
-        assert self._zygote is not None  # noqa: S101 - set by _open
-        assert self._isolation is not None  # noqa: S101 - set by _open
-        view, roots = self._plan.view(handle, tokens, uid, gid)
-        return await ViewServer.launch(
-            handle.name,
-            view,
-            self._rundir.views / f"{handle.name}-{handle.generation}",
-            roots=roots,
-            zygote=self._zygote,
-            audit=self._audit,
-            landlock=self._isolation.get("landlock").available,
-            timeouts=self.view_timeouts,
-            cgroup_procs=() if cgroup is None else cgroup.cpu_procs_files,
-        )
-
     async def _launch(self, handle: FeatureHandle) -> None:
         """Start one container for ``handle`` (lock held); on failure, hand it to restart logic."""
-        assert self._zygote is not None  # noqa: S101 - set by _open
-        assert self._isolation is not None  # noqa: S101 - set by _open
+        assert self._launcher is not None  # noqa: S101 - set by _open
         handle._set(FeatureState.STARTING)
         handle.generation += 1
-        uid, gid = self._uid()
-        cgroup = None
-        view = None
         try:
-            tokens = self._plan.tokens(self._authority, handle.name, self.token_ttl)
-            if self._cgroups is not None:
-                limits = handle.manifest.limits
-                cgroup = await anyio.to_thread.run_sync(
-                    lambda: self._cgroups.create(  # type: ignore[union-attr]
-                        f"{handle.name}-{handle.generation}",
-                        memory=limits.memory,
-                        pids=limits.pids,
-                        cpu=limits.cpu,
-                    )
-                )
-            view = await self._open_view(handle, tokens, uid, gid, cgroup)
-            spec = self._plan.spec(
-                handle, self._isolation, uid, gid, cgroup, tokens=tokens, view=view
-            )
-            instance = await Instance.launch(
-                spec, self._zygote, cgroup, broker=self._broker, task_group=self._tg, view=view
-            )
+            instance, tokens = await self._launcher.launch(handle)
         except (CapsuleError, OSError) as exc:
-            with anyio.CancelScope(shield=True):
-                if view is not None:  # an instance stops its own view, twice is harmless
-                    await view.stop()
-                if cgroup is not None:  # an instance that was served removes its own
-                    await anyio.to_thread.run_sync(cgroup.remove)
             error = (
                 exc if isinstance(exc, FeatureError) else FeatureStartError(handle.name, str(exc))
             )
@@ -520,24 +470,6 @@ class Supervisor(metaclass=NoPublicConstructor):
                 self._tg.cancel()  # the services the shutdown needed are done with
 
 
-def _load(app: str | os.PathLike[str] | App) -> App:
-    if isinstance(app, App):
-        return app
-    return load_app(Path(app))
-
-
-def _token_ttl(app: App, given: float | None) -> float:
-    if given is None:
-        return app.manifest.token_ttl or TOKEN_TTL
-    low, high = TOKEN_TTL_RANGE
-    if isinstance(given, bool) or not isinstance(given, int | float) or not low <= given <= high:
-        raise ConfigError(
-            f"token_ttl must be from {low:g} to {high:g} seconds, found {given!r}",
-            key="token_ttl",
-        )
-    return float(given)
-
-
 @asynccontextmanager
 async def open_supervisor(
     app: str | os.PathLike[str] | App,
@@ -574,8 +506,8 @@ async def open_supervisor(
     ``token_ttl``, else an hour); the supervisor renews them after two thirds of that, for
     as long as the container runs.
     """
-    loaded = _load(app)
-    ttl = _token_ttl(loaded, token_ttl)
+    loaded = app if isinstance(app, App) else load_app(Path(app))
+    ttl = token_lifetime(loaded, token_ttl)
     unknown = sorted(set(inline or ()) - set(loaded.features))
     if unknown:
         raise ConfigError(
