@@ -18,6 +18,8 @@ import select
 import signal
 import socket
 import sys
+import time
+from pathlib import Path
 from typing import Final
 
 # What every container needs, imported once here so a fork finds it loaded.
@@ -45,6 +47,8 @@ from capsule._spawn._protocol import (
 )
 
 _MAP_TIMEOUT: Final = 5.0
+#: how long it waits at exit for what it killed to be gone (under the client's 5 s grace)
+_DRAIN: Final = 4.0
 _decoder = msgspec.msgpack.Decoder(ToZygote)
 _encoder = msgspec.msgpack.Encoder()
 
@@ -150,9 +154,28 @@ class _Zygote:
                 self.send(Exited(pid=pid, status=status))
 
     def kill_all(self) -> None:
+        """Kill every process it started and wait until none is left, reparented ones (a
+        container's inner process, orphaned when its outer one died) included: a process
+        left to the host's init would outlive the supervisor's close until init reaps it."""
         for pid in self.children:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):  # ended already: nothing to kill
                 os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + _DRAIN
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return  # none left: everything it started is gone and reaped
+            if pid:
+                continue
+            if time.monotonic() > deadline:
+                left = _children()
+                sys.stderr.write(f"capsule zygote: processes still ending at exit: {left}\n")
+                return
+            for child in _children():  # a subreaper's orphans are its children too
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            time.sleep(0.002)
 
     def serve(self) -> None:
         wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -192,6 +215,15 @@ class _Zygote:
                 os.close(fd)
             raise SystemExit(f"capsule zygote: malformed request {message!r}")
         return True
+
+
+def _children() -> list[int]:
+    """This process's children, adopted orphans included (from /proc)."""
+    found: list[int] = []
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            found += [int(pid) for pid in (task / "children").read_text("ascii").split()]
+    return found
 
 
 def _write_maps(pid: int, uid: int, gid: int) -> None:
