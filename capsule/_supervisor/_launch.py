@@ -112,8 +112,8 @@ class Launcher:
         cgroup: ContainerCgroup | None,
     ) -> ViewServer:
         """Start the file-system server of a new container and wait until its view is
-        mounted. The server shares the container's cpu limit (cgroup v1): what a feature
-        makes its server do is charged to that feature."""
+        mounted. The server joins the container's cgroup: what a feature makes its server
+        do and hold (cpu, memory, processes) is charged to that feature."""
         view, roots = self._plan.view(handle, tokens, uid, gid)
         return await ViewServer.launch(
             handle.name,
@@ -124,5 +124,5 @@ class Launcher:
             audit=self._audit,
             landlock=self._isolation.get("landlock").available,
             timeouts=self._view_timeouts,
-            cgroup_procs=() if cgroup is None else cgroup.cpu_procs_files,
+            cgroup_procs=() if cgroup is None else cgroup.procs_files,
         )

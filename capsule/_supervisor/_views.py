@@ -109,9 +109,9 @@ class ViewServer:
         roots: Mapping[int, int] | None = None,
     ) -> ViewServer:
         """Fork the server from the zygote and wait until the view is mounted; it joins
-        ``cgroup_procs`` first (its container's cpu group). ``roots`` are the directories
-        behind mounts, by mount index (descriptors the caller keeps): the server is handed
-        them on its own socket, never through the zygote, and serves those, not a path."""
+        ``cgroup_procs`` first (its container's group: memory, pids, cpu). ``roots`` are the
+        directories behind mounts, by mount index (descriptors the caller keeps): the server
+        is handed them on its own socket, never through the zygote, and serves those."""
         roots = dict(roots or {})
         os.mkdir(mountpoint, mode=0o700)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
