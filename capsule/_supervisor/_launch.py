@@ -21,7 +21,7 @@ from capsule._supervisor._handle import FeatureHandle
 from capsule._supervisor._instance import Instance
 from capsule._supervisor._plan import Planner, container_uids
 from capsule._supervisor._rundir import RunDir
-from capsule._supervisor._views import ViewServer, ViewTimeouts
+from capsule._supervisor._views import VIEW_SERVER_PIDS, ViewServer, ViewTimeouts
 from capsule._tasks import Services
 from capsule._tokens._authority import Token, TokenAuthority
 from capsule.errors import CapsuleError
@@ -75,7 +75,7 @@ class Launcher:
                     lambda: self._cgroups.create(  # type: ignore[union-attr]
                         f"{handle.name}-{handle.generation}",
                         memory=limits.memory,
-                        pids=limits.pids,
+                        pids=limits.pids + VIEW_SERVER_PIDS,  # its server joins it
                         cpu=limits.cpu,
                     )
                 )

@@ -30,11 +30,15 @@ from capsule._spawn._client import ZygoteClient
 from capsule._spawn._protocol import ROOTS_DATAGRAM, ROOTS_PER_DATAGRAM, ViewRequest
 from capsule.errors import SandboxError
 
-__all__ = ["ViewServer", "ViewTimeouts"]
+__all__ = ["VIEW_SERVER_PIDS", "ViewServer", "ViewTimeouts"]
 
 _log = structlog.get_logger("capsule.supervisor")
 _MAX_DATAGRAM: Final = 1 << 20
 _STOP_GRACE: Final = 2.0
+#: the threads a view server keeps while it serves (its main thread and the worker of its
+#: probes). It joins its container's cgroup, whose pids limit is the feature's own plus
+#: these; further worker threads (an fsync, a revocation) take from the feature's share.
+VIEW_SERVER_PIDS: Final = 2
 
 
 @final
