@@ -15,15 +15,18 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
 import trio
 
+import capsule
 from capsule import Supervisor
 from capsule.feature import Context
 from capsule.testing import TestApp, leftovers
+from tests.capsule.supervisor.helpers import alive, wait_until
 
 _MiB: Final = 1 << 20
 #: the attack of the report (4,000 long names opened 300 times), scaled to run in seconds
@@ -77,6 +80,22 @@ async def _fill_pids(ctx: Context, request: Any) -> dict[str, Any]:
             return {"threads": len(_threads), "error": str(exc)}
         _threads.append(thread)
     return {"threads": len(_threads), "error": None}
+
+
+_hoard: list[bytes] = []
+
+
+async def _squeeze(ctx: Context, request: Any) -> str:
+    """Hold ``request["mib"]`` MiB, then make the view server allocate listings; once the
+    view fails, wait to be ended (the supervisor ends a container whose server died)."""
+    _hoard.extend(b"x" * (1 << 20) for _ in range(int(request["mib"])))
+    for _ in range(300):
+        try:
+            _held.append(os.open("/big", os.O_RDONLY | os.O_DIRECTORY))
+        except OSError as exc:
+            time.sleep(30)  # noqa: ASYNC251 - blocks its container on purpose
+            return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    return "all opened"
 
 
 async def _read_a_file(ctx: Context, request: Any) -> int:
@@ -194,4 +213,60 @@ async def test_a_view_servers_threads_count_against_its_features_pids_limit(
     assert len(server_tasks) <= _SERVER_PIDS
     # the threads it started, beside its container's two processes, filled its own limit
     assert filled["threads"] + 2 <= 32
+    assert leftovers() == []
+
+
+def _oom_score_adj(pid: int, value: int) -> None:
+    Path(f"/proc/{pid}/oom_score_adj").write_text(str(value), encoding="ascii")
+
+
+@pytest.mark.trio
+async def test_a_view_server_killed_at_its_features_memory_limit_ends_the_container(
+    tmp_path: Path,
+) -> None:
+    """The kernel's OOM killer may pick the view server when its feature reaches its
+    memory limit, since both are in one group: the feature fills its memory to a few MiB
+    under the limit, then makes its server allocate listings (the host marks the server
+    the first candidate, as it would be were it the largest). The container is then ended
+    with a reason naming its server, restarted per its policy with a fresh view, and a
+    neighbour never notices."""
+    app = TestApp(tmp_path)
+    big = app.volume("big", {".keep": "kept"})
+    for index in range(_NAMES):
+        (big / f"{index:05d}-{'n' * 194}").touch()
+    grant = {"fs": [{"path": "/big", "volume": "big", "mode": "ro"}]}
+    restart = {"policy": "on-failure", "max_restarts": 3, "window": "60s", "backoff": "10ms..50ms"}
+    limits = {"memory": "64MiB", "pids": 32, "open_files": 1024}
+    eater = app.feature("eater", limits=limits, restart=restart, policy=grant)
+    neighbour = app.feature("neighbour", limits=limits, policy=grant)
+    eater.service("read_a_file")(_read_a_file)
+    eater.service("squeeze")(_squeeze)
+    neighbour.service("read_a_file")(_read_a_file)
+    with trio.fail_after(90):
+        async with app.open() as sup:
+            assert await sup.call("eater", "read_a_file") == 4
+            instance = sup.feature("eater").instance
+            assert instance is not None
+            assert instance.view is not None
+            server = instance.view.pid
+            _oom_score_adj(server, 1000)
+            used = sup.statistics().features["eater"].memory_current
+            assert used is not None
+            room = (_MEMORY - used) // _MiB - 4  # the server's listings need more than that
+            with pytest.raises(capsule.FeatureCrashedError) as ended:
+                await sup.call("eater", "squeeze", {"mib": room})
+            assert not alive(server)
+            assert await sup.call("neighbour", "read_a_file") == 4
+            eater_now = sup.feature("eater")
+            await wait_until(lambda: eater_now.statistics().state == "running", "a restart")
+            assert await sup.call("eater", "read_a_file") == 4
+            restarted = sup.feature("eater").instance
+            assert restarted is not None
+            assert restarted.view is not None
+            assert restarted.view.pid != server
+            last = sup.feature("eater").last_exit or ""
+    reason = str(ended.value)
+    assert "its file-system server ended (killed by SIGKILL)" in reason, reason
+    assert "killed by its memory limit (out of memory)" in reason, reason
+    assert "file-system server ended" in last, last
     assert leftovers() == []
