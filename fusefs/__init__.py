@@ -28,12 +28,14 @@ from fusefs._process import ServerError as ServerError
 from fusefs._process import ServerProcess as ServerProcess
 from fusefs._server import Confine as Confine
 from fusefs._server import serve as serve
+from fusefs._spec import LISTING_BYTES as LISTING_BYTES
 from fusefs._spec import MountKind as MountKind
 from fusefs._spec import MountSpec as MountSpec
 from fusefs._spec import ViewSpec as ViewSpec
 from fusefs._spec import ViewSpecError as ViewSpecError
 
 __all__ = [
+    "LISTING_BYTES",
     "Allowed",
     "Confine",
     "Denied",

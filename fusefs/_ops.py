@@ -20,6 +20,7 @@ import pyfuse3
 import trio
 
 from fusefs import _sys
+from fusefs._listings import Listings
 from fusefs._nodes import Kind, Node, NodeTable, SpecialFileError, proc_path
 from fusefs._policy import MountState, ViewPolicy, link_escapes
 from fusefs._quota import Quotas
@@ -54,6 +55,15 @@ def _errno_boundary(handler: _Handler[_P, _R]) -> _Handler[_P, _R]:
     return wrapper
 
 
+async def _in_worker(call: Callable[[int], None], fd: int) -> None:
+    """``call(fd)`` in a worker thread; EAGAIN if no thread can be started (the server's
+    threads count against its container's pids limit, which the feature may have filled)."""
+    try:
+        await trio.to_thread.run_sync(call, fd)
+    except RuntimeError as exc:
+        raise OSError(errno.EAGAIN, f"no worker thread: {exc}") from None
+
+
 def _name(name: bytes) -> bytes:
     if name in (b"", b".", b"..") or b"/" in name or b"\0" in name:
         raise pyfuse3.FUSEError(errno.EINVAL)
@@ -81,12 +91,6 @@ class _Open:
     content: bytes = b""
 
 
-@dataclass(slots=True)
-class _Listing:
-    node: Node
-    names: list[bytes]
-
-
 class ViewOperations(pyfuse3.Operations):
     """One container's view: synthetic directories down to each mount, and /capsule/."""
 
@@ -102,7 +106,7 @@ class ViewOperations(pyfuse3.Operations):
         self.quotas = Quotas(policy, nodes)
         self.timeout = policy.view.cache_timeout
         self._handles: dict[int, _Open] = {}
-        self._listings: dict[int, _Listing] = {}
+        self._listings = Listings(policy.view.listing_bytes)
         self._next_fh = 1
 
     # -- helpers -----------------------------------------------------------------------
@@ -497,7 +501,7 @@ class ViewOperations(pyfuse3.Operations):
         if handle.fd >= 0:
             self._live(handle, "fsync", write=False)
             sync = os.fdatasync if datasync else os.fsync
-            await trio.to_thread.run_sync(sync, handle.fd)
+            await _in_worker(sync, handle.fd)
 
     @_errno_boundary
     async def release(self, fh: int) -> None:
@@ -525,8 +529,12 @@ class ViewOperations(pyfuse3.Operations):
             names = sorted(node.children)
         else:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        refusal = self._listings.over(names)
+        if refusal is not None:
+            del names  # not held while the refusal is reported
+            self.policy.deny("readdir", self._where(node), node.mount, refusal, code=errno.ENOMEM)
         fh = self._fh()
-        self._listings[fh] = _Listing(node, names)
+        self._listings.add(fh, node, names)
         return fh
 
     @_errno_boundary
@@ -563,7 +571,7 @@ class ViewOperations(pyfuse3.Operations):
                 return
 
     async def releasedir(self, fh: int) -> None:
-        self._listings.pop(fh, None)
+        self._listings.release(fh)
 
     @_errno_boundary
     async def fsyncdir(self, fh: int, datasync: bool) -> None:  # noqa: FBT001 - pyfuse3's signature
@@ -573,7 +581,7 @@ class ViewOperations(pyfuse3.Operations):
                 proc_path(self._fd(listing.node)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
             )
             try:
-                await trio.to_thread.run_sync(os.fsync, fd)
+                await _in_worker(os.fsync, fd)
             finally:
                 os.close(fd)
 

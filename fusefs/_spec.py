@@ -12,10 +12,12 @@ from typing import Final, final
 
 import msgspec
 
-__all__ = ["MAX_MOUNTS", "MountKind", "MountSpec", "ViewSpec", "ViewSpecError"]
+__all__ = ["LISTING_BYTES", "MAX_MOUNTS", "MountKind", "MountSpec", "ViewSpec", "ViewSpecError"]
 
 #: mounts in one view at most (the node table numbers them in 16 bits)
 MAX_MOUNTS: Final = 1024
+#: the default of ``ViewSpec.listing_bytes``
+LISTING_BYTES: Final = 16 << 20
 
 
 class ViewSpecError(ValueError):
@@ -70,10 +72,18 @@ class ViewSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     callers: tuple[int, ...] = ()  # further host uids allowed to call (the one building the view)
     info: dict[str, str] = msgspec.field(default_factory=dict)  # files of /capsule/
     cache_timeout: float = 1.0  # seconds the kernel may keep names and attributes
+    #: the most memory the listings of the view's open directories may hold at once (the
+    #: names, and a fixed cost per entry and per open directory): opening a directory
+    #: beyond it fails with ENOMEM until the container closes some
+    listing_bytes: int = LISTING_BYTES
 
     def validate(self) -> ViewSpec:
         """Return self, or raise ViewSpecError naming the first broken rule."""
         seen: set[str] = set()
+        if isinstance(self.listing_bytes, bool) or self.listing_bytes <= 0:
+            raise ViewSpecError(
+                f"view of {self.owner!r}: listing_bytes={self.listing_bytes!r} (bytes, > 0)"
+            )
         if len(self.mounts) > MAX_MOUNTS:
             raise ViewSpecError(
                 f"view of {self.owner!r}: {len(self.mounts)} mounts, more than {MAX_MOUNTS}"

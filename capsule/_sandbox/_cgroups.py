@@ -688,14 +688,6 @@ class ContainerCgroup:
     def __repr__(self) -> str:
         return f"ContainerCgroup({self.name!r}, paths={[str(p) for p in self.paths]!r})"
 
-    @property
-    def cpu_procs_files(self) -> tuple[str, ...]:
-        """Where a helper process writes its pid to share the group's cpu limit and nothing
-        else: the cpu hierarchy of cgroup v1. Empty under v2, where one group holds every
-        controller (its pids and memory limits would apply too), or without a cpu group."""
-        cpu = self._dirs.get("cpu") if self._version == 1 else None
-        return () if cpu is None else (str(cpu / "cgroup.procs"),)
-
     def attach(self, pid: int) -> None:
         """Move process ``pid``, all its threads, into the group in every hierarchy."""
         for path in self.paths:

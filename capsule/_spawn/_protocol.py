@@ -74,8 +74,8 @@ class SpawnRequest(msgspec.Struct, frozen=True):
 class ViewRequest(msgspec.Struct, frozen=True):
     """How to start one container's file-system server: its view (a ``fusefs.ViewSpec``
     as msgpack) and where to mount it; ``landlock`` confines the server to what it serves;
-    ``cgroup_procs`` are the files it writes its pid to (its container's cpu group, so the
-    work a feature makes its server do counts against that feature's cpu limit). ``roots``
+    ``cgroup_procs`` are the files it writes its pid to (its container's group, so what a
+    feature makes its server do and hold counts against that feature's limits). ``roots``
     are the mounts (by index) whose directories arrive as descriptors on the control socket,
     in that order, beside ``ROOTS_DATAGRAM``s: the server opens no path for them. Sent to
     the forked server on a socket of its own, never through the zygote."""

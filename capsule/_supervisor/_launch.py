@@ -21,7 +21,7 @@ from capsule._supervisor._handle import FeatureHandle
 from capsule._supervisor._instance import Instance
 from capsule._supervisor._plan import Planner, container_uids
 from capsule._supervisor._rundir import RunDir
-from capsule._supervisor._views import ViewServer, ViewTimeouts
+from capsule._supervisor._views import VIEW_SERVER_PIDS, ViewServer, ViewTimeouts
 from capsule._tasks import Services
 from capsule._tokens._authority import Token, TokenAuthority
 from capsule.errors import CapsuleError
@@ -75,7 +75,7 @@ class Launcher:
                     lambda: self._cgroups.create(  # type: ignore[union-attr]
                         f"{handle.name}-{handle.generation}",
                         memory=limits.memory,
-                        pids=limits.pids,
+                        pids=limits.pids + VIEW_SERVER_PIDS,  # its server joins it
                         cpu=limits.cpu,
                     )
                 )
@@ -112,8 +112,8 @@ class Launcher:
         cgroup: ContainerCgroup | None,
     ) -> ViewServer:
         """Start the file-system server of a new container and wait until its view is
-        mounted. The server shares the container's cpu limit (cgroup v1): what a feature
-        makes its server do is charged to that feature."""
+        mounted. The server joins the container's cgroup: what a feature makes its server
+        do and hold (cpu, memory, processes) is charged to that feature."""
         view, roots = self._plan.view(handle, tokens, uid, gid)
         return await ViewServer.launch(
             handle.name,
@@ -124,5 +124,5 @@ class Launcher:
             audit=self._audit,
             landlock=self._isolation.get("landlock").available,
             timeouts=self._view_timeouts,
-            cgroup_procs=() if cgroup is None else cgroup.cpu_procs_files,
+            cgroup_procs=() if cgroup is None else cgroup.procs_files,
         )

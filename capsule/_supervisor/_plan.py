@@ -30,9 +30,15 @@ from capsule._supervisor._instance import LaunchSpec
 from capsule._supervisor._views import ViewServer
 from capsule._tokens._authority import Token, TokenAuthority
 from capsule._tokens._format import MAX_CAPABILITIES
-from fusefs import MountKind, MountSpec, ViewSpec
+from fusefs import LISTING_BYTES, MountKind, MountSpec, ViewSpec
 
-__all__ = ["Planner", "container_uids", "default_state_dir", "token_files"]
+__all__ = [
+    "Planner",
+    "container_uids",
+    "default_state_dir",
+    "listing_budget",
+    "token_files",
+]
 
 _UID_BASE: Final = 2_000_000_000
 _MiB: Final = 1 << 20
@@ -107,7 +113,14 @@ class Planner:
             "capabilities": "".join(f"{cap}\n" for t in tokens for cap in t.claims.caps),
             **token_files(tokens),
         }
-        spec = ViewSpec(owner=handle.name, mounts=tuple(mounts), uid=uid, gid=gid, info=info)
+        spec = ViewSpec(
+            owner=handle.name,
+            mounts=tuple(mounts),
+            uid=uid,
+            gid=gid,
+            info=info,
+            listing_bytes=listing_budget(manifest.limits.memory),
+        )
         return spec.validate(), roots
 
     def backing(self, feature: str, grant: MountGrant) -> tuple[MountKind, str, str | None]:
@@ -176,6 +189,13 @@ class Planner:
         return LaunchSpec(
             handle.name, manifest.version, request, expectation, start, self.start_timeout
         )
+
+
+def listing_budget(memory: int) -> int:
+    """What the listings of a view's open directories may hold at once: a quarter of the
+    feature's memory limit (its view server is charged to that limit), at most
+    ``fusefs.LISTING_BYTES`` and at least 1 MiB. Past it, ``opendir`` fails with ENOMEM."""
+    return max(_MiB, min(LISTING_BYTES, memory // 4))
 
 
 def default_state_dir(app: str) -> Path:

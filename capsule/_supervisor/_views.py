@@ -30,11 +30,15 @@ from capsule._spawn._client import ZygoteClient
 from capsule._spawn._protocol import ROOTS_DATAGRAM, ROOTS_PER_DATAGRAM, ViewRequest
 from capsule.errors import SandboxError
 
-__all__ = ["ViewServer", "ViewTimeouts"]
+__all__ = ["VIEW_SERVER_PIDS", "ViewServer", "ViewTimeouts"]
 
 _log = structlog.get_logger("capsule.supervisor")
 _MAX_DATAGRAM: Final = 1 << 20
 _STOP_GRACE: Final = 2.0
+#: the threads a view server keeps while it serves (its main thread and the worker of its
+#: probes). It joins its container's cgroup, whose pids limit is the feature's own plus
+#: these; further worker threads (an fsync, a revocation) take from the feature's share.
+VIEW_SERVER_PIDS: Final = 2
 
 
 @final
@@ -109,9 +113,9 @@ class ViewServer:
         roots: Mapping[int, int] | None = None,
     ) -> ViewServer:
         """Fork the server from the zygote and wait until the view is mounted; it joins
-        ``cgroup_procs`` first (its container's cpu group). ``roots`` are the directories
-        behind mounts, by mount index (descriptors the caller keeps): the server is handed
-        them on its own socket, never through the zygote, and serves those, not a path."""
+        ``cgroup_procs`` first (its container's group: memory, pids, cpu). ``roots`` are the
+        directories behind mounts, by mount index (descriptors the caller keeps): the server
+        is handed them on its own socket, never through the zygote, and serves those."""
         roots = dict(roots or {})
         os.mkdir(mountpoint, mode=0o700)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
