@@ -1,7 +1,7 @@
 """The FUSE operations of one view: each handler decodes, resolves, checks, acts, answers.
 
 Resolution is the node table's (descriptors, never path strings); checks are the
-policy's; OSError becomes FUSEError in one place (``_errno_boundary``). Fast metadata
+policy's; OSError becomes FUSEError in one place (``_boundary.errno_boundary``). Fast metadata
 calls on the backing file system run inline; fsync runs in a worker thread. The
 server serves one container only, so a slow backing call stalls nobody else.
 """
@@ -12,14 +12,14 @@ import errno
 import functools
 import os
 import stat
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Concatenate, Final, ParamSpec, TypeVar
+from typing import Final
 
 import pyfuse3
-import trio
 
 from fusefs import _sys
+from fusefs._boundary import STRIP, errno_boundary, fill, in_worker, valid_name
 from fusefs._listings import Listings
 from fusefs._nodes import Kind, Node, NodeTable, SpecialFileError, proc_path
 from fusefs._policy import MountState, ViewPolicy, link_escapes
@@ -27,60 +27,8 @@ from fusefs._quota import Quotas
 
 __all__ = ["ViewOperations"]
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-_STRIP: Final = stat.S_ISUID | stat.S_ISGID
-_SHOWN: Final = ~_STRIP
-_SHOWN_READ_ONLY: Final = ~(_STRIP | 0o222)
 _OPEN_DROP: Final = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_PATH
 _INFO_FH: Final = 1 << 62  # file handles at and above this are /capsule/ snapshots
-
-
-_Handler = Callable[Concatenate["ViewOperations", _P], Coroutine[Any, Any, _R]]
-
-
-def _errno_boundary(handler: _Handler[_P, _R]) -> _Handler[_P, _R]:
-    """The one place where an OSError of a backing call becomes the errno the caller sees;
-    and where, once a handler is done, the descriptors evicted while it ran are closed."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: ViewOperations, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return await handler(self, *args, **kwargs)
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        finally:
-            self.nodes.settle()
-
-    return wrapper
-
-
-async def _in_worker(call: Callable[[int], None], fd: int) -> None:
-    """``call(fd)`` in a worker thread; EAGAIN if no thread can be started (the server's
-    threads count against its container's pids limit, which the feature may have filled)."""
-    try:
-        await trio.to_thread.run_sync(call, fd)
-    except RuntimeError as exc:
-        raise OSError(errno.EAGAIN, f"no worker thread: {exc}") from None
-
-
-def _name(name: bytes) -> bytes:
-    if name in (b"", b".", b"..") or b"/" in name or b"\0" in name:
-        raise pyfuse3.FUSEError(errno.EINVAL)
-    return name
-
-
-def _fill(attrs: pyfuse3.EntryAttributes, st: os.stat_result, *, writable: bool) -> None:
-    """The attributes of a backing file as the view shows them: no set-id bits, and no
-    write bits in a read-only mount."""
-    attrs.st_mode = st.st_mode & (_SHOWN if writable else _SHOWN_READ_ONLY)
-    attrs.st_nlink = st.st_nlink
-    attrs.st_size = st.st_size
-    attrs.st_blocks = st.st_blocks
-    attrs.st_blksize = st.st_blksize
-    attrs.st_atime_ns = st.st_atime_ns
-    attrs.st_mtime_ns = st.st_mtime_ns
-    attrs.st_ctime_ns = st.st_ctime_ns
 
 
 @dataclass(slots=True)
@@ -123,7 +71,7 @@ class ViewOperations(pyfuse3.Operations):
         attrs.st_uid, attrs.st_gid = view.uid, view.gid
         if node.kind is Kind.BACKING:
             writable = node.mount is not None and node.mount.spec.writable
-            _fill(attrs, st or os.fstat(self._fd(node)), writable=writable)
+            fill(attrs, st or os.fstat(self._fd(node)), writable=writable)
         elif node.kind is Kind.INFO:
             assert node.content is not None  # noqa: S101 - info nodes always have content
             attrs.st_mode = stat.S_IFREG | 0o444
@@ -180,12 +128,12 @@ class ViewOperations(pyfuse3.Operations):
 
     # -- names -------------------------------------------------------------------------
 
-    @_errno_boundary
+    @errno_boundary
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         parent = self.nodes[parent_inode]
-        name = _name(name)
+        name = valid_name(name)
         if parent.kind is not Kind.BACKING:
             self.policy.caller(ctx.uid, "lookup", self._where(parent), None)
             if parent.children is None:
@@ -202,7 +150,7 @@ class ViewOperations(pyfuse3.Operations):
             self.nodes.forget(ino, count)
         self.nodes.settle()
 
-    @_errno_boundary
+    @errno_boundary
     async def getattr(
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
@@ -211,7 +159,7 @@ class ViewOperations(pyfuse3.Operations):
             self._check(node, ctx, "getattr", write=False)
         return self._attrs(node)
 
-    @_errno_boundary
+    @errno_boundary
     async def setattr(
         self,
         inode: int,
@@ -237,7 +185,7 @@ class ViewOperations(pyfuse3.Operations):
             except BaseException:
                 self.quotas.refund(mount, nbytes=grow)  # not done: not charged
                 raise
-        if fields.update_mode and attr.st_mode & _STRIP:  # never served: say so
+        if fields.update_mode and attr.st_mode & STRIP:  # never served: say so
             self.policy.deny(
                 "chmod",
                 self._where(node),
@@ -246,20 +194,20 @@ class ViewOperations(pyfuse3.Operations):
                 code=errno.EPERM,
             )
         if fields.update_mode and not stat.S_ISLNK(st.st_mode):
-            os.chmod(proc_path(self._fd(node)), stat.S_IMODE(attr.st_mode) & ~_STRIP)
+            os.chmod(proc_path(self._fd(node)), stat.S_IMODE(attr.st_mode) & ~STRIP)
         if (fields.update_atime or fields.update_mtime) and not stat.S_ISLNK(st.st_mode):
             atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
             mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
             os.utime(proc_path(self._fd(node)), ns=(atime, mtime))
         return self._attrs(node)
 
-    @_errno_boundary
+    @errno_boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self.nodes[inode]
         self._check(node, ctx, "readlink", write=False)
         return os.readlink(b"", dir_fd=self._fd(node))
 
-    @_errno_boundary
+    @errno_boundary
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         node = self.nodes[inode]
         self.policy.caller(ctx.uid, "access", self._where(node), node.mount)
@@ -282,23 +230,23 @@ class ViewOperations(pyfuse3.Operations):
         node, st = self._child(parent, name)
         return self._attrs(node, st)
 
-    @_errno_boundary
+    @errno_boundary
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         parent = self.nodes[parent_inode]
-        name = _name(name)
+        name = valid_name(name)
         mount = self._check(parent, ctx, "mkdir", write=True, name=name)
         return await self._created(
             parent, name, mount, lambda: os.mkdir(name, mode & 0o777, dir_fd=self._fd(parent))
         )
 
-    @_errno_boundary
+    @errno_boundary
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         parent = self.nodes[parent_inode]
-        name = _name(name)
+        name = valid_name(name)
         mount = self._check(parent, ctx, "symlink", write=True, name=name)
         escape = link_escapes(target, self.nodes.depth(parent))
         if escape is not None:
@@ -318,12 +266,12 @@ class ViewOperations(pyfuse3.Operations):
         )
         raise AssertionError  # pragma: no cover - deny raised
 
-    @_errno_boundary
+    @errno_boundary
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self.nodes[parent_inode]
-        name = _name(name)
+        name = valid_name(name)
         mount = self._check(parent, ctx, "create", write=True, name=name)
         base = (flags & ~_OPEN_DROP) | os.O_CLOEXEC | os.O_NOFOLLOW
         await self.quotas.room(mount, inodes=1)
@@ -358,7 +306,7 @@ class ViewOperations(pyfuse3.Operations):
         self.quotas.refund(mount, nbytes=size)
         return fd
 
-    @_errno_boundary
+    @errno_boundary
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -368,17 +316,17 @@ class ViewOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EXDEV)
         if stat.S_ISDIR(os.fstat(self._fd(node)).st_mode):
             raise pyfuse3.FUSEError(errno.EPERM)
-        new_name = _name(new_name)
+        new_name = valid_name(new_name)
         os.link(
             proc_path(self._fd(node)), new_name, dst_dir_fd=self._fd(parent), follow_symlinks=True
         )
         linked, st = self._child(parent, new_name)
         return self._attrs(linked, st)
 
-    @_errno_boundary
+    @errno_boundary
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent = self.nodes[parent_inode]
-        name = _name(name)
+        name = valid_name(name)
         mount = self._check(parent, ctx, "unlink", write=True, name=name)
         gone = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False)
         self.nodes.keep(parent, name)
@@ -386,17 +334,17 @@ class ViewOperations(pyfuse3.Operations):
         self.nodes.unlinked(parent.ino, name)
         self.quotas.removed(mount, gone)  # once it is done: given back now or at its last close
 
-    @_errno_boundary
+    @errno_boundary
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent = self.nodes[parent_inode]
-        name = _name(name)
+        name = valid_name(name)
         mount = self._check(parent, ctx, "rmdir", write=True, name=name)
         gone = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False)
         os.rmdir(name, dir_fd=self._fd(parent))
         self.nodes.unlinked(parent.ino, name)
         self.quotas.removed(mount, gone)
 
-    @_errno_boundary
+    @errno_boundary
     async def rename(  # noqa: PLR0917 - pyfuse3's signature
         self,
         parent_inode_old: int,
@@ -411,7 +359,7 @@ class ViewOperations(pyfuse3.Operations):
         if new.mount is not mount:
             self._backing(new, ctx, "rename")
             raise pyfuse3.FUSEError(errno.EXDEV)
-        name_old, name_new = _name(name_old), _name(name_new)
+        name_old, name_new = valid_name(name_old), valid_name(name_new)
         replaced = None
         if not flags & _sys.RENAME_EXCHANGE:
             replaced = self._replaced(old, name_old, new, name_new)
@@ -435,7 +383,7 @@ class ViewOperations(pyfuse3.Operations):
 
     # -- files -------------------------------------------------------------------------
 
-    @_errno_boundary
+    @errno_boundary
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self.nodes[inode]
         write = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
@@ -467,7 +415,7 @@ class ViewOperations(pyfuse3.Operations):
         self.policy.check(mount, operation, self._where(handle.node), write=write)
         return mount
 
-    @_errno_boundary
+    @errno_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._handles[fh]
         if handle.fd < 0:
@@ -475,7 +423,7 @@ class ViewOperations(pyfuse3.Operations):
         self._live(handle, "read", write=False)
         return os.pread(handle.fd, size, off)
 
-    @_errno_boundary
+    @errno_boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
         mount = self._live(handle, "write", write=True)
@@ -495,15 +443,15 @@ class ViewOperations(pyfuse3.Operations):
             )
         return written
 
-    @_errno_boundary
+    @errno_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:  # noqa: FBT001 - pyfuse3's signature
         handle = self._handles[fh]
         if handle.fd >= 0:
             self._live(handle, "fsync", write=False)
             sync = os.fdatasync if datasync else os.fsync
-            await _in_worker(sync, handle.fd)
+            await in_worker(sync, handle.fd)
 
-    @_errno_boundary
+    @errno_boundary
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if handle is None or handle.fd < 0:
@@ -518,7 +466,7 @@ class ViewOperations(pyfuse3.Operations):
 
     # -- directories -------------------------------------------------------------------
 
-    @_errno_boundary
+    @errno_boundary
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self.nodes[inode]
         if node.kind is Kind.BACKING:
@@ -537,7 +485,7 @@ class ViewOperations(pyfuse3.Operations):
         self._listings.add(fh, node, names)
         return fh
 
-    @_errno_boundary
+    @errno_boundary
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self._listings[fh]
         directory, names = listing.node, listing.names
@@ -565,7 +513,7 @@ class ViewOperations(pyfuse3.Operations):
             except (OSError, SpecialFileError):
                 continue  # gone since the listing, or never served: not listed
             attrs.st_ino = node.ino
-            _fill(attrs, st, writable=writable)
+            fill(attrs, st, writable=writable)
             if not reply(token, name, attrs, index + 1):
                 self.nodes.forget(node.ino, 1)
                 return
@@ -573,7 +521,7 @@ class ViewOperations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         self._listings.release(fh)
 
-    @_errno_boundary
+    @errno_boundary
     async def fsyncdir(self, fh: int, datasync: bool) -> None:  # noqa: FBT001 - pyfuse3's signature
         listing = self._listings[fh]
         if listing.node.kind is Kind.BACKING:
@@ -581,11 +529,11 @@ class ViewOperations(pyfuse3.Operations):
                 proc_path(self._fd(listing.node)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
             )
             try:
-                await _in_worker(os.fsync, fd)
+                await in_worker(os.fsync, fd)
             finally:
                 os.close(fd)
 
-    @_errno_boundary
+    @errno_boundary
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = 4096
