@@ -173,6 +173,18 @@ class ViewOperations(pyfuse3.Operations):
         st = os.fstat(self._fd(node))
         if fields.update_uid or fields.update_gid:
             raise pyfuse3.FUSEError(errno.EPERM)
+        with self.quotas.layered(mount, self._where(node), "setattr", [(node, b"")], copy=(st, 0)):
+            await self._setattr(node, mount, attr, fields, st)
+        return self._attrs(node)
+
+    async def _setattr(
+        self,
+        node: Node,
+        mount: MountState,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        st: os.stat_result,
+    ) -> None:
         if fields.update_size:
             if not stat.S_ISREG(st.st_mode):
                 raise pyfuse3.FUSEError(errno.EINVAL)
@@ -199,7 +211,6 @@ class ViewOperations(pyfuse3.Operations):
             atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
             mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
             os.utime(proc_path(self._fd(node)), ns=(atime, mtime))
-        return self._attrs(node)
 
     @errno_boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -223,7 +234,8 @@ class ViewOperations(pyfuse3.Operations):
         await self.quotas.room(mount, inodes=1)
         self.quotas.charge(mount, self._where(parent, name), "create", inodes=1)
         try:
-            make()
+            with self.quotas.layered(mount, self._where(parent, name), "create", [(parent, name)]):
+                make()
         except BaseException:
             self.quotas.refund(mount, inodes=1)
             raise
@@ -277,7 +289,10 @@ class ViewOperations(pyfuse3.Operations):
         await self.quotas.room(mount, inodes=1)
         self.quotas.charge(mount, self._where(parent, name), "create", inodes=1)
         try:
-            fd = os.open(name, base | os.O_CREAT | os.O_EXCL, mode & 0o777, dir_fd=self._fd(parent))
+            with self.quotas.layered(mount, self._where(parent, name), "create", [(parent, name)]):
+                fd = os.open(
+                    name, base | os.O_CREAT | os.O_EXCL, mode & 0o777, dir_fd=self._fd(parent)
+                )
         except FileExistsError:
             self.quotas.refund(mount, inodes=1)
             if flags & os.O_EXCL:
@@ -299,11 +314,12 @@ class ViewOperations(pyfuse3.Operations):
 
     def _open_existing(self, mount: MountState, parent: Node, name: bytes, flags: int) -> int:
         """Open ``name``, which a create found there already; what O_TRUNC cuts is given back."""
-        if not flags & os.O_TRUNC:
-            return os.open(name, flags, dir_fd=self._fd(parent))
-        size = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False).st_size
-        fd = os.open(name, flags, dir_fd=self._fd(parent))
-        self.quotas.refund(mount, nbytes=size)
+        st = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False)
+        where = self._where(parent, name)
+        with self.quotas.layered(mount, where, "open", [(parent, name)], copy=(st, 0)):
+            fd = os.open(name, flags, dir_fd=self._fd(parent))
+            if flags & os.O_TRUNC:
+                self.quotas.refund(mount, nbytes=st.st_size)
         return fd
 
     @errno_boundary
@@ -314,12 +330,13 @@ class ViewOperations(pyfuse3.Operations):
         mount = self._check(parent, ctx, "link", write=True, name=new_name)
         if node.mount is not mount:
             raise pyfuse3.FUSEError(errno.EXDEV)
-        if stat.S_ISDIR(os.fstat(self._fd(node)).st_mode):
+        st = os.fstat(self._fd(node))
+        if stat.S_ISDIR(st.st_mode):
             raise pyfuse3.FUSEError(errno.EPERM)
         new_name = valid_name(new_name)
-        os.link(
-            proc_path(self._fd(node)), new_name, dst_dir_fd=self._fd(parent), follow_symlinks=True
-        )
+        names = [(node, b""), (parent, new_name)]
+        with self.quotas.layered(mount, self._where(parent, new_name), "link", names, copy=(st, 0)):
+            os.link(proc_path(self._fd(node)), new_name, dst_dir_fd=self._fd(parent))
         linked, st = self._child(parent, new_name)
         return self._attrs(linked, st)
 
@@ -329,10 +346,15 @@ class ViewOperations(pyfuse3.Operations):
         name = valid_name(name)
         mount = self._check(parent, ctx, "unlink", write=True, name=name)
         gone = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False)
+        owned = self.quotas.owns(mount, parent, name)  # cow: the layer holds it, not the volume
         self.nodes.keep(parent, name)
-        os.unlink(name, dir_fd=self._fd(parent))
+        with self.quotas.layered(
+            mount, self._where(parent, name), "unlink", [(parent, name)], whiteout=True
+        ):
+            os.unlink(name, dir_fd=self._fd(parent))
         self.nodes.unlinked(parent.ino, name)
-        self.quotas.removed(mount, gone)  # once it is done: given back now or at its last close
+        if owned:  # once it is done: given back now or at its last close
+            self.quotas.removed(mount, gone)
 
     @errno_boundary
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -340,9 +362,14 @@ class ViewOperations(pyfuse3.Operations):
         name = valid_name(name)
         mount = self._check(parent, ctx, "rmdir", write=True, name=name)
         gone = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False)
-        os.rmdir(name, dir_fd=self._fd(parent))
+        owned = self.quotas.owns(mount, parent, name)
+        with self.quotas.layered(
+            mount, self._where(parent, name), "rmdir", [(parent, name)], whiteout=True
+        ):
+            os.rmdir(name, dir_fd=self._fd(parent))
         self.nodes.unlinked(parent.ino, name)
-        self.quotas.removed(mount, gone)
+        if owned:
+            self.quotas.removed(mount, gone)
 
     @errno_boundary
     async def rename(  # noqa: PLR0917 - pyfuse3's signature
@@ -364,9 +391,14 @@ class ViewOperations(pyfuse3.Operations):
         if not flags & _sys.RENAME_EXCHANGE:
             replaced = self._replaced(old, name_old, new, name_new)
             self.nodes.keep(new, name_new)
-        _sys.renameat2(self._fd(old), name_old, self._fd(new), name_new, flags)
+        owned = self.quotas.owns(mount, new, name_new)
+        source = os.stat(name_old, dir_fd=self._fd(old), follow_symlinks=False)
+        names = [(old, name_old), (new, name_new)]
+        where = self._where(new, name_new)
+        with self.quotas.layered(mount, where, "rename", names, copy=(source, 0), whiteout=True):
+            _sys.renameat2(self._fd(old), name_old, self._fd(new), name_new, flags)
         self.nodes.moved(old.ino, name_old, new.ino, name_new)
-        if replaced is not None:  # only once the rename is done: a refused one frees nothing
+        if replaced is not None and owned:  # only once done: a refused one frees nothing
             self.quotas.removed(mount, replaced)
 
     def _replaced(
@@ -399,9 +431,11 @@ class ViewOperations(pyfuse3.Operations):
         st = os.fstat(self._fd(node))
         if not stat.S_ISREG(st.st_mode):
             raise pyfuse3.FUSEError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.ELOOP)
-        fd = os.open(proc_path(self._fd(node)), (flags & ~_OPEN_DROP) | os.O_CLOEXEC)
-        if flags & os.O_TRUNC:  # given back once the truncation happened
-            self.quotas.charge(mount, self._where(node), "open", nbytes=-st.st_size)
+        names = [(node, b"")] if write else []  # cow: an open for writing copies the file up
+        with self.quotas.layered(mount, self._where(node), "open", names, copy=(st, 0)):
+            fd = os.open(proc_path(self._fd(node)), (flags & ~_OPEN_DROP) | os.O_CLOEXEC)
+            if flags & os.O_TRUNC:  # given back once the truncation happened
+                self.quotas.charge(mount, self._where(node), "open", nbytes=-st.st_size)
         keep = node.cache_key == (st.st_mtime_ns, st.st_size) and not flags & os.O_TRUNC
         node.cache_key = (st.st_mtime_ns, st.st_size)
         fh = self._fh()

@@ -16,21 +16,29 @@ Counts, decides EDQUOT (through the policy, which audits it) and reads ``fstat``
 descriptors it is shown; never opens, closes or changes a file itself (it asks the node
 table to close its descriptor of a file nothing can reach any more).
 
-``cow`` mounts: what the feature writes through the mount is counted, but not yet the
-copy of a volume's file its first change makes, nor whiteouts (docs/guide/files.md).
+A ``cow`` mount's quota counts what its upper layer holds on the host (``_cow``): a
+change that makes overlayfs copy a file of the volume up (an open for writing, a
+truncation, a change of mode or times, a link, a rename) first charges the file's full
+size and an inode, and one for each directory the copy makes on the way; a removal of a
+name the volume has charges the whiteout that hides it (an inode); a removal gives back
+only what the layer held. What the layer gained or lost on the way to the names an
+operation touched is measured there, beneath the layer's descriptor, once it is done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+import pyfuse3
 import trio
 
+from fusefs._cow import Layer, Path
 from fusefs._descriptors import Holder
 from fusefs._nodes import Node, NodeTable, identity
 from fusefs._policy import MountState, ViewPolicy
@@ -60,7 +68,87 @@ class Quotas:
         self._handles: dict[int, int] = {}  # file identity -> open handles of it
         self._unlinked: dict[int, _Unlinked] = {}  # file identity -> still charged
         self._freed = trio.Event()  # set, and replaced, whenever one of them is given back
+        self.layers: dict[int, Layer] = {}  # a cow mount's index -> its upper layer
         nodes.descriptors.on_close = self._closing
+
+    # -- copy-on-write mounts -------------------------------------------------------------
+
+    def _parts(self, node: Node, name: bytes = b"") -> list[bytes] | None:
+        """The names from its mount's root to ``node`` (and ``name`` in it); None for a
+        node that lost its name (an unlinked file: the layer holds it under none)."""
+        parts = [name] if name else []
+        while not node.is_root:
+            if not node.name:
+                return None
+            parts.append(node.name)
+            try:
+                node = self.nodes[node.parent]
+            except pyfuse3.FUSEError:
+                return None
+        parts.reverse()
+        return parts
+
+    def owns(self, mount: MountState, parent: Node, name: bytes) -> bool:
+        """Whether removing ``name`` in ``parent`` gives back a file through
+        :meth:`removed`: always, but in a cow mount only a file or symlink its layer holds
+        (what the layer holds of a directory is measured by :meth:`layered`)."""
+        layer = self.layers.get(mount.index)
+        if layer is None:
+            return True
+        parts = self._parts(parent, name)
+        st = None if parts is None else layer.entry(parts)
+        return st is not None and (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode))
+
+    @contextlib.contextmanager
+    def layered(
+        self,
+        mount: MountState,
+        where: Callable[[], str],
+        operation: str,
+        names: Sequence[tuple[Node, bytes]],
+        *,
+        copy: tuple[os.stat_result, int] | None = None,
+        whiteout: bool = False,
+        whole: bool = True,
+    ) -> Iterator[None]:
+        """Around an operation on ``names`` (a directory and a name in it, b"" for the
+        directory itself) of a cow mount; nothing for other mounts. First charges (EDQUOT)
+        what it may make the layer hold: the copy of the file ``copy`` (its stat, and which
+        of ``names`` it is) unless the layer has it, a ``whiteout`` at the first name
+        unless the layer has it, and the directories the layer lacks on the way to each.
+        Once done, that estimate is replaced by what the layer gained or lost on the way
+        to the names and at them (whiteouts; directories with all beneath them if
+        ``whole``), and by the copy if the layer now holds it."""
+        layer = self.layers.get(mount.index)
+        paths = [self._parts(node, name) for node, name in names]
+        if layer is None or not paths or any(p is None for p in paths):
+            yield
+            return
+        found: list[Path] = [p for p in paths if p is not None]
+        before = layer.held(found, whole=whole)
+        nbytes = inodes = 0
+        copied = None
+        if copy is not None and not layer.has(found[copy[1]]):
+            copied = found[copy[1]]
+            nbytes = copy[0].st_size if stat.S_ISREG(copy[0].st_mode) else 0
+            inodes = 1
+        if whiteout and not layer.has(found[0]):
+            inodes += 1
+        inodes += sum(layer.missing(p) for p in found)
+        self.charge(mount, where, operation, nbytes=nbytes, inodes=inodes)
+        try:
+            yield
+        finally:
+            after = layer.held(found, whole=whole)
+            kept = copied is not None and any(layer.has(p) for p in found)
+            self.refund(
+                mount,
+                nbytes=nbytes if not kept else 0,
+                inodes=inodes - (1 if kept else 0) + before[1] - after[1],
+            )
+            self.refund(mount, nbytes=before[0] - after[0])
+
+    # -- charging ---------------------------------------------------------------------------
 
     async def room(self, mount: MountState, *, nbytes: int = 0, inodes: int = 0) -> bool:
         """Before a charge that would go over a quota while files of ``mount`` unlinked

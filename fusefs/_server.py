@@ -36,6 +36,7 @@ from fusefs._control import (
     decode_to_server,
     encode,
 )
+from fusefs._cow import Layer, whiteout
 from fusefs._descriptors import capacity_for
 from fusefs._lifecycle import connection_of
 from fusefs._nodes import NodeTable
@@ -263,8 +264,12 @@ def _enter_private_namespace() -> None:
     _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE, "")
 
 
-def _mount_overlays(view: ViewSpec, roots: dict[int, int], lowers: dict[int, int]) -> list[str]:
-    """Mount each cow mount's overlay privately; returns the merged directories.
+def _mount_overlays(
+    view: ViewSpec, roots: dict[int, int], lowers: dict[int, int], uppers: dict[int, int]
+) -> list[str]:
+    """Mount each cow mount's overlay privately; returns the merged directories, and puts
+    a descriptor of each one's upper layer (``changes/``, which its quota counts) in
+    ``uppers``.
 
     A lower layer the owner gave as a descriptor is cloned (``open_tree``) before the
     server leaves the owner's mount namespace, since overlayfs takes layers from its own
@@ -297,6 +302,7 @@ def _mount_overlays(view: ViewSpec, roots: dict[int, int], lowers: dict[int, int
         if index in lowers and not root:
             _same_directory(spec.backing, lowers[index])
         roots[index] = _open_dir(merged)
+        uppers[index] = _open_dir(changes)
         merged_dirs.append(merged)
     for fd in clones.values():  # the overlays hold their layers now
         os.close(fd)
@@ -316,7 +322,7 @@ def _same_directory(path: str, fd: int) -> None:
 
 
 def _usage(policy: ViewPolicy, view: ViewSpec, roots: dict[int, int]) -> None:
-    """What each mount with a quota already holds (for cow: its own changes only); a mount
+    """What each mount with a quota already holds (for cow: its upper layer); a mount
     without one is not walked, so a large volume costs nothing at start."""
     for mount in policy.mounts:
         spec = mount.spec
@@ -332,6 +338,9 @@ def _usage(policy: ViewPolicy, view: ViewSpec, roots: dict[int, int]) -> None:
             for name in files + dirs:
                 with contextlib.suppress(OSError):
                     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if whiteout(st):  # a cow layer's: each counts (fusefs._cow)
+                        mount.usage_inodes += 1
+                        continue
                     if (st.st_dev, st.st_ino) in seen:
                         continue
                     seen.add((st.st_dev, st.st_ino))
@@ -382,7 +391,9 @@ def serve(
     pyfuse3.init(server.ops, mountpoint, _options(view))
     connection = connection_of(mountpoint)
     server.readahead = _open_readahead(connection)
-    merged = _mount_overlays(view, opened, lowers)
+    uppers: dict[int, int] = {}
+    merged = _mount_overlays(view, opened, lowers, uppers)
+    server.ops.quotas.layers = {i: Layer(fd) for i, fd in uppers.items()}
     for fd in lowers.values():  # the overlay holds its lower layer now
         os.close(fd)
     needed: list[tuple[str | int, bool]] = [
@@ -404,3 +415,5 @@ def serve(
     finally:
         pyfuse3.close(unmount=False)
         server.nodes.close()
+        for layer in server.ops.quotas.layers.values():
+            layer.close()

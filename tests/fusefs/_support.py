@@ -101,13 +101,17 @@ def held_on_host(volume: Path, server: int) -> tuple[int, int]:
     """What a view of ``volume`` makes the host hold, as a quota counts it: ``(bytes,
     inodes)``, the apparent sizes of its regular files and the number of its files,
     directories and symlinks (each once, however many names it has), beneath ``volume``
-    and unlinked but still held open by the view server whose pid is ``server``."""
-    found: dict[tuple[int, int], os.stat_result] = {}
+    and unlinked but still held open by the view server whose pid is ``server``. In a cow
+    mount's upper layer, each whiteout (a character device 0/0, maybe a link of one shared
+    by all) counts as an inode of its own, as the quota counts it."""
+    found: dict[tuple[int, int] | str, os.stat_result] = {}
     for directory, dirs, files in os.walk(volume):  # never into a symlink
         for name in dirs + files:
             with contextlib.suppress(FileNotFoundError):  # removed while walking: polled
-                st = os.lstat(os.path.join(directory, name))
-                found[st.st_dev, st.st_ino] = st
+                path = os.path.join(directory, name)
+                st = os.lstat(path)
+                whiteout = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+                found[path if whiteout else (st.st_dev, st.st_ino)] = st
     fds = f"/proc/{server}/fd"
     for fd in os.listdir(fds):
         with contextlib.suppress(FileNotFoundError):  # closed since the listing: polled

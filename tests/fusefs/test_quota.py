@@ -200,3 +200,81 @@ def test_refused_renames_of_directories_free_no_inodes(mountpoint: Path, tmp_pat
         os.rename(p / "a", p / "b" / "c")  # over an empty directory: that one is freed
         wait_until(lambda: _usage(mountpoint, "/p") == (0, 3), what="the directory given back")
         assert held_on_host(volume, server.process.pid) == (0, 3)
+
+
+def _cow_volume(tmp_path: Path) -> Path:
+    """A volume of two 5,000-byte files and a directory holding a 100-byte one."""
+    lower = tmp_path / "lower"
+    (lower / "d").mkdir(parents=True)
+    (lower / "a").write_bytes(b"a" * 5000)
+    (lower / "b").write_bytes(b"b" * 5000)
+    (lower / "d" / "x").write_bytes(b"x" * 100)
+    return lower
+
+
+def test_cow_copies_up_are_charged_in_full_before_they_happen(
+    mountpoint: Path, tmp_path: Path
+) -> None:
+    lower = _cow_volume(tmp_path)
+    changes = tmp_path / "upper" / "changes"
+    spec = view(mount("/c", MountKind.COW, lower, upper=tmp_path / "upper", quota_bytes=1000))
+    with ServerProcess(spec, str(mountpoint)) as server:
+        c = mountpoint / "c"
+        for name in ("a", "b"):  # a 1-byte change would copy 5,000 bytes into the layer
+            assert errno_of(os.open, c / name, os.O_WRONLY | os.O_APPEND) == errno.EDQUOT
+        refused = denial(server, operation="open", path="/c/a")
+        assert "over its quota of 1000 bytes" in refused.reason
+        assert errno_of(os.truncate, c / "b", 1) == errno.EDQUOT
+        assert errno_of(os.chmod, c / "b", 0o600) == errno.EDQUOT
+        assert errno_of(os.link, c / "a", c / "a2") == errno.EDQUOT
+        assert errno_of(os.rename, c / "a", c / "a3") == errno.EDQUOT
+        write(c / "d" / "x", b"y" * 100)  # 100 bytes and two inodes (d, x): within the quota
+        assert _usage(mountpoint, "/c") == held_on_host(changes, server.process.pid) == (100, 2)
+    assert (lower / "a").read_bytes() == b"a" * 5000
+
+
+def test_cow_whiteouts_are_charged_and_removals_give_back_only_what_the_layer_held(
+    mountpoint: Path, tmp_path: Path
+) -> None:
+    lower = _cow_volume(tmp_path)
+    changes = tmp_path / "upper" / "changes"
+    spec = view(
+        mount(
+            "/c",
+            MountKind.COW,
+            lower,
+            upper=tmp_path / "upper",
+            quota_bytes=12000,
+            quota_inodes=4,
+        )
+    )
+    with ServerProcess(spec, str(mountpoint)) as server:
+        c = mountpoint / "c"
+
+        def counted(expected: tuple[int, int]) -> None:
+            held = held_on_host(changes, server.process.pid)
+            assert _usage(mountpoint, "/c") == held == expected
+
+        with open(c / "a", "ab") as f:  # copies a up: 5,000 bytes, then one more
+            f.write(b"!")
+        counted((5001, 1))
+        with open(c / "b", "r+b") as f:  # in place: the copy alone
+            f.write(b"B")
+        counted((10001, 2))
+        os.unlink(c / "b")  # the layer's copy goes, a whiteout hides the volume's file
+        counted((5001, 2))
+        os.unlink(c / "a")
+        counted((0, 2))
+        os.unlink(c / "d" / "x")  # a whiteout in a copy of d
+        counted((0, 4))
+        assert errno_of(write, c / "n", b"") == errno.EDQUOT  # a fifth inode
+        assert denial(server, operation="create", path="/c/n").reason.endswith("4 inodes")
+        os.rmdir(c / "d")  # the copy of d and its whiteout go, d's own whiteout comes
+        counted((0, 3))
+        write(c / "a", b"new")  # a file of the layer's own in the place of a's whiteout
+        counted((3, 3))
+        os.unlink(c / "a")
+        counted((0, 3))
+    assert sorted(os.listdir(lower)) == ["a", "b", "d"]
+    with ServerProcess(spec, str(mountpoint)) as server:  # counted again at start
+        assert _usage(mountpoint, "/c") == held_on_host(changes, server.process.pid) == (0, 3)
