@@ -234,7 +234,9 @@ class ViewOperations(pyfuse3.Operations):
         await self.quotas.room(mount, inodes=1)
         self.quotas.charge(mount, self._where(parent, name), "create", inodes=1)
         try:
-            with self.quotas.layered(mount, self._where(parent, name), "create", [(parent, name)]):
+            with self.quotas.layered(
+                mount, self._where(parent, name), "create", [(parent, name)], whole=False
+            ):
                 make()
         except BaseException:
             self.quotas.refund(mount, inodes=1)
@@ -289,7 +291,9 @@ class ViewOperations(pyfuse3.Operations):
         await self.quotas.room(mount, inodes=1)
         self.quotas.charge(mount, self._where(parent, name), "create", inodes=1)
         try:
-            with self.quotas.layered(mount, self._where(parent, name), "create", [(parent, name)]):
+            with self.quotas.layered(
+                mount, self._where(parent, name), "create", [(parent, name)], whole=False
+            ):
                 fd = os.open(
                     name, base | os.O_CREAT | os.O_EXCL, mode & 0o777, dir_fd=self._fd(parent)
                 )
@@ -349,7 +353,7 @@ class ViewOperations(pyfuse3.Operations):
         owned = self.quotas.owns(mount, parent, name)  # cow: the layer holds it, not the volume
         self.nodes.keep(parent, name)
         with self.quotas.layered(
-            mount, self._where(parent, name), "unlink", [(parent, name)], whiteout=True
+            mount, self._where(parent, name), "unlink", [(parent, name)], whiteout=gone
         ):
             os.unlink(name, dir_fd=self._fd(parent))
         self.nodes.unlinked(parent.ino, name)
@@ -364,7 +368,7 @@ class ViewOperations(pyfuse3.Operations):
         gone = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False)
         owned = self.quotas.owns(mount, parent, name)
         with self.quotas.layered(
-            mount, self._where(parent, name), "rmdir", [(parent, name)], whiteout=True
+            mount, self._where(parent, name), "rmdir", [(parent, name)], whiteout=gone
         ):
             os.rmdir(name, dir_fd=self._fd(parent))
         self.nodes.unlinked(parent.ino, name)

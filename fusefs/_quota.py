@@ -108,14 +108,17 @@ class Quotas:
         names: Sequence[tuple[Node, bytes]],
         *,
         copy: tuple[os.stat_result, int] | None = None,
-        whiteout: bool = False,
+        whiteout: os.stat_result | bool = False,
         whole: bool = True,
     ) -> Iterator[None]:
         """Around an operation on ``names`` (a directory and a name in it, b"" for the
         directory itself) of a cow mount; nothing for other mounts. First charges (EDQUOT)
         what it may make the layer hold: the copy of the file ``copy`` (its stat, and which
-        of ``names`` it is) unless the layer has it, a ``whiteout`` at the first name
-        unless the layer has it, and the directories the layer lacks on the way to each.
+        of ``names`` it is) unless the layer has it; a whiteout at the first name: always
+        if ``whiteout`` is True (a rename: its source stays held), and if it is the stat
+        of the file removed, unless the layer has that file and the host frees it at once
+        (it is not held open), which leaves room for its whiteout; and the directories the
+        layer lacks on the way to each.
         Once done, that estimate is replaced by what the layer gained or lost on the way
         to the names and at them (whiteouts; directories with all beneath them if
         ``whole``), and by the copy if the layer now holds it."""
@@ -132,7 +135,13 @@ class Quotas:
             copied = found[copy[1]]
             nbytes = copy[0].st_size if stat.S_ISREG(copy[0].st_mode) else 0
             inodes = 1
-        if whiteout and not layer.has(found[0]):
+        if whiteout is True or (
+            whiteout is not False
+            and (
+                not layer.has(found[0])
+                or (not stat.S_ISDIR(whiteout.st_mode) and self._held(identity(mount, whiteout)))
+            )
+        ):
             inodes += 1
         inodes += sum(layer.missing(p) for p in found)
         self.charge(mount, where, operation, nbytes=nbytes, inodes=inodes)

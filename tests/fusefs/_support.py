@@ -97,11 +97,12 @@ def denial(server: ServerProcess, **fields: object) -> Denied:
     return wait_until(find, what=f"a Denied with {fields}; got {server.denials}")
 
 
-def held_on_host(volume: Path, server: int) -> tuple[int, int]:
+def held_on_host(volume: Path, server: int, opened: Path | None = None) -> tuple[int, int]:
     """What a view of ``volume`` makes the host hold, as a quota counts it: ``(bytes,
     inodes)``, the apparent sizes of its regular files and the number of its files,
     directories and symlinks (each once, however many names it has), beneath ``volume``
-    and unlinked but still held open by the view server whose pid is ``server``. In a cow
+    and unlinked but still held open by the view server whose pid is ``server`` (beneath
+    ``opened``, if given: a cow mount's server opens its files through the overlay). In a cow
     mount's upper layer, each whiteout (a character device 0/0, maybe a link of one shared
     by all) counts as an inode of its own, as the quota counts it."""
     found: dict[tuple[int, int] | str, os.stat_result] = {}
@@ -117,7 +118,7 @@ def held_on_host(volume: Path, server: int) -> tuple[int, int]:
         with contextlib.suppress(FileNotFoundError):  # closed since the listing: polled
             link = os.path.join(fds, fd)
             # the server's stdout may be a deleted file too (pytest's capture), not the view's
-            if os.readlink(link).startswith(f"{volume}/"):
+            if os.readlink(link).startswith(f"{opened or volume}/"):
                 st = os.stat(link)
                 if st.st_nlink == 0:
                     found[st.st_dev, st.st_ino] = st

@@ -6,7 +6,9 @@ the host never holds more than the quota.
 What the host holds is judged on the host (tests.fusefs._support.held_on_host): the
 apparent sizes of the regular files beneath the backing directory and the number of its
 files, directories and symlinks, plus the files unlinked but still open in the view
-server. The quota's view is the server's own count, shown in /capsule/mounts and statfs.
+server. For a cow mount over a volume that already holds files, that is its upper layer
+(copies of the volume's files, whiteouts, its own files). The quota's view is the
+server's own count, shown in /capsule/mounts and statfs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -51,18 +54,31 @@ class _QuotaMachine(RuleBasedStateMachine):
     scratch: ClassVar[Path]
     runs: ClassVar[list[int]]
 
+    kind: ClassVar[MountKind]
+
     def __init__(self) -> None:
         super().__init__()
         self.runs.append(len(self.runs))
         self.volume = self.scratch / f"volume{len(self.runs)}"
         self.volume.mkdir()
+        self.layer, self.opened = self.volume, self.volume  # what the host holds for the view
+        options: dict[str, Any] = {}
+        if self.kind is MountKind.COW:  # a volume with files of its own beneath the layer
+            upper = self.scratch / f"upper{len(self.runs)}"
+            self.layer, self.opened = upper / "changes", upper / "merged"
+            options["upper"] = upper
+            (self.volume / "d").mkdir()
+            (self.volume / "e").mkdir()
+            (self.volume / "a").write_bytes(b"v" * 3000)
+            (self.volume / "d" / "a").write_bytes(b"v" * 2000)
         spec = view(
             mount(
                 "/w",
-                MountKind.RW,
+                self.kind,
                 self.volume,
                 quota_bytes=QUOTA_BYTES,
                 quota_inodes=QUOTA_INODES,
+                **options,
             )
         )
         self.server = ServerProcess(spec, str(self.mountpoint))
@@ -76,11 +92,15 @@ class _QuotaMachine(RuleBasedStateMachine):
         finally:
             self.server.close()
             shutil.rmtree(self.volume)
+            if self.layer != self.volume:
+                shutil.rmtree(self.layer.parent)
 
     # -- what a container does ------------------------------------------------------------
 
     @initialize()
     def tree(self) -> None:
+        if self.kind is MountKind.COW:
+            return  # the volume's own
         os.mkdir(self.w / "d")
         os.mkdir(self.w / "e")
         self.write("d/a", 0, 1000)
@@ -160,7 +180,7 @@ class _QuotaMachine(RuleBasedStateMachine):
 
     @invariant()
     def the_host_never_holds_more_than_the_quota(self) -> None:
-        size, inodes = held_on_host(self.volume, self.server.process.pid)
+        size, inodes = held_on_host(self.layer, self.server.process.pid, self.opened)
         assert size <= QUOTA_BYTES
         assert inodes <= QUOTA_INODES
 
@@ -171,7 +191,7 @@ class _QuotaMachine(RuleBasedStateMachine):
         # what the host holds, and agrees with it once the server has heard.
         def agree() -> bool:
             counted = self._counted()
-            held = held_on_host(self.volume, self.server.process.pid)
+            held = held_on_host(self.layer, self.server.process.pid, self.opened)
             assert held[0] <= counted[0], f"the host holds {held}, the quota counts {counted}"
             assert held[1] <= counted[1], f"the host holds {held}, the quota counts {counted}"
             room = os.statvfs(self.w)  # what df shows the container: the room left
@@ -181,11 +201,14 @@ class _QuotaMachine(RuleBasedStateMachine):
         wait_until(agree, what="the quota's count to agree with what the host holds")
 
 
-def test_the_quota_counts_what_the_host_holds(mountpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", [MountKind.RW, MountKind.COW])
+def test_the_quota_counts_what_the_host_holds(
+    mountpoint: Path, tmp_path: Path, kind: MountKind
+) -> None:
     machine = type(
         "QuotaMachine",
         (_QuotaMachine,),
-        {"mountpoint": mountpoint, "scratch": tmp_path, "runs": []},
+        {"mountpoint": mountpoint, "scratch": tmp_path, "runs": [], "kind": kind},
     )
     # each example mounts a view of a fresh volume: a few dozen keep it within seconds
     run = settings(max_examples=30, stateful_step_count=30, deadline=None)
