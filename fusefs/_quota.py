@@ -129,6 +129,7 @@ class Quotas:
             return
         found: list[Path] = [p for p in paths if p is not None]
         before = layer.held(found, whole=whole)
+        lacking = [p for p in found if not layer.has(p)]
         nbytes = inodes = 0
         copied = None
         if copy is not None and not layer.has(found[copy[1]]):
@@ -145,11 +146,17 @@ class Quotas:
             inodes += 1
         inodes += sum(layer.missing(p) for p in found)
         self.charge(mount, where, operation, nbytes=nbytes, inodes=inodes)
+        done = False
         try:
             yield
+            done = True
         finally:
             after = layer.held(found, whole=whole)
-            kept = copied is not None and any(layer.has(p) for p in found)
+            # the copy is in the layer at a name it lacked, or at the last name once done
+            # (a rename's target, which the layer may have had before)
+            kept = copied is not None and (
+                any(layer.has(p) for p in lacking) or (done and layer.has(found[-1]))
+            )
             self.refund(
                 mount,
                 nbytes=nbytes if not kept else 0,
