@@ -1,5 +1,7 @@
 """THREATS 9: a feature cannot make the host hold more than its view's quota, through
-files it keeps open after unlinking them or through renames the host refuses.
+files it keeps open after unlinking them or through renames the host refuses, nor, in a
+copy-on-write view, through the copies its changes make of the volume's files and the
+whiteouts its removals leave.
 
 The attacks run inside a real container, through its view; the host judges what the
 volume holds plus the deleted files its view server still has open.
@@ -97,4 +99,50 @@ async def test_unlinked_open_files_and_refused_renames_stay_within_the_quota(
             assert held_on_host(tree, server) == (0, 4)
     assert sorted(os.listdir(notes)) == ["again"]
     assert sorted(os.listdir(tree)) == ["a", "b", "x0"]
+    assert leftovers() == []
+
+
+async def change_the_volume(ctx: Context, request: Any) -> Any:
+    """A 1-byte change to each of the volume's files, then remove them all."""
+    appended = []
+    for name in ("one", "two"):
+        try:
+            fd = os.open(f"/draft/{name}", os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            appended.append(errno.errorcode.get(exc.errno or 0, str(exc.errno)))
+            continue
+        try:
+            appended.append(_outcome(os.write, fd, b"!"))
+        finally:
+            os.close(fd)
+    removed = [_outcome(os.unlink, f"/draft/{name}") for name in ("one", "two", "three")]
+    return {"appended": appended, "removed": removed}
+
+
+@pytest.mark.trio
+async def test_copies_and_whiteouts_of_a_cow_view_stay_within_its_quota(
+    capsule_app: TestApp,
+) -> None:
+    words = capsule_app.volume("words")
+    for name in ("one", "two", "three"):
+        (words / name).write_bytes(b"w" * 5000)
+    probe = capsule_app.feature(
+        "probe",
+        policy={
+            "fs": [{"path": "/draft", "volume": "words", "mode": "cow", "quota": 1000, "inodes": 2}]
+        },
+    )
+    probe.service("change_the_volume")(change_the_volume)
+
+    with trio.fail_after(60):
+        async with capsule_app.open() as sup:
+            instance = sup.feature("probe").instance
+            assert instance is not None
+            assert instance.view is not None
+            changes = capsule_app.root / "state" / "cow" / "probe" / "draft" / "changes"
+
+            got = await sup.call("probe", "change_the_volume")
+            assert got == {"appended": ["EDQUOT", "EDQUOT"], "removed": ["ok", "ok", "EDQUOT"]}
+            assert held_on_host(changes, instance.view.pid) == (0, 2)  # two whiteouts
+    assert sorted(os.listdir(words)) == ["one", "three", "two"]
     assert leftovers() == []
