@@ -173,7 +173,9 @@ class ViewOperations(pyfuse3.Operations):
         st = os.fstat(self._fd(node))
         if fields.update_uid or fields.update_gid:
             raise pyfuse3.FUSEError(errno.EPERM)
-        with self.quotas.layered(mount, self._where(node), "setattr", [(node, b"")], copy=(st, 0)):
+        with self.quotas.layered(
+            mount, self._where(node), "setattr", [(node, b"")], copy=[(st, 0)]
+        ):
             await self._setattr(node, mount, attr, fields, st)
         return self._attrs(node)
 
@@ -320,7 +322,7 @@ class ViewOperations(pyfuse3.Operations):
         """Open ``name``, which a create found there already; what O_TRUNC cuts is given back."""
         st = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False)
         where = self._where(parent, name)
-        with self.quotas.layered(mount, where, "open", [(parent, name)], copy=(st, 0)):
+        with self.quotas.layered(mount, where, "open", [(parent, name)], copy=[(st, 0)]):
             fd = os.open(name, flags, dir_fd=self._fd(parent))
             if flags & os.O_TRUNC:
                 self.quotas.refund(mount, nbytes=st.st_size)
@@ -339,7 +341,9 @@ class ViewOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EPERM)
         new_name = valid_name(new_name)
         names = [(node, b""), (parent, new_name)]
-        with self.quotas.layered(mount, self._where(parent, new_name), "link", names, copy=(st, 0)):
+        with self.quotas.layered(
+            mount, self._where(parent, new_name), "link", names, copy=[(st, 0)]
+        ):
             os.link(proc_path(self._fd(node)), new_name, dst_dir_fd=self._fd(parent))
         linked, st = self._child(parent, new_name)
         return self._attrs(linked, st)
@@ -396,10 +400,12 @@ class ViewOperations(pyfuse3.Operations):
             replaced = self._replaced(old, name_old, new, name_new)
             self.nodes.keep(new, name_new)
         owned = self.quotas.owns(mount, new, name_new)
-        source = os.stat(name_old, dir_fd=self._fd(old), follow_symlinks=False)
+        copies = [(os.stat(name_old, dir_fd=self._fd(old), follow_symlinks=False), 0)]
+        if flags & _sys.RENAME_EXCHANGE:  # cow: both files are copied up
+            copies.append((os.stat(name_new, dir_fd=self._fd(new), follow_symlinks=False), 1))
         names = [(old, name_old), (new, name_new)]
         where = self._where(new, name_new)
-        with self.quotas.layered(mount, where, "rename", names, copy=(source, 0), whiteout=True):
+        with self.quotas.layered(mount, where, "rename", names, copy=copies, whiteout=True):
             _sys.renameat2(self._fd(old), name_old, self._fd(new), name_new, flags)
         self.nodes.moved(old.ino, name_old, new.ino, name_new)
         if replaced is not None and owned:  # only once done: a refused one frees nothing
@@ -436,7 +442,7 @@ class ViewOperations(pyfuse3.Operations):
         if not stat.S_ISREG(st.st_mode):
             raise pyfuse3.FUSEError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.ELOOP)
         names = [(node, b"")] if write else []  # cow: an open for writing copies the file up
-        with self.quotas.layered(mount, self._where(node), "open", names, copy=(st, 0)):
+        with self.quotas.layered(mount, self._where(node), "open", names, copy=[(st, 0)]):
             fd = os.open(proc_path(self._fd(node)), (flags & ~_OPEN_DROP) | os.O_CLOEXEC)
             if flags & os.O_TRUNC:  # given back once the truncation happened
                 self.quotas.charge(mount, self._where(node), "open", nbytes=-st.st_size)

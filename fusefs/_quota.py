@@ -107,21 +107,21 @@ class Quotas:
         operation: str,
         names: Sequence[tuple[Node, bytes]],
         *,
-        copy: tuple[os.stat_result, int] | None = None,
+        copy: Sequence[tuple[os.stat_result, int]] = (),
         whiteout: os.stat_result | bool = False,
         whole: bool = True,
     ) -> Iterator[None]:
         """Around an operation on ``names`` (a directory and a name in it, b"" for the
         directory itself) of a cow mount; nothing for other mounts. First charges (EDQUOT)
-        what it may make the layer hold: the copy of the file ``copy`` (its stat, and which
-        of ``names`` it is) unless the layer has it; a whiteout at the first name: always
+        what it may make the layer hold: the copy of each file of ``copy`` (its stat, and
+        which of ``names`` it is) the layer lacks; a whiteout at the first name: always
         if ``whiteout`` is True (a rename: its source stays held), and if it is the stat
         of the file removed, unless the layer has that file and the host frees it at once
         (it is not held open), which leaves room for its whiteout; and the directories the
         layer lacks on the way to each.
         Once done, that estimate is replaced by what the layer gained or lost on the way
         to the names and at them (whiteouts; directories with all beneath them if
-        ``whole``), and by the copy if the layer now holds it."""
+        ``whole``), and by the copies the layer now holds."""
         layer = self.layers.get(mount.index)
         paths = [self._parts(node, name) for node, name in names]
         if layer is None or not paths or any(p is None for p in paths):
@@ -131,11 +131,11 @@ class Quotas:
         before = layer.held(found, whole=whole)
         lacking = [p for p in found if not layer.has(p)]
         nbytes = inodes = 0
-        copied = None
-        if copy is not None and not layer.has(found[copy[1]]):
-            copied = found[copy[1]]
-            nbytes = copy[0].st_size if stat.S_ISREG(copy[0].st_mode) else 0
-            inodes = 1
+        copied: list[tuple[int, int]] = []  # (size, which name) of each copy charged
+        for st, index in copy:
+            if not layer.has(found[index]):
+                copied.append((st.st_size if stat.S_ISREG(st.st_mode) else 0, index))
+        nbytes, inodes = sum(size for size, _ in copied), len(copied)
         if whiteout is True or (
             whiteout is not False
             and (
@@ -152,17 +152,19 @@ class Quotas:
             done = True
         finally:
             after = layer.held(found, whole=whole)
-            # the copy is in the layer at a name it lacked, or at the last name once done
-            # (a rename's target, which the layer may have had before)
-            kept = copied is not None and (
-                any(layer.has(p) for p in lacking) or (done and layer.has(found[-1]))
-            )
+            # a copy is in the layer at the name that lacked it, or at the last name once
+            # done (a rename's target, which the layer may have had before)
+            kept = [
+                (size, 1)
+                for size, index in copied
+                if (found[index] in lacking and layer.has(found[index]))
+                or (done and layer.has(found[-1]))
+            ]
             self.refund(
                 mount,
-                nbytes=nbytes if not kept else 0,
-                inodes=inodes - (1 if kept else 0) + before[1] - after[1],
+                nbytes=nbytes - sum(size for size, _ in kept) + before[0] - after[0],
+                inodes=inodes - len(kept) + before[1] - after[1],
             )
-            self.refund(mount, nbytes=before[0] - after[0])
 
     # -- charging ---------------------------------------------------------------------------
 

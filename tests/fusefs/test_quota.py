@@ -11,7 +11,7 @@ import errno
 import os
 from pathlib import Path
 
-from fusefs import MountKind, ServerProcess
+from fusefs import MountKind, ServerProcess, _sys
 from tests.fusefs._support import (
     denial,
     errno_of,
@@ -228,6 +228,13 @@ def test_cow_copies_up_are_charged_in_full_before_they_happen(
         assert errno_of(os.chmod, c / "b", 0o600) == errno.EDQUOT
         assert errno_of(os.link, c / "a", c / "a2") == errno.EDQUOT
         assert errno_of(os.rename, c / "a", c / "a3") == errno.EDQUOT
+        d, top = os.open(c / "d", os.O_PATH), os.open(c, os.O_PATH)
+        try:  # an exchange copies both files up, the 5,000 bytes of a as well
+            exchange = _sys.renameat2
+            assert errno_of(exchange, d, b"x", top, b"a", _sys.RENAME_EXCHANGE) == errno.EDQUOT
+        finally:
+            os.close(d)
+            os.close(top)
         write(c / "d" / "x", b"y" * 100)  # 100 bytes and two inodes (d, x): within the quota
         assert _usage(mountpoint, "/c") == held_on_host(changes, server.process.pid) == (100, 2)
     assert (lower / "a").read_bytes() == b"a" * 5000

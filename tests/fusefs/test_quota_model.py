@@ -1,7 +1,7 @@
 """THREATS.md item 9 as a property: whatever sequence of creates, writes, truncations,
-links, renames and removals a container makes through a real mount, with files kept open
-after they are unlinked, the quota counts exactly what the host holds for the view, and
-the host never holds more than the quota.
+links, renames, exchanges and removals a container makes through a real mount, with files
+kept open after they are unlinked, the quota counts exactly what the host holds for the
+view, and the host never holds more than the quota.
 
 What the host holds is judged on the host (tests.fusefs._support.held_on_host): the
 apparent sizes of the regular files beneath the backing directory and the number of its
@@ -32,7 +32,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from fusefs import MountKind, ServerProcess
+from fusefs import MountKind, ServerProcess, _sys
 from tests.fusefs._support import held_on_host, mount, read, view, wait_until
 
 QUOTA_BYTES: Final = 8192
@@ -139,6 +139,22 @@ class _QuotaMachine(RuleBasedStateMachine):
     @rule(source=_paths, to=_paths)
     def rename(self, source: str, to: str) -> None:
         _tolerated(os.rename, self.w / source, self.w / to)
+
+    @rule(source=_paths, to=_paths)
+    def exchange(self, source: str, to: str) -> None:
+        (old, old_name), (new, new_name) = (os.path.split(self.w / p) for p in (source, to))
+        try:
+            old_fd, new_fd = os.open(old, os.O_PATH), os.open(new, os.O_PATH)
+        except OSError:
+            return
+        try:
+            exchange = _sys.RENAME_EXCHANGE
+            _tolerated(
+                _sys.renameat2, old_fd, old_name.encode(), new_fd, new_name.encode(), exchange
+            )
+        finally:
+            os.close(old_fd)
+            os.close(new_fd)
 
     @rule(source=_dirs, to=_dirs)
     def rename_directory(self, source: str, to: str) -> None:
