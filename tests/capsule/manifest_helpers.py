@@ -6,7 +6,10 @@ import textwrap
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from capsule._manifest import CheckReport, Problem, Severity
+import pytest
+
+from capsule._manifest import CheckReport, Problem, Severity, check_app, load_app
+from capsule.errors import ConfigError
 
 ENTRY_MODULE = '"""A feature."""\n\nfeature = object()\n'
 
@@ -76,3 +79,19 @@ def only(report: CheckReport) -> Problem:
 
 def is_error(problem: Problem) -> bool:
     return problem.severity is Severity.ERROR
+
+
+def bad_policy_entry(root: Path, entry: str, key: str, fragment: str) -> CheckReport:
+    """Check an app whose ``[policy.a]`` holds ``entry`` on line 6 of app.toml: one problem
+    at ``key`` with ``fragment`` in its message, and load_app refuses it at that key and
+    line. Returns the check's report (for what else the caller asserts)."""
+    app = make_app(root, {"a": ""}, f'[policy.a]\ncall = []\n{entry}\nsubscribe = ["x.*"]\n')
+    report = check_app(app)
+    problem = one(report, key)
+    assert problem.path.endswith("/app.toml")
+    assert problem.line == 6
+    assert fragment in problem.message, problem.message
+    with pytest.raises(ConfigError) as raised:
+        load_app(app)
+    assert (raised.value.key, raised.value.line) == (key, 6)
+    return report

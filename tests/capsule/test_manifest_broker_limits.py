@@ -8,8 +8,7 @@ import pytest
 
 from capsule._manifest import check_app, load_app
 from capsule._manifest._model import DEFAULT_BROKER_LIMITS, BrokerLimits
-from capsule.errors import ConfigError
-from tests.capsule.manifest_helpers import make_app, one
+from tests.capsule.manifest_helpers import bad_policy_entry, make_app, one
 
 
 def test_broker_limits_have_defaults_and_are_set_per_feature(tmp_path: Path) -> None:
@@ -43,15 +42,7 @@ def test_broker_limits_have_defaults_and_are_set_per_feature(tmp_path: Path) -> 
 def test_bad_broker_limits_are_reported_with_file_line_and_key(
     tmp_path: Path, entry: str, key: str, fragment: str
 ) -> None:
-    root = make_app(tmp_path, {"a": ""}, f'[policy.a]\ncall = []\n{entry}\nsubscribe = ["x.*"]\n')
-    report = check_app(root)
-    problem = one(report, key)
-    assert problem.path.endswith("/app.toml")
-    assert problem.line == 6
-    assert fragment in problem.message, problem.message
-    with pytest.raises(ConfigError) as raised:
-        load_app(root)
-    assert (raised.value.key, raised.value.line) == (key, 6)
+    bad_policy_entry(tmp_path, entry, key, fragment)
 
 
 def test_the_audit_logs_cap_and_a_features_share_are_set_in_the_app_table(

@@ -13,7 +13,7 @@ from capsule._environ import MINIMAL
 from capsule._manifest import EnvVar, check_app, load_app
 from capsule._manifest._env import feature_environments
 from capsule.errors import ConfigError
-from tests.capsule.manifest_helpers import make_app, one, only
+from tests.capsule.manifest_helpers import bad_policy_entry, make_app, one, only
 
 _ENV = 'env = { LOG_LEVEL = "debug", API_KEY = { from_host = "OPENAI_API_KEY" } }\n'
 
@@ -74,16 +74,8 @@ def test_env_as_a_table_of_its_own(tmp_path: Path) -> None:
 def test_bad_env_entries_are_reported_with_file_line_and_key(
     tmp_path: Path, entry: str, key: str, fragment: str
 ) -> None:
-    root = make_app(tmp_path, {"a": ""}, f'[policy.a]\ncall = []\n{entry}\nsubscribe = ["x.*"]\n')
-    report = check_app(root)
-    problem = one(report, key)
-    assert problem.path.endswith("/app.toml")
-    assert problem.line == 6
-    assert fragment in problem.message, problem.message
+    report = bad_policy_entry(tmp_path, entry, key, fragment)
     assert report.grants["a"].env == ()
-    with pytest.raises(ConfigError) as raised:
-        load_app(root)
-    assert (raised.value.key, raised.value.line) == (key, 6)
 
 
 def test_a_feature_cannot_ask_for_environment_variables(tmp_path: Path) -> None:
