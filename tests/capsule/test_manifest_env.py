@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from capsule._manifest import EnvVar, check_app, load_app
 from capsule._manifest._env import feature_environments
 from capsule.errors import ConfigError
 from tests.capsule.manifest_helpers import bad_policy_entry, make_app, one, only
+from tests.capsule.test_cli_check import capsule
 
 _ENV = 'env = { LOG_LEVEL = "debug", API_KEY = { from_host = "OPENAI_API_KEY" } }\n'
 
@@ -106,14 +105,7 @@ def test_an_unset_host_variable_is_refused_with_file_line_and_key(tmp_path: Path
 
 def test_capsule_check_prints_bad_env_entries(tmp_path: Path) -> None:
     make_app(tmp_path, {"a": ""}, '[policy.a]\nenv = { PATH = "/opt/bin" }\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "capsule", "check", "."],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = capsule("check", ".", cwd=tmp_path)
     assert result.returncode == 1
     assert (
         'error   ./app.toml:5 [policy.a.env.PATH] "PATH" is set by capsule itself and cannot '
@@ -125,24 +117,14 @@ def test_capsule_check_shows_each_features_variables_but_not_literal_values(
     tmp_path: Path,
 ) -> None:
     make_app(tmp_path, {"a": ""}, f"[policy.a]\n{_ENV}")
-    text = subprocess.run(
-        [sys.executable, "-m", "capsule", "check", "."],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    shown = capsule("check", ".", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    text = shown.stdout
     assert "       env      LOG_LEVEL, API_KEY <- host OPENAI_API_KEY\n" in text
     assert "debug" not in text
-    listed = subprocess.run(
-        [sys.executable, "-m", "capsule", "check", "--format", "json", "."],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    as_json = capsule("check", "--format", "json", ".", cwd=tmp_path)
+    assert as_json.returncode == 0, as_json.stdout + as_json.stderr
+    listed = as_json.stdout
     assert json.loads(listed)["features"][0]["env"] == [
         {"name": "LOG_LEVEL", "from_host": None},
         {"name": "API_KEY", "from_host": "OPENAI_API_KEY"},

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import stat
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -17,21 +15,7 @@ import trio.testing
 from capsule._broker import _audit_read
 from capsule._broker._audit import DENIALS_PER_SECOND, AuditLog, default_audit_path
 from capsule._broker._audit_read import AuditEvent, AuditProblem, read_events
-
-TID = "3f2a9c1b0d4e5f60718293a4b5c6d7e8"
-T0 = 1_795_600_800.125  # 2026-11-25T10:00:00.125Z
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+from tests.capsule.broker.audit_helpers import T0, TID, FakeClock, lines
 
 
 @pytest.fixture

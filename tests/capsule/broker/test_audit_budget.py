@@ -8,27 +8,12 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from capsule._broker._audit import DISTINCT_TARGETS, AuditLog
 from capsule._broker._audit_read import AuditEvent, read_events
-
-TID = "3f2a9c1b0d4e5f60718293a4b5c6d7e8"
-T0 = 1_795_600_800.125
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+from tests.capsule.broker.audit_helpers import TID, FakeClock, lines
 
 
 def test_allows_on_many_targets_become_one_line_with_a_count_and_examples(
