@@ -39,7 +39,7 @@ from capsule._supervisor._handle import (
 )
 from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._launch import Launcher
-from capsule._supervisor._plan import Planner, container_uids, default_state_dir
+from capsule._supervisor._plan import Planner, Version, container_uids, default_state_dir
 from capsule._supervisor._renewal import Renewer, token_lifetime
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._rundir import RunDir
@@ -124,7 +124,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self.stop_timeout = stop_timeout
         self.call_timeout = call_timeout
         self._handles: dict[str, FeatureHandle] = {
-            name: FeatureHandle._create(app.features[name], index)
+            name: FeatureHandle._create(app.features[name], index, grant=app.grants[name])
             for index, name in enumerate(app.start_order)
         }
         self._order = list(app.start_order)
@@ -363,7 +363,9 @@ class Supervisor(metaclass=NoPublicConstructor):
         handle._set(FeatureState.STARTING)
         handle.generation += 1
         try:
-            instance, tokens = await self._launcher.launch(handle)
+            instance, tokens = await self._launcher.launch(
+                handle, Version(handle.manifest, handle.grant)
+            )
         except (CapsuleError, OSError) as exc:
             error = (
                 exc if isinstance(exc, FeatureError) else FeatureStartError(handle.name, str(exc))
