@@ -1,4 +1,4 @@
-"""Killing and removing cgroups: every process in a group and below it, then the directories.
+"""Killing, freezing and removing cgroups: the processes in a group and below it, the directories.
 
 Bounded waits only (a process stuck in the kernel may outlive them, and removal reports it);
 signals only processes listed in the groups it is given.
@@ -15,13 +15,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
-from capsule._sandbox._cgroup_files import cgroup_error, read_text, write_value
+from capsule._sandbox._cgroup_files import cgroup_error, read_keyed, read_text, write_value
 from capsule.errors import SandboxError
 
 __all__ = [
+    "freezer_file",
+    "freezer_state",
     "kill_groups",
     "member_pids",
     "remove_groups",
+    "set_frozen",
+    "wait_frozen",
 ]
 
 _KILL_TIMEOUT: Final = 2.0
@@ -37,6 +41,7 @@ def _subtree(top: Path) -> list[Path]:
 
 
 def member_pids(tops: Iterable[Path]) -> set[int]:
+    """The pids listed in ``tops`` and every group below them."""
     pids: set[int] = set()
     for top in tops:
         for group in _subtree(top):
@@ -80,18 +85,55 @@ def _signal_members(tops: Sequence[Path]) -> bool:
     return True
 
 
-def _set_freezer(tops: Iterable[Path], state: str) -> None:
+def freezer_file(top: Path, version: int) -> Path:
+    """The file that freezes ``top``: ``cgroup.freeze`` (v2) or ``freezer.state`` (v1)."""
+    return top / ("cgroup.freeze" if version == 2 else "freezer.state")
+
+
+def freezer_state(top: Path, version: int) -> str | None:
+    """``THAWED``, ``FREEZING`` (asked, not all there yet) or ``FROZEN``, as ``top`` reports it.
+
+    None when the group has no freezer file (it is gone, or the kernel lacks the freezer).
+    """
+    if version == 2:
+        asked = read_text(top / "cgroup.freeze")
+        if asked is None:
+            return None
+        if read_keyed(top / "cgroup.events").get("frozen") == 1:
+            return "FROZEN"
+        return "FREEZING" if asked.strip() == "1" else "THAWED"
+    text = read_text(top / "freezer.state")
+    return None if text is None else text.strip()
+
+
+def set_frozen(tops: Iterable[Path], version: int, *, frozen: bool) -> None:
+    """Ask the freezer of each of ``tops`` to freeze or thaw it, without waiting.
+
+    Freezing writes ``top`` alone (the groups below it follow); thawing a v1 group also thaws
+    every group below it, since v1 keeps a group frozen that was frozen by itself. Tries every
+    group, then raises SandboxError for the first write that failed.
+    """
+    failure: SandboxError | None = None
+    value = ("1" if frozen else "0") if version == 2 else ("FROZEN" if frozen else "THAWED")
     for top in tops:
-        groups = _subtree(top) if state == "THAWED" else [top]
+        groups = [top] if frozen or version == 2 else _subtree(top)
         for group in groups:
-            with contextlib.suppress(OSError):
-                write_value(group / "freezer.state", state)
+            path = freezer_file(group, version)
+            try:
+                write_value(path, value)
+            except OSError as exc:
+                failure = failure or cgroup_error(group, f"writing {value} to {path.name}", exc)
+    if failure is not None:
+        raise failure
 
 
-def _wait_frozen(tops: Sequence[Path], deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if all((read_text(t / "freezer.state") or "FROZEN").strip() == "FROZEN" for t in tops):
-            return
+def wait_frozen(tops: Sequence[Path], version: int, deadline: float) -> bool:
+    """Wait until every one of ``tops`` reports FROZEN (or is gone); False at ``deadline``."""
+    while True:
+        if all(freezer_state(t, version) in ("FROZEN", None) for t in tops):
+            return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.002)
 
 
@@ -107,13 +149,18 @@ def kill_groups(tops: Sequence[Path], version: int, timeout: float = _KILL_TIMEO
                 write_value(top / "cgroup.kill", "1")
     freezers = [t for t in tops if (t / "freezer.state").exists()] if version == 1 else []
     if freezers:
-        # frozen processes cannot fork or exit: the pid list stays complete while we signal
-        _set_freezer(freezers, "FROZEN")
+        # frozen processes cannot fork or exit: the pid list stays complete while we signal.
+        # A group frozen already (see set_frozen) is signalled the same way: its processes
+        # only die once thawed, which the finally clause does.
+        # Best effort: the signal loop below kills whether or not the freezer answered.
+        with contextlib.suppress(SandboxError):
+            set_frozen(freezers, version, frozen=True)
         try:
-            _wait_frozen(freezers, min(deadline, time.monotonic() + _FREEZE_TIMEOUT))
+            wait_frozen(freezers, version, min(deadline, time.monotonic() + _FREEZE_TIMEOUT))
             _signal_members(tops)
         finally:
-            _set_freezer(freezers, "THAWED")
+            with contextlib.suppress(SandboxError):
+                set_frozen(freezers, version, frozen=False)
     delay = 0.001
     while member_pids(tops):
         if time.monotonic() >= deadline:

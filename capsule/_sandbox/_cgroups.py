@@ -29,7 +29,9 @@ the short, bounded waits of :meth:`ContainerCgroup.kill` and :meth:`ContainerCgr
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +48,15 @@ from capsule._sandbox._cgroup_files import (
     read_keyed,
     write_value,
 )
-from capsule._sandbox._cgroup_kill import kill_groups, member_pids, remove_groups
+from capsule._sandbox._cgroup_kill import (
+    freezer_file,
+    freezer_state,
+    kill_groups,
+    member_pids,
+    remove_groups,
+    set_frozen,
+    wait_frozen,
+)
 from capsule._sandbox._cgroup_limits import check_limits, limit_v1, limit_v2
 from capsule.errors import InternalError, SandboxError
 
@@ -124,9 +134,81 @@ class ContainerCgroup:
 
         v2 writes ``cgroup.kill``; v1 freezes the group when the freezer is in use, then
         signals every listed pid until none is left. Bounded by a short timeout: a process
-        stuck in the kernel may outlive it, and :meth:`remove` reports that.
+        stuck in the kernel may outlive it, and :meth:`remove` reports that. A group that
+        :meth:`freeze` froze is killed the same way: v1 thaws it once every process has its
+        SIGKILL pending, so none of them runs again.
         """
         kill_groups(self.paths, self._version)
+
+    def _freezer(self, action: str) -> Path:
+        """The directory whose freezer holds the whole group; SandboxError saying what lacks."""
+        problem = ""
+        top = self._dirs.get(UNIFIED if self._version == 2 else "freezer")
+        if self.removed:
+            problem = "it was removed"
+        elif self._version == 0:
+            problem = "cgroups are not in use"
+        elif top is None:
+            problem = (
+                "the cgroup v1 freezer hierarchy is not writable for this process; fix: mount "
+                "the freezer controller writable (or use cgroup v2)"
+            )
+        elif not freezer_file(top, self._version).exists():
+            fix = "run on Linux >= 5.2" if self._version == 2 else "recreate the group"
+            problem = f"{freezer_file(top, self._version)} is missing; fix: {fix}"
+        if problem or top is None:
+            raise SandboxError(f"cannot {action} cgroup {self.name!r}: {problem}")
+        return top
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the group reports FROZEN now (False without a freezer, and once removed)."""
+        top = self._dirs.get(UNIFIED if self._version == 2 else "freezer")
+        if self.removed or self._version == 0 or top is None:
+            return False
+        return freezer_state(top, self._version) == "FROZEN"
+
+    def freeze(self, timeout: float) -> None:
+        """Stop every process in the group where it stands until :meth:`thaw`; wait until it has.
+
+        Uses the v1 ``freezer.state`` or the v2 ``cgroup.freeze``. Frozen processes take no CPU
+        and act on no signal until thawed; :meth:`kill` and :meth:`remove` still end them.
+        Raises SandboxError naming the group and the state it is stuck in when it does not
+        report FROZEN within ``timeout`` seconds (a process in an uninterruptible wait, such as
+        on a hung FUSE or network file system, holds it in FREEZING); the group is thawed again
+        then, so it never stays half frozen. Also raises SandboxError when the group has no
+        freezer (no cgroups, no v1 freezer hierarchy, or a v2 kernel before 5.2).
+        """
+        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+            raise SandboxError(
+                f"cannot freeze cgroup {self.name!r}: timeout={timeout!r} must be seconds, > 0"
+            )
+        top = self._freezer("freeze")
+        deadline = time.monotonic() + timeout
+        set_frozen([top], self._version, frozen=True)
+        wait_frozen([top], self._version, deadline)
+        state = freezer_state(top, self._version)
+        if state == "FROZEN":
+            return
+        try:
+            set_frozen([top], self._version, frozen=False)
+        except SandboxError as exc:
+            after = f"thawing it back failed too ({exc})"
+        else:
+            after = "it was thawed again"
+        raise SandboxError(
+            f"cannot freeze cgroup {self.name!r} ({top}): it is still "
+            f"{state or 'without a freezer file (gone)'} {timeout:g} s after asking; {after}; "
+            "fix: a process in an uninterruptible wait holds it (see the D state in "
+            "/proc/PID/stat and /proc/PID/stack): end that wait, or kill the group"
+        )
+
+    def thaw(self) -> None:
+        """Let the group's processes run again after :meth:`freeze`. Idempotent; never waits.
+
+        Raises SandboxError when the group has no freezer or the kernel refuses the write.
+        """
+        set_frozen([self._freezer("thaw")], self._version, frozen=False)
 
     def remove(self) -> None:
         """Kill, then remove the group's directory in every hierarchy.
