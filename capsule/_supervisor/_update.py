@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal, Protocol, final
+from typing import Any, Final, Literal, Protocol, final
 
 import anyio
 import structlog
@@ -29,7 +29,7 @@ from capsule._supervisor._probation import Probation
 from capsule._supervisor._restart import RestartTracker
 from capsule._tasks import Services
 from capsule._tokens._authority import Token, TokenAuthority
-from capsule.errors import CapsuleError, SandboxError, UpdateError
+from capsule.errors import CapsuleError, UpdateError
 
 __all__ = ["UpdateReport", "Updates", "VersionLog"]
 
@@ -430,13 +430,9 @@ class Updates:
         update.frozen = True  # tried: frozen, or kept idle
         if old.ended.is_set() or old.cgroup is None:
             return
-        if old.view is not None:
-            old.view.paused = True
         try:
             await old.freeze(_FREEZE_WAIT)
-        except (SandboxError, CapsuleError) as exc:
-            if old.view is not None:
-                old.view.paused = False
+        except CapsuleError as exc:
             _log.warning("old version not frozen, kept idle", feature=old.feature, error=str(exc))
 
     async def _thaw(self, old: Instance) -> bool:
@@ -449,8 +445,6 @@ class Updates:
         except CapsuleError as exc:
             _log.error("old version did not thaw", feature=old.feature, error=str(exc))
             return False
-        if old.view is not None:
-            old.view.paused = False
         return not old.ended.is_set()
 
     async def _roll_back(self, update: _Update, reason: str) -> None:
@@ -561,7 +555,7 @@ class Updates:
         *,
         decision: str = "operate",
         reason: str = "",
-        **fields: object,
+        **fields: Any,
     ) -> None:
         self._audit.record(
             event,

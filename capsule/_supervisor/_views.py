@@ -85,8 +85,6 @@ class ViewServer:
         self.status: int | None = None
         self.failure: str | None = None
         self._stopping = False
-        #: not probed while True: its container (and so the server, in its cgroup) is frozen
-        self.paused = False
         self._stopped = anyio.Event()
         self._serving = False
         self._probe_seq = 0
@@ -318,9 +316,7 @@ class ViewServer:
             await anyio.sleep(self.timeouts.probe_interval)
             if self._stopping:
                 return
-            if self.paused:  # its container is frozen, the server with it
-                continue
-            if not await self.probe(self.timeouts.probe) and not self.paused:
+            if not await self.probe(self.timeouts.probe):
                 self.failure = (
                     f"its file-system server did not answer within {self.timeouts.probe:g}s "
                     "(aborted and killed)"
