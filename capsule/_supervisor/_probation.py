@@ -7,7 +7,7 @@ switches, stops and audits nothing (the update does, with the verdict).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import final
+from typing import Any, final
 
 from capsule._broker._stats import CallStats
 from capsule._manifest._model import P99_FLOOR, UpdatePolicy
@@ -75,7 +75,7 @@ class Probation:
                 )
         return None
 
-    def figures(self) -> dict[str, object]:
+    def figures(self) -> dict[str, Any]:
         """What the audit records with a verdict."""
         p99 = self.p99()
         return {

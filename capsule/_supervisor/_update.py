@@ -1,18 +1,18 @@
-"""Live updates of a running feature: make before break, state handoff, probation, rollback.
+"""Live updates of a running feature: make before break and the state handoff, up to the
+switch; the facade ``Supervisor.update`` and ``Supervisor.rollback`` delegate to.
 
 The sequence, per feature and one at a time: start the new version beside the old one;
 hold new calls; let calls in flight on the old one drain; move the state (opaque bytes);
-switch the route; release the held calls; keep the old version frozen while the new one
-is on probation; then retire it, or switch back. Decides when to switch and roll back;
-must not check grants or read manifests (``read_candidate`` does), nor decode state.
+switch the route and release the held calls. What follows the switch (probation, the keep
+window, a rollback) is ``_aftercare``'s. Must not check grants itself (``read_candidate``
+does) nor look into the state it moves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol, final
+from typing import final
 
 import anyio
 import structlog
@@ -20,98 +20,29 @@ import structlog
 from capsule._broker._audit import AuditLog
 from capsule._broker._broker import Broker
 from capsule._manifest import App
+from capsule._manifest._diff import diff_grants, read_candidate
 from capsule._manifest._model import UpdatePolicy
+from capsule._supervisor._aftercare import Aftercare
 from capsule._supervisor._handle import FeatureHandle, FeatureState
 from capsule._supervisor._handoff import HandoffError
 from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._plan import Version
 from capsule._supervisor._probation import Probation
 from capsule._supervisor._restart import RestartTracker
+from capsule._supervisor._update_state import (
+    UpdateReport,
+    UpdateRun,
+    VersionLog,
+    drained,
+    revoke_held,
+)
 from capsule._tasks import Services
 from capsule._tokens._authority import Token, TokenAuthority
 from capsule.errors import CapsuleError, UpdateError
 
-__all__ = ["UpdateReport", "Updates", "VersionLog"]
+__all__ = ["UpdateReport", "Updates"]
 
 _log = structlog.get_logger("capsule.supervisor")
-
-_TICK: Final = 0.05
-"""How often probation looks at the new version's figures (a crash is seen at once)."""
-_FREEZE_WAIT: Final = 2.0
-_DRAIN_POLL: Final = 0.005
-Phase = Literal["starting", "draining", "moving state", "probation", "keep"]
-
-
-class VersionLog(Protocol):
-    """Where the versions a feature ran are recorded (the supervisor's history)."""
-
-    def record(
-        self, feature: str, version: str, bundle: str, event: str, reason: str = ""
-    ) -> object: ...
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class UpdateReport:
-    """What an update or a rollback did, or for a dry run what an update would do.
-
-    ``pause`` is how long new calls were held (seconds), ``held`` how many were,
-    ``stragglers`` the calls still running on the old version when the drain time was up
-    (they finish there), ``state_bytes`` the size of the state moved (None: the old version
-    has no ``export_state``). ``steps`` says in words what happened, or would.
-    """
-
-    feature: str
-    action: Literal["update", "rollback", "dry-run"]
-    from_version: str
-    to_version: str
-    diff: str = ""
-    widens: bool = False
-    steps: tuple[str, ...] = ()
-    pause: float = 0.0
-    held: int = 0
-    stragglers: int = 0
-    state_bytes: int | None = None
-    cold: bool = False  # no old container to switch to: stopped, then started
-
-
-@dataclass(eq=False, slots=True)
-class _Update:
-    """One update of one feature, from start until its old version is retired."""
-
-    handle: FeatureHandle
-    old: Instance
-    old_version: Version
-    new_version: Version
-    policy: UpdatePolicy
-    phase: Phase = "starting"
-    new: Instance | None = None
-    probation: Probation | None = None
-    switched_at: float = 0.0
-    frozen: bool = False
-    retiring: bool = False  # the old version is past use (stopped, or about to be)
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    wake: anyio.Event = field(default_factory=anyio.Event)
-    request: str | None = None  # why to roll back now (a crash, or by hand)
-    by_hand: bool = False
-    report: UpdateReport | None = None
-    old_on_end: Callable[[Ending], None] | None = None  # the supervisor's, while it served
-    done: anyio.Event = field(default_factory=anyio.Event)
-
-    @property
-    def label(self) -> str:
-        return f"{self.old_version.manifest.version} -> {self.new_version.manifest.version}"
-
-    def show(self, phase: Phase) -> None:
-        self.phase = phase
-        self.handle.update = f"{self.label} ({phase})"
-
-    def ask(self, reason: str, *, by_hand: bool = False) -> None:
-        """Ask the watcher to roll back (once)."""
-        if self.request is None:
-            self.request = reason
-            self.by_hand = by_hand
-        self.wake.set()
 
 
 @final
@@ -145,14 +76,72 @@ class Updates:
         self._lock = lock
         self._stop_timeout = stop_timeout
         self._start_timeout = start_timeout
-        self.history = history
-        self._active: dict[str, _Update] = {}
+        self._active: dict[str, UpdateRun] = {}
         self._closing = False
+        self._after = Aftercare(
+            broker=broker,
+            authority=authority,
+            audit=audit,
+            relaunch=relaunch,
+            lock=lock,
+            stop_timeout=stop_timeout,
+            active=self._active,
+        )
+        self.history = history
+
+    @property
+    def history(self) -> VersionLog | None:
+        """Where versions are recorded (``updated``, ``rolled-back``)."""
+        return self._after.history
+
+    @history.setter
+    def history(self, log: VersionLog | None) -> None:
+        self._after.history = log
 
     # -- the update -------------------------------------------------------------------
 
-    def busy(self, name: str) -> bool:
-        return name in self._active
+    def status(self, name: str) -> str | None:
+        """The update of ``name`` under way, in words (``1.0 -> 1.1 (probation)``), or None."""
+        update = self._active.get(name)
+        return None if update is None else f"{update.label} ({update.phase})"
+
+    async def update(
+        self, handle: FeatureHandle, bundle: Path, *, approve: bool, dry_run: bool
+    ) -> UpdateReport:
+        """Read ``bundle`` as a new version of ``handle``'s feature, check it against the
+        app's policy and the running grant, then (unless ``dry_run``) replace the running
+        version by it. ConfigError for a bad bundle, UpdateRefusedError for a request the
+        policy does not approve, UpdateError for a widening without ``approve`` or an update
+        that did not happen (the old version serves on)."""
+        name = handle.name
+        candidate = read_candidate(self._app, bundle, feature=name)
+        version = Version(candidate.manifest, candidate.grant)
+        diff = diff_grants(
+            handle.grant,
+            candidate.grant,
+            before_limits=handle.manifest.limits,
+            after_limits=candidate.manifest.limits,
+        )
+        policy = self._app.manifest.update_policy(name)
+        if dry_run:
+            return UpdateReport(
+                name,
+                "dry-run",
+                handle.manifest.version,
+                candidate.manifest.version,
+                diff=diff.render(),
+                widens=diff.widens,
+                steps=_plan(handle, version, policy, needs_approval=diff.widens and not approve),
+            )
+        if diff.widens and not approve:
+            raise UpdateError(
+                name,
+                f"version {candidate.manifest.version} asks for more than "
+                f"{handle.manifest.version} holds; approve it to go on "
+                f"(approve=True, capsule update --approve):\n{diff.render()}",
+            )
+        report = await self.run(handle, version, bundle, policy=policy)
+        return _with_diff(report, diff.render(), widens=diff.widens)
 
     async def run(
         self, handle: FeatureHandle, version: Version, bundle: Path, *, policy: UpdatePolicy
@@ -165,7 +154,7 @@ class Updates:
             raise UpdateError(name, "the app is shutting down")
         current = self._active.get(name)
         if current is not None and current.phase == "keep":
-            await self._retire_now(current)  # a newer update ends the keep window early
+            await self._after.retire_now(current)  # a newer update ends the keep window early
         elif current is not None:
             raise UpdateError(
                 name,
@@ -176,9 +165,9 @@ class Updates:
             old = handle.instance
             if handle.state is not FeatureState.RUNNING or old is None or old.ended.is_set():
                 return self._replace_cold(handle, version, bundle)
-            update = _Update(handle, old, Version(handle.manifest, handle.grant), version, policy)
+            update = UpdateRun(handle, old, Version(handle.manifest, handle.grant), version, policy)
             self._active[name] = update
-        self._record("update-start", update, bundle=str(bundle))
+        update.audit(self._audit, "update-start", bundle=str(bundle))
         try:
             with update.scope:
                 report = await self._make_before_break(update)
@@ -190,11 +179,8 @@ class Updates:
             with anyio.CancelScope(shield=True):
                 await self._abandon(update, None)
             raise UpdateError(name, "the app shut down during the update; nothing changed")
-        history = self.history
-        if history is not None:
-            history.record(name, version.manifest.version, str(bundle), "updated")
         update.scope = anyio.CancelScope()  # the watcher's, cancelled by aclose
-        self._tg.start_soon(self._watch, update)
+        self._tg.start_soon(self._after.watch, update)
         return report
 
     def _replace_cold(self, handle: FeatureHandle, version: Version, bundle: Path) -> UpdateReport:
@@ -222,7 +208,7 @@ class Updates:
             cold=True,
         )
 
-    async def _make_before_break(self, update: _Update) -> UpdateReport:
+    async def _make_before_break(self, update: UpdateRun) -> UpdateReport:
         handle, old, policy = update.handle, update.old, update.policy
         name = handle.name
         steps: list[str] = []
@@ -241,7 +227,7 @@ class Updates:
         update.show("draining")
         handle._hold_calls(policy.queue)
         held_at = anyio.current_time()
-        await _drained(old, policy.drain)
+        await drained(old, policy.drain)
         stragglers = len(old.peer.calls)
         steps.append(
             f"held new calls; {stragglers} call(s) still on the old version after {policy.drain:g}s"
@@ -271,9 +257,9 @@ class Updates:
         self._switch(update, new)
         pause = anyio.current_time() - held_at
         steps.append(f"switched after holding calls {pause * 1000:.1f} ms")
-        self._record(
+        update.audit(
+            self._audit,
             "update-switch",
-            update,
             pause_ms=round(pause * 1000, 3),
             held=held,
             stragglers=stragglers,
@@ -291,7 +277,7 @@ class Updates:
             state_bytes=None if data is None else len(data),
         )
 
-    def _check_alive(self, update: _Update) -> None:
+    def _check_alive(self, update: UpdateRun) -> None:
         if update.old.ended.is_set() or update.handle.instance is not update.old:
             raise UpdateError(update.handle.name, "the running version ended during the update")
         new = update.new
@@ -301,7 +287,7 @@ class Updates:
                 update.handle.name, f"the new version ended before the switch ({reason})"
             )
 
-    def _switch(self, update: _Update, new: Instance) -> None:
+    def _switch(self, update: UpdateRun, new: Instance) -> None:
         """Point the handle at the new version and let the held calls go (no await: atomic)."""
         handle = update.handle
         old_stats = update.old.peer.stats
@@ -318,7 +304,7 @@ class Updates:
         update.switched_at = anyio.current_time()
         update.show("probation")
 
-    async def _abandon(self, update: _Update, exc: BaseException | None) -> None:
+    async def _abandon(self, update: UpdateRun, exc: BaseException | None) -> None:
         """The update failed before its switch: the old version serves on, the new one goes."""
         handle = update.handle
         self._active.pop(handle.name, None)
@@ -326,10 +312,10 @@ class Updates:
         handle._release()
         new = update.new
         if new is not None and handle.instance is not new:
-            self._revoke(new)
+            revoke_held(self._authority, new)
             await new.stop(self._stop_timeout)
-        reason = "cancelled" if exc is None else str(exc)
-        self._record("update-failed", update, decision="fail", reason=reason)
+        reason = "the app shut down" if exc is None else str(exc)
+        update.audit(self._audit, "update-failed", decision="fail", reason=reason)
         _log.error("update failed", feature=handle.name, reason=reason)
         update.done.set()
 
@@ -351,12 +337,14 @@ class Updates:
         update.ask(f"{crashes} crash(es) during probation (last: {ending.reason})")
         return True
 
-    async def rollback(self, name: str) -> UpdateReport | None:
-        """Roll back the update of ``name`` on probation or in its keep window (a thaw and a
-        switch); None when there is none to roll back that way."""
+    async def rollback(self, handle: FeatureHandle) -> UpdateReport:
+        """Go back to the version before: during an update's probation or keep window, a
+        thaw and a switch; after it, a cold start of the previous version in the history.
+        UpdateError when there is none, or an update is before its switch."""
+        name = handle.name
         update = self._active.get(name)
         if update is None:
-            return None
+            return await self._rollback_cold(handle)
         if update.phase not in ("probation", "keep"):
             raise UpdateError(name, f"an update ({update.label}) is in {update.phase}: wait")
         update.ask("rolled back by hand", by_hand=True)
@@ -371,200 +359,54 @@ class Updates:
         if update is not None:
             await update.done.wait()
 
-    async def _watch(self, update: _Update) -> None:
-        """Probation, then the keep window; or a rollback. Ends with the old version gone."""
-        try:
-            with update.scope:
-                await self._watch_probation(update)
-        finally:
-            with anyio.CancelScope(shield=True):
-                if not update.retiring:
-                    await self._retire(update)
-                self._active.pop(update.handle.name, None)
-                update.handle.update = None
-                update.done.set()
-
-    async def _watch_probation(self, update: _Update) -> None:
-        handle, policy, probation = update.handle, update.policy, update.probation
-        assert probation is not None  # noqa: S101 - set at the switch
-        forward = update.new_version.manifest.forward_only
-        ends = update.switched_at + policy.probation
-        while True:
-            if not update.frozen and not update.retiring and not update.old.peer.calls:
-                if forward:  # it can never take over again: stopped once its calls ended
-                    await self._retire(update)
-                else:
-                    await self._freeze(update)
-            instance = handle.instance
-            if instance is not None and instance is not update.old:
-                probation.watch(instance.peer.stats)
-            reason = update.request or probation.verdict()
-            if reason is None and handle.state is FeatureState.QUARANTINED:
-                reason = f"quarantined during probation (last: {handle.last_exit})"
-            if reason is not None:
-                if forward and not update.by_hand:
-                    await self._stop_forward(update, reason)
-                else:
-                    await self._roll_back(update, reason)
-                return
-            if anyio.current_time() >= ends and (update.frozen or update.retiring):
-                break
-            with anyio.move_on_after(_TICK):
-                await update.wake.wait()
-        self._record("update-done", update, **probation.figures())
-        _log.info("update passed probation", feature=handle.name, versions=update.label)
-        if forward or update.retiring:
-            return
-        update.show("keep")
-        with anyio.move_on_after(max(0.0, update.switched_at + policy.keep - anyio.current_time())):
-            while update.request is None:
-                update.wake = anyio.Event()
-                await update.wake.wait()
-        if update.request is not None:
-            await self._roll_back(update, update.request)
-
-    async def _freeze(self, update: _Update) -> None:
-        """Freeze the old version for the keep window; without a freezer it is kept idle
-        (muted, no calls) instead, and says so once."""
-        old = update.old
-        update.frozen = True  # tried: frozen, or kept idle
-        if old.ended.is_set() or old.cgroup is None:
-            return
-        try:
-            await old.freeze(_FREEZE_WAIT)
-        except CapsuleError as exc:
-            _log.warning("old version not frozen, kept idle", feature=old.feature, error=str(exc))
-
-    async def _thaw(self, old: Instance) -> bool:
-        """Let the old version run again; False when it cannot (it ended, say)."""
-        if old.ended.is_set():
-            return False
-        try:
-            if old.frozen:
-                await old.thaw()
-        except CapsuleError as exc:
-            _log.error("old version did not thaw", feature=old.feature, error=str(exc))
-            return False
-        return not old.ended.is_set()
-
-    async def _roll_back(self, update: _Update, reason: str) -> None:
-        """Switch back to the old version: thawed, or started cold if it is gone."""
-        handle, policy = update.handle, update.policy
-        handle._hold_calls(policy.queue)
-        held_at = anyio.current_time()
-        new = handle.instance if handle.instance is not update.old else None
-        old_version = update.old_version
-        handle.manifest, handle.grant = old_version.manifest, old_version.grant
-        handle.restarts = RestartTracker(old_version.manifest.restart)
-        update.retiring = True
-        handle.wanted = True
-        cold = not await self._thaw(update.old)
-        if not cold:
-            self._broker.unmute(update.old.peer)
-            update.old.on_end = update.old_on_end
-            handle.instance = update.old
-            handle.last_error = None
-            handle._set(FeatureState.RUNNING)
-            handle._release()
-        if new is not None:
-            await self._drain_and_stop(new, policy.drain)
-        if cold:
-            async with self._lock:
-                await self._relaunch(handle)
-            handle._release()
+    async def _rollback_cold(self, handle: FeatureHandle) -> UpdateReport:
+        """Stop the running version and start the previous one of the history (nothing of
+        the running one is kept but its private storage; calls are held meanwhile)."""
+        name = handle.name
+        history = self.history
+        record = None if history is None else history.previous(name)
+        if record is None:
+            raise UpdateError(name, "has no previous version in its history to roll back to")
+        candidate = read_candidate(self._app, Path(record.bundle), feature=name)
+        policy = self._app.manifest.update_policy(name)
+        current = handle.manifest.version
+        async with self._lock:
+            handle._hold_calls(policy.queue)
+            held_at = anyio.current_time()
+            try:
+                running = handle.instance
+                if running is not None and not running.ended.is_set():
+                    await drained(running, policy.drain)
+                    revoke_held(self._authority, running)
+                    await running.stop(self._stop_timeout)
+                handle.manifest, handle.grant = candidate.manifest, candidate.grant
+                handle.restarts = RestartTracker(candidate.manifest.restart)
+                if handle.wanted:
+                    await self._relaunch(handle)
+            finally:
+                handle._release()
         pause = anyio.current_time() - held_at
-        figures = {} if update.probation is None else update.probation.figures()
-        self._record(
-            "update-rollback",
-            update,
-            decision="operate" if update.by_hand else "fail",
-            reason=reason,
-            pause_ms=round(pause * 1000, 3),
-            cold=cold,
-            **figures,
-        )
-        _log.warning("update rolled back", feature=handle.name, reason=reason, cold=cold)
-        if self.history is not None:
-            self.history.record(
-                handle.name,
-                old_version.manifest.version,
-                str(old_version.manifest.root),
-                "rolled-back",
-                reason,
-            )
-        update.report = UpdateReport(
-            handle.name,
-            "rollback",
-            update.new_version.manifest.version,
-            old_version.manifest.version,
-            steps=(reason, "started the old version again" if cold else "thawed the old version"),
-            pause=pause,
-            cold=cold,
-        )
-
-    async def _stop_forward(self, update: _Update, reason: str) -> None:
-        """A forward-only version failed its probation: it is stopped and quarantined, not
-        rolled back (its old version could not read what it wrote)."""
-        handle = update.handle
-        new = handle.instance if handle.instance is not update.old else None
-        handle.wanted = False
-        handle._set(FeatureState.QUARANTINED)
-        handle.last_exit = f"failed its probation: {reason}"
-        handle._release()
-        if new is not None:
-            await self._drain_and_stop(new, update.policy.drain)
-        figures = {} if update.probation is None else update.probation.figures()
-        self._record(
-            "update-failed",
-            update,
-            decision="fail",
-            reason=f"{reason}; forward_only: quarantined, not rolled back",
-            **figures,
-        )
-
-    async def _drain_and_stop(self, instance: Instance, drain: float) -> None:
-        await _drained(instance, drain)
-        self._revoke(instance)
-        await instance.stop(self._stop_timeout)
-
-    async def _retire(self, update: _Update) -> None:
-        """The old version is done with: stopped (killed if frozen), its cgroup and view
-        removed by its instance."""
-        update.retiring = True
-        old = update.old
-        if not old.ended.is_set():
-            self._revoke(old)
-            await old.stop(self._stop_timeout)
-
-    async def _retire_now(self, update: _Update) -> None:
-        """End a keep window early (a newer update): the old version is retired now."""
-        update.scope.cancel()
-        await update.done.wait()
-
-    def _revoke(self, instance: Instance) -> None:
-        """Revoke what ``instance`` holds before it is stopped: it can act no more meanwhile."""
-        for token in instance.spec.start.tokens:
-            self._authority.revoke(token)
-        for held in list(instance.peer.handles.values()):
-            self._authority.revoke(held.claims)
-
-    def _record(
-        self,
-        event: str,
-        update: _Update,
-        *,
-        decision: str = "operate",
-        reason: str = "",
-        **fields: Any,
-    ) -> None:
+        reason = f"rolled back by hand to {record.version} ({record.bundle})"
         self._audit.record(
-            event,
-            feature=update.handle.name,
-            decision=decision,
+            "update-rollback",
+            feature=name,
+            decision="operate",
             reason=reason,
-            from_version=update.old_version.manifest.version,
-            to_version=update.new_version.manifest.version,
-            **fields,
+            from_version=current,
+            to_version=candidate.manifest.version,
+            pause_ms=round(pause * 1000, 3),
+            cold=True,
+        )
+        if history is not None:
+            history.record(name, record.version, record.bundle, "rolled-back", reason)
+        return UpdateReport(
+            name,
+            "rollback",
+            current,
+            candidate.manifest.version,
+            steps=(reason, f"stopped {current}, started {candidate.manifest.version}"),
+            pause=pause,
+            cold=True,
         )
 
     # -- shutting down ------------------------------------------------------------------
@@ -579,8 +421,44 @@ class Updates:
             await update.done.wait()
 
 
-async def _drained(instance: Instance, seconds: float) -> None:
-    """Wait until the calls ``instance`` serves have ended, at most ``seconds``."""
-    with anyio.move_on_after(seconds):
-        while instance.peer.calls and not instance.ended.is_set():  # noqa: ASYNC110 - nothing signals a container's last answer; polled
-            await anyio.sleep(_DRAIN_POLL)
+def _with_diff(report: UpdateReport, diff: str, *, widens: bool) -> UpdateReport:
+    return UpdateReport(
+        report.feature,
+        report.action,
+        report.from_version,
+        report.to_version,
+        diff=diff,
+        widens=widens,
+        steps=report.steps,
+        pause=report.pause,
+        held=report.held,
+        stragglers=report.stragglers,
+        state_bytes=report.state_bytes,
+        cold=report.cold,
+    )
+
+
+def _plan(
+    handle: FeatureHandle, version: Version, policy: UpdatePolicy, *, needs_approval: bool
+) -> tuple[str, ...]:
+    """What an update would do, step by step, in words (a dry run)."""
+    old, new = handle.manifest.version, version.manifest.version
+    steps = [f"needs approval: it widens what {handle.name} may do"] if needs_approval else []
+    if handle.state is not FeatureState.RUNNING:
+        return (*steps, f"it is {handle.state.value}: it would run {new} when it starts")
+    caps = len(version.grant.capabilities)
+    steps += [
+        f"start {new} beside {old}, with tokens for its own grant ({caps} capabilities)",
+        f"hold new calls (at most {policy.queue}); let calls on {old} finish, up to "
+        f"{policy.drain:g}s",
+        f"move state: export_state of {old}, import_state of {new} "
+        f"(at most {policy.state_max} bytes)",
+        f"switch calls to {new}; probation {policy.probation:g}s: roll back after "
+        f"{policy.crashes} crash(es), {policy.error_rate:.0%} failed calls (over "
+        f"{policy.min_calls}+) or a p99 over {policy.p99_ratio:g} times {old}'s",
+    ]
+    if version.manifest.forward_only:
+        steps.append(f"forward_only: {old} is stopped once its calls end; no rollback")
+    else:
+        steps.append(f"keep {old} frozen for {policy.keep:g}s (a rollback is a thaw), then stop it")
+    return tuple(steps)
