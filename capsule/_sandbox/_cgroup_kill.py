@@ -51,13 +51,13 @@ def member_pids(tops: Iterable[Path]) -> set[int]:
     return pids
 
 
-def _signal_members(tops: Sequence[Path]) -> bool:
-    """SIGKILL every process in ``tops``; False if there was none.
+def _signal_members(tops: Sequence[Path], spare: frozenset[int] = frozenset()) -> bool:
+    """SIGKILL every process in ``tops`` but ``spare``; False if there was none.
 
     Each pid is pinned with a pidfd first and signalled only if it is still listed in a group
     afterwards, so a pid that was freed and reused in between is never hit.
     """
-    pids = member_pids(tops)
+    pids = member_pids(tops) - spare
     if not pids:
         return False
     pinned: dict[int, int | None] = {}
@@ -137,13 +137,22 @@ def wait_frozen(tops: Sequence[Path], version: int, deadline: float) -> bool:
         time.sleep(0.002)
 
 
-def kill_groups(tops: Sequence[Path], version: int, timeout: float = _KILL_TIMEOUT) -> bool:
-    """Kill every process in ``tops`` and their descendants; True once they are all gone."""
+def kill_groups(
+    tops: Sequence[Path],
+    version: int,
+    timeout: float = _KILL_TIMEOUT,
+    spare: frozenset[int] = frozenset(),
+) -> bool:
+    """Kill every process in ``tops`` and their descendants; True once they are all gone.
+
+    Processes whose pid is in ``spare`` are left alone (and not waited for); v2 then signals
+    each process instead of writing ``cgroup.kill``.
+    """
     deadline = time.monotonic() + timeout
     tops = [t for t in tops if t.is_dir()]
     if not tops:
         return True
-    if version == 2:
+    if version == 2 and not spare:
         for top in tops:
             with contextlib.suppress(OSError):  # gone already, or a kernel before 5.14
                 write_value(top / "cgroup.kill", "1")
@@ -157,15 +166,15 @@ def kill_groups(tops: Sequence[Path], version: int, timeout: float = _KILL_TIMEO
             set_frozen(freezers, version, frozen=True)
         try:
             wait_frozen(freezers, version, min(deadline, time.monotonic() + _FREEZE_TIMEOUT))
-            _signal_members(tops)
+            _signal_members(tops, spare)
         finally:
             with contextlib.suppress(SandboxError):
                 set_frozen(freezers, version, frozen=False)
     delay = 0.001
-    while member_pids(tops):
+    while member_pids(tops) - spare:
         if time.monotonic() >= deadline:
             return False
-        _signal_members(tops)
+        _signal_members(tops, spare)
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
     return True

@@ -32,7 +32,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -129,16 +129,20 @@ class ContainerCgroup:
         """The processes now in the group, in any hierarchy (or a group below it)."""
         return frozenset(member_pids(self.paths))
 
-    def kill(self) -> None:
+    def kill(self, *, spare: Collection[int] = ()) -> None:
         """SIGKILL every process in the group, including those in groups below it.
 
         v2 writes ``cgroup.kill``; v1 freezes the group when the freezer is in use, then
         signals every listed pid until none is left. Bounded by a short timeout: a process
         stuck in the kernel may outlive it, and :meth:`remove` reports that. A group that
         :meth:`freeze` froze is killed the same way: v1 thaws it once every process has its
-        SIGKILL pending, so none of them runs again.
+        SIGKILL pending, so none of them runs again. Processes whose pid is in ``spare`` are
+        left running (a helper that shares the group and is stopped its own way): a frozen
+        group is thawed afterwards for them.
         """
-        kill_groups(self.paths, self._version)
+        kill_groups(self.paths, self._version, spare=frozenset(spare))
+        if spare and self.frozen:  # v1 thawed it already; v2 signals frozen processes as they are
+            self.thaw()
 
     def _freezer(self, action: str) -> Path:
         """The directory whose freezer holds the whole group; SandboxError saying what lacks."""

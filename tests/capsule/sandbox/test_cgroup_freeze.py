@@ -166,6 +166,24 @@ def test_kill_ends_a_frozen_group(busy: tuple[ContainerCgroup, Busy]) -> None:
     assert all(path.is_dir() for path in group.paths)  # kill leaves the group; remove ends it
 
 
+def test_kill_of_a_frozen_group_can_spare_a_helper(
+    tree: CgroupTree, tmp_path: Path, busy: tuple[ContainerCgroup, Busy]
+) -> None:
+    group, proc = busy
+    helper = Busy(tmp_path / "helper")
+    try:
+        group.attach(helper.pid)
+        helper.wait_progress()
+        group.freeze(timeout=WAIT)
+        group.kill(spare=[helper.pid])
+        assert proc.proc.wait(timeout=WAIT) == -9
+        assert group.pids() == {helper.pid}
+        assert not group.frozen  # thawed for the helper, which runs on
+        helper.wait_progress()
+    finally:
+        helper.end()
+
+
 def test_remove_of_a_frozen_group_leaves_nothing_behind(
     tree: CgroupTree, busy: tuple[ContainerCgroup, Busy]
 ) -> None:
