@@ -141,17 +141,23 @@ class Aftercare:
         return not old.ended.is_set()
 
     async def _roll_back(self, update: UpdateRun, reason: str) -> None:
-        """Switch back to the old version: thawed, or started cold if it is gone."""
+        """Switch back to the old version: thawed, or started cold if it is gone. Shielded:
+        a rollback under way finishes even when the app closes meanwhile."""
+        with anyio.CancelScope(shield=True):
+            await self._switch_back(update, reason)
+
+    async def _switch_back(self, update: UpdateRun, reason: str) -> None:
         handle, policy = update.handle, update.policy
         handle._hold_calls(policy.queue)
         held_at = anyio.current_time()
+        update.show("rolling back")
         new = handle.instance if handle.instance is not update.old else None
         old_version = update.old_version
-        handle.manifest, handle.grant = old_version.manifest, old_version.grant
-        handle.restarts = RestartTracker(old_version.manifest.restart)
         update.retiring = True
         handle.wanted = True
         cold = not await self._thaw(update.old)
+        handle.manifest, handle.grant = old_version.manifest, old_version.grant
+        handle.restarts = RestartTracker(old_version.manifest.restart)
         if not cold:
             self._broker.unmute(update.old.peer)
             update.old.on_end = update.old_on_end

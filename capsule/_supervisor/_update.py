@@ -326,9 +326,11 @@ class Updates:
         probation takes it from here (as many crashes as its policy tolerates: the calls are
         held and the update rolls back), False to let the restart policy act."""
         update = self._active.get(handle.name)
-        if update is None or update.phase != "probation" or update.probation is None:
+        if update is None or instance is update.old or update.probation is None:
             return False
-        if instance is update.old:
+        if update.phase == "rolling back":  # the rollback stops it anyway
+            return True
+        if update.phase != "probation":
             return False
         if not update.probation.crashed():
             return False
@@ -345,7 +347,9 @@ class Updates:
         update = self._active.get(name)
         if update is None:
             return await self._rollback_cold(handle)
-        if update.phase not in ("probation", "keep"):
+        if update.phase == "rolling back":
+            await update.done.wait()
+        elif update.phase not in ("probation", "keep"):
             raise UpdateError(name, f"an update ({update.label}) is in {update.phase}: wait")
         update.ask("rolled back by hand", by_hand=True)
         await update.done.wait()

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 _DRAIN_POLL: Final = 0.005
-Phase = Literal["starting", "draining", "moving state", "probation", "keep"]
+Phase = Literal["starting", "draining", "moving state", "probation", "keep", "rolling back"]
 
 
 class VersionEntry(Protocol):
