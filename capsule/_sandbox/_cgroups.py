@@ -16,11 +16,12 @@ never matches a dead supervisor's directory) and one group per container::
 cgroup v1 has one hierarchy per mounted controller set, so a container is one directory in each
 hierarchy and a process joins by writing its pid into every ``cgroup.procs`` listed in
 :attr:`ContainerCgroup.procs_files`. Besides ``memory``, ``pids`` and ``cpu``, a separately
-mounted ``cpuacct`` hierarchy (CPU time) and the ``freezer`` hierarchy (race-free killing) are
-used when writable. cgroup v2 has one hierarchy; its "no internal processes" rule means the
-groups cannot live next to the supervisor's own processes, so ``capsule/`` is created in the
-parent of the supervisor's cgroup when that cgroup holds processes (unless it is the root), and
-the controllers are enabled in ``cgroup.subtree_control`` on the way down.
+mounted ``cpuacct`` hierarchy (CPU time) and the ``freezer`` hierarchy (race-free killing,
+:meth:`ContainerCgroup.freeze`) are used when writable. cgroup v2 has one hierarchy; its "no
+internal processes" rule means the groups cannot live next to the supervisor's own processes, so
+``capsule/`` is created in the parent of the supervisor's cgroup when that cgroup holds
+processes (unless it is the root), and the controllers are enabled in ``cgroup.subtree_control``
+on the way down.
 
 Every function is synchronous and meant for a worker thread: nothing here blocks for longer than
 the short, bounded waits of :meth:`ContainerCgroup.kill` and :meth:`ContainerCgroup.remove`.
@@ -141,7 +142,7 @@ class ContainerCgroup:
         group is thawed afterwards for them.
         """
         kill_groups(self.paths, self._version, spare=frozenset(spare))
-        if spare and self.frozen:  # v1 thawed it already; v2 signals frozen processes as they are
+        if spare and self.frozen:  # v1 thawed it already; on v2 the spared ones are frozen still
             self.thaw()
 
     def _freezer(self, action: str) -> Path:
