@@ -23,6 +23,7 @@ from capsule._supervisor._update_state import (
     UpdateRun,
     VersionLog,
     drained,
+    remember,
     revoke_held,
 )
 from capsule._tokens._authority import TokenAuthority
@@ -102,9 +103,10 @@ class Aftercare:
             with anyio.move_on_after(_TICK):
                 await update.wake.wait()
         update.audit(self._audit, "update-done", **probation.figures())
-        if self.history is not None:  # what an app restart runs from now on
-            version = update.new_version.manifest
-            self.history.record(handle.name, version.version, str(version.root), "updated")
+        version = update.new_version.manifest  # what an app restart runs from now on
+        await remember(
+            self.history, handle.name, version.version, str(version.root), event="updated"
+        )
         _log.info("update passed probation", feature=handle.name, versions=update.label)
         if forward or update.retiring:
             return
@@ -183,14 +185,14 @@ class Aftercare:
             **figures,
         )
         _log.warning("update rolled back", feature=handle.name, reason=reason, cold=cold)
-        if self.history is not None:
-            self.history.record(
-                handle.name,
-                old_version.manifest.version,
-                str(old_version.manifest.root),
-                "rolled-back",
-                reason,
-            )
+        await remember(
+            self.history,
+            handle.name,
+            old_version.manifest.version,
+            str(old_version.manifest.root),
+            event="rolled-back",
+            reason=reason,
+        )
         update.report = UpdateReport(
             handle.name,
             "rollback",

@@ -34,6 +34,7 @@ from capsule._supervisor._update_state import (
     UpdateRun,
     VersionLog,
     drained,
+    remember,
     revoke_held,
 )
 from capsule._tasks import Services
@@ -164,7 +165,7 @@ class Updates:
         async with self._lock:
             old = handle.instance
             if handle.state is not FeatureState.RUNNING or old is None or old.ended.is_set():
-                return self._replace_cold(handle, version, bundle)
+                return await self._replace_cold(handle, version, bundle)
             update = UpdateRun(handle, old, Version(handle.manifest, handle.grant), version, policy)
             self._active[name] = update
         update.audit(self._audit, "update-start", bundle=str(bundle))
@@ -183,7 +184,9 @@ class Updates:
         self._tg.start_soon(self._after.watch, update)
         return report
 
-    def _replace_cold(self, handle: FeatureHandle, version: Version, bundle: Path) -> UpdateReport:
+    async def _replace_cold(
+        self, handle: FeatureHandle, version: Version, bundle: Path
+    ) -> UpdateReport:
         """The feature runs no container: the new version is what it runs from now on. A
         stopped feature stays stopped; a restarting one restarts as the new version."""
         old = handle.manifest.version
@@ -197,8 +200,9 @@ class Updates:
             reason=f"{old} -> {version.manifest.version}: it was {state}, nothing to switch",
             cold=True,
         )
-        if self.history is not None:
-            self.history.record(handle.name, version.manifest.version, str(bundle), "updated")
+        await remember(
+            self.history, handle.name, version.manifest.version, str(bundle), event="updated"
+        )
         return UpdateReport(
             handle.name,
             "update",
@@ -401,8 +405,9 @@ class Updates:
             pause_ms=round(pause * 1000, 3),
             cold=True,
         )
-        if history is not None:
-            history.record(name, record.version, record.bundle, "rolled-back", reason)
+        await remember(
+            history, name, record.version, record.bundle, event="rolled-back", reason=reason
+        )
         return UpdateReport(
             name,
             "rollback",

@@ -6,11 +6,13 @@ State and small helpers only: it starts, stops and switches nothing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, final
 
 import anyio
+import structlog
 
 from capsule._broker._audit import AuditLog
 from capsule._manifest._model import UpdatePolicy
@@ -19,6 +21,7 @@ from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._plan import Version
 from capsule._supervisor._probation import Probation
 from capsule._tokens._authority import TokenAuthority
+from capsule.errors import ConfigError
 
 __all__ = [
     "Phase",
@@ -27,9 +30,11 @@ __all__ = [
     "VersionEntry",
     "VersionLog",
     "drained",
+    "remember",
     "revoke_held",
 ]
 
+_log = structlog.get_logger("capsule.supervisor")
 _DRAIN_POLL: Final = 0.005
 Phase = Literal["starting", "draining", "moving state", "probation", "keep", "rolling back"]
 
@@ -137,6 +142,26 @@ class UpdateRun:
             to_version=self.new_version.manifest.version,
             **fields,
         )
+
+
+async def remember(
+    history: VersionLog | None,
+    feature: str,
+    version: str,
+    bundle: str,
+    *,
+    event: str,
+    reason: str = "",
+) -> None:
+    """Add a record to the version history, in a worker thread (it writes and syncs a
+    file); a history that cannot be written is logged, not raised: the update stands."""
+    if history is None:
+        return
+    record = functools.partial(history.record, feature, version, bundle, event, reason)
+    try:
+        await anyio.to_thread.run_sync(record)
+    except (OSError, ConfigError) as exc:
+        _log.error("cannot record a version", feature=feature, version=version, error=str(exc))
 
 
 def revoke_held(authority: TokenAuthority, instance: Instance) -> None:
