@@ -62,8 +62,8 @@ async def test_a_new_version_crashing_on_its_first_call_is_rolled_back_at_once(
         await sup.update("counter", app.bundle(v2))
         # the call in flight on the crashed container fails; none after it does
         assert await _adds(sup, 5) == ["FeatureCrashedError", "4", "5", "6", "7"]
-        stats = sup.feature("counter").statistics()
-        assert (stats.version, stats.pid, stats.update) == ("1.0.0", old_pid, None)
+        await wait_until(lambda: _rolled_back(sup), "the rollback is over")
+        assert sup.feature("counter").statistics().pid == old_pid
     rollback = audit_events(app.root / "audit.jsonl", "update-rollback")
     assert len(rollback) == 1
     assert rollback[0]["reason"].startswith(
@@ -126,7 +126,7 @@ async def test_a_slow_new_version_is_rolled_back_on_its_p99(tmp_path: Path) -> N
 
     @v2.service("add")
     async def _add(ctx: Context, request: Any) -> int:
-        await trio.sleep(0.05)
+        await trio.sleep(0.5)  # well over three times any baseline of a busy machine
         return 0
 
     async with app.open() as sup:
@@ -136,7 +136,7 @@ async def test_a_slow_new_version_is_rolled_back_on_its_p99(tmp_path: Path) -> N
         await wait_until(lambda: _rolled_back(sup), "it rolled back", limit=5)
     (rollback,) = audit_events(app.root / "audit.jsonl", "update-rollback")
     assert rollback["reason"].startswith("p99 latency ")
-    assert rollback["p99_ms"] >= 50
+    assert rollback["p99_ms"] >= 500
 
 
 @pytest.mark.trio
