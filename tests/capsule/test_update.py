@@ -334,3 +334,31 @@ async def test_a_call_past_the_drain_time_finishes_on_the_old_version(tmp_path: 
             assert report.stragglers == 1
             assert (await count(sup))["version"] == "2.0.0"  # new calls went to 2.0.0
         assert answer == ["done on 1.0.0"]
+
+
+def _same_count(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    return bool(before["count"] == after["count"])
+
+
+@pytest.mark.trio
+async def test_check_live_update_passes_an_update_that_keeps_state_and_fails_one_that_loses_it(
+    tmp_path: Path,
+) -> None:
+    app = counter_app(tmp_path / "app")
+    keeps = app.version("counter", "2.0.0")
+    counter(keeps, "2.0.0")
+    loses = app.version("counter", "3.0.0")
+    counter(loses, "3.0.0", handoff=False)
+    async with app.open() as sup:
+        for _ in range(5):
+            await sup.call("counter", "add")
+        report = await capsule.testing.check_live_update(
+            sup, "counter", app.bundle(keeps), service="get", state="get", same=_same_count
+        )
+        assert report.to_version == "2.0.0"
+        await sup._updates.wait_settled("counter")
+        with pytest.raises(AssertionError, match=r"the state changed over the update"):
+            await capsule.testing.check_live_update(
+                sup, "counter", app.bundle(loses), service="get", state="get", same=_same_count
+            )
+        assert await count(sup) == {"count": 0, "version": "3.0.0"}
