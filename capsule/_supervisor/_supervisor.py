@@ -329,7 +329,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         if removed:
             _log.warning("removed stale run directories", paths=[str(p) for p in removed])
         if isolation.get("cgroups").available:
-            from capsule._sandbox._cgroups import cleanup_stale  # noqa: PLC0415 - rarely needed
+            from capsule._sandbox._cgroup_stale import cleanup_stale  # noqa: PLC0415 - rarely needed
 
             stale = await anyio.to_thread.run_sync(cleanup_stale, isolation.cgroups)
             if stale:
