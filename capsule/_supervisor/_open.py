@@ -66,7 +66,11 @@ async def open_supervisor(
     as long as the container runs.
     """
     loaded = app if isinstance(app, App) else load_app(Path(app))
-    state = Path(state_dir) if state_dir is not None else default_state_dir(loaded.manifest.name)
+    state = (  # absolute: views name their backing directories from it
+        Path(os.path.abspath(state_dir))
+        if state_dir is not None
+        else default_state_dir(loaded.manifest.name)
+    )
     history = open_history(state)
     loaded = running_app(loaded, history, inline=set(inline or ()))
     ttl = token_lifetime(loaded, token_ttl)
