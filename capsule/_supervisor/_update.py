@@ -318,7 +318,12 @@ class Updates:
         if new is not None and handle.instance is not new:
             revoke_held(self._authority, new)
             await new.stop(self._stop_timeout)
-        reason = "the app shut down" if exc is None else str(exc)
+        if exc is None:
+            reason = "the app shut down"
+        elif isinstance(exc, anyio.get_cancelled_exc_class()):
+            reason = "its caller was cancelled"
+        else:
+            reason = str(exc)
         update.audit(self._audit, "update-failed", decision="fail", reason=reason)
         _log.error("update failed", feature=handle.name, reason=reason)
         update.done.set()

@@ -362,3 +362,32 @@ async def test_check_live_update_passes_an_update_that_keeps_state_and_fails_one
                 sup, "counter", app.bundle(loses), service="get", state="get", same=_same_count
             )
         assert await count(sup) == {"count": 0, "version": "3.0.0"}
+
+
+@pytest.mark.trio
+async def test_an_app_closing_during_an_update_leaves_nothing_behind(tmp_path: Path) -> None:
+    app, v2 = _slow_app(tmp_path / "app", {"drain": "30s"})
+    errors: list[str] = []
+
+    async def update(sup: Supervisor) -> None:
+        try:
+            await sup.update("counter", app.bundle(v2))
+        except UpdateError as exc:
+            errors.append(str(exc))
+
+    async def slow(sup: Supervisor) -> None:
+        try:
+            await sup.call("counter", "slow", 60.0, timeout=60)
+        except Exception as exc:  # its container is stopped with the app: expected
+            errors.append(type(exc).__name__)
+
+    async with trio.open_nursery() as outer:
+        async with app.open() as sup:
+            outer.start_soon(slow, sup)
+            await poll(_in_flight(sup), "the slow call is in flight", limit=5)
+            outer.start_soon(update, sup)
+            await poll(_holding(sup), "the update drains the old version", limit=10)
+    assert "feature 'counter': the app shut down during the update; nothing changed" in errors
+    (failed,) = audit_events(app.root / "audit.jsonl", "update-failed")
+    assert failed["reason"] == "the app shut down"
+    assert capsule.testing.leftovers() == []

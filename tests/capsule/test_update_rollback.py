@@ -229,3 +229,33 @@ async def test_update_and_rollback_cycles_leave_no_process_mount_cgroup_or_fd(
         await wait_until(lambda: _fds() <= fds, "no descriptor is left over")
         await sup.update("counter", app.bundle(v2))  # and close during its probation
     assert capsule.testing.leftovers() == []
+
+
+@pytest.mark.trio
+async def test_a_rollback_after_the_keep_window_starts_the_previous_version_cold(
+    tmp_path: Path,
+) -> None:
+    app = counter_app(tmp_path / "app", update={"probation": "200ms", "keep": "300ms"})
+    v2 = app.version("counter", "2.0.0")
+    counter(v2, "2.0.0")
+    async with app.open() as sup:
+        first_pid = sup.feature("counter").statistics().pid
+        await _adds(sup, 2)
+        await sup.update("counter", app.bundle(v2))
+        await sup._updates.wait_settled("counter")  # noqa: SLF001 - past probation and keep
+        assert [(v.event, v.version) for v in sup.versions("counter")] == [
+            ("started", "1.0.0"),
+            ("updated", "2.0.0"),
+        ]
+        assert not Path(f"/proc/{first_pid}").exists()  # 1.0.0's container is gone
+        report = await sup.rollback("counter")
+        assert report.cold
+        assert (report.from_version, report.to_version) == ("2.0.0", "1.0.0")
+        stats = sup.feature("counter").statistics()
+        assert stats.version == "1.0.0"
+        assert stats.pid not in {first_pid, None}
+        assert await count(sup) == {"count": 0, "version": "1.0.0"}  # a cold start: fresh
+        assert sup.versions("counter")[-1].event == "rolled-back"
+    (rollback,) = audit_events(app.root / "audit.jsonl", "update-rollback")
+    assert rollback["cold"] is True
+    assert capsule.testing.leftovers() == []
