@@ -66,11 +66,7 @@ async def open_supervisor(
     as long as the container runs.
     """
     loaded = app if isinstance(app, App) else load_app(Path(app))
-    state = (  # absolute: views name their backing directories from it
-        Path(os.path.abspath(state_dir))
-        if state_dir is not None
-        else default_state_dir(loaded.manifest.name)
-    )
+    state = _state_dir(loaded, state_dir)
     history = open_history(state)
     loaded = running_app(loaded, history, inline=set(inline or ()))
     ttl = token_lifetime(loaded, token_ttl)
@@ -101,3 +97,10 @@ async def open_supervisor(
         finally:
             await sup._close()
             tg.cancel_scope.cancel()
+
+
+def _state_dir(app: App, given: str | os.PathLike[str] | None) -> Path:
+    """The app's state directory, absolute (views name their backing directories from it)."""
+    if given is None:
+        return default_state_dir(app.manifest.name)
+    return Path(os.path.abspath(given))

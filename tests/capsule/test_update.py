@@ -381,12 +381,11 @@ async def test_an_app_closing_during_an_update_leaves_nothing_behind(tmp_path: P
         except Exception as exc:  # its container is stopped with the app: expected
             errors.append(type(exc).__name__)
 
-    async with trio.open_nursery() as outer:
-        async with app.open() as sup:
-            outer.start_soon(slow, sup)
-            await poll(_in_flight(sup), "the slow call is in flight", limit=5)
-            outer.start_soon(update, sup)
-            await poll(_holding(sup), "the update drains the old version", limit=10)
+    async with trio.open_nursery() as outer, app.open() as sup:
+        outer.start_soon(slow, sup)
+        await poll(_in_flight(sup), "the slow call is in flight", limit=5)
+        outer.start_soon(update, sup)
+        await poll(_holding(sup), "the update drains the old version", limit=10)
     assert "feature 'counter': the app shut down during the update; nothing changed" in errors
     (failed,) = audit_events(app.root / "audit.jsonl", "update-failed")
     assert failed["reason"] == "the app shut down"

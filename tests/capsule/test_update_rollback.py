@@ -202,6 +202,10 @@ def _rolled_back(sup: Supervisor) -> bool:
     return (stats.version, stats.update) == ("1.0.0", None)
 
 
+def _gone(pid: int | None) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -242,12 +246,12 @@ async def test_a_rollback_after_the_keep_window_starts_the_previous_version_cold
         first_pid = sup.feature("counter").statistics().pid
         await _adds(sup, 2)
         await sup.update("counter", app.bundle(v2))
-        await sup._updates.wait_settled("counter")  # noqa: SLF001 - past probation and keep
+        await sup._updates.wait_settled("counter")
         assert [(v.event, v.version) for v in sup.versions("counter")] == [
             ("started", "1.0.0"),
             ("updated", "2.0.0"),
         ]
-        assert not Path(f"/proc/{first_pid}").exists()  # 1.0.0's container is gone
+        assert _gone(first_pid)  # 1.0.0's container is gone
         report = await sup.rollback("counter")
         assert report.cold
         assert (report.from_version, report.to_version) == ("2.0.0", "1.0.0")
