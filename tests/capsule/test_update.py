@@ -204,7 +204,7 @@ def _widening_app(root: Path) -> tuple[TestApp, Feature, Feature]:
     async def _relay(ctx: Context, request: Any) -> Any:
         return await ctx.call("other", "echo", request)
 
-    v3 = app.version("counter", "3.0.0", access={"call": ["other.secret"]})
+    v3 = app.version("counter", "3.0.0", access={"call": ["other.fault"]})
     counter(v3, "3.0.0")
     return app, v2, v3
 
