@@ -353,6 +353,12 @@ class Updates:
         thaw and a switch; after it, a cold start of the previous version in the history.
         UpdateError when there is none, or an update is before its switch."""
         name = handle.name
+        if handle.manifest.forward_only:
+            raise UpdateError(
+                name,
+                f"version {handle.manifest.version} is forward_only: it cannot be rolled back "
+                "(update it to a newer version instead)",
+            )
         update = self._active.get(name)
         if update is None:
             return await self._rollback_cold(handle)

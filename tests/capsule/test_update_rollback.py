@@ -190,6 +190,8 @@ async def test_a_forward_only_version_that_fails_is_quarantined_not_rolled_back(
         handle = sup.feature("counter")
         assert handle.state is FeatureState.QUARANTINED
         assert handle.manifest.version == "2.0.0"
+        with pytest.raises(UpdateError, match=r"forward_only: it cannot be rolled back"):
+            await sup.rollback("counter")
         await wait_until(lambda: not Path(f"/proc/{old_pid}").exists(), "1.0.0 is gone")
     (failed,) = audit_events(app.root / "audit.jsonl", "update-failed")
     assert "forward_only: quarantined, not rolled back" in failed["reason"]
@@ -263,3 +265,56 @@ async def test_a_rollback_after_the_keep_window_starts_the_previous_version_cold
     (rollback,) = audit_events(app.root / "audit.jsonl", "update-rollback")
     assert rollback["cold"] is True
     assert capsule.testing.leftovers() == []
+
+
+@pytest.mark.trio
+async def test_the_tokens_of_a_rolled_back_version_are_refused_to_the_old_one(
+    tmp_path: Path,
+) -> None:
+    """2.0.0 may call other.echo, 1.0.0 may not: after a rollback, 1.0.0 presenting a token
+    2.0.0 held (leaked to it) is refused, and the call stays denied."""
+    app = counter_app(tmp_path / "app", update={"probation": "30s"})
+    app._specs["counter"].approve = {"call": ["other.echo"]}  # noqa: SLF001 - a test-only tweak
+    other = app.feature("other")
+
+    @other.service("echo")
+    async def _echo(ctx: Context, request: Any) -> Any:
+        return request
+
+    v1 = app._specs["counter"].feature  # noqa: SLF001 - the first version's Feature
+
+    @v1.service("present")
+    async def _present(ctx: Context, tokens: list[str]) -> list[str]:
+        outcomes = []
+        for token in tokens:
+            try:
+                await ctx._client.admit(token)  # noqa: SLF001 - what hostile code would do
+                outcomes.append("admitted")
+            except Exception as exc:  # the outcome is the answer
+                outcomes.append(type(exc).__name__)
+        try:
+            await ctx.call("other", "echo", "through a leaked token")
+            outcomes.append("called")
+        except Exception as exc:  # the outcome is the answer
+            outcomes.append(type(exc).__name__)
+        return outcomes
+
+    v2 = app.version("counter", "2.0.0", access={"call": ["other.echo"]})
+    counter(v2, "2.0.0")
+    async with app.open() as sup:
+        await sup.update("counter", app.bundle(v2), approve=True)
+        leaked = [
+            held.text
+            for held in sup.feature("counter").tokens()
+            if "icc:call:other.echo" in held.capabilities
+        ]
+        assert leaked
+        await sup.rollback("counter")
+        assert await sup.call("counter", "present", leaked) == [
+            *["InvalidTokenError"] * len(leaked),
+            "CapabilityDeniedError",
+        ]
+    refused = [
+        e for e in audit_events(app.root / "audit.jsonl", "admit") if e["decision"] == "refuse"
+    ]
+    assert len(refused) == len(leaked)
