@@ -274,21 +274,21 @@ async def test_the_tokens_of_a_rolled_back_version_are_refused_to_the_old_one(
     """2.0.0 may call other.echo, 1.0.0 may not: after a rollback, 1.0.0 presenting a token
     2.0.0 held (leaked to it) is refused, and the call stays denied."""
     app = counter_app(tmp_path / "app", update={"probation": "30s"})
-    app._specs["counter"].approve = {"call": ["other.echo"]}  # noqa: SLF001 - a test-only tweak
+    app._specs["counter"].approve = {"call": ["other.echo"]}
     other = app.feature("other")
 
     @other.service("echo")
     async def _echo(ctx: Context, request: Any) -> Any:
         return request
 
-    v1 = app._specs["counter"].feature  # noqa: SLF001 - the first version's Feature
+    v1 = app._specs["counter"].feature
 
     @v1.service("present")
     async def _present(ctx: Context, tokens: list[str]) -> list[str]:
         outcomes = []
         for token in tokens:
             try:
-                await ctx._client.admit(token)  # noqa: SLF001 - what hostile code would do
+                await ctx._client.admit(token)
                 outcomes.append("admitted")
             except Exception as exc:  # the outcome is the answer
                 outcomes.append(type(exc).__name__)
