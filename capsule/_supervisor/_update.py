@@ -157,18 +157,19 @@ class Updates:
         approved). Returns once the new version serves; probation goes on in the background.
         UpdateError (the old version serving still) when it cannot."""
         name = handle.name
-        if self._closing:
-            raise UpdateError(name, "the app is shutting down")
         current = self._active.get(name)
         if current is not None and current.phase == "keep":
             await self._after.retire_now(current)  # a newer update ends the keep window early
-        elif current is not None:
-            raise UpdateError(
-                name,
-                f"an update ({current.label}) is under way, in {current.phase}: wait until "
-                "it ends, or roll it back",
-            )
-        async with self._lock:
+        async with self._lock:  # checked again under it: two updates may race to here
+            if self._closing:
+                raise UpdateError(name, "the app is shutting down")
+            current = self._active.get(name)
+            if current is not None:
+                raise UpdateError(
+                    name,
+                    f"an update ({current.label}) is under way, in {current.phase}: wait "
+                    "until it ends, or roll it back",
+                )
             old = handle.instance
             if handle.state is not FeatureState.RUNNING or old is None or old.ended.is_set():
                 return await self._replace_cold(handle, version, bundle)
