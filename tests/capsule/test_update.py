@@ -418,3 +418,18 @@ async def test_two_updates_started_at_once_run_one_and_refuse_the_other(tmp_path
         )
         assert sup.statistics().containers_started == 2  # one new container, not two
     assert capsule.testing.leftovers() == []
+
+
+@pytest.mark.trio
+async def test_updating_a_crashed_feature_restarts_it_as_the_new_version(tmp_path: Path) -> None:
+    app = TestApp(tmp_path / "app")
+    slow_restart = restart(backoff="500ms..500ms")
+    counter(app.feature("counter", limits=LIMITS, restart=slow_restart), "1.0.0")
+    v2 = app.version("counter", "2.0.0")
+    counter(v2, "2.0.0")
+    async with app.open() as sup:
+        await capsule.testing.crash(sup, "counter")
+        assert sup.feature("counter").state is FeatureState.RESTARTING
+        report = await sup.update("counter", app.bundle(v2))
+        assert report.cold
+        assert await count(sup) == {"count": 0, "version": "2.0.0"}  # waited for the restart
