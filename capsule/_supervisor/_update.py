@@ -396,6 +396,7 @@ class Updates:
         candidate = await self._read(Path(record.bundle), name)
         policy = self._app.manifest.update_policy(name)
         current = handle.manifest.version
+        reason = f"rolled back by hand to {record.version} ({record.bundle})"
         async with self._lock:
             handle._hold_calls(policy.queue)
             held_at = anyio.current_time()
@@ -407,12 +408,14 @@ class Updates:
                     await running.stop(self._stop_timeout)
                 handle.manifest, handle.grant = candidate.manifest, candidate.grant
                 handle.restarts = RestartTracker(candidate.manifest.restart)
+                await remember(  # first: its start is then no new version to record
+                    history, name, record.version, record.bundle, event="rolled-back", reason=reason
+                )
                 if handle.wanted:
                     await self._relaunch(handle)
             finally:
                 handle._release()
         pause = anyio.current_time() - held_at
-        reason = f"rolled back by hand to {record.version} ({record.bundle})"
         self._audit.record(
             "update-rollback",
             feature=name,
@@ -422,9 +425,6 @@ class Updates:
             to_version=candidate.manifest.version,
             pause_ms=round(pause * 1000, 3),
             cold=True,
-        )
-        await remember(
-            history, name, record.version, record.bundle, event="rolled-back", reason=reason
         )
         return UpdateReport(
             name,
