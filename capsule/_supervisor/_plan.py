@@ -18,7 +18,7 @@ import cloudpickle
 
 from capsule._container._feature import Feature
 from capsule._ipc._messages import Entry, Inline, Start
-from capsule._manifest import App, MountGrant
+from capsule._manifest import App, FeatureGrant, MountGrant
 from capsule._sandbox import _isolation
 from capsule._sandbox._cgroups import ContainerCgroup
 from capsule._sandbox._view import Bind, ViewPlan
@@ -61,12 +61,28 @@ class Planner:
         self.state_dir = state_dir
         self.inline = dict(inline)
         self.start_timeout = start_timeout
-        self.environments = environments  # each feature's whole environment, for its Start
+        self.environments = dict(environments)  # each feature's whole environment, for its Start
+        self.grants: dict[str, FeatureGrant] = dict(app.grants)  # plugins' too, while installed
         self.dirs = GrantDirs(app)  # opened by the supervisor before any container runs
+
+    def add(
+        self, feature: str, grant: FeatureGrant, environment: tuple[tuple[str, str], ...]
+    ) -> None:
+        """Learn of a feature added while the app runs (a plugin): its grant, environment and
+        the directories behind its volume grants (opened now, before its container runs)."""
+        self.grants[feature] = grant
+        self.environments[feature] = environment
+        self.dirs.add(feature, grant)
+
+    def remove(self, feature: str) -> None:
+        """Forget a feature :meth:`add` added, and close what only it held."""
+        self.grants.pop(feature, None)
+        self.environments.pop(feature, None)
+        self.dirs.release(feature)
 
     def tokens(self, authority: TokenAuthority, feature: str, ttl: float) -> list[Token]:
         """Fresh tokens for a new container of ``handle``: its grant, a few capabilities each."""
-        caps = list(self.app.grants[feature].capabilities)
+        caps = list(self.grants[feature].capabilities)
         return [
             authority.mint(feature, caps[i : i + MAX_CAPABILITIES], ttl=ttl)
             for i in range(0, len(caps), MAX_CAPABILITIES)
@@ -88,7 +104,7 @@ class Planner:
         }
         mounts = []
         roots: dict[int, int] = {}
-        for index, grant in enumerate(self.app.grants[handle.name].mounts):
+        for index, grant in enumerate(self.grants[handle.name].mounts):
             text, token = carriers[grant.view]
             kind, backing, upper = self.backing(handle.name, grant)
             if kind is not MountKind.PRIVATE:
@@ -146,7 +162,7 @@ class Planner:
         view: ViewServer,
     ) -> LaunchSpec:
         manifest = handle.manifest
-        grant = self.app.grants[handle.name]
+        grant = self.grants[handle.name]
         limits = manifest.limits
         served = str(view.mountpoint)
         binds = [Bind(str(manifest.root), "/bundle"), Bind(f"{served}/capsule", "/capsule")]

@@ -9,6 +9,7 @@ evaluates anything a container sends, and never holds a lock across a call.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,14 @@ import anyio.lowlevel
 import structlog
 
 from capsule._broker._audit import AUDIT_MAX, AUDIT_SHARE, AuditLog, default_audit_path
-from capsule._broker._broker import Broker
+from capsule._broker._broker import Broker, Target
 from capsule._broker._host import Stream, Subscription
 from capsule._container._feature import Feature
-from capsule._manifest import App
+from capsule._manifest import App, CapabilityDiff
 from capsule._sandbox import _isolation
 from capsule._sandbox._cgroups import CgroupTree
 from capsule._spawn._client import ZygoteClient
+from capsule._supervisor._announce import Announcer
 from capsule._supervisor._handle import (
     FeatureHandle,
     FeatureState,
@@ -37,6 +39,7 @@ from capsule._supervisor._handle import (
 from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._launch import Launcher
 from capsule._supervisor._plan import Planner, container_uids, default_state_dir
+from capsule._supervisor._plugins import PluginInfo, Plugins
 from capsule._supervisor._renewal import Renewer
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._rundir import RunDir
@@ -48,6 +51,7 @@ from capsule.errors import (
     CapsuleError,
     FeatureError,
     FeatureStartError,
+    FeatureUnavailableError,
 )
 
 __all__ = [
@@ -55,6 +59,7 @@ __all__ = [
     "FeatureState",
     "FeatureStatistics",
     "HeldToken",
+    "PluginInfo",
     "Supervisor",
     "SupervisorStatistics",
     "container_uids",
@@ -135,7 +140,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._broker = Broker(
             self._authority,
             self._audit,
-            self._handles.get,
+            self._target,
             self._tg,
             call_timeout=call_timeout,
             limits={name: policy.limits for name, policy in app.manifest.policies.items()},
@@ -147,24 +152,43 @@ class Supervisor(metaclass=NoPublicConstructor):
             ttl=token_ttl,
             view_timeout=view_timeouts.probe,
         )
+        self._announcer = Announcer(self._broker)
+        for handle in self._handles.values():
+            self._announcer.watch(handle)
+        self._lock = anyio.Lock()
+        self._plugins = Plugins(
+            app,
+            self.state_dir,
+            plan=self._plan,
+            broker=self._broker,
+            audit=self._audit,
+            announcer=self._announcer,
+            handles=self._handles,
+            order=self._order,
+            lock=self._lock,
+            launch=self._launch,
+            stop=self._stop,
+        )
         self._zygote: ZygoteClient | None = None
         self._cgroups: CgroupTree | None = None
         self._isolation: _isolation.Isolation | None = None
         self._launcher: Launcher | None = None  # once the zygote is up
-        self._lock = anyio.Lock()
         self._started = 0
         self._closing = False
 
     # -- public API -------------------------------------------------------------------
 
     def features(self) -> dict[str, FeatureHandle]:
-        """Every feature of the app, in start order."""
+        """Every feature of the app, in start order (installed plugins last)."""
         return dict(self._handles)
 
     def feature(self, name: str) -> FeatureHandle:
         try:
             return self._handles[name]
         except KeyError:
+            removed = self._plugins.removed(name)
+            if removed is not None:
+                raise FeatureUnavailableError(name, removed.why) from None
             known = ", ".join(self._order)
             raise FeatureError(
                 name, f"is not part of app {self.app.manifest.name!r} ({known})"
@@ -199,6 +223,39 @@ class Supervisor(metaclass=NoPublicConstructor):
             await self._launch(handle)
         if not handle.running:
             raise handle.last_error or FeatureStartError(name, "did not start")
+
+    async def install(
+        self, bundle: str | os.PathLike[str], *, approve: bool = False
+    ) -> FeatureHandle:
+        """Install the feature bundle ``bundle`` into the running app as a plugin and return
+        it once it is ready; it starts again with the app until :meth:`uninstall`.
+
+        It is granted what its capsule.toml asks for within the app's ``[plugins]`` policy:
+        a request the policy does not approve raises UpdateRefusedError (naming the file, line
+        and key); a grant that widens what the app grants raises ApprovalRequiredError, which
+        shows the capability diff, unless ``approve``. ConfigError for a bad bundle,
+        FeatureError for a name the app already has, FeatureStartError when it does not start
+        (nothing of it is then kept). Announced as ``capsule.service.up`` (``installed``).
+        """
+        return await self._plugins.install(Path(bundle), approve=approve)
+
+    async def plugin_diff(self, bundle: str | os.PathLike[str]) -> CapabilityDiff:
+        """What installing ``bundle`` would grant, checked as :meth:`install` checks it,
+        without installing it (``widens``: it needs ``approve``)."""
+        return (await self._plugins.review(Path(bundle))).diff
+
+    async def uninstall(self, name: str, *, drain: float = 5.0, purge: bool = False) -> None:
+        """Remove the plugin ``name``: new calls to it fail at once (FeatureUnavailableError,
+        saying when it was removed), calls in flight get ``drain`` seconds to finish, then its
+        container stops, its tokens (and those it delegated) are revoked, and its view, cgroup
+        and run files go. ``purge`` deletes its private storage and copy-on-write changes too
+        (kept otherwise, for a later install). Announced as ``capsule.service.down``
+        (``removed``). FeatureError for a feature of app.toml or an unknown name."""
+        await self._plugins.uninstall(name, drain=drain, purge=purge)
+
+    def plugins(self) -> tuple[PluginInfo, ...]:
+        """The installed plugins, with their state (or why one did not start with the app)."""
+        return self._plugins.installed()
 
     async def call(
         self,
@@ -351,6 +408,11 @@ class Supervisor(metaclass=NoPublicConstructor):
                 handle = self._handles[name]
                 handle.wanted = True
                 await self._launch(handle)
+        await self._plugins.restore()
+
+    def _target(self, name: str) -> Target | None:
+        """The feature the broker routes ``name`` to, or a removed plugin's tombstone."""
+        return self._handles.get(name) or self._plugins.removed(name)
 
     async def _launch(self, handle: FeatureHandle) -> None:
         """Start one container for ``handle`` (lock held); on failure, hand it to restart logic."""
