@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         _call,
         _check,
         _doctor,
+        _plugin,
         _ps,
         _run,
         _token,
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _check.register(sub)
     _ps.register(sub)
     _call.register(sub)
+    _plugin.register(sub)
     _audit.register(sub)
     _token.register(sub)
     _doctor.register(sub)

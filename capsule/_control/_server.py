@@ -32,6 +32,11 @@ from capsule._control._protocol import (
     Call,
     Done,
     Failure,
+    PluginAdd,
+    PluginList,
+    PluginRemove,
+    PluginReview,
+    Plugins,
     Request,
     Response,
     Restart,
@@ -220,29 +225,56 @@ class ControlServer:
     async def _answer(self, request: Request, pid: int) -> Response:
         if isinstance(request, Status):
             return self.snapshot()
+        if isinstance(request, Plugins):
+            return PluginList(list(self.sup.plugins()))
+        feature = getattr(request, "feature", CONTROL)
         _log.info(
             "control request",
             request=type(request).__name__.lower(),
-            feature=request.feature,
+            feature=feature,
             service=getattr(request, "service", None),
             peer=pid,
         )
-        response = await self._act(request)
+        if isinstance(request, PluginAdd):
+            response = await self._plugin_add(request)
+        else:
+            response = await self._act(request)
         outcome = response.kind if isinstance(response, Failure) else "done"
+        if isinstance(response, Done | PluginReview):
+            feature = response.feature
         self.sup.audit(
             "control",
-            feature=request.feature,
+            feature=feature,
             decision="operate",
             reason=f"{type(request).__name__.lower()} through the control socket: {outcome}",
             request=type(request).__name__.lower(),
             service=getattr(request, "service", None),
+            bundle=getattr(request, "bundle", None),
             peer=pid,
         )
         return response
 
-    async def _act(self, request: Call | Start | Stop | Restart) -> Response:
+    async def _plugin_add(self, request: PluginAdd) -> Response:
+        try:
+            if request.dry_run:
+                candidate = await self.sup.review_plugin(request.bundle)
+                return PluginReview(
+                    candidate.manifest.name,
+                    candidate.manifest.version,
+                    candidate.diff.render(),
+                    candidate.diff.widens,
+                )
+            handle = await self.sup.install(request.bundle, approve=request.approve)
+        except CapsuleError as exc:
+            return Failure(type(exc).__name__, str(exc))
+        return Done(handle.name, handle.state.value)
+
+    async def _act(self, request: Call | Start | Stop | Restart | PluginRemove) -> Response:
         sup = self.sup
         try:
+            if isinstance(request, PluginRemove):
+                await sup.uninstall(request.feature, drain=request.drain, purge=request.purge)
+                return Done(request.feature, "removed")
             if isinstance(request, Call):
                 try:
                     payload = msgspec.json.decode(request.payload)

@@ -24,7 +24,7 @@ from capsule._broker._audit import AUDIT_MAX, AUDIT_SHARE, AuditLog, default_aud
 from capsule._broker._broker import Broker, Target
 from capsule._broker._host import Stream, Subscription
 from capsule._container._feature import Feature
-from capsule._manifest import App, CapabilityDiff
+from capsule._manifest import App, Candidate
 from capsule._sandbox import _isolation
 from capsule._sandbox._cgroups import CgroupTree
 from capsule._spawn._client import ZygoteClient
@@ -239,10 +239,10 @@ class Supervisor(metaclass=NoPublicConstructor):
         """
         return await self._plugins.install(Path(bundle), approve=approve)
 
-    async def plugin_diff(self, bundle: str | os.PathLike[str]) -> CapabilityDiff:
-        """What installing ``bundle`` would grant, checked as :meth:`install` checks it,
-        without installing it (``widens``: it needs ``approve``)."""
-        return (await self._plugins.review(Path(bundle))).diff
+    async def review_plugin(self, bundle: str | os.PathLike[str]) -> Candidate:
+        """What installing ``bundle`` would grant (``grant``, and ``diff``: ``diff.widens``
+        when it needs ``approve``), checked as :meth:`install` checks it, without installing."""
+        return await self._plugins.review(Path(bundle))
 
     async def uninstall(self, name: str, *, drain: float = 5.0, purge: bool = False) -> None:
         """Remove the plugin ``name``: new calls to it fail at once (FeatureUnavailableError,
