@@ -23,6 +23,7 @@ from capsule._manifest import Problem as Problem
 from capsule._manifest import RestartPolicy as RestartPolicy
 from capsule._manifest import Route as Route
 from capsule._manifest import Severity as Severity
+from capsule._manifest import UpdatePolicy as UpdatePolicy
 from capsule._manifest import check_app as check_app
 from capsule._manifest import load_app as load_app
 from capsule._manifest import load_feature as load_feature
@@ -52,6 +53,7 @@ from capsule.errors import ProtocolError as ProtocolError
 from capsule.errors import RemoteError as RemoteError
 from capsule.errors import SandboxError as SandboxError
 from capsule.errors import TokenError as TokenError
+from capsule.errors import UpdateRefusedError as UpdateRefusedError
 
 __version__ = "0.1.0"
 
@@ -96,6 +98,8 @@ __all__ = [
     "Supervisor",
     "SupervisorStatistics",
     "TokenError",
+    "UpdatePolicy",
+    "UpdateRefusedError",
     "ViewTimeouts",
     "__version__",
     "check_app",

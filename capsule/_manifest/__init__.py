@@ -20,6 +20,7 @@ from capsule._manifest._model import MountGrant as MountGrant
 from capsule._manifest._model import Policy as Policy
 from capsule._manifest._model import RestartPolicy as RestartPolicy
 from capsule._manifest._model import Route as Route
+from capsule._manifest._model import UpdatePolicy as UpdatePolicy
 from capsule._manifest._problems import Problem as Problem
 from capsule._manifest._problems import Severity as Severity
 from capsule._manifest._report import App as App
@@ -42,6 +43,7 @@ __all__ = [
     "RestartPolicy",
     "Route",
     "Severity",
+    "UpdatePolicy",
     "check_app",
     "load_app",
     "load_feature",
