@@ -10,12 +10,15 @@ from capsule._facade import publish
 from capsule._manifest import Access as Access
 from capsule._manifest import App as App
 from capsule._manifest import AppManifest as AppManifest
+from capsule._manifest import Candidate as Candidate
+from capsule._manifest import CapabilityDiff as CapabilityDiff
 from capsule._manifest import CheckReport as CheckReport
 from capsule._manifest import EnvVar as EnvVar
 from capsule._manifest import FeatureGrant as FeatureGrant
 from capsule._manifest import FeatureManifest as FeatureManifest
 from capsule._manifest import FsApproval as FsApproval
 from capsule._manifest import FsRequest as FsRequest
+from capsule._manifest import LimitChange as LimitChange
 from capsule._manifest import Limits as Limits
 from capsule._manifest import MountGrant as MountGrant
 from capsule._manifest import Policy as Policy
@@ -62,7 +65,9 @@ __all__ = [
     "App",
     "AppManifest",
     "ApprovalRequiredError",
+    "Candidate",
     "CapabilityDeniedError",
+    "CapabilityDiff",
     "CapsuleError",
     "ChannelClosedError",
     "CheckReport",
@@ -83,6 +88,7 @@ __all__ = [
     "IPCError",
     "InternalError",
     "InvalidTokenError",
+    "LimitChange",
     "Limits",
     "MountGrant",
     "OverloadedError",

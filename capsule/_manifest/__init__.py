@@ -7,6 +7,12 @@ from __future__ import annotations
 
 from capsule._manifest._check import check_app as check_app
 from capsule._manifest._check import load_app as load_app
+from capsule._manifest._diff import Candidate as Candidate
+from capsule._manifest._diff import CapabilityDiff as CapabilityDiff
+from capsule._manifest._diff import LimitChange as LimitChange
+from capsule._manifest._diff import approval_needed as approval_needed
+from capsule._manifest._diff import diff_grants as diff_grants
+from capsule._manifest._diff import read_candidate as read_candidate
 from capsule._manifest._feature import load_feature as load_feature
 from capsule._manifest._model import Access as Access
 from capsule._manifest._model import AppManifest as AppManifest
@@ -30,12 +36,15 @@ __all__ = [
     "Access",
     "App",
     "AppManifest",
+    "Candidate",
+    "CapabilityDiff",
     "CheckReport",
     "EnvVar",
     "FeatureGrant",
     "FeatureManifest",
     "FsApproval",
     "FsRequest",
+    "LimitChange",
     "Limits",
     "MountGrant",
     "Policy",
@@ -44,7 +53,10 @@ __all__ = [
     "Route",
     "Severity",
     "UpdatePolicy",
+    "approval_needed",
     "check_app",
+    "diff_grants",
     "load_app",
     "load_feature",
+    "read_candidate",
 ]

@@ -47,6 +47,7 @@ __all__ = [
     "VOLUME_NAME",
     "Approval",
     "Request",
+    "approvals_of",
     "check_view_path",
     "read_access",
     "read_policy",
@@ -300,3 +301,25 @@ def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
         update=read_update_policy(table),
     )
     return policy, tuple(approvals)
+
+
+def approvals_of(policy: Policy, key: KeyPath) -> tuple[Approval, ...]:
+    """The approvals of a policy already read (of a loaded app), each at the key of its
+    entry under ``key`` (``("policy", "NAME")`` or ``("plugins",)``)."""
+    named = (
+        ("call", "icc:call:", policy.call),
+        ("publish", "icc:publish:", policy.publish),
+        ("subscribe", "icc:subscribe:", policy.subscribe),
+        ("net", "net:connect:", policy.net),
+        ("listen", "net:listen:", policy.listen),
+    )
+    approvals = [
+        Approval(key=(*key, name, index), capability=parse_capability(prefix + target))
+        for name, prefix, targets in named
+        for index, target in enumerate(targets)
+    ]
+    approvals += [
+        Approval(key=(*key, "fs", index), capability=fs.capability, fs=fs)
+        for index, fs in enumerate(policy.fs)
+    ]
+    return tuple(approvals)

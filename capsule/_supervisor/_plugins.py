@@ -290,7 +290,7 @@ class Plugins:
         fresh = [path for path in self._storage(name) if not path.exists()]
         self._plan.add(name, grant, environment)
         self._broker.set_limits(name, DEFAULT_BROKER_LIMITS if policy is None else policy.limits)
-        handle = FeatureHandle._create(manifest, len(self._order))
+        handle: FeatureHandle = FeatureHandle._create(manifest, len(self._order))
         self._handles[name] = handle
         self._order.append(name)
         self._announcer.watch(handle, quiet=True)
