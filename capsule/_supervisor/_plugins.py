@@ -50,6 +50,8 @@ _log = structlog.get_logger("capsule.supervisor")
 REMEMBERED: Final = 256
 """Removed plugins whose calls still say when they were removed (older ones: no such feature)."""
 _DRAIN_POLL: Final = 0.01
+_RELEASE_WAIT: Final = 30.0
+"""Seconds a removed plugin's view and cgroup may take to go once its container ended."""
 """Seconds between two looks at the calls a plugin being removed still serves."""
 
 
@@ -132,6 +134,9 @@ class Plugins:
         self._problems: dict[str, str] = {}  # recorded, but not started: why
         self._removed: OrderedDict[str, Removed] = OrderedDict()
         self._busy: set[str] = set()  # being installed or removed
+        #: containers started for each name in this run: a plugin installed again goes on
+        #: counting, so its cgroup and view are never named like a removed one's
+        self._generations: dict[str, int] = {}
 
     # -- what others ask -----------------------------------------------------------------
 
@@ -291,6 +296,7 @@ class Plugins:
         self._plan.add(name, grant, environment)
         self._broker.set_limits(name, DEFAULT_BROKER_LIMITS if policy is None else policy.limits)
         handle: FeatureHandle = FeatureHandle._create(manifest, len(self._order))
+        handle.generation = self._generations.get(name, 0)
         self._handles[name] = handle
         self._order.append(name)
         self._announcer.watch(handle, quiet=True)
@@ -376,12 +382,18 @@ class Plugins:
         for index, other in enumerate(self._order):
             self._handles[other].index = index
         handle.wanted = False  # a crash now is not restarted
+        self._generations[name] = handle.generation  # a restart adds none from here
         self._announcer.down(handle, "removed")
         instance = handle.instance
         if instance is not None and not instance.ended.is_set():
             await self._drain(instance, drain)
         async with self._lock:  # its tokens are revoked as its container ends: those it
             await self._stop(handle)  # was given, admitted, renewed and delegated
+        if instance is not None:
+            with anyio.move_on_after(_RELEASE_WAIT):
+                await instance.released.wait()
+            if not instance.released.is_set():  # never expected: say so, do not hang
+                _log.error("plugin's view or cgroup not removed", feature=name, pid=instance.pid)
 
     async def _drain(self, instance: Instance, seconds: float) -> None:
         with anyio.move_on_after(seconds):
@@ -399,6 +411,7 @@ class Plugins:
         handle = self._handles.pop(name, None)
         if handle is not None:
             handle.on_state = None
+            self._generations[name] = handle.generation
         if name in self._order:
             self._order.remove(name)
             for index, other in enumerate(self._order):

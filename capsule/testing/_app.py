@@ -105,6 +105,8 @@ class TestApp:
         self.allow_missing = tuple(allow_missing)
         #: more keys of its ``[app]`` table, as written (``{"audit_max": "1MiB"}``)
         self.settings: dict[str, TomlValue] = {}
+        #: its ``[plugins]`` table, as written (``{"call": ["echo.*"]}``); None: no table
+        self.plugins: dict[str, TomlValue] | None = None
         self._specs: dict[str, _Spec] = {}
         self._volumes: dict[str, str] = {}
 
@@ -179,6 +181,8 @@ class TestApp:
             self._write_bundle(name, spec)
             if spec.policy:
                 parts.append(_table(f"policy.{name}", spec.policy))
+        if self.plugins is not None:
+            parts.append(_table("plugins", self.plugins))
         (self.root / "app.toml").write_text("\n".join(parts), encoding="utf-8")
         return self.root
 
