@@ -5,7 +5,9 @@ failures that leave nothing behind, and plugins started again with the app.
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 import trio
 
 import capsule.testing
+import fusefs
 from capsule import (
     ApprovalRequiredError,
     ConfigError,
@@ -22,6 +25,8 @@ from capsule import (
     Supervisor,
 )
 from capsule._broker._host import Event, Subscription
+from capsule._sandbox._cgroups import detect, run_name_for
+from capsule._supervisor._rundir import runtime_base
 from capsule.errors import UpdateRefusedError
 from tests.capsule.supervisor.plugin_helpers import (
     BROKEN,
@@ -414,3 +419,63 @@ async def test_containers_subscribed_to_service_events_see_them(tmp_path: Path) 
     assert denied["feature"] == "watcher"
     assert denied["capability"] == "icc:publish:capsule.service.down"
     assert "published by capsule alone" in denied["reason"]
+
+
+def _footprint(sup: Supervisor) -> dict[str, Any]:
+    """What this process and its containers hold now: descriptors, memory, mounts beneath
+    the run directory, cgroups of the run, view directories and container processes."""
+    run = run_name_for(os.getpid())
+    rundir = runtime_base() / run
+    groups = sorted(
+        str(path.relative_to(root))
+        for root in (Path(r) / "capsule" / run for r in detect().roots.values())
+        if root.exists()
+        for path in root.rglob("*")
+        if path.is_dir()
+    )
+    status = Path("/proc/self/status").read_text(encoding="ascii")
+    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return {
+        "fds": len(os.listdir("/proc/self/fd")),
+        "rss_kib": rss,
+        "mounts": sorted(point for point, _ in fusefs.fuse_mounts_beneath(str(rundir))),
+        "cgroups": groups,
+        "views": sorted(p.name for p in (rundir / "views").iterdir()),
+        "pids": sorted(stats.pid for stats in sup.statistics().features.values() if stats.pid),
+    }
+
+
+async def _cycles(tmp_path: Path, count: int) -> None:
+    app = plugin_app(tmp_path)
+    bundle = counter(tmp_path)
+    with trio.fail_after(30 + count * 2):
+        async with app.open() as sup:
+            for _ in range(2):  # the first cycles allocate what every later one reuses
+                await sup.install(bundle, approve=True)
+                await sup.uninstall("counter")
+            gc.collect()
+            before = _footprint(sup)
+            held: list[str] = []
+            for number in range(count):
+                handle = await sup.install(bundle, approve=True)
+                assert await sup.call("counter", "count", "a " * number) == number
+                held += [token.text for token in handle.tokens()]
+                await sup.uninstall("counter", purge=True)
+            gc.collect()
+            after = _footprint(sup)
+            grown = after.pop("rss_kib") - before.pop("rss_kib")
+            assert after == before
+            assert grown < 4 * 1024, f"RSS grew by {grown} KiB over {count} cycles"
+            verifier = sup._authority.verifier
+            assert all(verifier.diagnose(text)[0] is None for text in held)
+            assert sup._broker.delegations("counter") == 0
+            assert sup.plugins() == ()
+    assert capsule.testing.leftovers() == []
+
+
+@pytest.mark.trio
+async def test_a_hundred_install_and_uninstall_cycles_leave_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    # about 10 s on two cores: kept in the default run
+    await _cycles(tmp_path, 100)
