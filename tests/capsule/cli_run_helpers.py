@@ -131,9 +131,17 @@ async def _placeholder(ctx: Any, request: Any) -> Any:
     return request  # never runs: the bundle's module on disk replaces it
 
 
-def write_app(root: Path, name: str, *, hang_on_stop: bool = False) -> Path:
-    """An app ``name`` with features ``echo`` (may call ``spare.ping``) and ``spare``."""
+def write_app(
+    root: Path,
+    name: str,
+    *,
+    hang_on_stop: bool = False,
+    plugins: dict[str, Any] | None = None,
+) -> Path:
+    """An app ``name`` with features ``echo`` (may call ``spare.ping``) and ``spare``, and
+    the ``[plugins]`` table ``plugins`` (none by default)."""
     app = TestApp(root, name=name)
+    app.plugins = plugins
     echo = app.feature("echo", faults=False, policy={"call": ["spare.ping"]})
     for service in ("echo", "fail", "shout", "probe", "ping", "trespass"):
         echo.service(service)(_placeholder)
@@ -227,11 +235,12 @@ def start_run(
     name: str | None = None,
     hang_on_stop: bool = False,
     terminal: int | None = None,
+    plugins: dict[str, Any] | None = None,
 ) -> Run:
     """Write the test app under ``tmp_path`` and start ``capsule run`` on it (not waited for);
     its stdin and stdout are ``terminal`` when given (a pty), a file otherwise."""
     name = name or unique_name()
-    app_dir = write_app(tmp_path / name, name, hang_on_stop=hang_on_stop)
+    app_dir = write_app(tmp_path / name, name, hang_on_stop=hang_on_stop, plugins=plugins)
     stdout, stderr, audit = (tmp_path / f"{name}.{ext}" for ext in ("out", "err", "jsonl"))
     command = [
         *(sys.executable, "-m", "capsule", "run", str(app_dir)),
