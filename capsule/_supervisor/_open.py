@@ -49,8 +49,9 @@ async def open_supervisor(
     Every decision of the broker and of the file-system servers is written as JSON lines
     to ``audit`` (by default ``$XDG_STATE_HOME/capsule/audit/<app>/<run>.jsonl``;
     ``sup.audit_path`` says where). Features' private storage and their copy-on-write
-    changes are kept beneath ``state_dir`` (by default
-    ``$XDG_STATE_HOME/capsule/state/<app>``), across restarts and updates.
+    changes are kept beneath ``state_dir`` (a relative one is taken from the working
+    directory; by default ``$XDG_STATE_HOME/capsule/state/<app>``), across restarts and
+    updates, and so is the list of installed plugins (``plugins.json``).
     ``view_timeouts`` bounds how long a file-system server may take to mount a view and to
     answer its liveness probe (a server that does not answer is aborted, and its
     container ended and restarted per its policy). A feature's environment holds nothing of
@@ -77,7 +78,7 @@ async def open_supervisor(
             stop_timeout=stop_timeout,
             call_timeout=call_timeout,
             audit=None if audit is None else Path(audit),
-            state_dir=None if state_dir is None else Path(state_dir),
+            state_dir=None if state_dir is None else Path(os.path.abspath(state_dir)),
             view_timeouts=view_timeouts or ViewTimeouts(),
             environments=environments,
             token_ttl=ttl,

@@ -479,3 +479,18 @@ async def test_a_hundred_install_and_uninstall_cycles_leave_nothing_behind(
 ) -> None:
     # about 10 s on two cores: kept in the default run
     await _cycles(tmp_path, 100)
+
+
+@pytest.mark.trio
+async def test_a_relative_state_dir_is_taken_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = plugin_app(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with trio.fail_after(30):
+        async with app.open(state_dir="relative-state") as sup:
+            assert sup.state_dir == tmp_path / "relative-state"
+            await sup.install(counter(tmp_path), approve=True)
+            assert await sup.call("counter", "keep", "here") == ["note"]
+    assert (tmp_path / "relative-state" / "plugins.json").is_file()
+    assert (tmp_path / "relative-state" / "private" / "counter" / "state" / "note").is_file()
