@@ -78,7 +78,7 @@ async def open_supervisor(
             stop_timeout=stop_timeout,
             call_timeout=call_timeout,
             audit=None if audit is None else Path(audit),
-            state_dir=None if state_dir is None else Path(os.path.abspath(state_dir)),
+            state_dir=None if state_dir is None else Path(state_dir),
             view_timeouts=view_timeouts or ViewTimeouts(),
             environments=environments,
             token_ttl=ttl,

@@ -108,7 +108,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         token_ttl: float,
     ) -> None:
         self.app = app
-        self.state_dir = state_dir or default_state_dir(app.manifest.name)
+        self.state_dir = Path(os.path.abspath(state_dir or default_state_dir(app.manifest.name)))
         self.view_timeouts = view_timeouts
         # every background task of the app, shielded: a cancelled block around
         # open_supervisor must not end them before _close has stopped the containers
