@@ -212,17 +212,15 @@ def read_candidate(
     policy, table = _policy(app, name, plugin=plugin)
     unapproved: list[KeyPath] = []
     app_doc = Doc(os.fspath(app.root / "app.toml"), None, sink)
+    mark = len(sink)
     grant = grant_feature(parsed, policy, app.volumes, app_doc, table=table, unapproved=unapproved)
-    problems = sorted_problems(sink, [shown])
     keys = {format_key(key) for key in unapproved}
-    refused = tuple(
-        p
-        for p in problems
-        if p.severity is Severity.ERROR and p.path == parsed.doc.path and p.key in keys
-    )
-    error = problems_error(tuple(p for p in problems if p not in refused))
-    if error is not None:
-        raise error
+    refused = sorted_problems(p for p in sink[mark:] if p.path == parsed.doc.path and p.key in keys)
+    problems = sorted_problems(sink, [shown])
+    broken = tuple(p for p in problems if p not in refused)
+    if any(p.severity is Severity.ERROR for p in broken):
+        error = problems_error((*broken, *refused))  # the bundle's own errors first, all kept
+        raise error or InternalError("a bundle with errors raised none")
     if refused:
         raise UpdateRefusedError(
             name, tuple(f"{p.location} [{p.key}] {p.message}" for p in refused)

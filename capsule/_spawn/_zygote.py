@@ -31,7 +31,7 @@ import trio  # noqa: F401 - pre-import for the containers
 import capsule
 import capsule._container._runtime
 import fusefs
-from capsule._sandbox import _seccomp
+from capsule._sandbox import _seccomp, _seccomp_bpf
 from capsule._sandbox import _syscalls as sc
 from capsule._sandbox._view import runtime_binds
 from capsule._spawn import _bootstrap, _viewserver
@@ -64,7 +64,7 @@ class _Zygote:
         self.binds = binds
         self.symlinks = symlinks
         available, _ = _seccomp.available()
-        self.seccomp = _seccomp.build_filter() if available else None
+        self.seccomp = _seccomp_bpf.build_filter() if available else None
 
     def send(self, message: object, fds: list[int] | None = None) -> None:
         data = _encoder.encode(message)

@@ -16,8 +16,10 @@ import anyio
 from capsule._container._feature import Feature
 from capsule._manifest import App, load_app
 from capsule._manifest._env import feature_environments
+from capsule._supervisor._plan import default_state_dir
 from capsule._supervisor._renewal import token_lifetime
 from capsule._supervisor._supervisor import Supervisor
+from capsule._supervisor._versions import open_history, running_app
 from capsule._supervisor._views import ViewTimeouts
 from capsule.errors import ConfigError
 
@@ -51,7 +53,10 @@ async def open_supervisor(
     ``sup.audit_path`` says where). Features' private storage and their copy-on-write
     changes are kept beneath ``state_dir`` (a relative one is taken from the working
     directory; by default ``$XDG_STATE_HOME/capsule/state/<app>``), across restarts and
-    updates, and so is the list of installed plugins (``plugins.json``).
+    updates, with the history of the versions each feature ran (``sup.versions(name)``):
+    a feature whose update outlived its probation runs that version again, unless its
+    bundle in the app changed version since (then the app's bundle runs); and so is the
+    list of installed plugins (``plugins.json``), started again after the app's features.
     ``view_timeouts`` bounds how long a file-system server may take to mount a view and to
     answer its liveness probe (a server that does not answer is aborted, and its
     container ended and restarted per its policy). A feature's environment holds nothing of
@@ -62,6 +67,9 @@ async def open_supervisor(
     as long as the container runs.
     """
     loaded = app if isinstance(app, App) else load_app(Path(app))
+    state = _state_dir(state_dir, loaded.manifest.name)
+    history = open_history(state)
+    loaded = running_app(loaded, history, inline=set(inline or ()))
     ttl = token_lifetime(loaded, token_ttl)
     unknown = sorted(set(inline or ()) - set(loaded.features))
     if unknown:
@@ -78,10 +86,11 @@ async def open_supervisor(
             stop_timeout=stop_timeout,
             call_timeout=call_timeout,
             audit=None if audit is None else Path(audit),
-            state_dir=None if state_dir is None else Path(state_dir),
+            state_dir=state,
             view_timeouts=view_timeouts or ViewTimeouts(),
             environments=environments,
             token_ttl=ttl,
+            history=history,
         )
         try:
             await sup._open()
@@ -89,3 +98,9 @@ async def open_supervisor(
         finally:
             await sup._close()
             tg.cancel_scope.cancel()
+
+
+def _state_dir(given: str | os.PathLike[str] | None, app: str) -> Path:
+    """The app's state directory: ``given`` (a relative one from the working directory), or
+    the default one of ``app``."""
+    return Path(os.path.abspath(default_state_dir(app) if given is None else given))

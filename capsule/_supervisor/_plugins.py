@@ -30,10 +30,12 @@ from capsule._manifest._env import grant_environment
 from capsule._manifest._model import DEFAULT_BROKER_LIMITS
 from capsule._supervisor._announce import Announcer
 from capsule._supervisor._handle import FeatureHandle
+from capsule._supervisor._history import History, VersionEvent
 from capsule._supervisor._instance import Instance
 from capsule._supervisor._plan import Planner
 from capsule._supervisor._pluginstore import PluginRecord, PluginStore
 from capsule._supervisor._restart import RestartTracker
+from capsule._supervisor._versions import note_start
 from capsule.errors import (
     ApprovalRequiredError,
     CapsuleError,
@@ -112,6 +114,7 @@ class Plugins:
         broker: Broker,
         audit: AuditLog,
         announcer: Announcer,
+        history: History,
         handles: MutableMapping[str, FeatureHandle],
         order: list[str],
         lock: anyio.Lock,
@@ -124,6 +127,7 @@ class Plugins:
         self._broker = broker
         self._audit = audit
         self._announcer = announcer
+        self._history = history
         self._handles = handles  # the supervisor's own: a plugin is one of its features
         self._order = order
         self._lock = lock
@@ -217,6 +221,7 @@ class Plugins:
         finally:
             self._busy.discard(name)
         self._announcer.up(handle, "installed")
+        await self._note(name, record.version, record.bundle, "installed")
         self._audit.record(
             "plugin-add",
             feature=name,
@@ -255,6 +260,7 @@ class Plugins:
                     bundle=record.bundle,
                 )
                 continue
+            await anyio.to_thread.run_sync(note_start, self._history, candidate.manifest)
             if candidate.manifest.version != record.version:
                 _log.warning(
                     "plugin version changed",
@@ -362,6 +368,7 @@ class Plugins:
             self._problems.pop(name, None)
         finally:
             self._busy.discard(name)
+        await self._note(name, record.version, record.bundle, "removed")
         self._audit.record(
             "plugin-remove",
             feature=name,
@@ -405,6 +412,20 @@ class Plugins:
                 instance.feature, f"was removed before the call finished ({seconds:g}s drain)"
             )
             self._broker.calls.fail_served(instance.peer, error)
+
+    async def _note(self, name: str, version: str, bundle: str, event: VersionEvent) -> None:
+        """Add ``event`` to the version history (``sup.versions(name)``); a history that
+        cannot be written is logged, not raised (the plugin's own record is plugins.json)."""
+        try:
+            await anyio.to_thread.run_sync(self._history.record, name, version, bundle, event)
+        except (OSError, ConfigError) as exc:
+            _log.error(
+                "cannot record a plugin in the version history",
+                feature=name,
+                event=event,
+                history=str(self._history.path),
+                error=str(exc),
+            )
 
     def _forget(self, name: str) -> None:
         """Drop what installing ``name`` added beside its container."""

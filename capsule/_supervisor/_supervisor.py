@@ -36,6 +36,7 @@ from capsule._supervisor._handle import (
     HeldToken,
     NoPublicConstructor,
 )
+from capsule._supervisor._history import History, VersionRecord
 from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._launch import Launcher
 from capsule._supervisor._plan import Planner, container_uids, default_state_dir
@@ -43,6 +44,7 @@ from capsule._supervisor._plugins import PluginInfo, Plugins
 from capsule._supervisor._renewal import Renewer
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._rundir import RunDir
+from capsule._supervisor._versions import note_start
 from capsule._supervisor._views import ViewTimeouts
 from capsule._tasks import Services
 from capsule._tokens._authority import TokenAuthority
@@ -106,9 +108,11 @@ class Supervisor(metaclass=NoPublicConstructor):
         view_timeouts: ViewTimeouts,
         environments: Mapping[str, tuple[tuple[str, str], ...]],
         token_ttl: float,
+        history: History,
     ) -> None:
         self.app = app
         self.state_dir = Path(os.path.abspath(state_dir or default_state_dir(app.manifest.name)))
+        self._history = history  # of state_dir: the versions each feature ran
         self.view_timeouts = view_timeouts
         # every background task of the app, shielded: a cancelled block around
         # open_supervisor must not end them before _close has stopped the containers
@@ -163,6 +167,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             broker=self._broker,
             audit=self._audit,
             announcer=self._announcer,
+            history=self._history,
             handles=self._handles,
             order=self._order,
             lock=self._lock,
@@ -193,6 +198,14 @@ class Supervisor(metaclass=NoPublicConstructor):
             raise FeatureError(
                 name, f"is not part of app {self.app.manifest.name!r} ({known})"
             ) from None
+
+    def versions(self, name: str) -> tuple[VersionRecord, ...]:
+        """The versions ``name`` ran, oldest first, as kept in the state directory across
+        app restarts (at most the last 64 changes)."""
+        found = self._history.versions(name)
+        if not found and name not in self._handles:
+            self.feature(name)  # raises FeatureError naming the app's features
+        return found
 
     async def start(self, name: str) -> None:
         """Start a stopped feature and wait until it is ready (FeatureStartError otherwise)."""
@@ -369,7 +382,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         if removed:
             _log.warning("removed stale run directories", paths=[str(p) for p in removed])
         if isolation.get("cgroups").available:
-            from capsule._sandbox._cgroups import cleanup_stale  # noqa: PLC0415 - rarely needed
+            from capsule._sandbox._cgroup_stale import cleanup_stale  # noqa: PLC0415 - rarely needed
 
             stale = await anyio.to_thread.run_sync(cleanup_stale, isolation.cgroups)
             if stale:
@@ -440,6 +453,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._tg.start_soon(self._renewer.keep, handle, instance, tokens)
         if instance.ended.is_set():  # it ended between ready and here
             self._ended(handle, instance, instance.ending)  # type: ignore[arg-type]
+        if handle.name in self.app.features:  # a plugin's history is installs and removals
+            await anyio.to_thread.run_sync(note_start, self._history, handle.manifest)
 
     def _ended(self, handle: FeatureHandle, instance: Instance, ending: Ending) -> None:
         """A container ended: revoke what it held, then apply the policy (synchronously)."""

@@ -245,3 +245,16 @@ def test_a_request_under_a_running_grant_does_not_widen() -> None:
     assert [str(change) for change in raised.limits] == ["limits.cpu 1 -> 2"]
     lowered = diff_grants(before, before, before_limits=Limits(), after_limits=Limits(cpu=0.5))
     assert not lowered.widens
+
+
+def test_a_broken_request_is_a_config_error_even_when_it_is_also_unapproved(
+    tmp_path: Path,
+) -> None:
+    app = _app(tmp_path)
+    bundle = _bundle(tmp_path, "spell", '[access]\ncall = ["other.run"]\n')
+    with pytest.raises(ConfigError) as raised:
+        read_candidate(app, bundle, feature="spell")
+    assert not isinstance(raised.value, UpdateRefusedError)
+    assert (raised.value.key, raised.value.line) == ("access.call[0]", 6)
+    assert 'the app has no feature "other"' in raised.value.message
+    assert "(and 1 more error)" in raised.value.message  # the refusal is among its problems

@@ -25,7 +25,8 @@ from capsule import (
     Supervisor,
 )
 from capsule._broker._host import Event, Subscription
-from capsule._sandbox._cgroups import detect, run_name_for
+from capsule._sandbox._cgroup_detect import detect
+from capsule._sandbox._cgroup_files import run_name_for
 from capsule._supervisor._rundir import runtime_base
 from capsule.errors import UpdateRefusedError
 from tests.capsule.supervisor.plugin_helpers import (
@@ -86,6 +87,11 @@ async def test_add_call_from_host_and_container_then_remove(tmp_path: Path) -> N
             assert "was removed at" in answer["message"]
             assert "counter" not in sup.features()
             assert [p.name for p in sup.plugins()] == ["relay"]
+            history = [(r.event, r.version, r.bundle) for r in sup.versions("counter")]
+            assert history == [
+                ("installed", "1.0.0", str(bundle)),
+                ("removed", "1.0.0", str(bundle)),
+            ]
             recorded = json.loads((app.root / "state" / "plugins.json").read_text())
             assert [p["name"] for p in recorded["plugins"]] == ["relay"]
     assert capsule.testing.leftovers() == []
