@@ -240,7 +240,7 @@ class Plugins:
         and says why (log, audit, ``installed()``), and the app goes on."""
         try:
             self._records = await anyio.to_thread.run_sync(self._store.load)
-        except ConfigError as exc:
+        except (ConfigError, OSError) as exc:  # corrupt (moved aside), or unreadable
             _log.error("installed plugins not started", error=str(exc))
             self._audit.record("plugin-add", feature="@plugins", decision="refuse", reason=str(exc))
             return

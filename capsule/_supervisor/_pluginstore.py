@@ -54,7 +54,8 @@ class PluginStore:
     def load(self) -> dict[str, PluginRecord]:
         """The installed plugins, by name (none when the file does not exist). A file that
         cannot be read as plugins is moved aside (``plugins.json.corrupt-<time>``) and
-        raises ConfigError naming it, the line and what is wrong."""
+        raises ConfigError naming it, the line and what is wrong; OSError when it cannot be
+        read at all."""
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
