@@ -396,11 +396,12 @@ class Plugins:
             await self._drain(instance, drain)
         async with self._lock:  # its tokens are revoked as its container ends: those it
             await self._stop(handle)  # was given, admitted, renewed and delegated
-        if instance is not None:
+        # a restart that was under way during the drain may have started another container
+        for ended in {id(i): i for i in (instance, handle.instance) if i is not None}.values():
             with anyio.move_on_after(_RELEASE_WAIT):
-                await instance.released.wait()
-            if not instance.released.is_set():  # never expected: say so, do not hang
-                _log.error("plugin's view or cgroup not removed", feature=name, pid=instance.pid)
+                await ended.released.wait()
+            if not ended.released.is_set():  # never expected: say so, do not hang
+                _log.error("plugin's view or cgroup not removed", feature=name, pid=ended.pid)
 
     async def _drain(self, instance: Instance, seconds: float) -> None:
         with anyio.move_on_after(seconds):

@@ -500,3 +500,41 @@ async def test_a_relative_state_dir_is_taken_from_the_working_directory(
             assert await sup.call("counter", "keep", "here") == ["note"]
     assert (tmp_path / "relative-state" / "plugins.json").is_file()
     assert (tmp_path / "relative-state" / "private" / "counter" / "state" / "note").is_file()
+
+
+GIVER = """
+from capsule.feature import Feature
+
+feature = Feature()
+
+
+@feature.service("give")
+async def give(ctx, to):
+    return await ctx.delegate("icc:call:echo.echo", to=to)
+"""
+
+
+@pytest.mark.trio
+async def test_tokens_a_removed_plugin_delegated_are_revoked(tmp_path: Path) -> None:
+    app = plugin_app(tmp_path, plugins={"call": ["echo.*"]})
+    bundle = write_plugin(
+        tmp_path, "giver", GIVER, services=("give",), access={"call": ["echo.echo"]}
+    )
+    with trio.fail_after(30):
+        async with app.open() as sup:
+            await sup.install(bundle, approve=True)
+            given = await sup.call("giver", "give", "echo")
+            echo = sup.feature("echo")
+
+            def held() -> set[str]:
+                return {token.token_id for token in echo.tokens()}
+
+            with trio.fail_after(5):
+                while given not in held():  # noqa: ASYNC110 - the recipient admits it on its own
+                    await trio.sleep(0.01)
+            own = {token.token_id for token in sup.feature("giver").tokens()}
+            await sup.uninstall("giver")
+            revoked = sup._authority.revocations
+            assert all(bytes.fromhex(token_id) in revoked for token_id in {given, *own})
+            assert given not in held()
+            assert await sup.call("echo", "echo", "still here") == "still here"
