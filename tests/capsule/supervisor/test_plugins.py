@@ -538,3 +538,34 @@ async def test_tokens_a_removed_plugin_delegated_are_revoked(tmp_path: Path) -> 
             assert all(bytes.fromhex(token_id) in revoked for token_id in {given, *own})
             assert given not in held()
             assert await sup.call("echo", "echo", "still here") == "still here"
+
+
+@pytest.mark.trio
+async def test_an_app_feature_whose_policy_allows_it_calls_a_plugin(tmp_path: Path) -> None:
+    app = plugin_app(tmp_path)
+    caller = app.feature(
+        "caller",
+        policy={"call": ["counter.count"]},
+        limits={"memory": "64MiB", "pids": 16, "cpu": 0.2, "tmp": "1MiB"},
+    )
+
+    @caller.service("ask")
+    async def _ask(ctx: Any, text: Any) -> Any:
+        try:
+            return await ctx.call("counter", "count", text)
+        except Exception as exc:  # the failure is the answer
+            return type(exc).__name__
+
+    (warning,) = capsule.check_app(app.write()).warnings
+    assert warning.key == "access.call[0]"
+    assert 'the app has no feature "counter"; only a plugin installed while it runs' in str(warning)
+    with trio.fail_after(30):
+        async with app.open() as sup:
+            assert await sup.call("caller", "ask", "a b") == "FeatureError"  # not installed yet
+            await sup.install(counter(tmp_path), approve=True)
+            assert await sup.call("caller", "ask", "a b c") == 3
+            await sup.uninstall("counter")
+            assert await sup.call("caller", "ask", "a") == "FeatureUnavailableError"
+    app.plugins = None  # without a [plugins] table the call names nothing that can exist
+    with pytest.raises(ConfigError, match='the app has no feature "counter"'):
+        capsule.load_app(app.write())
