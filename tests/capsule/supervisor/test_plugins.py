@@ -569,3 +569,48 @@ async def test_an_app_feature_whose_policy_allows_it_calls_a_plugin(tmp_path: Pa
     app.plugins = None  # without a [plugins] table the call names nothing that can exist
     with pytest.raises(ConfigError, match='the app has no feature "counter"'):
         capsule.load_app(app.write())
+
+
+READER = """
+from capsule.feature import Feature
+
+feature = Feature()
+
+
+@feature.service("read")
+async def read(ctx, name):
+    with open(f"/words/{name}", encoding="utf-8") as f:
+        return f.read()
+"""
+
+
+def _held(directory: Path) -> int:
+    """Descriptors of this process open on ``directory``."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}") == str(directory)
+        except FileNotFoundError:  # the descriptor that listed the directory, closed since
+            continue
+    return found
+
+
+@pytest.mark.trio
+async def test_a_plugins_volume_directory_is_held_only_while_it_is_installed(
+    tmp_path: Path,
+) -> None:
+    app = plugin_app(tmp_path, plugins={"fs": [{"path": "/words", "volume": "words/en"}]})
+    words = app.volume("words", {"en/hello.txt": "hello", "fr/bonjour.txt": "bonjour"})
+    bundle = write_plugin(
+        tmp_path, "reader", READER, services=("read",), access={"fs": [{"path": "/words"}]}
+    )
+    with trio.fail_after(30):
+        async with app.open() as sup:
+            assert _held(words / "en") == 0
+            await sup.install(bundle, approve=True)
+            assert _held(words / "en") == 1  # opened once, beneath the held volume
+            assert await sup.call("reader", "read", "hello.txt") == "hello"
+            await sup.uninstall("reader")
+            assert (_held(words), _held(words / "en")) == (0, 0)
+            await sup.install(bundle, approve=True)  # and opened again for a new install
+            assert await sup.call("reader", "read", "hello.txt") == "hello"
