@@ -8,7 +8,9 @@ TestApp writes the manifests, then each bundle's ``inline.py`` is replaced by th
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -344,3 +346,15 @@ def paths_of(control: RunningApp) -> Sequence[str]:
         str(control.directory),
         str(control.directory.parent),
     ]
+
+
+def read_terminal(fd: int, want: str, seen: bytearray) -> str:
+    """What a terminal shows, with escape sequences removed, once it holds ``want``."""
+
+    def shown() -> str | None:
+        if select.select([fd], [], [], 0.05)[0]:
+            seen.extend(os.read(fd, 65536))
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
+        return text if want in text else None
+
+    return wait_for(f"{want!r} on the terminal", shown)

@@ -4,9 +4,20 @@ subprocess as a user runs it."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.capsule.cli_run_helpers import capsule, leftovers_of, running
+from tests.capsule.cli_run_helpers import (
+    ROOT,
+    WAIT,
+    capsule,
+    leftovers_of,
+    read_terminal,
+    running,
+)
 from tests.capsule.supervisor.plugin_helpers import counter
 
 PLUGINS = {
@@ -75,3 +86,46 @@ def test_plugins_are_added_listed_and_removed(tmp_path: Path) -> None:
     control_lines = [line["request"] for line in lines if line["event"] == "control"]
     assert control_lines.count("pluginadd") == 5  # four reviews, one install
     assert control_lines.count("pluginremove") == 2
+
+
+def _add_on_a_terminal(app: str, bundle: str, answer: str) -> tuple[int, str]:
+    """``capsule plugin add`` with its stdin and stdout on a terminal, answering its question;
+    returns its exit status and what the terminal showed."""
+    main, terminal = pty.openpty()
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-m", "capsule", "plugin", "add", bundle, "--app", app],
+            cwd=ROOT,
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+        ) as add:
+            try:
+                seen = bytearray()
+                read_terminal(main, "[y/N]", seen)
+                os.write(main, answer.encode() + b"\n")
+                status = add.wait(WAIT)
+                read_terminal(main, "\n", seen)
+                return status, seen.decode(errors="replace")
+            finally:
+                if add.poll() is None:
+                    add.kill()
+    finally:
+        os.close(main)
+        os.close(terminal)
+
+
+def test_on_a_terminal_add_asks_before_approving(tmp_path: Path) -> None:
+    bundle = str(counter(tmp_path))
+    with running(tmp_path, plugins=PLUGINS) as run:
+        status, shown = _add_on_a_terminal(run.name, bundle, "n")
+        assert status == 1
+        assert "+ fs:read,write:/state/?bytes=1048576" in shown
+        assert "install counter 1.0.0 with this access? [y/N]" in shown
+        assert "rerun with --approve" in shown
+        assert capsule("plugin", "list", "--app", run.name).stdout == "no plugins installed\n"
+        status, shown = _add_on_a_terminal(run.name, bundle, "y")
+        assert status == 0, shown
+        assert "counter: running" in shown
+        called = capsule("call", "counter.count", '"a b"', "--app", run.name)
+        assert called.stdout == "2\n"
