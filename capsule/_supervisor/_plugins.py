@@ -193,7 +193,14 @@ class Plugins:
         except CapsuleError as exc:
             self._refused(str(bundle), exc)
             raise
-        name = candidate.manifest.name
+        # from here it runs to the end, within the start timeout: a plugin is installed and
+        # recorded, or nothing of it is left; never half of it
+        with anyio.CancelScope(shield=True):
+            handle = await self._install(candidate)
+        return handle  # noqa: RET504 - after the scope: mypy holds that a CancelScope may swallow
+
+    async def _install(self, candidate: Candidate) -> FeatureHandle:
+        name, diff = candidate.manifest.name, candidate.diff
         self._busy.add(name)
         try:
             handle = await self._start(candidate)
@@ -209,9 +216,8 @@ class Plugins:
             try:
                 await anyio.to_thread.run_sync(self._store.save, records)
             except OSError as exc:
-                with anyio.CancelScope(shield=True):
-                    await self._take_down(handle, drain=0.0)
-                    self._forget(name)
+                await self._take_down(handle, drain=0.0)
+                self._forget(name)
                 raise FeatureStartError(
                     name, f"started, but could not be recorded in {self._store.path}: {exc}"
                 ) from None
@@ -350,6 +356,11 @@ class Plugins:
                 raise FeatureError(name, "is being installed or removed already")
             listed = ", ".join(self._records) or "none"
             raise FeatureError(name, f"is not an installed plugin (installed: {listed})")
+        with anyio.CancelScope(shield=True):  # within drain and the stop timeout: never half
+            await self._uninstall(record, drain=drain, purge=purge)
+
+    async def _uninstall(self, record: PluginRecord, *, drain: float, purge: bool) -> None:
+        name = record.name
         self._busy.add(name)
         try:
             self._removed[name] = Removed(name, record.version, time.time())

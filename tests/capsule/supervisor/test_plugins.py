@@ -614,3 +614,37 @@ async def test_a_plugins_volume_directory_is_held_only_while_it_is_installed(
             assert (_held(words), _held(words / "en")) == (0, 0)
             await sup.install(bundle, approve=True)  # and opened again for a new install
             assert await sup.call("reader", "read", "hello.txt") == "hello"
+
+
+@pytest.mark.trio
+async def test_a_cancelled_install_or_uninstall_is_never_left_half_done(tmp_path: Path) -> None:
+    app = plugin_app(tmp_path)
+    bundle = counter(tmp_path)
+    listed = app.root / "state" / "plugins.json"
+
+    def recorded() -> list[str]:
+        if not listed.exists():
+            return []
+        return [p["name"] for p in json.loads(listed.read_text())["plugins"]]
+
+    with trio.fail_after(60):
+        async with app.open() as sup:
+            outcomes = []
+            for delay in (0.0, 0.02, 0.05, 0.1, 5.0):
+                with trio.move_on_after(delay):
+                    await sup.install(bundle, approve=True)
+                installed = "counter" in sup.features()
+                outcomes.append(installed)
+                assert recorded() == (["counter"] if installed else [])
+                assert [p.name for p in sup.plugins()] == recorded()
+                if installed:
+                    assert await sup.call("counter", "count", "a") == 1
+                    with trio.move_on_after(delay):
+                        await sup.uninstall("counter", drain=0.0)
+                    assert "counter" not in sup.features()
+                    assert recorded() == []
+                    with pytest.raises(FeatureUnavailableError, match="was removed"):
+                        await sup.call("counter", "count", "a")
+            assert outcomes[0] is False  # cancelled before it started: nothing
+            assert outcomes[-1] is True
+    assert capsule.testing.leftovers() == []
