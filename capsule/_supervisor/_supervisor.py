@@ -249,6 +249,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         shows the capability diff, unless ``approve``. ConfigError for a bad bundle,
         FeatureError for a name the app already has, FeatureStartError when it does not start
         (nothing of it is then kept). Announced as ``capsule.service.up`` (``installed``).
+        Cancelled once its checks passed, it still finishes (within the start timeout).
         """
         return await self._plugins.install(Path(bundle), approve=approve)
 
@@ -263,7 +264,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         container stops, its tokens (and those it delegated) are revoked, and its view, cgroup
         and run files go. ``purge`` deletes its private storage and copy-on-write changes too
         (kept otherwise, for a later install). Announced as ``capsule.service.down``
-        (``removed``). FeatureError for a feature of app.toml or an unknown name."""
+        (``removed``). FeatureError for a feature of app.toml or an unknown name. Cancelled,
+        it still finishes (within the drain and the stop timeout)."""
         await self._plugins.uninstall(name, drain=drain, purge=purge)
 
     def plugins(self) -> tuple[PluginInfo, ...]:
