@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 import msgspec
 
 from capsule._sandbox import _syscalls as sc
+from capsule.errors import SandboxError
 
-__all__ = ["Bind", "ViewPlan", "build_root", "enter_root", "runtime_binds"]
+__all__ = ["Bind", "ViewPlan", "build_root", "build_runtime_root", "enter_root"]
 
 DEVICES: Final = ("null", "zero", "random", "urandom")
 _ROOT_SIZE: Final = 1 << 20
@@ -29,12 +29,16 @@ class Bind(msgspec.Struct, frozen=True):
     ``executable`` keeps exec rights (the Python runtime); data binds are ``noexec``.
     ``writable`` leaves the bind writable (never executable): only for a mount of the
     container's FUSE view, whose server checks and audits every write itself.
+    ``hidden`` mounts a directory as a read-only overlay of it instead of a bind, so that
+    the mount table inside names neither the host directory nor its path within its file
+    system (a bind shows that path; the overlay shows ``/`` and two descriptor paths).
     """
 
     source: str
     target: str
     executable: bool = False
     writable: bool = False
+    hidden: bool = False
 
 
 class ViewPlan(msgspec.Struct, frozen=True):
@@ -65,15 +69,46 @@ def _here(path: str) -> str:
     return "." + path if path.startswith("/") else "./" + path
 
 
-def _bind(source: int, target: str, *, executable: bool, writable: bool) -> None:
-    if stat.S_ISDIR(os.fstat(source).st_mode):
+def _bind(bind: Bind, source: int, target: str, empty: int) -> None:
+    """Mount ``source`` at ``target``: a bind, or for a ``hidden`` directory an overlay of it
+    and of the empty directory ``empty`` (an overlay without an upper layer needs two lower
+    ones), both named by descriptor so that no host path reaches the mount's options."""
+    directory = stat.S_ISDIR(os.fstat(source).st_mode)
+    if directory:
         os.makedirs(target, exist_ok=True)
     else:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "a"):
             pass
-    sc.mount(f"/proc/self/fd/{source}", target, None, sc.MS_BIND | sc.MS_REC)
-    _restrict_mount(target, noexec=writable or not executable, writable=writable)
+    if bind.hidden and directory:
+        if bind.writable:
+            raise SandboxError(f"a hidden mount is read-only: {bind.target} cannot be writable")
+        flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
+        lower = f"lowerdir=/proc/self/fd/{source}:/proc/self/fd/{empty}"
+        sc.mount("capsule", target, "overlay", flags, lower)
+    else:
+        sc.mount(f"/proc/self/fd/{source}", target, None, sc.MS_BIND | sc.MS_REC)
+    _restrict_mount(target, noexec=bind.writable or not bind.executable, writable=bind.writable)
+
+
+def _fill(
+    binds: Sequence[Bind], opened: Sequence[int], symlinks: Iterable[tuple[str, str]]
+) -> None:
+    """Mount ``binds`` (their sources already ``opened``) and make ``symlinks`` beneath the
+    working directory; creates ./proc (empty until /proc is mounted on it), the empty
+    layer of every hidden mount."""
+    os.makedirs("./proc")
+    empty = os.open("./proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for bind, fd in zip(binds, opened, strict=True):
+            _bind(bind, fd, _here(bind.target), empty)
+    finally:
+        os.close(empty)
+    for path, text in symlinks:
+        link = _here(path)
+        if not os.path.lexists(link):
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            os.symlink(text, link)
 
 
 def build_root(stage: str, plan: ViewPlan, become: Callable[[], None]) -> None:
@@ -95,18 +130,32 @@ def build_root(stage: str, plan: ViewPlan, become: Callable[[], None]) -> None:
         become()
         os.fchdir(root)
         _mount_tmp(plan)  # first: the runtime itself may live beneath /tmp on the host
-        for bind, fd in zip(plan.binds, opened[1:], strict=True):
-            _bind(fd, _here(bind.target), executable=bind.executable, writable=bind.writable)
+        _fill(plan.binds, opened[1:], plan.symlinks)
     finally:
         for fd in opened:
             os.close(fd)
-    for path, text in plan.symlinks:
-        link = _here(path)
-        if not os.path.lexists(link):
-            os.makedirs(os.path.dirname(link), exist_ok=True)
-            os.symlink(text, link)
     _build_dev()
-    os.makedirs("./proc")
+
+
+def build_runtime_root(
+    where: str, binds: Sequence[Bind], symlinks: Sequence[tuple[str, str]]
+) -> None:
+    """The zygote's own root, mounted on ``where`` in a private mount namespace: only the
+    runtime (``binds``), /dev's four devices and, once :func:`enter_root` runs, /proc.
+
+    The host's root stays the caller's until :func:`enter_root` pivots into this one.
+    """
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    options = f"size={_ROOT_SIZE},mode=0755,uid=0,gid=0"
+    sc.mount("tmpfs", where, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, options)
+    opened = [os.open(bind.source, os.O_PATH | os.O_CLOEXEC) for bind in binds]
+    try:
+        os.chdir(where)
+        _fill(binds, opened, symlinks)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    _build_dev()
 
 
 def _mount_tmp(plan: ViewPlan) -> None:
@@ -146,52 +195,3 @@ def enter_root() -> None:
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
     sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
-
-
-def _mapped_library_dirs() -> Iterator[str]:
-    with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-        for line in maps:
-            path = line.rstrip("\n").partition("/")[2]
-            if path and ".so" in path and not path.endswith(" (deleted)"):
-                yield os.path.dirname("/" + path)
-
-
-def _covered(path: str, roots: Iterable[str]) -> bool:
-    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
-
-
-def runtime_binds(packages: Iterable[str]) -> tuple[tuple[Bind, ...], tuple[tuple[str, str], ...]]:
-    """The Python runtime as binds at the same paths: prefixes, sys.path, loaded libraries.
-
-    ``packages`` are package directories bound on their own, for packages that sit in a
-    source tree (editable installs) rather than in site-packages: the tree itself
-    (tests, version control) is never bound. Returns the binds and the top-level
-    symlinks (``/lib -> usr/lib``) to recreate.
-    """
-    roots: list[str] = []
-
-    def add(path: str) -> None:
-        real = os.path.realpath(path)
-        if os.path.exists(real) and not _covered(real, roots):
-            roots[:] = [r for r in roots if not _covered(r, [real])]
-            roots.append(real)
-
-    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}:
-        add(prefix)
-    for entry in sys.path:
-        real = os.path.realpath(entry) if entry else ""
-        if os.path.isdir(real) and os.path.basename(real) in {"site-packages", "dist-packages"}:
-            add(real)
-    for package in packages:
-        add(package)
-    for directory in sorted(set(_mapped_library_dirs())):
-        add(directory)
-    if os.path.exists("/etc/ld.so.cache"):
-        add("/etc/ld.so.cache")
-    binds = tuple(Bind(root, root, executable=True) for root in sorted(roots))
-    symlinks = tuple(
-        (f"/{name}", os.readlink(f"/{name}"))
-        for name in ("lib", "lib64", "lib32", "libx32", "bin", "sbin")
-        if os.path.islink(f"/{name}")
-    )
-    return binds, symlinks

@@ -8,7 +8,9 @@ inner one is PID 1 of the new namespace: it builds the root, pivots into it, dro
 uid and capabilities, applies Landlock and seccomp, measures itself, and serves. Both
 keep the zygote's minimal environment; the container's own comes in its Start message.
 The outer one reads its request (the container's name, view, cgroup) from a socket of
-its own, the first thing it does: the zygote never decodes it.
+its own, the first thing it does: the zygote never decodes it. When the zygote runs in a
+root of its own, the outer one first goes back to the host's mount namespace, where its
+request's paths lie.
 
 Runs only in freshly forked, single-threaded children; never returns to the zygote.
 """
@@ -22,7 +24,6 @@ import select
 import signal
 import socket
 import traceback
-from collections.abc import Sequence
 from typing import Final, NoReturn, TypeVar
 
 import msgspec
@@ -31,11 +32,18 @@ from capsule._ipc._channel import encode_frame
 from capsule._ipc._messages import CHANNEL_FD, NAMESPACES, Failure, SandboxStatus
 from capsule._sandbox import _landlock, _seccomp
 from capsule._sandbox import _syscalls as sc
-from capsule._sandbox._view import DEVICES, Bind, ViewPlan, build_root, enter_root
+from capsule._sandbox._view import DEVICES, ViewPlan, build_root, enter_root
 from capsule._spawn._protocol import MAX_DATAGRAM, SpawnRequest
 from capsule.errors import SandboxError
 
-__all__ = ["EXIT_BOOTSTRAP", "close_all_but", "read_request", "reset_signals", "run_outer"]
+__all__ = [
+    "EXIT_BOOTSTRAP",
+    "close_all_but",
+    "read_request",
+    "reset_signals",
+    "return_to_host",
+    "run_outer",
+]
 
 _Request = TypeVar("_Request")
 
@@ -81,6 +89,14 @@ def reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
+def return_to_host(host: int | None) -> None:
+    """Join the host's mount namespace (``host``: a descriptor of it, or None when the
+    zygote runs in it): the root and working directory become the host's."""
+    if host is not None:
+        sc.setns(host, sc.CLONE_NEWNS)
+        os.close(host)
+
+
 def read_request(carrier: int, kind: type[_Request]) -> _Request:
     """The one request the supervisor queued on ``carrier`` for this child (closed here)."""
     try:
@@ -98,25 +114,16 @@ def run_outer(
     channel: int,
     go: int,
     unshared: int,
-    stage: str,
-    runtime: tuple[Sequence[Bind], Sequence[tuple[str, str]]],
+    host: int | None,
     seccomp_program: bytes | None,
 ) -> NoReturn:
-    """The outer process, from the zygote's fork: reads its request from ``carrier``, adds
-    the ``runtime``'s binds and links to its view; never returns."""
+    """The outer process, from the zygote's fork: back in the ``host``'s mount namespace,
+    reads its request (the runtime's mounts included) from ``carrier``; never returns."""
     try:
         reset_signals()
         os.setsid()
+        return_to_host(host)
         request = read_request(carrier, SpawnRequest)
-        binds, symlinks = runtime
-        request = msgspec.structs.replace(
-            request,
-            view=msgspec.structs.replace(
-                request.view,
-                binds=(*binds, *request.view.binds),
-                symlinks=(*symlinks, *request.view.symlinks),
-            ),
-        )
         close_all_but({channel, go, unshared})
         for procs in request.cgroup_procs:
             with open(procs, "w", encoding="ascii") as f:
@@ -134,7 +141,7 @@ def run_outer(
         inner = os.fork()
         if inner == 0:
             os.close(held)
-            _run_inner(request, channel, stage, seccomp_program, lifeline)
+            _run_inner(request, channel, seccomp_program, lifeline)
         os.close(lifeline)
         os.close(channel)
         os.setresgid(0, 0, 0)
@@ -218,14 +225,13 @@ def _die_with_outer(lifeline: int) -> None:
 def _run_inner(
     request: SpawnRequest,
     channel: int,
-    stage: str,
     seccomp_program: bytes | None,
     lifeline: int,
 ) -> NoReturn:
     try:
         os.setsid()
         _seal_memfds()
-        build_root(stage, request.view, _become_container_root)
+        build_root(request.stage, request.view, _become_container_root)
         _die_with_outer(lifeline)
         enter_root()
         socket.sethostname(request.name)

@@ -2,7 +2,9 @@
 
 Async (anyio), for the supervisor's event loop. It starts the zygote as a freshly
 executed interpreter, so the host program's threads never matter; it never forks
-the supervisor itself.
+the supervisor itself. When it can (as root, with overlayfs), it starts it through
+``_launcher``, in a root of its own where the runtime lies at neutral paths; each request
+then carries the runtime's host directories (to the forked child, never the zygote).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import anyio.abc
 import msgspec
 
 import capsule
+import fusefs
 from capsule._environ import minimal
+from capsule._spawn import _launcher
+from capsule._spawn._layout import RuntimeLayout, neutral_support, plan_runtime
 from capsule._spawn._protocol import (
     MAX_DATAGRAM,
     Exited,
@@ -43,10 +48,21 @@ _EXIT_GRACE: Final = 5.0
 _decoder = msgspec.msgpack.Decoder(FromZygote)
 _encoder = msgspec.msgpack.Encoder()
 
-_LAUNCH: Final = (
+_LAUNCHER: Final = (
     "import sys; sys.path[:0] = [sys.argv[1]]; "
-    "from capsule._spawn._zygote import main; main(sys.argv[1:])"
+    "from capsule._spawn._launcher import main; main(sys.argv[2:])"
 )
+_layouts: dict[bool, RuntimeLayout] = {}
+
+
+def runtime_layout() -> RuntimeLayout:
+    """This interpreter's runtime, and where the zygote and its containers see it (computed
+    once: the runtime does not move while the program runs)."""
+    neutral, reason = neutral_support()
+    if neutral not in _layouts:
+        packages = [os.path.dirname(capsule.__file__), os.path.dirname(fusefs.__file__)]
+        _layouts[neutral] = plan_runtime(packages, neutral=neutral, reason=reason)
+    return _layouts[neutral]
 
 
 @dataclass(slots=True)
@@ -89,9 +105,17 @@ def _carrying(request: SpawnRequest | ViewRequest, what: str) -> socket.socket:
 class ZygoteClient:
     """One zygote process. Use ``async with ZygoteClient.open(stage) as zygote``."""
 
-    def __init__(self, process: subprocess.Popen[bytes], sock: socket.socket) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        sock: socket.socket,
+        layout: RuntimeLayout,
+        stage: Path,
+    ) -> None:
         self._process = process
         self._sock = sock
+        self.layout = layout
+        self._stage = stage
         self._seq = 0
         self._pending: dict[int, _Pending] = {}
         self._exits: dict[int, _Exit] = {}
@@ -107,21 +131,22 @@ class ZygoteClient:
         """Start the zygote process (synchronous: a fork+exec, before any container exists).
 
         Its environment is built from scratch (``capsule._environ``): nothing of the host
-        program's environment reaches it, nor anything it forks.
+        program's environment reaches it, nor anything it forks. In the neutral layout it
+        is started by ``_launcher``, in a root of its own mounted on ``stage`` (in a mount
+        namespace of its own: the host sees nothing mounted there).
         """
+        layout = runtime_layout()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        source_root = os.path.dirname(os.path.dirname(capsule.__file__))
+        fd = str(theirs.fileno())
+        if layout.mode == "neutral":
+            source_root = os.path.dirname(os.path.dirname(capsule.__file__))
+            plan = msgspec.json.encode(layout).decode()
+            command = [sys.executable, "-I", "-c", _LAUNCHER, source_root, plan, str(stage), fd]
+        else:
+            command = [sys.executable, "-I", "-c", _launcher.ZYGOTE, fd, "-", *layout.path]
         try:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed argv
-                [
-                    sys.executable,
-                    "-I",
-                    "-c",
-                    _LAUNCH,
-                    source_root,
-                    str(theirs.fileno()),
-                    str(stage),
-                ],
+                command,
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
@@ -133,7 +158,7 @@ class ZygoteClient:
         finally:
             theirs.close()
         ours.setblocking(False)  # noqa: FBT003 - the socket API's own positional flag
-        return cls(process, ours)
+        return cls(process, ours, layout, stage)
 
     async def _receive(self) -> tuple[FromZygote, list[int]] | None:
         while True:
@@ -199,10 +224,22 @@ class ZygoteClient:
     async def spawn(self, request: SpawnRequest, channel: socket.socket) -> SpawnResult:
         """Start one container; ``channel`` is its end of the socketpair (closed here)."""
         order = Spawn(seq=0, uid=request.uid, gid=request.gid)
+        view = request.view
+        request = msgspec.structs.replace(
+            request,
+            stage=str(self._stage),
+            view=msgspec.structs.replace(
+                view,
+                binds=(*self.layout.binds, *view.binds),
+                symlinks=(*self.layout.symlinks, *view.symlinks),
+            ),
+        )
         return await self._spawn(order, request, request.name, channel, "container")
 
     async def spawn_view(self, request: ViewRequest, control: socket.socket) -> SpawnResult:
         """Start one file-system server; ``control`` is its end of the socketpair (closed here)."""
+        runtime = tuple((bind.target, bind.source) for bind in self.layout.binds)
+        request = msgspec.structs.replace(request, runtime=runtime)
         return await self._spawn(
             SpawnView(seq=0), request, request.name, control, "file-system server"
         )

@@ -59,7 +59,8 @@ class SpawnRequest(msgspec.Struct, frozen=True):
     Sent to the forked child on a socket of its own, never through the zygote (which forks
     every container: what it once held in memory each later fork inherits). Nothing secret
     travels here either (no token, no environment value): those come on the container's
-    channel, in its Start message."""
+    channel, in its Start message. ``stage`` is the host directory its root is mounted on
+    (in its own mount namespace); the runtime's mounts lead ``view``'s binds."""
 
     name: str
     uid: int
@@ -69,6 +70,7 @@ class SpawnRequest(msgspec.Struct, frozen=True):
     cgroup_procs: tuple[str, ...] = ()
     landlock: bool = True
     seccomp: bool = True
+    stage: str = ""
 
 
 class ViewRequest(msgspec.Struct, frozen=True):
@@ -77,8 +79,10 @@ class ViewRequest(msgspec.Struct, frozen=True):
     ``cgroup_procs`` are the files it writes its pid to (its container's group, so what a
     feature makes its server do and hold counts against that feature's limits). ``roots``
     are the mounts (by index) whose directories arrive as descriptors on the control socket,
-    in that order, beside ``ROOTS_DATAGRAM``s: the server opens no path for them. Sent to
-    the forked server on a socket of its own, never through the zygote."""
+    in that order, beside ``ROOTS_DATAGRAM``s: the server opens no path for them.
+    ``runtime`` pairs each runtime directory as the zygote sees it with its host path (the
+    server runs in the host's mount namespace). Sent to the forked server on a socket of
+    its own, never through the zygote."""
 
     name: str
     view: bytes
@@ -86,6 +90,7 @@ class ViewRequest(msgspec.Struct, frozen=True):
     landlock: bool = True
     cgroup_procs: tuple[str, ...] = ()
     roots: tuple[int, ...] = ()
+    runtime: tuple[tuple[str, str], ...] = ()
 
 
 class _Msg(msgspec.Struct, frozen=True, tag_field="t"):
