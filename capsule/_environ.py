@@ -13,8 +13,9 @@ set it itself (PEP 538); ``PATH`` is fixed so that ``shutil.which`` and subproce
 the usual tools. A zygote started in a root of its own (see ``_spawn._launcher``) also
 has ``LD_LIBRARY_PATH``, naming where its interpreter's library lies there. Each container
 then replaces its environment with :func:`container_environment`: the minimal one plus
-what its app approves. That arrives in the container's Start message, on its own channel like its tokens, never through the
-zygote: every later container is a fork of the zygote's memory.
+what its app approves. That arrives in the container's Start message, on its own channel
+like its tokens, never through the zygote: every later container is a fork of the
+zygote's memory.
 """
 
 from __future__ import annotations
