@@ -31,7 +31,9 @@ class Bind(msgspec.Struct, frozen=True):
     container's FUSE view, whose server checks and audits every write itself.
     ``hidden`` mounts a directory as a read-only overlay of it instead of a bind, so that
     the mount table inside names neither the host directory nor its path within its file
-    system (a bind shows that path; the overlay shows ``/`` and two descriptor paths).
+    system (a bind shows that path; the overlay shows ``/`` and descriptor paths).
+    ``layers`` are directories laid over a hidden mount's source, the first on top: files
+    of the source rewritten for the place it is shown at.
     """
 
     source: str
@@ -39,6 +41,7 @@ class Bind(msgspec.Struct, frozen=True):
     executable: bool = False
     writable: bool = False
     hidden: bool = False
+    layers: tuple[str, ...] = ()
 
 
 class ViewPlan(msgspec.Struct, frozen=True):
@@ -69,10 +72,34 @@ def _here(path: str) -> str:
     return "." + path if path.startswith("/") else "./" + path
 
 
-def _bind(bind: Bind, source: int, target: str, empty: int) -> None:
-    """Mount ``source`` at ``target``: a bind, or for a ``hidden`` directory an overlay of it
-    and of the empty directory ``empty`` (an overlay without an upper layer needs two lower
-    ones), both named by descriptor so that no host path reaches the mount's options."""
+def _open(binds: Sequence[Bind]) -> list[tuple[int, ...]]:
+    """Each bind's source and then its layers, opened ``O_PATH`` (closed by the caller)."""
+    opened: list[tuple[int, ...]] = []
+    try:
+        for bind in binds:
+            fds: list[int] = []
+            opened.append(())
+            for path in (bind.source, *bind.layers):
+                fds.append(os.open(path, os.O_PATH | os.O_CLOEXEC))
+                opened[-1] = tuple(fds)
+    except BaseException:
+        _close(opened)
+        raise
+    return opened
+
+
+def _close(opened: Iterable[Iterable[int]]) -> None:
+    for fds in opened:
+        for fd in fds:
+            os.close(fd)
+
+
+def _bind(bind: Bind, fds: tuple[int, ...], target: str, empty: int) -> None:
+    """Mount the source (``fds[0]``) at ``target``: a bind, or for a ``hidden`` directory an
+    overlay of its layers (``fds[1:]``), of it and of the empty directory ``empty`` (an
+    overlay without an upper layer needs two lower ones), each named by descriptor so that
+    no host path reaches the mount's options."""
+    source, layers = fds[0], fds[1:]
     directory = stat.S_ISDIR(os.fstat(source).st_mode)
     if directory:
         os.makedirs(target, exist_ok=True)
@@ -84,7 +111,7 @@ def _bind(bind: Bind, source: int, target: str, empty: int) -> None:
         if bind.writable:
             raise SandboxError(f"a hidden mount is read-only: {bind.target} cannot be writable")
         flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
-        lower = f"lowerdir=/proc/self/fd/{source}:/proc/self/fd/{empty}"
+        lower = "lowerdir=" + ":".join(f"/proc/self/fd/{fd}" for fd in (*layers, source, empty))
         sc.mount("capsule", target, "overlay", flags, lower)
     else:
         sc.mount(f"/proc/self/fd/{source}", target, None, sc.MS_BIND | sc.MS_REC)
@@ -92,7 +119,7 @@ def _bind(bind: Bind, source: int, target: str, empty: int) -> None:
 
 
 def _fill(
-    binds: Sequence[Bind], opened: Sequence[int], symlinks: Iterable[tuple[str, str]]
+    binds: Sequence[Bind], opened: Sequence[tuple[int, ...]], symlinks: Iterable[tuple[str, str]]
 ) -> None:
     """Mount ``binds`` (their sources already ``opened``) and make ``symlinks`` beneath the
     working directory; creates ./proc (empty until /proc is mounted on it), the empty
@@ -100,8 +127,8 @@ def _fill(
     os.makedirs("./proc")
     empty = os.open("./proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for bind, fd in zip(binds, opened, strict=True):
-            _bind(bind, fd, _here(bind.target), empty)
+        for bind, fds in zip(binds, opened, strict=True):
+            _bind(bind, fds, _here(bind.target), empty)
     finally:
         os.close(empty)
     for path, text in symlinks:
@@ -122,18 +149,16 @@ def build_root(stage: str, plan: ViewPlan, become: Callable[[], None]) -> None:
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     options = f"size={_ROOT_SIZE},mode=0755,uid=0,gid=0"
     sc.mount("tmpfs", stage, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, options)
-    opened: list[int] = []
+    root = os.open(stage, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    opened: list[tuple[int, ...]] = [(root,)]
     try:
-        root = os.open(stage, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        opened.append(root)
-        opened.extend(os.open(bind.source, os.O_PATH | os.O_CLOEXEC) for bind in plan.binds)
+        opened += _open(plan.binds)
         become()
         os.fchdir(root)
         _mount_tmp(plan)  # first: the runtime itself may live beneath /tmp on the host
         _fill(plan.binds, opened[1:], plan.symlinks)
     finally:
-        for fd in opened:
-            os.close(fd)
+        _close(opened)
     _build_dev()
 
 
@@ -148,13 +173,12 @@ def build_runtime_root(
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     options = f"size={_ROOT_SIZE},mode=0755,uid=0,gid=0"
     sc.mount("tmpfs", where, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, options)
-    opened = [os.open(bind.source, os.O_PATH | os.O_CLOEXEC) for bind in binds]
+    opened = _open(binds)
     try:
         os.chdir(where)
         _fill(binds, opened, symlinks)
     finally:
-        for fd in opened:
-            os.close(fd)
+        _close(opened)
     _build_dev()
 
 

@@ -26,7 +26,12 @@ import capsule
 import fusefs
 from capsule._environ import minimal
 from capsule._spawn import _launcher
-from capsule._spawn._layout import RuntimeLayout, neutral_support, plan_runtime
+from capsule._spawn._layout import (
+    RuntimeLayout,
+    neutral_support,
+    plan_runtime,
+    rewrite_build_data,
+)
 from capsule._spawn._protocol import (
     MAX_DATAGRAM,
     Exited,
@@ -127,15 +132,19 @@ class ZygoteClient:
         return self._process.pid
 
     @classmethod
-    def launch(cls, stage: Path) -> ZygoteClient:
+    def launch(cls, stage: Path, build_data: Path | None = None) -> ZygoteClient:
         """Start the zygote process (synchronous: a fork+exec, before any container exists).
 
         Its environment is built from scratch (``capsule._environ``): nothing of the host
         program's environment reaches it, nor anything it forks. In the neutral layout it
         is started by ``_launcher``, in a root of its own mounted on ``stage`` (in a mount
-        namespace of its own: the host sees nothing mounted there).
+        namespace of its own: the host sees nothing mounted there), and the interpreter's
+        build data, rewritten to name where it is shown, is written beneath ``build_data``
+        (when given) and laid over it.
         """
         layout = runtime_layout()
+        if build_data is not None:
+            layout = rewrite_build_data(layout, str(build_data))
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fd = str(theirs.fileno())
         if layout.mode == "neutral":

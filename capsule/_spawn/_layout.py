@@ -6,21 +6,33 @@ prefix at ``python``, each site-packages at ``site-packages``, packages from a s
 at ``packages/NAME``), as hidden mounts that name no host directory; the distribution's
 library directories (``/usr/lib/x86_64-linux-gnu``) stay where they are. In the *host*
 layout (when the zygote cannot have a mount namespace of its own) every directory is
-shown at its own path. Pure computation from ``sys`` and ``/proc/self/maps``: mounts nothing.
+shown at its own path. Computed from ``sys`` and ``/proc/self/maps``; mounts nothing, and
+writes only the rewritten build data :func:`rewrite_build_data` is asked for.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import py_compile
 import struct
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal
+
+from msgspec.structs import replace as replace_bind
 
 from capsule._sandbox._view import Bind
 
-__all__ = ["NEUTRAL_ROOT", "Mode", "RuntimeLayout", "neutral_support", "plan_runtime"]
+__all__ = [
+    "NEUTRAL_ROOT",
+    "Mode",
+    "RuntimeLayout",
+    "neutral_support",
+    "plan_runtime",
+    "rewrite_build_data",
+]
 
 #: where the neutral layout shows the runtime
 NEUTRAL_ROOT: Final = "/usr/lib/capsule"
@@ -207,3 +219,47 @@ def _shown(layout: RuntimeLayout, real: str) -> str | None:
         if _covered(real, [bind.source]):
             return bind.target + real[len(bind.source) :]
     return None
+
+
+def rewrite_build_data(layout: RuntimeLayout, where: str) -> RuntimeLayout:
+    """``layout`` with a layer over the interpreter's prefix holding its build data
+    (``_sysconfigdata_*.py``, what ``sysconfig``'s variables come from) rewritten to name
+    where the prefix is shown, with its bytecode; written beneath ``where`` (in the
+    supervisor's run directory, removed with it). Unchanged in the host layout."""
+    if layout.mode != "neutral":
+        return layout
+    binds = []
+    for number, bind in enumerate(layout.binds):
+        names = {bind.source} | {
+            prefix
+            for prefix in (sys.base_prefix, sys.base_exec_prefix)
+            if os.path.realpath(prefix) == bind.source
+        }
+        found = glob.glob(os.path.join(bind.source, "lib", "python*", "_sysconfigdata_*.py"))
+        if not bind.hidden or not bind.target.startswith(f"{NEUTRAL_ROOT}/python") or not found:
+            binds.append(bind)
+            continue
+        layer = os.path.join(where, f"layer-{number}")
+        for data in found:
+            relative = os.path.relpath(data, bind.source)
+            with open(data, encoding="utf-8") as f:
+                text = f.read()
+            for name in sorted(names, key=len, reverse=True):
+                text = text.replace(name, bind.target)
+            written = os.path.join(layer, relative)
+            os.makedirs(os.path.dirname(written), mode=0o755, exist_ok=True)
+            with open(written, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(written, 0o644)
+            py_compile.compile(
+                written,
+                cfile=os.path.join(
+                    os.path.dirname(written),
+                    "__pycache__",
+                    os.path.basename(written)[:-3] + f".{sys.implementation.cache_tag}.pyc",
+                ),
+                dfile=os.path.join(bind.target, relative),
+                doraise=True,
+            )
+        binds.append(replace_bind(bind, layers=(layer,)))
+    return replace(layout, binds=tuple(binds))

@@ -132,12 +132,7 @@ async def _self_description(ctx: Context, _: object) -> dict[str, str]:
         )
     facts["modules"] = repr(modules)
     facts["site"] = repr([site.getsitepackages(), site.PREFIXES])
-    # the install scheme; not the build-time variables (``CONFIG_ARGS``, ``LIBDIR``), read from
-    # a file of the runtime written when Python was built (the threat model says why)
-    scheme_vars = ("base", "platbase", "installed_base", "installed_platbase", "projectbase")
-    facts["sysconfig"] = repr(
-        [sysconfig.get_paths(), [sysconfig.get_config_var(name) for name in scheme_vars]]
-    )
+    facts["sysconfig"] = repr([sysconfig.get_paths(), sysconfig.get_config_vars()])
     return facts
 
 
@@ -237,9 +232,11 @@ async def test_a_container_learns_nothing_of_the_hosts_layout(capsule_app: TestA
     """THREATS: a container does not learn where the host keeps Python, the virtualenv,
     capsule, the app or the supervisor's run directory: the zygote runs in a root of its own
     where the runtime lies beneath /usr/lib/capsule, and every directory a container sees is
-    a hidden mount (an overlay named by descriptors), its bundle included. Its mount table,
+    a hidden mount (an overlay named by descriptors), its bundle included; sysconfig's
+    build data is a copy rewritten for where the prefix is shown. Its mount table,
     mappings, command line, environment, executable, sys's paths, every module's file and
-    what site and sysconfig answer are read from inside and judged on the host."""
+    what site and sysconfig answer (every variable) are read from inside and judged on the
+    host."""
     probe = capsule_app.feature("probe")
     probe.service("describe")(_self_description)
     needles = _host_layout(str(capsule_app.root))
