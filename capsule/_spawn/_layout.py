@@ -129,13 +129,24 @@ def plan_runtime(packages: Iterable[str], *, neutral: bool, reason: str = "") ->
     hidden: set[str] = set()
 
     def add(path: str, target: str, *, hide: bool) -> None:
+        """Show ``path`` at ``target``, unless a directory shown already holds it where it
+        is wanted. A directory shown at its own path and one shown elsewhere are kept
+        apart: a system library directory inside a prefix shown elsewhere (a Python
+        installed in /usr) still gets a mount at its own path."""
         real = os.path.realpath(path)
-        if not os.path.exists(real) or _covered(real, shown):
+        target = target if neutral else real
+        if not os.path.exists(real):
             return
-        for inner in [r for r in shown if _covered(r, [real])]:
+        moved = target != real
+        for root, shown_at in shown.items():
+            if _covered(real, [root]) and (
+                (moved and shown_at != root) or shown_at + real[len(root) :] == target
+            ):
+                return
+        for inner in [r for r, at in shown.items() if _covered(r, [real]) and (at != r) == moved]:
             del shown[inner]
             hidden.discard(inner)
-        shown[real] = target if neutral else real
+        shown[real] = target
         if neutral and hide:
             hidden.add(real)
 
