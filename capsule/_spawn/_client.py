@@ -53,8 +53,13 @@ _EXIT_GRACE: Final = 5.0
 _decoder = msgspec.msgpack.Decoder(FromZygote)
 _encoder = msgspec.msgpack.Encoder()
 
+#: the launcher needs a few modules of the package, not its facade (which imports the whole
+#: runtime, a fifth of a second) and executes the zygote right after: the package is
+#: registered bare, so that only what the launcher imports is loaded
 _LAUNCHER: Final = (
-    "import sys; sys.path[:0] = [sys.argv[1]]; "
+    "import sys, types; sys.path[:0] = [sys.argv[1]]; "
+    "package = types.ModuleType('capsule'); package.__path__ = [sys.argv[1] + '/capsule']; "
+    "sys.modules['capsule'] = package; "
     "from capsule._spawn._launcher import main; main(sys.argv[2:])"
 )
 _layouts: dict[bool, RuntimeLayout] = {}
