@@ -27,6 +27,7 @@ import fusefs
 from capsule._environ import minimal
 from capsule._spawn import _launcher
 from capsule._spawn._layout import (
+    NEUTRAL_ROOT,
     RuntimeLayout,
     neutral_support,
     plan_runtime,
@@ -194,10 +195,20 @@ class ZygoteClient:
         with anyio.fail_after(_START_TIMEOUT):
             received = await self._receive()
         if received is None or not isinstance(received[0], ZygoteReady):
-            code = self._process.poll()
+            wait = functools.partial(self._process.wait, timeout=_EXIT_GRACE)
+            try:  # its status, once it is gone
+                code: int | None = await anyio.to_thread.run_sync(wait)
+            except subprocess.TimeoutExpired:
+                code = None
+            where = (
+                " (in a root of its own, with the runtime beneath "
+                f"{NEUTRAL_ROOT}: its error is on standard error)"
+                if self.layout.mode == "neutral"
+                else ""
+            )
             raise SandboxError(
-                f"the zygote exited during start (exit status {code}); run with --debug, "
-                "and check `capsule doctor`"
+                f"the zygote exited during start (exit status {code}){where}; run with "
+                "--debug, and check `capsule doctor`"
             )
         self.ready = received[0]
         return self.ready
