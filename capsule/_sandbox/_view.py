@@ -72,14 +72,14 @@ def _here(path: str) -> str:
     return "." + path if path.startswith("/") else "./" + path
 
 
-def _open(binds: Sequence[Bind]) -> list[tuple[int, ...]]:
+def _open(sources: Iterable[Sequence[str]]) -> list[tuple[int, ...]]:
     """Each bind's source and then its layers, opened ``O_PATH`` (closed by the caller)."""
     opened: list[tuple[int, ...]] = []
     try:
-        for bind in binds:
+        for paths in sources:
             fds: list[int] = []
             opened.append(())
-            for path in (bind.source, *bind.layers):
+            for path in paths:
                 fds.append(os.open(path, os.O_PATH | os.O_CLOEXEC))
                 opened[-1] = tuple(fds)
     except BaseException:
@@ -138,13 +138,17 @@ def _fill(
             os.symlink(text, link)
 
 
-def build_root(stage: str, plan: ViewPlan, become: Callable[[], None]) -> None:
-    """Mount a fresh root on ``stage``, fill it, and leave the working directory in it.
+def build_root(
+    stage: str, plan: ViewPlan, sources: Sequence[Sequence[str]], become: Callable[[], None]
+) -> int:
+    """Mount a fresh root on ``stage``, fill it, and return a descriptor of it (``O_PATH``).
 
-    Bind sources are opened first, with the host identity the child started with
-    (they may sit beneath directories only that identity can search); then
-    ``become()`` switches to the container's own uid, which must own every file the
-    root is made of. The caller then calls :func:`enter_root`.
+    ``sources`` are, for each of the plan's binds in order, its source and its layers
+    (the plan's own are blank: see ``SpawnRequest``). They are opened first, with the
+    host identity the child started with (they may sit beneath directories only that
+    identity can search); then ``become()`` switches to the container's own uid, which
+    must own every file the root is made of. The process that is to live in the root
+    then changes into it and calls :func:`enter_root`.
     """
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     options = f"size={_ROOT_SIZE},mode=0755,uid=0,gid=0"
@@ -152,14 +156,17 @@ def build_root(stage: str, plan: ViewPlan, become: Callable[[], None]) -> None:
     root = os.open(stage, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     opened: list[tuple[int, ...]] = [(root,)]
     try:
-        opened += _open(plan.binds)
+        if len(sources) != len(plan.binds):
+            raise SandboxError(f"{len(sources)} sources for {len(plan.binds)} binds")
+        opened += _open(sources)
         become()
         os.fchdir(root)
         _mount_tmp(plan)  # first: the runtime itself may live beneath /tmp on the host
         _fill(plan.binds, opened[1:], plan.symlinks)
+        _build_dev()
+        return os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     finally:
         _close(opened)
-    _build_dev()
 
 
 def build_runtime_root(
@@ -173,7 +180,7 @@ def build_runtime_root(
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     options = f"size={_ROOT_SIZE},mode=0755,uid=0,gid=0"
     sc.mount("tmpfs", where, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, options)
-    opened = _open(binds)
+    opened = _open((bind.source, *bind.layers) for bind in binds)
     try:
         os.chdir(where)
         _fill(binds, opened, symlinks)

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -37,6 +38,7 @@ from capsule._spawn._protocol import (
     MAX_DATAGRAM,
     Exited,
     FromZygote,
+    RootSources,
     Spawn,
     Spawned,
     SpawnFailed,
@@ -97,19 +99,20 @@ class _Exit:
     status: int | None = None
 
 
-def _carrying(request: SpawnRequest | ViewRequest, what: str) -> socket.socket:
-    """One end of a new socketpair with ``request`` queued on it as one datagram (the other
-    end is closed: the reader sees the request, then the end of the stream)."""
+def _carrying(messages: Sequence[msgspec.Struct], what: str) -> socket.socket:
+    """One end of a new socketpair with ``messages`` queued on it, a datagram each (the other
+    end is closed: the reader sees them, then the end of the stream)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours:
-        data = _encoder.encode(request)
-        try:
-            ours.send(data)
-        except OSError as exc:
-            theirs.close()
-            raise SandboxError(
-                f"could not hand over the request for {what} ({len(data)} bytes): {exc}"
-            ) from exc
+        for message in messages:
+            data = _encoder.encode(message)
+            try:
+                ours.send(data)
+            except OSError as exc:
+                theirs.close()
+                raise SandboxError(
+                    f"could not hand over the request for {what} ({len(data)} bytes): {exc}"
+                ) from exc
     return theirs
 
 
@@ -250,39 +253,42 @@ class ZygoteClient:
         """Start one container; ``channel`` is its end of the socketpair (closed here)."""
         order = Spawn(seq=0, uid=request.uid, gid=request.gid)
         view = request.view
+        binds = (*self.layout.binds, *view.binds)
+        sources = RootSources(
+            stage=str(self._stage), binds=tuple((b.source, *b.layers) for b in binds)
+        )
+        blank = tuple(msgspec.structs.replace(b, source="", layers=()) for b in binds)
         request = msgspec.structs.replace(
             request,
-            stage=str(self._stage),
             view=msgspec.structs.replace(
-                view,
-                binds=(*self.layout.binds, *view.binds),
-                symlinks=(*self.layout.symlinks, *view.symlinks),
+                view, binds=blank, symlinks=(*self.layout.symlinks, *view.symlinks)
             ),
         )
-        return await self._spawn(order, request, request.name, channel, "container")
+        return await self._spawn(order, [request, sources], request.name, channel, "container")
 
     async def spawn_view(self, request: ViewRequest, control: socket.socket) -> SpawnResult:
         """Start one file-system server; ``control`` is its end of the socketpair (closed here)."""
         runtime = tuple((bind.target, bind.source) for bind in self.layout.binds)
         request = msgspec.structs.replace(request, runtime=runtime)
         return await self._spawn(
-            SpawnView(seq=0), request, request.name, control, "file-system server"
+            SpawnView(seq=0), [request], request.name, control, "file-system server"
         )
 
     async def _spawn(
         self,
         order: Spawn | SpawnView,
-        request: SpawnRequest | ViewRequest,
+        messages: Sequence[msgspec.Struct],
         name: str,
         channel: socket.socket,
         what: str,
     ) -> SpawnResult:
         """Send ``order`` (which names no feature) to the zygote with ``channel`` and a socket
-        holding ``request``: only the forked child reads the request, never the zygote."""
+        holding ``messages`` (the request, and a container's root sources): only the forked
+        child reads them, never the zygote."""
         try:
             if self._closed:
                 raise SandboxError("the zygote is not running")  # noqa: TRY301 - closes below
-            carrier = _carrying(request, f"the {what} for {name}")
+            carrier = _carrying(messages, f"the {what} for {name}")
         except BaseException:
             channel.close()
             raise

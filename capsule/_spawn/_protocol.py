@@ -27,6 +27,7 @@ __all__ = [
     "Exited",
     "FromZygote",
     "Rlimits",
+    "RootSources",
     "Spawn",
     "SpawnFailed",
     "SpawnRequest",
@@ -59,8 +60,10 @@ class SpawnRequest(msgspec.Struct, frozen=True):
     Sent to the forked child on a socket of its own, never through the zygote (which forks
     every container: what it once held in memory each later fork inherits). Nothing secret
     travels here either (no token, no environment value): those come on the container's
-    channel, in its Start message. ``stage`` is the host directory its root is mounted on
-    (in its own mount namespace); the runtime's mounts lead ``view``'s binds."""
+    channel, in its Start message. No host path either: the sources of ``view``'s binds
+    are blank (the runtime's mounts lead them); they come in a :class:`RootSources`
+    after it, which only the outer process reads, once the feature's process is forked
+    (what the outer process held before, the feature's inherits)."""
 
     name: str
     uid: int
@@ -70,7 +73,15 @@ class SpawnRequest(msgspec.Struct, frozen=True):
     cgroup_procs: tuple[str, ...] = ()
     landlock: bool = True
     seccomp: bool = True
-    stage: str = ""
+
+
+class RootSources(msgspec.Struct, frozen=True):
+    """Where a container's root is built from, on the host: ``stage``, the directory it is
+    mounted on (in the container's own mount namespace), and for each bind of its view,
+    in order, its source and its layers."""
+
+    stage: str
+    binds: tuple[tuple[str, ...], ...]
 
 
 class ViewRequest(msgspec.Struct, frozen=True):

@@ -16,6 +16,7 @@ import ctypes
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
@@ -23,7 +24,7 @@ import trio
 
 import capsule
 import fusefs
-from capsule._supervisor._rundir import runtime_base
+from capsule._supervisor._rundir import RunDir
 from capsule.feature import Context
 from capsule.testing import TestApp, leftovers
 from tests.security._host import (
@@ -201,7 +202,10 @@ async def test_a_container_never_holds_another_features_paths(capsule_app: TestA
     assert leftovers() == []
 
 
-def _host_layout(app_root: str) -> dict[str, re.Pattern[str]]:
+_SOURCE_TREE: Final = "capsule's source tree"
+
+
+def _host_layout(app_root: str) -> dict[str, str]:
     """The host directories a container must not learn, by what they are (real paths and as
     named). A Python installed at a distribution's own prefix (``/usr``) tells nothing."""
     import site  # noqa: PLC0415 - the host's answer, for its site-packages
@@ -211,20 +215,32 @@ def _host_layout(app_root: str) -> dict[str, re.Pattern[str]]:
         "python exec prefix": sys.base_exec_prefix,
         "virtualenv": sys.prefix,
         "capsule's package": os.path.dirname(capsule.__file__),
-        "capsule's source tree": os.path.dirname(os.path.dirname(capsule.__file__)),
+        _SOURCE_TREE: os.path.dirname(os.path.dirname(capsule.__file__)),
         "fusefs's package": os.path.dirname(fusefs.__file__),
         "the app": app_root,
-        "the run directories": str(runtime_base()),
+        "the run directory": str(RunDir().path),
         **{f"site-packages {i}": path for i, path in enumerate(site.getsitepackages())},
     }
     common = {"", "/usr", "/usr/local"}
-    needles = {}
-    for what, path in named.items():
-        for form in {path, os.path.realpath(path)}:
-            if form.rstrip("/") not in common:  # the path itself or beneath, not a longer name
-                pattern = re.escape(form.rstrip("/")) + r"(?![\w.-])"
-                needles[f"{what} ({form})"] = re.compile(pattern)
-    return needles
+    return {
+        f"{what} ({form})": form.rstrip("/")
+        for what, path in named.items()
+        for form in {path, os.path.realpath(path)}
+        if form.rstrip("/") not in common
+    }
+
+
+def _in_memory(paths: dict[str, str]) -> list[tuple[str, str]]:
+    """The paths looked for in the container's own memory: not the source tree (the probe's
+    code comes from this test's file, there), nor what the interpreter's binary names (the
+    dynamic loader keeps a copy of its RUNPATH: a file of the runtime, the threat model
+    lists it)."""
+    binary = Path(os.path.realpath(sys.executable)).read_bytes()
+    return [
+        (what, path)
+        for what, path in paths.items()
+        if not what.startswith(_SOURCE_TREE) and path.encode() not in binary
+    ]
 
 
 @pytest.mark.trio
@@ -233,16 +249,23 @@ async def test_a_container_learns_nothing_of_the_hosts_layout(capsule_app: TestA
     capsule, the app or the supervisor's run directory: the zygote runs in a root of its own
     where the runtime lies beneath /usr/lib/capsule, and every directory a container sees is
     a hidden mount (an overlay named by descriptors), its bundle included; sysconfig's
-    build data is a copy rewritten for where the prefix is shown. Its mount table,
-    mappings, command line, environment, executable, sys's paths, every module's file and
-    what site and sysconfig answer (every variable) are read from inside and judged on the
-    host."""
+    build data is a copy rewritten for where the prefix is shown; the host paths its root is
+    built from are read by its outer process only after the feature's is forked. Its mount
+    table, mappings, command line, environment, executable, sys's paths, every module's
+    file, what site and sysconfig answer (every variable) and its own memory are read from
+    inside and judged on the host."""
     probe = capsule_app.feature("probe")
     probe.service("describe")(_self_description)
-    needles = _host_layout(str(capsule_app.root))
+    probe.service("scan")(_scan)
+    paths = _host_layout(str(capsule_app.root))
+    # the path itself or beneath it, not a longer name
+    needles = {what: re.compile(re.escape(path) + r"(?![\w.-])") for what, path in paths.items()}
+    in_memory = _in_memory(paths)
     with trio.fail_after(60):
         async with capsule_app.open() as sup:
             facts = await sup.call("probe", "describe", None)
+            shifted = [path.encode().translate(_SHIFT) for _, path in in_memory]
+            seen = await sup.call("probe", "scan", shifted)
             host_uid = container_host_uid(sandbox_status(sup, "probe"))
             pids = sorted(processes_of_uid(host_uid))
             for pid in pids:  # read as the host's root, what the container cannot read itself
@@ -254,6 +277,9 @@ async def test_a_container_learns_nothing_of_the_hosts_layout(capsule_app: TestA
         for fact, text in facts.items()
     }
     assert {fact: found for fact, found in leaks.items() if found} == {}, facts
+    assert [in_memory[i][0] for i in seen["found"]] == [], seen
+    assert any(what.startswith("the app") for what, _ in in_memory), in_memory
+    assert seen["scanned"] > 1 << 20, seen  # the probe did read its heap
     assert "/usr/lib/capsule/" in facts["sys"], facts["sys"]  # the runtime's neutral place
     assert " overlay " in facts["mountinfo"], facts["mountinfo"]  # the hidden mounts
     assert len(facts["modules"]) > 10_000, len(facts["modules"])  # the runtime is loaded
