@@ -2,7 +2,8 @@
 
 The layouts are computed from the real interpreter (its prefixes, ``sys.path``, loaded
 libraries); a Python installed in ``/usr`` is this interpreter's ``sys`` pointed at the
-system's own Python. Mounting them is judged in ``tests/security/test_host_facts.py``.
+system's own Python. A container runs in either layout here; what it can learn in the
+neutral one is judged in ``tests/security/test_host_facts.py``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 
 import capsule
 import fusefs
-from capsule._spawn._layout import NEUTRAL_ROOT, plan_runtime, rewrite_build_data
+from capsule._spawn import _client
+from capsule._spawn._layout import NEUTRAL_ROOT, neutral_support, plan_runtime, rewrite_build_data
+from capsule.feature import Context
+from capsule.testing import TestApp, leftovers
 
 _PACKAGES = [os.path.dirname(capsule.__file__), os.path.dirname(fusefs.__file__)]
 _SYSTEM = ("/usr/lib/", "/lib/", "/usr/lib64", "/lib64", "/usr/lib32", "/lib32", "/etc/")
@@ -93,3 +98,43 @@ def test_the_build_data_is_rewritten_for_where_the_prefix_is_shown(tmp_path: Pat
     host = plan_runtime(_PACKAGES, neutral=False)
     assert rewrite_build_data(host, str(tmp_path / "host")) == host
     assert not (tmp_path / "host").exists()
+
+
+def _mount_table() -> list[list[str]]:
+    """This process's mount table: root, mount point, file system type."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        rows = [line.split() for line in f]
+    return [[row[3], row[4], row[row.index("-") + 1]] for row in rows]
+
+
+async def _mounts(ctx: Context, _: object) -> list[list[str]]:
+    return _mount_table()
+
+
+def _prefix() -> str:
+    return os.path.realpath(sys.base_prefix)
+
+
+@pytest.mark.skipif(not neutral_support()[0], reason="compares with the neutral layout")
+@pytest.mark.trio
+@pytest.mark.parametrize("neutral", [True, False], ids=["neutral", "host"])
+async def test_containers_run_in_either_layout(
+    capsule_app: TestApp, monkeypatch: pytest.MonkeyPatch, neutral: bool
+) -> None:
+    """Where the zygote cannot have a root of its own (here: told so), containers still run,
+    with the runtime at its host paths; the bundle is hidden either way."""
+    monkeypatch.setattr(_client, "neutral_support", lambda: (neutral, "" if neutral else "told"))
+    capsule_app.feature("probe").service("mounts")(_mounts)
+    with trio.fail_after(60):
+        async with capsule_app.open() as sup:
+            mounts = await sup.call("probe", "mounts", None)
+    points = {point: (root, fstype) for root, point, fstype in mounts}
+    assert points["/bundle"] == ("/", "overlay"), points
+    prefix = _prefix()
+    if neutral:
+        assert points[f"{NEUTRAL_ROOT}/python"] == ("/", "overlay"), points
+        assert prefix not in points, points
+    else:
+        assert points[prefix][0] == prefix, points  # a bind, at its own path
+        assert f"{NEUTRAL_ROOT}/python" not in points, points
+    assert leftovers() == []
