@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Final
 
 import msgspec
 
@@ -20,10 +21,14 @@ from capsule._sandbox import _syscalls as sc
 from capsule._sandbox._view import build_runtime_root, enter_root
 from capsule._spawn._layout import RuntimeLayout
 
-__all__ = ["ZYGOTE", "main"]
+__all__ = ["EXIT_NO_ROOT", "ZYGOTE", "main"]
+
+#: the launcher's exit status when the zygote's root could not be built (the reason is on
+#: standard error)
+EXIT_NO_ROOT: Final = 71
 
 #: the zygote's start, as ``python -I [-S] -c ZYGOTE FD HOST_NS PATH...``
-ZYGOTE = (
+ZYGOTE: Final = (
     "import sys; sys.path[:0] = sys.argv[3:]; "
     "from capsule._spawn._zygote import main; main(sys.argv[:3])"
 )
@@ -41,7 +46,7 @@ def main(argv: list[str]) -> None:
         enter_root()
     except OSError as exc:
         sys.stderr.write(f"capsule: could not give the zygote a root of its own: {exc}\n")
-        os._exit(71)
+        os._exit(EXIT_NO_ROOT)
     executable = layout.executable
     command = [executable, "-I", "-S", "-c", ZYGOTE, fd, str(host), *layout.path]
     os.execve(executable, command, minimal(layout.library_path))  # noqa: S606 - our own interpreter, fixed argv
