@@ -10,12 +10,15 @@ from capsule._facade import publish
 from capsule._manifest import Access as Access
 from capsule._manifest import App as App
 from capsule._manifest import AppManifest as AppManifest
+from capsule._manifest import Candidate as Candidate
+from capsule._manifest import CapabilityDiff as CapabilityDiff
 from capsule._manifest import CheckReport as CheckReport
 from capsule._manifest import EnvVar as EnvVar
 from capsule._manifest import FeatureGrant as FeatureGrant
 from capsule._manifest import FeatureManifest as FeatureManifest
 from capsule._manifest import FsApproval as FsApproval
 from capsule._manifest import FsRequest as FsRequest
+from capsule._manifest import LimitChange as LimitChange
 from capsule._manifest import Limits as Limits
 from capsule._manifest import MountGrant as MountGrant
 from capsule._manifest import Policy as Policy
@@ -23,6 +26,7 @@ from capsule._manifest import Problem as Problem
 from capsule._manifest import RestartPolicy as RestartPolicy
 from capsule._manifest import Route as Route
 from capsule._manifest import Severity as Severity
+from capsule._manifest import UpdatePolicy as UpdatePolicy
 from capsule._manifest import check_app as check_app
 from capsule._manifest import load_app as load_app
 from capsule._manifest import load_feature as load_feature
@@ -50,6 +54,7 @@ from capsule.errors import ProtocolError as ProtocolError
 from capsule.errors import RemoteError as RemoteError
 from capsule.errors import SandboxError as SandboxError
 from capsule.errors import TokenError as TokenError
+from capsule.errors import UpdateRefusedError as UpdateRefusedError
 
 __version__ = "0.1.0"
 
@@ -57,7 +62,9 @@ __all__ = [
     "Access",
     "App",
     "AppManifest",
+    "Candidate",
     "CapabilityDeniedError",
+    "CapabilityDiff",
     "CapsuleError",
     "ChannelClosedError",
     "CheckReport",
@@ -78,6 +85,7 @@ __all__ = [
     "IPCError",
     "InternalError",
     "InvalidTokenError",
+    "LimitChange",
     "Limits",
     "MountGrant",
     "OverloadedError",
@@ -92,6 +100,8 @@ __all__ = [
     "Supervisor",
     "SupervisorStatistics",
     "TokenError",
+    "UpdatePolicy",
+    "UpdateRefusedError",
     "ViewTimeouts",
     "__version__",
     "check_app",

@@ -6,6 +6,7 @@ The tree::
 
     CapsuleError
     ├── ConfigError (ValueError)          .path .key .line .problems: bad manifest, key or option
+    ├── UpdateRefusedError (PermissionError)  .feature .reasons: a bundle asks for unapproved access
     ├── TokenError
     │   ├── InvalidTokenError             every verification failure, deliberately opaque
     │   └── CapabilityDeniedError (PermissionError)  .capability .feature
@@ -46,6 +47,7 @@ __all__ = [
     "RemoteError",
     "SandboxError",
     "TokenError",
+    "UpdateRefusedError",
 ]
 
 
@@ -86,6 +88,23 @@ class ConfigError(CapsuleError, ValueError):
         if self.key:
             where = f"{where} [{self.key}]" if where else f"[{self.key}]"
         return f"{where}: {self.message}" if where else self.message
+
+
+class UpdateRefusedError(CapsuleError, PermissionError):
+    """A new version or a plugin asks for access the app's policy does not approve.
+
+    ``feature`` names it; ``reasons`` holds one line per request refused, each naming
+    the capsule.toml file, line and key where the request is written. Nothing was started.
+    """
+
+    def __init__(self, feature: str, reasons: tuple[str, ...]) -> None:
+        self.feature = feature
+        self.reasons = reasons
+        listing = "".join(f"\n  {reason}" for reason in reasons)
+        super().__init__(
+            f"feature {feature!r}: refused, the app's policy does not approve "
+            f"{'this request' if len(reasons) == 1 else 'these requests'}:{listing}"
+        )
 
 
 class TokenError(CapsuleError):

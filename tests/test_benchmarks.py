@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import fusefs
-from capsule._sandbox._cgroups import detect
+from capsule._sandbox._cgroup_detect import detect
 from capsule._supervisor._rundir import runtime_base
 from capsule._supervisor._supervisor import container_uids
 

@@ -12,9 +12,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, app_dir_problem
 from capsule._cli._dot import render_dot
-from capsule._manifest import CheckReport, FeatureGrant, FeatureManifest, Problem, check_app
+from capsule._manifest import (
+    CheckReport,
+    FeatureGrant,
+    FeatureManifest,
+    Policy,
+    Problem,
+    UpdatePolicy,
+    check_app,
+)
+from capsule._manifest._model import DEFAULT_UPDATE_POLICY
 from capsule._units import format_duration, format_size
 
 __all__ = ["register"]
@@ -110,6 +121,7 @@ def _feature_lines(report: CheckReport, manifest: FeatureManifest) -> list[str]:
         f"{pad}{'restart':<9}{restart.policy}, at most {restart.max_restarts} in "
         f"{format_duration(restart.window)}, back-off {backoff}"
     )
+    lines.extend(_update_lines(report, manifest, pad))
     grant = report.grants.get(manifest.name)
     caps = [] if grant is None else [str(cap) for cap in grant.capabilities]
     if not caps:
@@ -130,6 +142,55 @@ def _feature_lines(report: CheckReport, manifest: FeatureManifest) -> list[str]:
             text = f"{text:<{len(pad) + 9 + width}}  <- {source} ({mode}{quota})"
         lines.append(text.rstrip())
     return lines + _env_lines(grant, pad)
+
+
+def _update_text(update: UpdatePolicy) -> tuple[str, str]:
+    """How an update goes, and when it is rolled back: two lines of text."""
+    return (
+        f"probation {format_duration(update.probation)}, keep {format_duration(update.keep)}, "
+        f"drain {format_duration(update.drain)}, queue {update.queue}, "
+        f"state {format_size(update.state_max)}",
+        f"rolled back on {update.crashes} crash{'' if update.crashes == 1 else 'es'}, "
+        f"error rate {update.error_rate:g} over {update.min_calls} calls "
+        f"or p99 {update.p99_ratio:g}x the old",
+    )
+
+
+def _update_lines(report: CheckReport, manifest: FeatureManifest, pad: str) -> list[str]:
+    """How the feature is updated, when the app changed the default, and forward_only."""
+    lines: list[str] = []
+    update = (
+        DEFAULT_UPDATE_POLICY if report.app is None else report.app.update_policy(manifest.name)
+    )
+    if update != DEFAULT_UPDATE_POLICY:
+        how, undo = _update_text(update)
+        lines += [f"{pad}{'update':<9}{how}", f"{pad}{'':<9}{undo}"]
+    if manifest.forward_only:
+        label = "" if lines else "update"
+        lines.append(f"{pad}{label:<9}forward only: a failed update is stopped, not rolled back")
+    return lines
+
+
+def _plugin_lines(policy: Policy | None) -> list[str]:
+    """What ``[plugins]`` lets a plugin installed at run time be granted."""
+    if policy is None:
+        return [
+            "",
+            "plugins: no [plugins] table, so a plugin installed at run time is granted nothing",
+        ]
+    lines = ["", "plugins may be granted at most:"]
+    caps = [str(cap) for cap in policy.capabilities()]
+    lines += [f"  {cap}" for cap in caps] or ["  nothing"]
+    for approval in policy.fs:
+        mode = "cow" if approval.storage == "cow" else approval.mode
+        source = "private storage" if approval.storage == "private" else f"volume {approval.volume}"
+        lines.append(f"  view {approval.path} <- {source} ({mode})")
+    if policy.env:
+        lines.append("  env " + ", ".join(var.name for var in policy.env))
+    if policy.update != DEFAULT_UPDATE_POLICY:
+        how, undo = _update_text(policy.update)
+        lines += [f"  update {how}", f"         {undo}"]
+    return lines
 
 
 def _env_lines(grant: FeatureGrant | None, pad: str) -> list[str]:
@@ -188,6 +249,7 @@ def _as_text(report: CheckReport, shown: str, *, strict: bool, failed: bool) -> 
         if not report.start_order:
             out.append("  (none)")
         out.extend(_route_lines(report))
+        out.extend(_plugin_lines(app.plugins))
         stuck = [name for name in report.features if name not in report.start_order]
         if stuck:
             out.append(
@@ -240,6 +302,10 @@ def _as_json(report: CheckReport, shown: str, *, failed: bool) -> dict[str, Any]
                     "window": restart.window,
                     "backoff": [restart.backoff_initial, restart.backoff_max],
                 },
+                "forward_only": manifest.forward_only,
+                "update": None
+                if report.app is None
+                else _update_json(report.app.update_policy(name)),
                 "capabilities": [] if grant is None else [str(c) for c in grant.capabilities],
                 "mounts": []
                 if grant is None
@@ -270,6 +336,7 @@ def _as_json(report: CheckReport, shown: str, *, failed: bool) -> dict[str, Any]
             "path": shown,
             "bundles": list(app.features),
         },
+        "plugins": None if app is None else _policy_json(app.plugins),
         "volumes": {name: str(path) for name, path in report.volumes.items()},
         "start_order": list(report.start_order),
         "features": features,
@@ -292,4 +359,30 @@ def _as_json(report: CheckReport, shown: str, *, failed: bool) -> dict[str, Any]
             "warnings": len(report.warnings),
             "ok": not failed,
         },
+    }
+
+
+def _update_json(update: UpdatePolicy) -> dict[str, Any]:
+    return msgspec.structs.asdict(update)
+
+
+def _policy_json(policy: Policy | None) -> dict[str, Any] | None:
+    """The ``[plugins]`` table: None when there is none (a plugin may ask for nothing)."""
+    if policy is None:
+        return None
+    return {
+        "capabilities": [str(cap) for cap in policy.capabilities()],
+        "fs": [
+            {
+                "view": a.path,
+                "volume": a.volume,
+                "mode": a.mode,
+                "storage": a.storage,
+                "quota": a.quota,
+                "inodes": a.inodes,
+            }
+            for a in policy.fs
+        ],
+        "env": [{"name": v.name, "from_host": v.from_host} for v in policy.env],
+        "update": _update_json(policy.update),
     }

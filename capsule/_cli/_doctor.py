@@ -15,7 +15,7 @@ from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS
 from capsule._manifest._app import WAIVABLE
 from capsule._sandbox._isolation import Isolation, Mechanism, probe
 from capsule._sandbox._landlock import ABI_FEATURES
-from capsule._sandbox._seccomp import ARGUMENT_FILTERED_SYSCALLS, DENIED_SYSCALLS
+from capsule._sandbox._seccomp_policy import ARGUMENT_FILTERED_SYSCALLS, DENIED_SYSCALLS
 from capsule._spawn._layout import NEUTRAL_ROOT, neutral_support
 
 __all__ = ["as_json", "as_text", "register"]

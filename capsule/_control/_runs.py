@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final, final
 
 from capsule._control._errors import ControlRefusedError, NoRunningAppError
-from capsule._sandbox._cgroups import run_name_for
+from capsule._sandbox._cgroup_files import run_name_for
 from capsule._supervisor._rundir import runtime_base
 
 __all__ = [

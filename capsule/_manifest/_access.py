@@ -12,9 +12,10 @@ The mapping, the same on both sides::
     net = ["127.0.0.1:8080"]          -> net:connect:127.0.0.1:8080   ("?conns=N" caps it)
     listen = ["127.0.0.1:8080"]       -> net:listen:127.0.0.1:8080
 
-A policy also has ``env`` (see ``capsule._manifest._env``) and ``limits`` (see
-``capsule._manifest._budget``), which are no capabilities and which [access] cannot ask
-for: the app alone sets a feature's environment and what it may make the broker hold.
+A policy also has ``env`` (see ``capsule._manifest._env``), ``limits`` (see
+``capsule._manifest._budget``) and ``update`` (see ``capsule._manifest._updates``), which
+are no capabilities and which [access] cannot ask for: the app alone sets a feature's
+environment, what it may make the broker hold and how a new version of it takes over.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from capsule._manifest._model import (
     fs_capability,
 )
 from capsule._manifest._reader import Table
+from capsule._manifest._updates import UPDATE_IN_BUNDLE, read_update_policy
 from capsule._tokens._caps import Capability, parse_capability
 from capsule._units import parse_size
 from capsule.errors import ConfigError
@@ -45,6 +47,7 @@ __all__ = [
     "VOLUME_NAME",
     "Approval",
     "Request",
+    "approvals_of",
     "check_view_path",
     "read_access",
     "read_policy",
@@ -164,7 +167,7 @@ def read_access(table: Table | None) -> tuple[Access, tuple[Request, ...]]:
     """The ``[access]`` table of a capsule.toml: what the feature asks for."""
     if table is None:
         return Access(), ()
-    table.allow(*ACCESS_KEYS, "env")
+    table.allow(*ACCESS_KEYS, "env", refused=("update",))
     if "env" in table:
         table.doc.error(
             (*table.key, "env"),
@@ -172,6 +175,8 @@ def read_access(table: Table | None) -> tuple[Access, tuple[Request, ...]]:
             "env of its [policy.NAME] table in app.toml; valid keys here: "
             + ", ".join(ACCESS_KEYS),
         )
+    if "update" in table:
+        table.doc.error((*table.key, "update"), UPDATE_IN_BUNDLE)
     icc = _icc_and_net(table)
     requests = [
         Request(key=key, text=f'{name} "{cap.target}"', capability=cap)
@@ -270,7 +275,7 @@ def _policy_fs(entry: Table) -> FsApproval | None:
 
 def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
     """One ``[policy.NAME]`` table of an app.toml: what the app approves for NAME."""
-    table.allow(*ACCESS_KEYS, "env", "limits")
+    table.allow(*ACCESS_KEYS, "env", "limits", "update")
     icc = _icc_and_net(table)
     approvals = [Approval(key=key, capability=cap) for name in icc for key, cap in icc[name]]
     fs: list[FsApproval] = []
@@ -293,5 +298,28 @@ def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
         listen=tuple(cap.target for _, cap in icc["listen"]),
         env=read_env(table),
         limits=read_broker_limits(table.table("limits")),
+        update=read_update_policy(table),
     )
     return policy, tuple(approvals)
+
+
+def approvals_of(policy: Policy, key: KeyPath) -> tuple[Approval, ...]:
+    """The approvals of a policy already read (of a loaded app), each at the key of its
+    entry under ``key`` (``("policy", "NAME")`` or ``("plugins",)``)."""
+    named = (
+        ("call", "icc:call:", policy.call),
+        ("publish", "icc:publish:", policy.publish),
+        ("subscribe", "icc:subscribe:", policy.subscribe),
+        ("net", "net:connect:", policy.net),
+        ("listen", "net:listen:", policy.listen),
+    )
+    approvals = [
+        Approval(key=(*key, name, index), capability=parse_capability(prefix + target))
+        for name, prefix, targets in named
+        for index, target in enumerate(targets)
+    ]
+    approvals += [
+        Approval(key=(*key, "fs", index), capability=fs.capability, fs=fs)
+        for index, fs in enumerate(policy.fs)
+    ]
+    return tuple(approvals)

@@ -1,4 +1,5 @@
-"""Reading an app's ``app.toml``: its name, bundle list, strategy, volumes and policies.
+"""Reading an app's ``app.toml``: its name, bundle list, strategy, volumes and policies
+(``[policy.NAME]`` for its features, ``[plugins]`` for bundles installed while it runs).
 
 Checks app.toml on its own (volume directories included): it must not read the
 feature bundles or compare policies with what features request.
@@ -25,7 +26,7 @@ from capsule.errors import ConfigError
 
 __all__ = ["APP_TABLES", "STRATEGIES", "ParsedApp", "ParsedPolicy", "read_app", "volume_dir"]
 
-APP_TABLES: Final = ("app", "volumes", "policy")
+APP_TABLES: Final = ("app", "volumes", "policy", "plugins")
 STRATEGIES: Final[tuple[Strategy, ...]] = ("one_for_one", "one_for_all", "rest_for_one")
 WAIVABLE: Final[tuple[str, ...]] = ("cgroups", "landlock", "seccomp")
 #: the shortest and longest lifetime of a container's tokens, in seconds
@@ -47,8 +48,8 @@ class ParsedPolicy(msgspec.Struct, frozen=True, kw_only=True):
 class ParsedApp(msgspec.Struct, frozen=True, kw_only=True):
     """app.toml as read for checking.
 
-    ``volumes`` holds the resolved directory of each volume that exists;
-    ``clean`` is False when app.toml itself had an error.
+    ``volumes`` holds the resolved directory of each volume that exists; ``plugins``
+    the ``[plugins]`` table, if any; ``clean`` is False when app.toml itself had an error.
     """
 
     manifest: AppManifest
@@ -57,6 +58,7 @@ class ParsedApp(msgspec.Struct, frozen=True, kw_only=True):
     policies: Mapping[str, ParsedPolicy]
     volumes: Mapping[str, Path]
     clean: bool
+    plugins: ParsedPolicy | None = None
 
 
 def _check_waivable(value: str) -> str | None:
@@ -216,6 +218,12 @@ def read_app(root: Path, shown: str, sink: list[Problem]) -> ParsedApp | None:
         parsed = ParsedPolicy(key=table.key, policy=policy, approvals=approvals)
         _check_policy_volumes(parsed, declared, volumes, doc)
         policies[feature] = parsed
+    plugins = None
+    plugins_table = top.table("plugins")
+    if plugins_table is not None:
+        policy, approvals = read_policy(plugins_table)
+        plugins = ParsedPolicy(key=plugins_table.key, policy=policy, approvals=approvals)
+        _check_policy_volumes(plugins, declared, volumes, doc)
     manifest = AppManifest(
         name=name or "app",
         features=tuple(value for _, value in bundles),
@@ -226,6 +234,7 @@ def read_app(root: Path, shown: str, sink: list[Problem]) -> ParsedApp | None:
         audit_share=audit_share,
         volumes=MappingProxyType(declared),
         policies=MappingProxyType({name: parsed.policy for name, parsed in policies.items()}),
+        plugins=None if plugins is None else plugins.policy,
     )
     return ParsedApp(
         manifest=manifest,
@@ -234,4 +243,5 @@ def read_app(root: Path, shown: str, sink: list[Problem]) -> ParsedApp | None:
         policies=policies,
         volumes=volumes,
         clean=not doc.errors_since(mark),
+        plugins=plugins,
     )

@@ -8,7 +8,7 @@ never raises for manifest content.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 
@@ -23,7 +23,7 @@ from capsule._manifest._report import App, CheckReport
 from capsule._manifest._routes import build_routes, check_routes
 from capsule.errors import InternalError
 
-__all__ = ["check_app", "load_app"]
+__all__ = ["bundle_problem", "check_app", "check_requires", "load_app"]
 
 
 def _shown(path: str | os.PathLike[str]) -> str:
@@ -34,6 +34,19 @@ def _bundle_shown(shown: str, written: str) -> str:
     """How a bundle directory is named in problems: under the app's shown path if relative."""
     relative = PurePosixPath(written)
     return relative.as_posix() if relative.is_absolute() else f"{shown}/{relative.as_posix()}"
+
+
+def bundle_problem(directory: Path, written: str, looked: str) -> str | None:
+    """Why ``directory`` (written ``written``, shown as ``looked``) is no bundle, or None."""
+    if not directory.is_dir():
+        state = "does not exist" if not directory.exists() else "is not a directory"
+        return f'bundle directory "{written}" {state} (looked for {looked})'
+    if not (directory / "capsule.toml").is_file():
+        return (
+            f'no capsule.toml in bundle "{written}": a feature bundle is a directory '
+            "with capsule.toml and its Python code"
+        )
+    return None
 
 
 def _read_bundles(
@@ -54,18 +67,9 @@ def _read_bundles(
             continue
         seen[real] = key
         guess = PurePosixPath(relative).name
-        if not directory.is_dir():
-            state = "does not exist" if not directory.exists() else "is not a directory"
-            looked = _bundle_shown(shown, written)
-            doc.error(key, f'bundle directory "{written}" {state} (looked for {looked})')
-            unreadable.add(guess)
-            continue
-        if not (directory / "capsule.toml").is_file():
-            doc.error(
-                key,
-                f'no capsule.toml in bundle "{written}": a feature bundle is a directory '
-                "with capsule.toml and its Python code",
-            )
+        problem = bundle_problem(directory, written, _bundle_shown(shown, written))
+        if problem is not None:
+            doc.error(key, problem)
             unreadable.add(guess)
             continue
         parsed = read_feature(directory, _bundle_shown(shown, written), sink)
@@ -100,25 +104,33 @@ def _check_policies(
         )
 
 
-def _check_requires(
-    features: Mapping[str, ParsedFeature], unknown_ok: Callable[[str], bool]
+def check_requires(
+    checked: Mapping[str, ParsedFeature],
+    requires: Mapping[str, Sequence[str]],
+    unknown_ok: Callable[[str], bool],
 ) -> None:
-    listing = ", ".join(features)
-    for parsed in features.values():
+    """Report what the ``checked`` features require that is not a feature of ``requires``
+    (every feature's requires: the app's, with the checked ones among them), and each
+    cycle through a checked feature."""
+    listing = ", ".join(requires)
+    for parsed in checked.values():
         for key, dep in parsed.requires:
-            if dep not in features and not unknown_ok(dep):
+            if dep not in requires and not unknown_ok(dep):
                 parsed.doc.error(
                     key,
                     f'requires "{dep}", but the app has no feature of that name'
-                    f"{suggest(dep, features)}; its features: {listing}",
+                    f"{suggest(dep, requires)}; its features: {listing}",
                 )
-    graph = {name: [dep for _, dep in parsed.requires] for name, parsed in features.items()}
-    for cycle in find_cycles(graph, list(features)):
-        first = features[cycle[0]]
-        key = next(key for key, dep in first.requires if dep == cycle[1])
+    for cycle in find_cycles(requires, list(requires)):
+        at = next((i for i, name in enumerate(cycle[:-1]) if name in checked), None)
+        if at is None:
+            continue
+        turned = [*cycle[at:-1], *cycle[:at], cycle[at]]
+        first = checked[turned[0]]
+        key = next(key for key, dep in first.requires if dep == turned[1])
         first.doc.error(
             key,
-            f"requires cycle: {' -> '.join(cycle)}; features in a cycle can never start: "
+            f"requires cycle: {' -> '.join(turned)}; features in a cycle can never start: "
             "remove one of these requires",
         )
 
@@ -142,7 +154,8 @@ def check_app(path: str | os.PathLike[str]) -> CheckReport:
         return CheckReport(root=root, problems=sorted_problems(sink))
     features, unreadable = _read_bundles(app, root, shown, sink)
     _check_policies(app, features, unreadable.__contains__)
-    _check_requires(features, unreadable.__contains__)
+    graph = {name: [dep for _, dep in parsed.requires] for name, parsed in features.items()}
+    check_requires(features, graph, unreadable.__contains__)
     check_routes(features, unreadable.__contains__)
     grants = {
         name: grant_feature(parsed, app.policies.get(name), app.volumes, app.doc)

@@ -26,6 +26,7 @@ from capsule._manifest._model import (
 )
 from capsule._manifest._problems import Doc, Problem, problems_error, sorted_problems
 from capsule._manifest._reader import Table, read_toml
+from capsule._manifest._updates import UPDATE_IN_BUNDLE
 from capsule._tokens._caps import covering, parse_capability
 from capsule._units import format_size, parse_backoff, parse_duration, parse_size
 from capsule.errors import ConfigError
@@ -168,17 +169,22 @@ def read_feature(bundle: Path, shown: str, sink: list[Problem]) -> ParsedFeature
     if loaded is None:
         return None
     top, doc = loaded
-    top.allow(*FEATURE_TABLES)
+    top.allow(*FEATURE_TABLES, refused=("update",))
+    if "update" in top:
+        doc.error(("update",), UPDATE_IN_BUNDLE)
     head = top.table("feature", required=True)
-    name = version = entry = description = None
+    name = version = entry = description = forward_only = None
     if head is not None:
-        head.allow("name", "version", "entry", "description")
+        head.allow("name", "version", "entry", "description", "forward_only", refused=("update",))
+        if "update" in head:
+            doc.error(("feature", "update"), UPDATE_IN_BUNDLE)
         name = head.string("name", required='name = "spellcheck"', check=check_feature_name)
         version = head.string("version", required='version = "1.0.0"', check=_check_version)
         entry = head.string(
             "entry", required='entry = "spellcheck:feature"', check=check_entry_syntax
         )
         description = head.string("description")
+        forward_only = head.boolean("forward_only")
     provides = top.table("provides")
     services: list[tuple[KeyPath, str]] = []
     topics: list[tuple[KeyPath, str]] = []
@@ -218,6 +224,7 @@ def read_feature(bundle: Path, shown: str, sink: list[Problem]) -> ParsedFeature
         access=access,
         limits=limits,
         restart=restart,
+        forward_only=bool(forward_only),
     )
     return ParsedFeature(
         manifest=manifest,

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from capsule._manifest._access import Approval, Request
 from capsule._manifest._app import ParsedPolicy, volume_dir
 from capsule._manifest._feature import ParsedFeature
+from capsule._manifest._locator import KeyPath
 from capsule._manifest._model import FeatureGrant, MountGrant
 from capsule._manifest._problems import Doc
 from capsule._tokens._caps import Capability, cover, target_covers
@@ -99,9 +100,17 @@ def grant_feature(
     policy: ParsedPolicy | None,
     volumes: Mapping[str, Path],
     app_doc: Doc,
+    *,
+    table: str | None = None,
+    unapproved: list[KeyPath] | None = None,
 ) -> FeatureGrant:
-    """Intersect one feature's requests with its ``[policy.NAME]``; report what is not approved."""
+    """Intersect one feature's requests with its ``[policy.NAME]``; report what is not approved.
+
+    ``table`` names the policy table in messages (``[plugins]`` for a plugin); the key of
+    each request that is not approved is also added to ``unapproved`` when given.
+    """
     name = feature.manifest.name
+    table = table or f"[policy.{name}]"
     approvals = () if policy is None else policy.approvals
     capabilities: list[Capability] = []
     mounts: list[MountGrant] = []
@@ -110,18 +119,20 @@ def grant_feature(
         if found is None:
             if policy is None:
                 reason = (
-                    f"{app_doc.path} has no [policy.{name}] table, so {name} is granted nothing; "
+                    f"{app_doc.path} has no {table} table, so {name} is granted nothing; "
                     "add one that approves it, or remove the request"
                 )
             else:
                 hint = _why_not(request, approvals)
                 reason = (
-                    f"[policy.{name}] in {app_doc.path}{hint or ' does not cover it'}; "
+                    f"{table} in {app_doc.path}{hint or ' does not cover it'}; "
                     "approve it there or remove the request"
                 )
             feature.doc.error(
                 request.key, f"{request.text} ({request.capability}) is not approved: {reason}"
             )
+            if unapproved is not None:
+                unapproved.append(request.key)
             continue
         approval, granted = found
         if approval.broken:

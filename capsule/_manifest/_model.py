@@ -18,6 +18,8 @@ __all__ = [
     "DEFAULT_BROKER_LIMITS",
     "DEFAULT_LIMITS",
     "DEFAULT_RESTART",
+    "DEFAULT_UPDATE_POLICY",
+    "P99_FLOOR",
     "Access",
     "AppManifest",
     "BrokerLimits",
@@ -34,6 +36,7 @@ __all__ = [
     "Route",
     "Storage",
     "Strategy",
+    "UpdatePolicy",
 ]
 
 Mode: TypeAlias = Literal["ro", "rw"]
@@ -134,14 +137,48 @@ class BrokerLimits(msgspec.Struct, frozen=True, kw_only=True):
     lagged: LaggedPolicy = "drop"
 
 
+@final
+class UpdatePolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How a running feature is replaced by another version, from ``update`` of its
+    ``[policy.NAME]`` table in app.toml (durations in seconds, sizes in bytes).
+
+    After a switch the new version is on ``probation`` seconds; the old one stays frozen
+    ``keep`` seconds, so a rollback is a thaw. In-flight calls on the old version get
+    ``drain`` seconds to finish; at most ``queue`` new calls are held during the switch;
+    exported state is at most ``state_max`` bytes. During probation ``crashes`` crashes, an
+    error rate of ``error_rate`` over at least ``min_calls`` calls, or a p99 latency more
+    than ``p99_ratio`` times the old version's (and at least :data:`P99_FLOOR` seconds)
+    rolls the update back.
+    """
+
+    probation: float = 30.0
+    keep: float = 600.0
+    drain: float = 5.0
+    queue: int = 1024
+    state_max: int = 16 * _MiB
+    crashes: int = 2
+    min_calls: int = 20
+    error_rate: float = 0.1
+    p99_ratio: float = 3.0
+
+
+#: the p99 latency (seconds) under which a new version never counts as slow, however
+#: small the old version's baseline was
+P99_FLOOR: Final = 0.005
+
 DEFAULT_LIMITS: Final = Limits()
 DEFAULT_BROKER_LIMITS: Final = BrokerLimits()
 DEFAULT_RESTART: Final = RestartPolicy()
+DEFAULT_UPDATE_POLICY: Final = UpdatePolicy()
 
 
 @final
 class FeatureManifest(msgspec.Struct, frozen=True, kw_only=True):
-    """A feature bundle's ``capsule.toml``; ``root`` is the bundle directory."""
+    """A feature bundle's ``capsule.toml``; ``root`` is the bundle directory.
+
+    ``forward_only``: a version that cannot go back (it changes its state in a way an
+    older version cannot read); a failed update is stopped instead of rolled back.
+    """
 
     name: str
     version: str
@@ -154,6 +191,7 @@ class FeatureManifest(msgspec.Struct, frozen=True, kw_only=True):
     access: Access = Access()
     limits: Limits = DEFAULT_LIMITS
     restart: RestartPolicy = DEFAULT_RESTART
+    forward_only: bool = False
 
     @property
     def entry_module(self) -> str:
@@ -201,8 +239,9 @@ class EnvVar(msgspec.Struct, frozen=True, kw_only=True):
 @final
 class Policy(msgspec.Struct, frozen=True, kw_only=True):
     """What an app approves for one feature in ``[policy.NAME]``: the same keys as [access],
-    and ``env``, the environment variables it sets for the feature, and ``limits``, what it may
-    make the broker hold (the app alone decides both)."""
+    and ``env``, the environment variables it sets for the feature, ``limits``, what it may
+    make the broker hold, and ``update``, how a new version of it takes over (the app alone
+    decides these three)."""
 
     call: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
@@ -212,6 +251,17 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     listen: tuple[str, ...] = ()
     env: tuple[EnvVar, ...] = ()
     limits: BrokerLimits = DEFAULT_BROKER_LIMITS
+    update: UpdatePolicy = DEFAULT_UPDATE_POLICY
+
+    def capabilities(self) -> tuple[Capability, ...]:
+        """Each approval as the capability it maps to, in the order of ``Access.capabilities``."""
+        caps = [parse_capability(f"icc:call:{t}") for t in self.call]
+        caps += [parse_capability(f"icc:publish:{t}") for t in self.publish]
+        caps += [parse_capability(f"icc:subscribe:{t}") for t in self.subscribe]
+        caps += [approval.capability for approval in self.fs]
+        caps += [parse_capability(f"net:connect:{t}") for t in self.net]
+        caps += [parse_capability(f"net:listen:{t}") for t in self.listen]
+        return tuple(caps)
 
 
 @final
@@ -222,6 +272,9 @@ class AppManifest(msgspec.Struct, frozen=True, kw_only=True):
     ``seccomp``) the app agrees to run without on a machine that lacks them.
     ``token_ttl`` is how long its containers' tokens live before renewal replaces them.
     ``audit_max`` and ``audit_share`` bound its audit log and one feature's part of it.
+    ``plugins`` is the ``[plugins]`` table: the most a plugin installed at run time may be
+    granted, written like a ``[policy.NAME]`` table (None: no plugin may be installed
+    that asks for anything).
     """
 
     name: str
@@ -233,6 +286,13 @@ class AppManifest(msgspec.Struct, frozen=True, kw_only=True):
     audit_share: float | None = None  # of each audit file, one feature's part; None: 0.25
     volumes: Mapping[str, str] = msgspec.field(default_factory=dict)
     policies: Mapping[str, Policy] = msgspec.field(default_factory=dict)
+    plugins: Policy | None = None
+
+    def update_policy(self, feature: str) -> UpdatePolicy:
+        """How app feature ``feature`` is updated: ``update`` of its ``[policy.NAME]``, or the
+        default (a plugin's is ``plugins.update``)."""
+        policy = self.policies.get(feature)
+        return DEFAULT_UPDATE_POLICY if policy is None else policy.update
 
 
 @final

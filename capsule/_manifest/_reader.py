@@ -107,10 +107,11 @@ class Table:
     def __contains__(self, name: str) -> bool:
         return name in self.data
 
-    def allow(self, *names: str) -> None:
-        """Report every key that is not one of ``names``."""
+    def allow(self, *names: str, refused: tuple[str, ...] = ()) -> None:
+        """Report every key that is not one of ``names``; keys in ``refused`` are left to
+        the caller, which reports them with a message of their own."""
         for name, value in self.data.items():
-            if name in names:
+            if name in names or name in refused:
                 continue
             valid = ", ".join(names)
             if not self.key and isinstance(value, dict):
@@ -213,6 +214,20 @@ class Table:
             return None
         if not minimum <= value <= maximum:
             self.doc.error(key, f"must be from {minimum} to {maximum}, found {value}")
+            return None
+        return value
+
+    def boolean(self, name: str) -> bool | None:
+        if name not in self.data:
+            return None
+        value = self.data[name]
+        if not isinstance(value, bool):
+            hint = ""
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                hint = f" (write it without quotes: {name} = {value.lower()})"
+            self.doc.error(
+                (*self.key, name), f"expected true or false, found {describe(value)}{hint}"
+            )
             return None
         return value
 

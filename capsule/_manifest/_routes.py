@@ -49,14 +49,21 @@ def _check_call(
         )
 
 
-def check_routes(features: Mapping[str, ParsedFeature], unreadable: Callable[[str], bool]) -> None:
+def check_routes(
+    features: Mapping[str, ParsedFeature],
+    unreadable: Callable[[str], bool],
+    providers: Mapping[str, FeatureManifest] | None = None,
+) -> None:
     """Report calls to services nobody provides and subscriptions nobody publishes to.
 
     ``unreadable(name)`` is true for a name that may belong to a bundle that could
-    not be read; calls to it are not reported again.
+    not be read; calls to it are not reported again. ``providers`` are the features whose
+    services and topics count (every feature of the app); by default ``features``.
     """
-    services = {name: parsed.manifest.services for name, parsed in features.items()}
-    topics = sorted({topic for parsed in features.values() for topic in parsed.manifest.topics})
+    if providers is None:
+        providers = {name: parsed.manifest for name, parsed in features.items()}
+    services = {name: manifest.services for name, manifest in providers.items()}
+    topics = sorted({topic for manifest in providers.values() for topic in manifest.topics})
     for parsed in features.values():
         for request in parsed.requests:
             cap = request.capability

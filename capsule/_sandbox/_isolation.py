@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from capsule._manifest._app import WAIVABLE
-from capsule._sandbox import _cgroups, _landlock, _seccomp
+from capsule._sandbox import _cgroup_detect, _landlock, _seccomp
 from capsule.errors import SandboxError
 
 __all__ = ["WAIVABLE", "Isolation", "Mechanism", "probe", "require"]
@@ -38,7 +38,7 @@ class Isolation:
     mechanisms: tuple[Mechanism, ...]
     rootless: bool
     landlock_abi: int
-    cgroups: _cgroups.CgroupSupport
+    cgroups: _cgroup_detect.CgroupSupport
 
     def get(self, name: str) -> Mechanism:
         return next(m for m in self.mechanisms if m.name == name)
@@ -123,7 +123,7 @@ def _seccomp_mechanism() -> Mechanism:
     return _ok("seccomp", "filters with errno and kill_process")
 
 
-def _cgroup_mechanism(support: _cgroups.CgroupSupport) -> Mechanism:
+def _cgroup_mechanism(support: _cgroup_detect.CgroupSupport) -> Mechanism:
     wanted = {"memory", "pids", "cpu"}
     if support.version == 0 or not support.writable:
         return _missing("cgroups", support.reason or "no cgroups", support.reason)
@@ -137,7 +137,7 @@ def _cgroup_mechanism(support: _cgroups.CgroupSupport) -> Mechanism:
 def probe() -> Isolation:
     rootless = os.geteuid() != 0
     abi = _landlock.abi_version()
-    support = _cgroups.detect()
+    support = _cgroup_detect.detect()
     mechanisms = (
         _user_namespaces(rootless=rootless),
         _fuse(rootless=rootless),

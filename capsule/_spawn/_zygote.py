@@ -32,7 +32,7 @@ import trio  # noqa: F401 - pre-import for the containers
 
 import capsule._container._runtime  # noqa: F401 - pre-import for the containers
 import fusefs  # noqa: F401 - pre-import for the view servers
-from capsule._sandbox import _seccomp
+from capsule._sandbox import _seccomp, _seccomp_bpf
 from capsule._sandbox import _syscalls as sc
 from capsule._spawn import _bootstrap, _viewserver
 from capsule._spawn._protocol import (
@@ -59,7 +59,7 @@ class _Zygote:
         self.host = host
         self.children: set[int] = set()
         available, _ = _seccomp.available()
-        self.seccomp = _seccomp.build_filter() if available else None
+        self.seccomp = _seccomp_bpf.build_filter() if available else None
 
     def send(self, message: object, fds: list[int] | None = None) -> None:
         data = _encoder.encode(message)

@@ -7,6 +7,7 @@ restart: it reports how the container ended and the supervisor decides.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -40,14 +41,18 @@ from capsule.errors import (
     ChannelClosedError,
     FeatureCrashedError,
     FeatureStartError,
+    FeatureUnavailableError,
     ProtocolError,
     RemoteError,
+    SandboxError,
 )
 
 __all__ = ["Ending", "Instance", "LaunchSpec"]
 
 _log = structlog.get_logger("capsule.supervisor")
 _EXIT_WAIT: Final = 2.0
+#: how long :meth:`Instance.freeze` waits, by default, for the container to report FROZEN
+_FREEZE_WAIT: Final = 2.0
 _LOG_TAIL: Final = 50
 
 
@@ -354,9 +359,18 @@ class Instance:
     # -- ending -----------------------------------------------------------------------
 
     async def stop(self, grace: float) -> None:
-        """Ask the feature to stop; kill it if it has not ended after ``grace`` seconds."""
+        """Ask the feature to stop; kill it if it has not ended after ``grace`` seconds.
+
+        A frozen container (see :meth:`freeze`) is killed at once, without being asked.
+        """
         self._stop_requested = True
         if self.ended.is_set():
+            return
+        if self.frozen:  # it cannot answer, and thawing it would let it run again: end it
+            _log.info("stopping a frozen container: killed", feature=self.feature)
+            await self.kill()
+            with anyio.move_on_after(_EXIT_WAIT):
+                await self.ended.wait()
             return
         self._conn.send(Stop(reason="stopped by the supervisor"))
         with anyio.move_on_after(grace):
@@ -376,7 +390,17 @@ class Instance:
                 signal.pidfd_send_signal(self._pidfd, sig)
 
     async def kill(self) -> None:
-        """SIGKILL through the pidfd: its whole PID namespace goes with it."""
+        """SIGKILL through the pidfd: its whole PID namespace goes with it.
+
+        A frozen container would hold that SIGKILL pending until thawed, so its cgroup is
+        killed instead: every process gets SIGKILL while frozen, then dies as it thaws, none
+        running again. Its file-system server is spared, to be stopped as the container ends.
+        """
+        if self.cgroup is not None and self.frozen:
+            spare = () if self.view is None else (self.view.pid,)
+            await anyio.to_thread.run_sync(functools.partial(self.cgroup.kill, spare=spare))
+            if self.view is not None:  # thawed with the rest, it answers probes again
+                self.view.probes_held = False
         self.send_signal(signal.SIGKILL)
         if not self._serving and self._pidfd >= 0:  # not served yet: reap here
             status = await self._zygote.wait_exit(self.pid)
@@ -384,6 +408,57 @@ class Instance:
             self._conn.close()
             if self.view is not None:
                 await self.view.stop()
+
+    # -- freezing ---------------------------------------------------------------------
+
+    def _freezable(self, action: str) -> ContainerCgroup:
+        if self.ended.is_set():
+            raise FeatureUnavailableError(
+                self.feature, f"cannot {action} feature {self.feature!r}: its container has ended"
+            )
+        if self.cgroup is None:
+            raise SandboxError(
+                f"cannot {action} feature {self.feature!r}: its container has no cgroup, since "
+                "this supervisor cannot create cgroups; fix: see `capsule doctor`"
+            )
+        return self.cgroup
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the container's cgroup reports it frozen now (False without a cgroup)."""
+        return self.cgroup is not None and not self.ended.is_set() and self.cgroup.frozen
+
+    async def freeze(
+        self,
+        timeout: float = _FREEZE_WAIT,  # noqa: ASYNC109 - bounds the kernel's freeze, in a thread
+    ) -> None:
+        """Stop every process of the container where it stands, until :meth:`thaw`.
+
+        Waits in a worker thread until the cgroup reports FROZEN. Its file-system server, in
+        the same cgroup, freezes with it and is not probed meanwhile. Calls to it wait (their
+        deadlines run); :meth:`kill` and :meth:`stop` still end it. Raises SandboxError
+        when the container has no cgroup or does not freeze within ``timeout`` seconds (it is
+        thawed again then), FeatureUnavailableError when it has ended.
+        """
+        cgroup = self._freezable("freeze")
+        if self.view is not None:  # its file-system server shares the cgroup: frozen, not hung
+            self.view.probes_held = True
+        try:
+            await anyio.to_thread.run_sync(cgroup.freeze, timeout)
+        except BaseException:
+            if self.view is not None:  # freeze() thawed the group again
+                self.view.probes_held = False
+            raise
+
+    async def thaw(self) -> None:
+        """Let the container run again after :meth:`freeze`. Idempotent.
+
+        A signal sent while it was frozen (a pending SIGKILL) takes effect now.
+        """
+        cgroup = self._freezable("thaw")
+        await anyio.to_thread.run_sync(cgroup.thaw)
+        if self.view is not None:
+            self.view.probes_held = False
 
     def statistics(self) -> CgroupStats | None:
         if self.cgroup is None:

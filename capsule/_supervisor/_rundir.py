@@ -13,7 +13,7 @@ from pathlib import Path
 
 import fusefs
 from capsule._sandbox import _syscalls as sc
-from capsule._sandbox._cgroups import run_name_for
+from capsule._sandbox._cgroup_files import run_name_for
 
 __all__ = ["RunDir", "runtime_base"]
 

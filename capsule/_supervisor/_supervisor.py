@@ -37,12 +37,14 @@ from capsule._supervisor._handle import (
     HeldToken,
     NoPublicConstructor,
 )
+from capsule._supervisor._history import History, VersionRecord
 from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._launch import Launcher
 from capsule._supervisor._plan import Planner, container_uids, default_state_dir
 from capsule._supervisor._renewal import Renewer, token_lifetime
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._rundir import RunDir
+from capsule._supervisor._versions import note_start, open_history, running_app
 from capsule._supervisor._views import ViewTimeouts
 from capsule._tasks import Services
 from capsule._tokens._authority import TokenAuthority
@@ -106,9 +108,11 @@ class Supervisor(metaclass=NoPublicConstructor):
         view_timeouts: ViewTimeouts,
         environments: Mapping[str, tuple[tuple[str, str], ...]],
         token_ttl: float,
+        history: History,
     ) -> None:
         self.app = app
         self.state_dir = state_dir or default_state_dir(app.manifest.name)
+        self._history = history  # of state_dir: the versions each feature ran
         self.view_timeouts = view_timeouts
         # every background task of the app, shielded: a cancelled block around
         # open_supervisor must not end them before _close has stopped the containers
@@ -174,6 +178,14 @@ class Supervisor(metaclass=NoPublicConstructor):
             raise FeatureError(
                 name, f"is not part of app {self.app.manifest.name!r} ({known})"
             ) from None
+
+    def versions(self, name: str) -> tuple[VersionRecord, ...]:
+        """The versions ``name`` ran, oldest first, as kept in the state directory across
+        app restarts (at most the last 64 changes)."""
+        found = self._history.versions(name)
+        if not found and name not in self._handles:
+            self.feature(name)  # raises FeatureError naming the app's features
+        return found
 
     async def start(self, name: str) -> None:
         """Start a stopped feature and wait until it is ready (FeatureStartError otherwise)."""
@@ -317,7 +329,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         if removed:
             _log.warning("removed stale run directories", paths=[str(p) for p in removed])
         if isolation.get("cgroups").available:
-            from capsule._sandbox._cgroups import cleanup_stale  # noqa: PLC0415 - rarely needed
+            from capsule._sandbox._cgroup_stale import cleanup_stale  # noqa: PLC0415 - rarely needed
 
             stale = await anyio.to_thread.run_sync(cleanup_stale, isolation.cgroups)
             if stale:
@@ -383,6 +395,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._tg.start_soon(self._renewer.keep, handle, instance, tokens)
         if instance.ended.is_set():  # it ended between ready and here
             self._ended(handle, instance, instance.ending)  # type: ignore[arg-type]
+        await anyio.to_thread.run_sync(note_start, self._history, handle.manifest)
 
     def _ended(self, handle: FeatureHandle, instance: Instance, ending: Ending) -> None:
         """A container ended: revoke what it held, then apply the policy (synchronously)."""
@@ -496,7 +509,10 @@ async def open_supervisor(
     to ``audit`` (by default ``$XDG_STATE_HOME/capsule/audit/<app>/<run>.jsonl``;
     ``sup.audit_path`` says where). Features' private storage and their copy-on-write
     changes are kept beneath ``state_dir`` (by default
-    ``$XDG_STATE_HOME/capsule/state/<app>``), across restarts and updates.
+    ``$XDG_STATE_HOME/capsule/state/<app>``), across restarts and updates, with the
+    history of the versions each feature ran (``sup.versions(name)``): a feature whose
+    update outlived its probation runs that version again, unless its bundle in the app
+    changed version since (then the app's bundle runs).
     ``view_timeouts`` bounds how long a file-system server may take to mount a view and to
     answer its liveness probe (a server that does not answer is aborted, and its
     container ended and restarted per its policy). A feature's environment holds nothing of
@@ -507,6 +523,9 @@ async def open_supervisor(
     as long as the container runs.
     """
     loaded = app if isinstance(app, App) else load_app(Path(app))
+    state = Path(state_dir) if state_dir is not None else default_state_dir(loaded.manifest.name)
+    history = open_history(state)
+    loaded = running_app(loaded, history, inline=set(inline or ()))
     ttl = token_lifetime(loaded, token_ttl)
     unknown = sorted(set(inline or ()) - set(loaded.features))
     if unknown:
@@ -523,10 +542,11 @@ async def open_supervisor(
             stop_timeout=stop_timeout,
             call_timeout=call_timeout,
             audit=None if audit is None else Path(audit),
-            state_dir=None if state_dir is None else Path(state_dir),
+            state_dir=state,
             view_timeouts=view_timeouts or ViewTimeouts(),
             environments=environments,
             token_ttl=ttl,
+            history=history,
         )
         try:
             await sup._open()

@@ -87,6 +87,9 @@ class ViewServer:
         self._stopping = False
         self._stopped = anyio.Event()
         self._serving = False
+        #: set while its container's cgroup is frozen, which freezes the server too: it cannot
+        #: answer probes then, and is not hung
+        self.probes_held = False
         self._probe_seq = 0
         self._probe_answered = 0
         self._answered = anyio.Event()
@@ -316,7 +319,9 @@ class ViewServer:
             await anyio.sleep(self.timeouts.probe_interval)
             if self._stopping:
                 return
-            if not await self.probe(self.timeouts.probe):
+            if self.probes_held:
+                continue
+            if not await self.probe(self.timeouts.probe) and not self.probes_held:
                 self.failure = (
                     f"its file-system server did not answer within {self.timeouts.probe:g}s "
                     "(aborted and killed)"

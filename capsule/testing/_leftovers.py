@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 import fusefs
-from capsule._sandbox._cgroups import detect, run_name_for
+from capsule._sandbox._cgroup_detect import detect
+from capsule._sandbox._cgroup_files import run_name_for
 from capsule._supervisor._rundir import runtime_base
 from capsule._supervisor._supervisor import container_uids
 

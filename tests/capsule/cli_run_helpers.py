@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import fusefs
 from capsule._control._runs import RunningApp, running_apps
-from capsule._sandbox._cgroups import detect
+from capsule._sandbox._cgroup_detect import detect
 from capsule._supervisor._supervisor import container_uids
 from capsule.testing import TestApp
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 from capsule._cli._doctor import as_json, as_text
-from capsule._sandbox._cgroups import CgroupSupport
+from capsule._sandbox._cgroup_detect import CgroupSupport
 from capsule._sandbox._isolation import Isolation, Mechanism
-from capsule._sandbox._seccomp import DENIED_SYSCALLS
+from capsule._sandbox._seccomp_policy import DENIED_SYSCALLS
 from capsule._spawn._layout import neutral_support
 
 ROOT = Path(__file__).resolve().parents[2]

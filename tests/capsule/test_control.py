@@ -35,7 +35,7 @@ from capsule._control._runs import (
     select_app,
     write_private,
 )
-from capsule._sandbox._cgroups import run_name_for
+from capsule._sandbox._cgroup_files import run_name_for
 from capsule.errors import ProtocolError
 
 SECRET = "ab" * 32

@@ -21,22 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from capsule._sandbox import _cgroups
-from capsule._sandbox._cgroups import (
-    CAPSULE_DIR,
-    CgroupSupport,
-    CgroupTree,
-    ContainerCgroup,
-    cleanup_stale,
-    detect,
-    run_name_for,
-)
+from capsule._sandbox import _cgroup_detect, _cgroup_stale
+from capsule._sandbox._cgroup_detect import CgroupSupport, detect
+from capsule._sandbox._cgroup_files import CAPSULE_DIR, UNIFIED, run_name_for, write_value
+from capsule._sandbox._cgroup_stale import cleanup_stale
+from capsule._sandbox._cgroups import CgroupTree, ContainerCgroup
 from capsule.errors import SandboxError
 
 MiB = 1 << 20
 CHILD_TIMEOUT = 10.0
 SUPPORT = detect()
-V2 = _cgroups._detect(prefer=2)
+V2 = _cgroup_detect._detect(prefer=2)
 _COUNTER = itertools.count()
 #: every run name a test here created, for the final check
 CREATED: set[str] = set()
@@ -611,7 +606,7 @@ def test_cleanup_stale_removes_dead_runs_and_keeps_live_ones() -> None:
         assert not any(str(d) in removed for d in live.run_dirs + other.run_dirs)
         for path in map(Path, removed):
             assert path.parent.name == CAPSULE_DIR
-            assert _cgroups._RUN_RE.match(path.name)
+            assert _cgroup_stale._RUN_RE.match(path.name)
     finally:
         if inside is not None:
             reap(inside, 0)
@@ -626,7 +621,7 @@ def test_cleanup_stale_removes_dead_runs_and_keeps_live_ones() -> None:
 @needs_v2
 def test_v2_groups_join_measure_kill_and_remove(orphans: list[int]) -> None:
     assert V2.writable
-    assert _cgroups.UNIFIED in V2.roots
+    assert UNIFIED in V2.roots
     assert V2.describe().startswith("cgroup v2: ")
     with CgroupTree(V2, unique_run_name()) as cg_tree:
         group = cg_tree.create("feature", memory=64 * MiB, pids=8, cpu=0.5)
@@ -651,13 +646,13 @@ def test_v2_groups_join_measure_kill_and_remove(orphans: list[int]) -> None:
 
 
 def _v2_offers(controller: str) -> bool:
-    root = V2.roots.get(_cgroups.UNIFIED)
+    root = V2.roots.get(UNIFIED)
     return root is not None and controller in read(root / "cgroup.controllers").split()
 
 
 def _subtree_control(group: Path, change: str) -> None:
     with contextlib.suppress(OSError):
-        _cgroups._write(group / "cgroup.subtree_control", change)
+        write_value(group / "cgroup.subtree_control", change)
 
 
 @needs_v2
@@ -668,7 +663,7 @@ def test_v2_no_internal_processes_puts_capsule_in_the_parent() -> None:
     Played with hugetlb, the domain controller this machine's v2 hierarchy offers: the
     "supervisor" is a child moved into ``<top>/inner``.
     """
-    root = V2.roots[_cgroups.UNIFIED]
+    root = V2.roots[UNIFIED]
     capsule = root / CAPSULE_DIR
     name = unique_run_name()
     top = capsule / name
@@ -688,10 +683,10 @@ def test_v2_no_internal_processes_puts_capsule_in_the_parent() -> None:
         pid, fd = join((str(inner / "cgroup.procs"),), sleeper)
         os.close(fd)
         with pytest.raises(OSError, match="Device or resource busy") as caught:
-            _cgroups._write(inner / "cgroup.subtree_control", "+hugetlb")
+            write_value(inner / "cgroup.subtree_control", "+hugetlb")
         assert caught.value.errno == errno.EBUSY
 
-        found = _cgroups._detect_v2(root, inner, frozenset({"hugetlb"}))
+        found = _cgroup_detect._detect_v2(root, inner, frozenset({"hugetlb"}))
 
         assert found.version == 2
         assert found.controllers == frozenset({"hugetlb"})
@@ -706,11 +701,11 @@ def test_v2_no_internal_processes_puts_capsule_in_the_parent() -> None:
 
         # no usable parent (here: the mount's root is the busy cgroup itself): the groups go
         # below it, without controllers, and the busy cgroup is left exactly as it was
-        alone = _cgroups._detect_v2(inner, inner, frozenset({"hugetlb"}))
+        alone = _cgroup_detect._detect_v2(inner, inner, frozenset({"hugetlb"}))
         assert alone.version == 2
         assert alone.writable
         assert alone.controllers == frozenset()
-        assert alone.roots == {_cgroups.UNIFIED: inner}
+        assert alone.roots == {UNIFIED: inner}
         assert "holds processes" in alone.reason
         assert "Delegate=yes" in alone.reason
         assert read(inner / "cgroup.subtree_control") == ""
@@ -719,7 +714,7 @@ def test_v2_no_internal_processes_puts_capsule_in_the_parent() -> None:
         left: list[str] = []
         try:
             if pid is not None:
-                _cgroups._write(inner / "cgroup.kill", "1")
+                write_value(inner / "cgroup.kill", "1")
                 reap(pid)
             for group in (top / CAPSULE_DIR, inner / CAPSULE_DIR, inner, top):
                 try:

@@ -30,14 +30,12 @@ from typing import Any, NoReturn
 
 import pytest
 
-from capsule._sandbox._seccomp import (
+from capsule._sandbox._seccomp import available, install_filter, seccomp_mode
+from capsule._sandbox._seccomp_bpf import build_filter
+from capsule._sandbox._seccomp_policy import (
     ARGUMENT_FILTERED_SYSCALLS,
     DENIED_SYSCALLS,
     SUPPORTED_MACHINES,
-    available,
-    build_filter,
-    install_filter,
-    seccomp_mode,
     syscall_numbers,
 )
 from capsule.errors import SandboxError
@@ -246,7 +244,7 @@ def test_native_program_is_the_machines_program() -> None:
 
 def test_program_is_the_same_in_every_process() -> None:
     code = (
-        "import sys; from capsule._sandbox._seccomp import build_filter; "
+        "import sys; from capsule._sandbox._seccomp_bpf import build_filter; "
         "sys.stdout.write(''.join(build_filter(m).hex() for m in ('x86_64', 'aarch64')))"
     )
     outputs = set()
