@@ -10,16 +10,18 @@ block, which every container and file-system server it forks inherits (and which
 it runs ``python -I``, which ignores them, and the interpreter finds its prefix from its
 own path. ``LC_CTYPE`` is set because Python, started in the C locale, would otherwise
 set it itself (PEP 538); ``PATH`` is fixed so that ``shutil.which`` and subprocesses find
-the usual tools. Each container then replaces its environment with
-:func:`container_environment`: the minimal one plus what its app approves. That arrives
-in the container's Start message, on its own channel like its tokens, never through the
-zygote: every later container is a fork of the zygote's memory.
+the usual tools. A zygote started in a root of its own (see ``_spawn._launcher``) also
+has ``LD_LIBRARY_PATH``, naming where its interpreter's library lies there. Each container
+then replaces its environment with :func:`container_environment`: the minimal one plus
+what its app approves. That arrives in the container's Start message, on its own channel
+like its tokens, never through the zygote: every later container is a fork of the
+zygote's memory.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from capsule.errors import InternalError
@@ -55,9 +57,13 @@ MAX_ENTRY: Final = 128 * 1024
 MAX_TOTAL: Final = 512 * 1024
 
 
-def minimal() -> dict[str, str]:
-    """The zygote's whole environment (a fresh copy)."""
-    return dict(MINIMAL)
+def minimal(library_path: Sequence[str] = ()) -> dict[str, str]:
+    """The zygote's whole environment (a fresh copy); ``library_path`` becomes its
+    ``LD_LIBRARY_PATH`` when it runs in a root of its own (neutral paths only)."""
+    environment = dict(MINIMAL)
+    if library_path:
+        environment["LD_LIBRARY_PATH"] = ":".join(library_path)
+    return environment
 
 
 def check_name(name: str) -> str | None:

@@ -16,6 +16,7 @@ from capsule._manifest._app import WAIVABLE
 from capsule._sandbox._isolation import Isolation, Mechanism, probe
 from capsule._sandbox._landlock import ABI_FEATURES
 from capsule._sandbox._seccomp_policy import ARGUMENT_FILTERED_SYSCALLS, DENIED_SYSCALLS
+from capsule._spawn._layout import NEUTRAL_ROOT, neutral_support
 
 __all__ = ["as_json", "as_text", "register"]
 
@@ -96,6 +97,14 @@ def _rootless_detail(isolation: Isolation) -> str:
     return "running as root: each container gets a uid and gid of its own"
 
 
+def _runtime_paths() -> tuple[str, str]:
+    """Where containers see the Python runtime: ``neutral`` or ``host``, and why."""
+    neutral, reason = neutral_support()
+    if neutral:
+        return "neutral", f"beneath {NEUTRAL_ROOT}: containers learn no host path of the runtime"
+    return "host", f"at their host paths ({reason}): containers can read where Python lies"
+
+
 def _notes(isolation: Isolation) -> list[str]:
     """Missing mechanisms that do not count in the level, said plainly."""
     if all(m.available for m in isolation.mechanisms if m.name == "fuse"):
@@ -145,6 +154,8 @@ def as_text(isolation: Isolation) -> str:
     out.append(
         f"{'rootless':<{_NAME_WIDTH}} {rootless:<{_STATUS_WIDTH}} {_rootless_detail(isolation)}"
     )
+    mode, detail = _runtime_paths()
+    out.append(f"{'runtime paths':<{_NAME_WIDTH}} {mode:<{_STATUS_WIDTH}} {detail}")
     out.append("")
     out.append(f"isolation: {isolation.level}")
     out += textwrap.wrap(
@@ -187,6 +198,7 @@ def as_json(isolation: Isolation) -> dict[str, Any]:
             "description": support.describe(),
         },
         "rootless": isolation.rootless,
+        "runtime_paths": dict(zip(("mode", "detail"), _runtime_paths(), strict=True)),
         "isolation": {
             "level": isolation.level,
             "missing": list(isolation.missing),

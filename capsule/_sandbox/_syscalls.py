@@ -40,6 +40,7 @@ __all__ = [
     "openat2",
     "pivot_root",
     "prctl",
+    "setns",
     "umount2",
     "unshare",
 ]
@@ -104,6 +105,7 @@ _libc.mount.argtypes = [
 ]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [
     ctypes.c_int,
     ctypes.c_ulong,
@@ -144,6 +146,11 @@ def openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), f"unshare({flags:#x})")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """Join the namespace ``fd`` refers to (``nstype``: its ``CLONE_NEW*`` kind)."""
+    _check(_libc.setns(fd, nstype), f"setns({fd}, {nstype:#x})")
 
 
 def mount(

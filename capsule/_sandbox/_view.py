@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 import msgspec
 
 from capsule._sandbox import _syscalls as sc
+from capsule.errors import SandboxError
 
-__all__ = ["Bind", "ViewPlan", "build_root", "enter_root", "runtime_binds"]
+__all__ = ["Bind", "ViewPlan", "build_root", "build_runtime_root", "enter_root"]
 
 DEVICES: Final = ("null", "zero", "random", "urandom")
 _ROOT_SIZE: Final = 1 << 20
@@ -29,12 +29,19 @@ class Bind(msgspec.Struct, frozen=True):
     ``executable`` keeps exec rights (the Python runtime); data binds are ``noexec``.
     ``writable`` leaves the bind writable (never executable): only for a mount of the
     container's FUSE view, whose server checks and audits every write itself.
+    ``hidden`` mounts a directory as a read-only overlay of it instead of a bind, so that
+    the mount table inside names neither the host directory nor its path within its file
+    system (a bind shows that path; the overlay shows ``/`` and descriptor paths).
+    ``layers`` are directories laid over a hidden mount's source, the first on top: files
+    of the source rewritten for the place it is shown at.
     """
 
     source: str
     target: str
     executable: bool = False
     writable: bool = False
+    hidden: bool = False
+    layers: tuple[str, ...] = ()
 
 
 class ViewPlan(msgspec.Struct, frozen=True):
@@ -65,48 +72,121 @@ def _here(path: str) -> str:
     return "." + path if path.startswith("/") else "./" + path
 
 
-def _bind(source: int, target: str, *, executable: bool, writable: bool) -> None:
-    if stat.S_ISDIR(os.fstat(source).st_mode):
+def _open(sources: Iterable[Sequence[str]]) -> list[tuple[int, ...]]:
+    """Each bind's source and then its layers, opened ``O_PATH`` (closed by the caller)."""
+    opened: list[tuple[int, ...]] = []
+    try:
+        for paths in sources:
+            fds: list[int] = []
+            opened.append(())
+            for path in paths:
+                fds.append(os.open(path, os.O_PATH | os.O_CLOEXEC))
+                opened[-1] = tuple(fds)
+    except BaseException:
+        _close(opened)
+        raise
+    return opened
+
+
+def _close(opened: Iterable[Iterable[int]]) -> None:
+    for fds in opened:
+        for fd in fds:
+            os.close(fd)
+
+
+def _bind(bind: Bind, fds: tuple[int, ...], target: str, empty: int) -> None:
+    """Mount the source (``fds[0]``) at ``target``: a bind, or for a ``hidden`` directory an
+    overlay of its layers (``fds[1:]``), of it and of the empty directory ``empty`` (an
+    overlay without an upper layer needs two lower ones), each named by descriptor so that
+    no host path reaches the mount's options."""
+    source, layers = fds[0], fds[1:]
+    directory = stat.S_ISDIR(os.fstat(source).st_mode)
+    if directory:
         os.makedirs(target, exist_ok=True)
     else:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "a"):
             pass
-    sc.mount(f"/proc/self/fd/{source}", target, None, sc.MS_BIND | sc.MS_REC)
-    _restrict_mount(target, noexec=writable or not executable, writable=writable)
+    if bind.hidden and directory:
+        if bind.writable:
+            raise SandboxError(f"a hidden mount is read-only: {bind.target} cannot be writable")
+        flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
+        lower = "lowerdir=" + ":".join(f"/proc/self/fd/{fd}" for fd in (*layers, source, empty))
+        sc.mount("capsule", target, "overlay", flags, lower)
+    else:
+        sc.mount(f"/proc/self/fd/{source}", target, None, sc.MS_BIND | sc.MS_REC)
+    _restrict_mount(target, noexec=bind.writable or not bind.executable, writable=bind.writable)
 
 
-def build_root(stage: str, plan: ViewPlan, become: Callable[[], None]) -> None:
-    """Mount a fresh root on ``stage``, fill it, and leave the working directory in it.
-
-    Bind sources are opened first, with the host identity the child started with
-    (they may sit beneath directories only that identity can search); then
-    ``become()`` switches to the container's own uid, which must own every file the
-    root is made of. The caller then calls :func:`enter_root`.
-    """
-    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    options = f"size={_ROOT_SIZE},mode=0755,uid=0,gid=0"
-    sc.mount("tmpfs", stage, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, options)
-    opened: list[int] = []
+def _fill(
+    binds: Sequence[Bind], opened: Sequence[tuple[int, ...]], symlinks: Iterable[tuple[str, str]]
+) -> None:
+    """Mount ``binds`` (their sources already ``opened``) and make ``symlinks`` beneath the
+    working directory; creates ./proc (empty until /proc is mounted on it), the empty
+    layer of every hidden mount."""
+    os.makedirs("./proc")
+    empty = os.open("./proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        root = os.open(stage, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        opened.append(root)
-        opened.extend(os.open(bind.source, os.O_PATH | os.O_CLOEXEC) for bind in plan.binds)
-        become()
-        os.fchdir(root)
-        _mount_tmp(plan)  # first: the runtime itself may live beneath /tmp on the host
-        for bind, fd in zip(plan.binds, opened[1:], strict=True):
-            _bind(fd, _here(bind.target), executable=bind.executable, writable=bind.writable)
+        for bind, fds in zip(binds, opened, strict=True):
+            _bind(bind, fds, _here(bind.target), empty)
     finally:
-        for fd in opened:
-            os.close(fd)
-    for path, text in plan.symlinks:
+        os.close(empty)
+    for path, text in symlinks:
         link = _here(path)
         if not os.path.lexists(link):
             os.makedirs(os.path.dirname(link), exist_ok=True)
             os.symlink(text, link)
+
+
+def build_root(
+    stage: str, plan: ViewPlan, sources: Sequence[Sequence[str]], become: Callable[[], None]
+) -> int:
+    """Mount a fresh root on ``stage``, fill it, and return a descriptor of it (``O_PATH``).
+
+    ``sources`` are, for each of the plan's binds in order, its source and its layers
+    (the plan's own are blank: see ``SpawnRequest``). They are opened first, with the
+    host identity the child started with (they may sit beneath directories only that
+    identity can search); then ``become()`` switches to the container's own uid, which
+    must own every file the root is made of. The process that is to live in the root
+    then changes into it and calls :func:`enter_root`.
+    """
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    options = f"size={_ROOT_SIZE},mode=0755,uid=0,gid=0"
+    sc.mount("tmpfs", stage, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, options)
+    root = os.open(stage, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    opened: list[tuple[int, ...]] = [(root,)]
+    try:
+        if len(sources) != len(plan.binds):
+            raise SandboxError(f"{len(sources)} sources for {len(plan.binds)} binds")
+        opened += _open(sources)
+        become()
+        os.fchdir(root)
+        _mount_tmp(plan)  # first: the runtime itself may live beneath /tmp on the host
+        _fill(plan.binds, opened[1:], plan.symlinks)
+        _build_dev()
+        return os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    finally:
+        _close(opened)
+
+
+def build_runtime_root(
+    where: str, binds: Sequence[Bind], symlinks: Sequence[tuple[str, str]]
+) -> None:
+    """The zygote's own root, mounted on ``where`` in a private mount namespace: only the
+    runtime (``binds``), /dev's four devices and, once :func:`enter_root` runs, /proc.
+
+    The host's root stays the caller's until :func:`enter_root` pivots into this one.
+    """
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    options = f"size={_ROOT_SIZE},mode=0755,uid=0,gid=0"
+    sc.mount("tmpfs", where, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, options)
+    opened = _open((bind.source, *bind.layers) for bind in binds)
+    try:
+        os.chdir(where)
+        _fill(binds, opened, symlinks)
+    finally:
+        _close(opened)
     _build_dev()
-    os.makedirs("./proc")
 
 
 def _mount_tmp(plan: ViewPlan) -> None:
@@ -146,52 +226,3 @@ def enter_root() -> None:
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
     sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
-
-
-def _mapped_library_dirs() -> Iterator[str]:
-    with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-        for line in maps:
-            path = line.rstrip("\n").partition("/")[2]
-            if path and ".so" in path and not path.endswith(" (deleted)"):
-                yield os.path.dirname("/" + path)
-
-
-def _covered(path: str, roots: Iterable[str]) -> bool:
-    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
-
-
-def runtime_binds(packages: Iterable[str]) -> tuple[tuple[Bind, ...], tuple[tuple[str, str], ...]]:
-    """The Python runtime as binds at the same paths: prefixes, sys.path, loaded libraries.
-
-    ``packages`` are package directories bound on their own, for packages that sit in a
-    source tree (editable installs) rather than in site-packages: the tree itself
-    (tests, version control) is never bound. Returns the binds and the top-level
-    symlinks (``/lib -> usr/lib``) to recreate.
-    """
-    roots: list[str] = []
-
-    def add(path: str) -> None:
-        real = os.path.realpath(path)
-        if os.path.exists(real) and not _covered(real, roots):
-            roots[:] = [r for r in roots if not _covered(r, [real])]
-            roots.append(real)
-
-    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}:
-        add(prefix)
-    for entry in sys.path:
-        real = os.path.realpath(entry) if entry else ""
-        if os.path.isdir(real) and os.path.basename(real) in {"site-packages", "dist-packages"}:
-            add(real)
-    for package in packages:
-        add(package)
-    for directory in sorted(set(_mapped_library_dirs())):
-        add(directory)
-    if os.path.exists("/etc/ld.so.cache"):
-        add("/etc/ld.so.cache")
-    binds = tuple(Bind(root, root, executable=True) for root in sorted(roots))
-    symlinks = tuple(
-        (f"/{name}", os.readlink(f"/{name}"))
-        for name in ("lib", "lib64", "lib32", "libx32", "bin", "sbin")
-        if os.path.islink(f"/{name}")
-    )
-    return binds, symlinks

@@ -1,14 +1,18 @@
 """The child side of a spawn: from a fresh fork of the zygote to a sandboxed feature runtime.
 
 Two processes per container. The *outer* one joins the cgroup, unshares every
-namespace, has the zygote write its uid map, forks the *inner* one, then waits and
-mirrors the inner's exit: the supervisor kills a container by killing the outer
-(the inner dies with it through PDEATHSIG, and its PID namespace with it). The
-inner one is PID 1 of the new namespace: it builds the root, pivots into it, drops
-uid and capabilities, applies Landlock and seccomp, measures itself, and serves. Both
+namespace, has the zygote write its uid map, forks the *inner* one, builds the root
+(from host paths it reads only after that fork, so the feature's process never holds
+them) and hands it over, then waits and mirrors the inner's exit: the supervisor kills
+a container by killing the outer (the inner dies with it through PDEATHSIG, and its PID
+namespace with it). The inner one is PID 1 of the new namespace: it pivots into the
+root, drops uid and capabilities, applies Landlock and seccomp, measures itself, and
+serves. Both
 keep the zygote's minimal environment; the container's own comes in its Start message.
 The outer one reads its request (the container's name, view, cgroup) from a socket of
-its own, the first thing it does: the zygote never decodes it.
+its own, the first thing it does: the zygote never decodes it. When the zygote runs in a
+root of its own, the outer one first goes back to the host's mount namespace, where its
+request's paths lie.
 
 Runs only in freshly forked, single-threaded children; never returns to the zygote.
 """
@@ -22,7 +26,6 @@ import select
 import signal
 import socket
 import traceback
-from collections.abc import Sequence
 from typing import Final, NoReturn, TypeVar
 
 import msgspec
@@ -31,11 +34,18 @@ from capsule._ipc._channel import encode_frame
 from capsule._ipc._messages import CHANNEL_FD, NAMESPACES, Failure, SandboxStatus
 from capsule._sandbox import _landlock, _seccomp
 from capsule._sandbox import _syscalls as sc
-from capsule._sandbox._view import DEVICES, Bind, ViewPlan, build_root, enter_root
-from capsule._spawn._protocol import MAX_DATAGRAM, SpawnRequest
+from capsule._sandbox._view import DEVICES, ViewPlan, build_root, enter_root
+from capsule._spawn._protocol import MAX_DATAGRAM, RootSources, SpawnRequest
 from capsule.errors import SandboxError
 
-__all__ = ["EXIT_BOOTSTRAP", "close_all_but", "read_request", "reset_signals", "run_outer"]
+__all__ = [
+    "EXIT_BOOTSTRAP",
+    "close_all_but",
+    "read_request",
+    "reset_signals",
+    "return_to_host",
+    "run_outer",
+]
 
 _Request = TypeVar("_Request")
 
@@ -81,12 +91,22 @@ def reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
-def read_request(carrier: int, kind: type[_Request]) -> _Request:
-    """The one request the supervisor queued on ``carrier`` for this child (closed here)."""
+def return_to_host(host: int | None) -> None:
+    """Join the host's mount namespace (``host``: a descriptor of it, or None when the
+    zygote runs in it): the root and working directory become the host's."""
+    if host is not None:
+        sc.setns(host, sc.CLONE_NEWNS)
+        os.close(host)
+
+
+def read_request(carrier: int, kind: type[_Request], *, keep: bool = False) -> _Request:
+    """The next message the supervisor queued on ``carrier`` for this child (closed here,
+    unless ``keep``: another follows)."""
     try:
         data = os.read(carrier, MAX_DATAGRAM)
     finally:
-        os.close(carrier)
+        if not keep:
+            os.close(carrier)
     if not data:
         raise SandboxError("the supervisor sent no request")
     return msgspec.msgpack.decode(data, type=kind)
@@ -98,26 +118,19 @@ def run_outer(
     channel: int,
     go: int,
     unshared: int,
-    stage: str,
-    runtime: tuple[Sequence[Bind], Sequence[tuple[str, str]]],
+    host: int | None,
     seccomp_program: bytes | None,
 ) -> NoReturn:
-    """The outer process, from the zygote's fork: reads its request from ``carrier``, adds
-    the ``runtime``'s binds and links to its view; never returns."""
+    """The outer process, from the zygote's fork: back in the ``host``'s mount namespace,
+    reads its request from ``carrier``, forks the inner process, and only then reads where
+    the root is built from (host paths the feature's process never holds), builds it in
+    the namespaces they share and hands it over; never returns."""
     try:
         reset_signals()
         os.setsid()
-        request = read_request(carrier, SpawnRequest)
-        binds, symlinks = runtime
-        request = msgspec.structs.replace(
-            request,
-            view=msgspec.structs.replace(
-                request.view,
-                binds=(*binds, *request.view.binds),
-                symlinks=(*symlinks, *request.view.symlinks),
-            ),
-        )
-        close_all_but({channel, go, unshared})
+        return_to_host(host)
+        request = read_request(carrier, SpawnRequest, keep=True)
+        close_all_but({channel, go, unshared, carrier})
         for procs in request.cgroup_procs:
             with open(procs, "w", encoding="ascii") as f:
                 f.write(str(os.getpid()))
@@ -131,11 +144,20 @@ def run_outer(
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         lifeline, held = os.pipe()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         inner = os.fork()
         if inner == 0:
             os.close(held)
-            _run_inner(request, channel, stage, seccomp_program, lifeline)
+            os.close(carrier)
+            ours.close()
+            _run_inner(request, channel, theirs.detach(), seccomp_program, lifeline)
         os.close(lifeline)
+        theirs.close()
+        sources = read_request(carrier, RootSources)
+        root = build_root(sources.stage, request.view, sources.binds, _become_container_root)
+        socket.send_fds(ours, [b"r"], [root])
+        os.close(root)
+        ours.close()
         os.close(channel)
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
@@ -215,18 +237,30 @@ def _die_with_outer(lifeline: int) -> None:
     os.close(lifeline)
 
 
+def _receive_root(handover: int) -> int:
+    """The root the outer process built (an ``O_PATH`` descriptor), from ``handover``."""
+    with socket.socket(fileno=handover) as sock:
+        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+    if not fds:
+        raise SandboxError("the outer process could not build the container's root")
+    return fds[0]
+
+
 def _run_inner(
     request: SpawnRequest,
     channel: int,
-    stage: str,
+    handover: int,
     seccomp_program: bytes | None,
     lifeline: int,
 ) -> NoReturn:
     try:
         os.setsid()
         _seal_memfds()
-        build_root(stage, request.view, _become_container_root)
+        root = _receive_root(handover)
+        _become_container_root()
         _die_with_outer(lifeline)
+        os.fchdir(root)
+        os.close(root)
         enter_root()
         socket.sethostname(request.name)
         null = os.open("/dev/null", os.O_RDWR)

@@ -2,7 +2,9 @@
 
 Async (anyio), for the supervisor's event loop. It starts the zygote as a freshly
 executed interpreter, so the host program's threads never matter; it never forks
-the supervisor itself.
+the supervisor itself. When it can (as root, with overlayfs), it starts it through
+``_launcher``, in a root of its own where the runtime lies at neutral paths; each request
+then carries the runtime's host directories (to the forked child, never the zygote).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -21,11 +24,21 @@ import anyio.abc
 import msgspec
 
 import capsule
+import fusefs
 from capsule._environ import minimal
+from capsule._spawn import _launcher
+from capsule._spawn._layout import (
+    NEUTRAL_ROOT,
+    RuntimeLayout,
+    neutral_support,
+    plan_runtime,
+    rewrite_build_data,
+)
 from capsule._spawn._protocol import (
     MAX_DATAGRAM,
     Exited,
     FromZygote,
+    RootSources,
     Spawn,
     Spawned,
     SpawnFailed,
@@ -43,10 +56,26 @@ _EXIT_GRACE: Final = 5.0
 _decoder = msgspec.msgpack.Decoder(FromZygote)
 _encoder = msgspec.msgpack.Encoder()
 
-_LAUNCH: Final = (
-    "import sys; sys.path[:0] = [sys.argv[1]]; "
-    "from capsule._spawn._zygote import main; main(sys.argv[1:])"
+#: the launcher needs a few modules of the package, not its facade (which imports the whole
+#: runtime, a fifth of a second) and executes the zygote right after: the package is
+#: registered bare, so that only what the launcher imports is loaded
+_LAUNCHER: Final = (
+    "import sys, types; sys.path[:0] = [sys.argv[1]]; "
+    "package = types.ModuleType('capsule'); package.__path__ = [sys.argv[1] + '/capsule']; "
+    "sys.modules['capsule'] = package; "
+    "from capsule._spawn._launcher import main; main(sys.argv[2:])"
 )
+_layouts: dict[bool, RuntimeLayout] = {}
+
+
+def runtime_layout() -> RuntimeLayout:
+    """This interpreter's runtime, and where the zygote and its containers see it (computed
+    once: the runtime does not move while the program runs)."""
+    neutral, reason = neutral_support()
+    if neutral not in _layouts:
+        packages = [os.path.dirname(capsule.__file__), os.path.dirname(fusefs.__file__)]
+        _layouts[neutral] = plan_runtime(packages, neutral=neutral, reason=reason)
+    return _layouts[neutral]
 
 
 @dataclass(slots=True)
@@ -70,28 +99,37 @@ class _Exit:
     status: int | None = None
 
 
-def _carrying(request: SpawnRequest | ViewRequest, what: str) -> socket.socket:
-    """One end of a new socketpair with ``request`` queued on it as one datagram (the other
-    end is closed: the reader sees the request, then the end of the stream)."""
+def _carrying(messages: Sequence[msgspec.Struct], what: str) -> socket.socket:
+    """One end of a new socketpair with ``messages`` queued on it, a datagram each (the other
+    end is closed: the reader sees them, then the end of the stream)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours:
-        data = _encoder.encode(request)
-        try:
-            ours.send(data)
-        except OSError as exc:
-            theirs.close()
-            raise SandboxError(
-                f"could not hand over the request for {what} ({len(data)} bytes): {exc}"
-            ) from exc
+        for message in messages:
+            data = _encoder.encode(message)
+            try:
+                ours.send(data)
+            except OSError as exc:
+                theirs.close()
+                raise SandboxError(
+                    f"could not hand over the request for {what} ({len(data)} bytes): {exc}"
+                ) from exc
     return theirs
 
 
 class ZygoteClient:
     """One zygote process. Use ``async with ZygoteClient.open(stage) as zygote``."""
 
-    def __init__(self, process: subprocess.Popen[bytes], sock: socket.socket) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        sock: socket.socket,
+        layout: RuntimeLayout,
+        stage: Path,
+    ) -> None:
         self._process = process
         self._sock = sock
+        self.layout = layout
+        self._stage = stage
         self._seq = 0
         self._pending: dict[int, _Pending] = {}
         self._exits: dict[int, _Exit] = {}
@@ -103,25 +141,30 @@ class ZygoteClient:
         return self._process.pid
 
     @classmethod
-    def launch(cls, stage: Path) -> ZygoteClient:
+    def launch(cls, stage: Path, build_data: Path | None = None) -> ZygoteClient:
         """Start the zygote process (synchronous: a fork+exec, before any container exists).
 
         Its environment is built from scratch (``capsule._environ``): nothing of the host
-        program's environment reaches it, nor anything it forks.
+        program's environment reaches it, nor anything it forks. In the neutral layout it
+        is started by ``_launcher``, in a root of its own mounted on ``stage`` (in a mount
+        namespace of its own: the host sees nothing mounted there), and the interpreter's
+        build data, rewritten to name where it is shown, is written beneath ``build_data``
+        (when given) and laid over it.
         """
+        layout = runtime_layout()
+        if build_data is not None:
+            layout = rewrite_build_data(layout, str(build_data))
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        source_root = os.path.dirname(os.path.dirname(capsule.__file__))
+        fd = str(theirs.fileno())
+        if layout.mode == "neutral":
+            source_root = os.path.dirname(os.path.dirname(capsule.__file__))
+            plan = msgspec.json.encode(layout).decode()
+            command = [sys.executable, "-I", "-c", _LAUNCHER, source_root, plan, str(stage), fd]
+        else:
+            command = [sys.executable, "-I", "-c", _launcher.ZYGOTE, fd, "-", *layout.path]
         try:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed argv
-                [
-                    sys.executable,
-                    "-I",
-                    "-c",
-                    _LAUNCH,
-                    source_root,
-                    str(theirs.fileno()),
-                    str(stage),
-                ],
+                command,
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
@@ -133,7 +176,7 @@ class ZygoteClient:
         finally:
             theirs.close()
         ours.setblocking(False)  # noqa: FBT003 - the socket API's own positional flag
-        return cls(process, ours)
+        return cls(process, ours, layout, stage)
 
     async def _receive(self) -> tuple[FromZygote, list[int]] | None:
         while True:
@@ -155,10 +198,20 @@ class ZygoteClient:
         with anyio.fail_after(_START_TIMEOUT):
             received = await self._receive()
         if received is None or not isinstance(received[0], ZygoteReady):
-            code = self._process.poll()
+            wait = functools.partial(self._process.wait, timeout=_EXIT_GRACE)
+            try:  # its status, once it is gone
+                code: int | None = await anyio.to_thread.run_sync(wait)
+            except subprocess.TimeoutExpired:
+                code = None
+            where = (
+                " (in a root of its own, with the runtime beneath "
+                f"{NEUTRAL_ROOT}: its error is on standard error)"
+                if self.layout.mode == "neutral"
+                else ""
+            )
             raise SandboxError(
-                f"the zygote exited during start (exit status {code}); run with --debug, "
-                "and check `capsule doctor`"
+                f"the zygote exited during start (exit status {code}){where}; run with "
+                "--debug, and check `capsule doctor`"
             )
         self.ready = received[0]
         return self.ready
@@ -199,28 +252,43 @@ class ZygoteClient:
     async def spawn(self, request: SpawnRequest, channel: socket.socket) -> SpawnResult:
         """Start one container; ``channel`` is its end of the socketpair (closed here)."""
         order = Spawn(seq=0, uid=request.uid, gid=request.gid)
-        return await self._spawn(order, request, request.name, channel, "container")
+        view = request.view
+        binds = (*self.layout.binds, *view.binds)
+        sources = RootSources(
+            stage=str(self._stage), binds=tuple((b.source, *b.layers) for b in binds)
+        )
+        blank = tuple(msgspec.structs.replace(b, source="", layers=()) for b in binds)
+        request = msgspec.structs.replace(
+            request,
+            view=msgspec.structs.replace(
+                view, binds=blank, symlinks=(*self.layout.symlinks, *view.symlinks)
+            ),
+        )
+        return await self._spawn(order, [request, sources], request.name, channel, "container")
 
     async def spawn_view(self, request: ViewRequest, control: socket.socket) -> SpawnResult:
         """Start one file-system server; ``control`` is its end of the socketpair (closed here)."""
+        runtime = tuple((bind.target, bind.source) for bind in self.layout.binds)
+        request = msgspec.structs.replace(request, runtime=runtime)
         return await self._spawn(
-            SpawnView(seq=0), request, request.name, control, "file-system server"
+            SpawnView(seq=0), [request], request.name, control, "file-system server"
         )
 
     async def _spawn(
         self,
         order: Spawn | SpawnView,
-        request: SpawnRequest | ViewRequest,
+        messages: Sequence[msgspec.Struct],
         name: str,
         channel: socket.socket,
         what: str,
     ) -> SpawnResult:
         """Send ``order`` (which names no feature) to the zygote with ``channel`` and a socket
-        holding ``request``: only the forked child reads the request, never the zygote."""
+        holding ``messages`` (the request, and a container's root sources): only the forked
+        child reads them, never the zygote."""
         try:
             if self._closed:
                 raise SandboxError("the zygote is not running")  # noqa: TRY301 - closes below
-            carrier = _carrying(request, f"the {what} for {name}")
+            carrier = _carrying(messages, f"the {what} for {name}")
         except BaseException:
             channel.close()
             raise

@@ -27,6 +27,7 @@ __all__ = [
     "Exited",
     "FromZygote",
     "Rlimits",
+    "RootSources",
     "Spawn",
     "SpawnFailed",
     "SpawnRequest",
@@ -59,7 +60,10 @@ class SpawnRequest(msgspec.Struct, frozen=True):
     Sent to the forked child on a socket of its own, never through the zygote (which forks
     every container: what it once held in memory each later fork inherits). Nothing secret
     travels here either (no token, no environment value): those come on the container's
-    channel, in its Start message."""
+    channel, in its Start message. No host path either: the sources of ``view``'s binds
+    are blank (the runtime's mounts lead them); they come in a :class:`RootSources`
+    after it, which only the outer process reads, once the feature's process is forked
+    (what the outer process held before, the feature's inherits)."""
 
     name: str
     uid: int
@@ -71,14 +75,25 @@ class SpawnRequest(msgspec.Struct, frozen=True):
     seccomp: bool = True
 
 
+class RootSources(msgspec.Struct, frozen=True):
+    """Where a container's root is built from, on the host: ``stage``, the directory it is
+    mounted on (in the container's own mount namespace), and for each bind of its view,
+    in order, its source and its layers."""
+
+    stage: str
+    binds: tuple[tuple[str, ...], ...]
+
+
 class ViewRequest(msgspec.Struct, frozen=True):
     """How to start one container's file-system server: its view (a ``fusefs.ViewSpec``
     as msgpack) and where to mount it; ``landlock`` confines the server to what it serves;
     ``cgroup_procs`` are the files it writes its pid to (its container's group, so what a
     feature makes its server do and hold counts against that feature's limits). ``roots``
     are the mounts (by index) whose directories arrive as descriptors on the control socket,
-    in that order, beside ``ROOTS_DATAGRAM``s: the server opens no path for them. Sent to
-    the forked server on a socket of its own, never through the zygote."""
+    in that order, beside ``ROOTS_DATAGRAM``s: the server opens no path for them.
+    ``runtime`` pairs each runtime directory as the zygote sees it with its host path (the
+    server runs in the host's mount namespace). Sent to the forked server on a socket of
+    its own, never through the zygote."""
 
     name: str
     view: bytes
@@ -86,6 +101,7 @@ class ViewRequest(msgspec.Struct, frozen=True):
     landlock: bool = True
     cgroup_procs: tuple[str, ...] = ()
     roots: tuple[int, ...] = ()
+    runtime: tuple[tuple[str, str], ...] = ()
 
 
 class _Msg(msgspec.Struct, frozen=True, tag_field="t"):

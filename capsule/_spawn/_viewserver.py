@@ -17,7 +17,7 @@ import resource
 import socket
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
 import msgspec
@@ -25,7 +25,13 @@ import msgspec
 import fusefs
 from capsule._sandbox import _landlock
 from capsule._sandbox import _syscalls as sc
-from capsule._spawn._bootstrap import EXIT_BOOTSTRAP, close_all_but, read_request, reset_signals
+from capsule._spawn._bootstrap import (
+    EXIT_BOOTSTRAP,
+    close_all_but,
+    read_request,
+    reset_signals,
+    return_to_host,
+)
 from capsule._spawn._protocol import ROOTS_DATAGRAM, ROOTS_PER_DATAGRAM, ViewRequest
 
 __all__ = ["run"]
@@ -63,15 +69,32 @@ def _receive_roots(control: socket.socket, mounts: Sequence[int]) -> dict[int, i
     return dict(zip(mounts, fds, strict=True))
 
 
-def run(carrier: int, *, control: int, runtime: Sequence[str]) -> NoReturn:
+def _find_runtime_on_host(runtime: Iterable[tuple[str, str]]) -> None:
+    """Point ``sys.path`` at the host's runtime directories (``runtime``: where the zygote
+    sees each, where it is on the host): in the host's mount namespace, where this server
+    lives, the zygote's neutral paths do not exist, and a late import must still work."""
+    pairs = sorted(runtime, key=lambda pair: -len(pair[0]))
+    for index, entry in enumerate(sys.path):
+        for shown, source in pairs:
+            if entry == shown or entry.startswith(shown.rstrip("/") + "/"):
+                sys.path[index] = source + entry[len(shown) :]
+                break
+    sys.path_importer_cache.clear()
+
+
+def run(carrier: int, *, control: int, host: int | None) -> NoReturn:
     """Serve the view of the request read from ``carrier`` until the supervisor says stop or
-    goes away; never returns."""
+    goes away, in the host's mount namespace (``host``: a descriptor of it, or None when
+    the zygote runs in it); never returns."""
     name = "a feature"
     try:
         reset_signals()
         os.setsid()
+        return_to_host(host)
         request = read_request(carrier, ViewRequest)
         name = request.name
+        _find_runtime_on_host(request.runtime)
+        runtime = [source for _, source in request.runtime]
         close_all_but({_STDERR, control})
         for procs in request.cgroup_procs:
             with open(procs, "w", encoding="ascii") as f:

@@ -1,8 +1,10 @@
 """The zygote: a fresh, single-threaded interpreter that forks one sandboxed child per container.
 
-Started by the supervisor with ``python -I -m capsule._spawn._zygote FD STAGE``. It
-pre-imports the container runtime, compiles the seccomp filter once, and then only
-forks, writes uid maps, reaps, and reports exits. It holds no secrets (no signing
+Started by the supervisor as ``python -I -c ... FD HOST_NS`` (``HOST_NS`` is ``-``, or a
+descriptor of the host's mount namespace when the zygote runs in a root of its own, where
+the runtime lies at neutral paths: see ``_launcher``). It pre-imports the container
+runtime, compiles the seccomp filter once, and then only forks, writes uid maps, reaps,
+and reports exits. It holds no secrets (no signing
 key, no tokens) and never runs feature code itself. It learns nothing per feature
 either: an order to spawn carries only the host uid and gid to map (the request
 itself comes on a socket the forked child reads), because every later fork inherits
@@ -28,12 +30,10 @@ import cloudpickle  # noqa: F401 - pre-import for the containers
 import msgspec
 import trio  # noqa: F401 - pre-import for the containers
 
-import capsule
-import capsule._container._runtime
-import fusefs
+import capsule._container._runtime  # noqa: F401 - pre-import for the containers
+import fusefs  # noqa: F401 - pre-import for the view servers
 from capsule._sandbox import _seccomp, _seccomp_bpf
 from capsule._sandbox import _syscalls as sc
-from capsule._sandbox._view import runtime_binds
 from capsule._spawn import _bootstrap, _viewserver
 from capsule._spawn._protocol import (
     ORDER_DATAGRAM,
@@ -54,15 +54,10 @@ _encoder = msgspec.msgpack.Encoder()
 
 
 class _Zygote:
-    def __init__(self, sock: socket.socket, stage: str) -> None:
+    def __init__(self, sock: socket.socket, host: int | None) -> None:
         self.sock = sock
-        self.stage = stage
+        self.host = host
         self.children: set[int] = set()
-        binds, symlinks = runtime_binds(
-            [os.path.dirname(capsule.__file__), os.path.dirname(fusefs.__file__)]
-        )
-        self.binds = binds
-        self.symlinks = symlinks
         available, _ = _seccomp.available()
         self.seccomp = _seccomp_bpf.build_filter() if available else None
 
@@ -86,8 +81,7 @@ class _Zygote:
                     channel=channel,
                     go=go_read,
                     unshared=ns_write,
-                    stage=self.stage,
-                    runtime=(self.binds, self.symlinks),
+                    host=self.host,
                     seccomp_program=self.seccomp,
                 )
             finally:
@@ -119,11 +113,10 @@ class _Zygote:
     def spawn_view(self, order: SpawnView, control: int, carrier: int) -> None:
         """Fork one container's file-system server: no namespaces of its own to wait for;
         the child reads its request from ``carrier`` (this process never does)."""
-        runtime = [bind.source for bind in self.binds]
         pid = os.fork()
         if pid == 0:  # never return into the zygote's code, whatever happens
             try:
-                _viewserver.run(carrier, control=control, runtime=runtime)
+                _viewserver.run(carrier, control=control, host=self.host)
             finally:
                 os._exit(_bootstrap.EXIT_BOOTSTRAP)
         os.close(control)
@@ -236,10 +229,10 @@ def _write_maps(pid: int, uid: int, gid: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    fd, stage = int(argv[1]), argv[2]
+    fd, host = int(argv[1]), argv[2]
     sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
     sock = socket.socket(fileno=fd)
-    _Zygote(sock, stage).serve()
+    _Zygote(sock, None if host == "-" else int(host)).serve()
 
 
 if __name__ == "__main__":

@@ -178,7 +178,10 @@ class Planner:
         manifest, grant, name = version.manifest, version.grant, version.name
         limits = manifest.limits
         served = str(view.mountpoint)
-        binds = [Bind(str(manifest.root), "/bundle"), Bind(f"{served}/capsule", "/capsule")]
+        binds = [
+            Bind(str(manifest.root), "/bundle", hidden=True),
+            Bind(f"{served}/capsule", "/capsule"),
+        ]
         binds += [Bind(f"{served}{m.view}", m.view, writable=True) for m in grant.mounts]
         quota = max((m.quota or 0 for m in grant.mounts), default=0)
         request = SpawnRequest(

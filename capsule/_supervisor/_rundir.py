@@ -69,6 +69,11 @@ class RunDir:
         """The empty directory each container mounts its new root on (in its own namespace)."""
         return self.path / "stage"
 
+    @property
+    def build_data(self) -> Path:
+        """The runtime's build data rewritten for where containers see it (see ``_spawn``)."""
+        return self.path / "runtime"
+
     def open(self) -> list[Path]:
         """Create the directory; returns the stale run directories it removed first."""
         self.base.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -79,6 +84,7 @@ class RunDir:
         self.path.mkdir(mode=0o700, exist_ok=True)
         self.stage.mkdir(mode=0o700, exist_ok=True)
         self.views.mkdir(mode=0o700, exist_ok=True)
+        self.build_data.mkdir(mode=0o700, exist_ok=True)
         return removed
 
     def cleanup_stale(self) -> list[Path]:

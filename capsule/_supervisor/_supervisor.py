@@ -441,7 +441,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._tg.start_soon(self._broker.deadlines.run)
         self._tg.start_soon(self._broker.outbox.run)
         self._tg.start_soon(self._audit.run)
-        self._zygote = ZygoteClient.launch(self._rundir.stage)
+        self._zygote = ZygoteClient.launch(self._rundir.stage, self._rundir.build_data)
         await self._zygote.wait_started()
         self._tg.start_soon(self._zygote.serve)
         self._launcher = Launcher(

@@ -13,6 +13,7 @@ from capsule._cli._doctor import as_json, as_text
 from capsule._sandbox._cgroup_detect import CgroupSupport
 from capsule._sandbox._isolation import Isolation, Mechanism
 from capsule._sandbox._seccomp_policy import DENIED_SYSCALLS
+from capsule._spawn._layout import neutral_support
 
 ROOT = Path(__file__).resolve().parents[2]
 LANDLOCK_FIX = "Linux >= 5.13 with landlock in the lsm= kernel command line"
@@ -190,3 +191,18 @@ def test_missing_fuse_is_shown_but_keeps_the_level() -> None:
     assert "\nisolation: full\n" in out
     assert "fuse is missing: it serves the volume views" in out
     assert as_json(machine)["isolation"]["notes"] != []
+
+
+def test_doctor_says_where_containers_see_the_runtime() -> None:
+    """The runtime is shown beneath /usr/lib/capsule when the zygote can have a root of its own
+    (root, overlayfs); otherwise at its host paths, and the line says why."""
+    neutral, reason = neutral_support()
+    line = next(ln for ln in as_text(isolation()).splitlines() if ln.startswith("runtime paths"))
+    data = as_json(isolation())["runtime_paths"]
+    if neutral:
+        assert re.match(r"runtime paths +neutral +beneath /usr/lib/capsule: ", line), line
+        assert data["mode"] == "neutral"
+    else:
+        assert re.match(r"runtime paths +host +at their host paths \(", line), line
+        assert reason in line
+        assert data["mode"] == "host"

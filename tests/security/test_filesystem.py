@@ -813,15 +813,19 @@ async def test_proc_is_private_and_sys_is_absent(capsule_app: TestApp) -> None:
     fixed = {"/", "/bundle", "/dev", _TMP, "/proc"} | {f"/dev/{name}" for name in _DEVICES}
     assert fixed <= set(points)
     for point, mount in points.items():
-        if point not in fixed:  # the runtime: read-only binds at their host paths
-            assert mount["root"] == point, mount
+        if point not in fixed:  # the runtime: read-only, hidden or at its own path
+            hidden = mount["fstype"] == "overlay" and mount["root"] == "/"
+            assert hidden or mount["root"] == point, mount
             assert "ro" in mount["options"].split(","), mount
+    assert points["/bundle"]["fstype"] == "overlay", points["/bundle"]  # names no host path
+    assert points["/bundle"]["root"] == "/", points["/bundle"]
     assert leftovers() == []
 
 
 @pytest.mark.trio
 async def test_host_unix_sockets_are_not_in_the_view(capsule_app: TestApp, tmp_path: Path) -> None:
     """THREATS 8: no /tmp, /run or $XDG_RUNTIME_DIR bind, so no host socket is reachable."""
+    from capsule._spawn._client import runtime_layout  # noqa: PLC0415 - host side only
     from capsule._supervisor._rundir import runtime_base  # noqa: PLC0415 - host side only
 
     probe = capsule_app.feature("probe")
@@ -858,11 +862,15 @@ async def test_host_unix_sockets_are_not_in_the_view(capsule_app: TestApp, tmp_p
     assert got["bind /tmp/rendezvous.sock"] == "EACCES"
     forbidden = _forbidden_binds(Path.home(), _REPO, tmp_path)
     for mount in got["mounts"]:
-        if mount["fstype"] in {"proc", "tmpfs"}:
+        if mount["fstype"] in {"proc", "tmpfs", "overlay"}:  # an overlay: judged below
             continue
         assert mount["point"] not in forbidden, mount
         for path in forbidden - {"/"}:
             assert not _covers(mount["root"], path), (mount, path)
+    # a hidden mount names no source inside; its sources, on the host, are the runtime's
+    for bind in runtime_layout().binds:
+        for path in forbidden - {"/"}:
+            assert not _covers(bind.source, path), (bind, path)
     tmp_mount = next(m for m in got["mounts"] if m["point"] == _TMP)
     assert (tmp_mount["fstype"], tmp_mount["root"]) == ("tmpfs", "/")
     assert leftovers() == []

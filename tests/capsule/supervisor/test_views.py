@@ -39,6 +39,7 @@ from capsule._container._feature import Context
 from capsule._supervisor._rundir import runtime_base
 from capsule.testing import TestApp, leftovers
 from tests.capsule.supervisor.helpers import FAST, LIMITS, alive, wait_new_pid, wait_until
+from tests.security._host import descendants
 
 #: probe often and give up quickly, so a hung server is found within a second
 QUICK = ViewTimeouts(mount=10.0, probe_interval=0.2, probe=0.5)
@@ -520,15 +521,15 @@ async def test_synced_data_survives_a_supervisor_crash_and_stale_views_are_clean
                 assert chunk, f"the crashing host ended early: {output!r}"
                 output += chunk
         assert _view_mounts_of(host.pid), "the running supervisor's view is mounted"
+        started = descendants(host.pid)  # its zygote, view server and container
+        assert len(started) >= 3, started
     finally:
         host.kill()
         await host.wait()
         if host.stdout is not None:
             await host.stdout.aclose()
     assert (tmp_path / "crashed" / "volumes" / "notes" / "synced.txt").read_text() == "survives"
-    await wait_until(
-        lambda: not any(alive(pid) for pid in _processes_of(host.pid)), "its processes are gone"
-    )
+    await wait_until(lambda: not any(alive(pid) for pid in started), "its processes are gone")
     app = _view_app(tmp_path / "next")
     async with app.open() as sup:
         with trio.fail_after(20):
@@ -539,17 +540,3 @@ async def test_synced_data_survives_a_supervisor_crash_and_stale_views_are_clean
 def _pids_in(procs: str | Path) -> set[int]:
     with open(procs, encoding="ascii") as f:
         return {int(pid) for pid in f.read().split()}
-
-
-def _processes_of(pid: int) -> list[int]:
-    """Processes whose command line mentions the crashed supervisor's zygote stage."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if f"/{pid}-".encode() in cmdline:
-                found.append(int(entry.name))
-    return found
