@@ -35,6 +35,7 @@ from capsule._supervisor._supervisor import FeatureState as FeatureState
 from capsule._supervisor._supervisor import FeatureStatistics as FeatureStatistics
 from capsule._supervisor._supervisor import Supervisor as Supervisor
 from capsule._supervisor._supervisor import SupervisorStatistics as SupervisorStatistics
+from capsule._supervisor._supervisor import UpdateReport as UpdateReport
 from capsule._supervisor._supervisor import open_supervisor as open_supervisor
 from capsule._supervisor._views import ViewTimeouts as ViewTimeouts
 from capsule.errors import CapabilityDeniedError as CapabilityDeniedError
@@ -54,6 +55,7 @@ from capsule.errors import ProtocolError as ProtocolError
 from capsule.errors import RemoteError as RemoteError
 from capsule.errors import SandboxError as SandboxError
 from capsule.errors import TokenError as TokenError
+from capsule.errors import UpdateError as UpdateError
 from capsule.errors import UpdateRefusedError as UpdateRefusedError
 
 __version__ = "0.1.0"
@@ -100,8 +102,10 @@ __all__ = [
     "Supervisor",
     "SupervisorStatistics",
     "TokenError",
+    "UpdateError",
     "UpdatePolicy",
     "UpdateRefusedError",
+    "UpdateReport",
     "ViewTimeouts",
     "__version__",
     "check_app",

@@ -15,6 +15,7 @@ The tree::
     │   ├── FeatureCrashedError           .exit_code .signal
     │   ├── FeatureTimeoutError (TimeoutError)
     │   ├── FeatureUnavailableError
+    │   ├── UpdateError                   a live update or rollback did not happen, or was undone
     │   └── RemoteError                   from a container: .remote_type .remote_traceback
     ├── IPCError
     │   ├── ChannelClosedError
@@ -47,6 +48,7 @@ __all__ = [
     "RemoteError",
     "SandboxError",
     "TokenError",
+    "UpdateError",
     "UpdateRefusedError",
 ]
 
@@ -171,6 +173,12 @@ class FeatureTimeoutError(FeatureError, TimeoutError):
 
 class FeatureUnavailableError(FeatureError):
     """The feature is stopped or quarantined; calls to it fail at once."""
+
+
+class UpdateError(FeatureError):
+    """A live update (or a rollback) of a feature did not happen: the new version did not
+    start, its state did not move, it widens what the feature may do without approval, or
+    another update of it is under way. The message says why and which version serves now."""
 
 
 class RemoteError(FeatureError):

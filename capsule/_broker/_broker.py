@@ -161,6 +161,18 @@ class Broker:
             self._authority.revoke(token_id)
         peer.handles.clear()
 
+    def mute(self, peer: Peer) -> None:
+        """Deliver no more events to ``peer`` (a version replaced but kept for a rollback);
+        its subscriptions are kept for :meth:`unmute`."""
+        self._topics.remove_where(lambda sub: sub.peer is peer)
+
+    def unmute(self, peer: Peer) -> None:
+        """Deliver events to ``peer`` again, on the subscriptions it had when muted."""
+        if peer.detached:
+            return
+        for pattern, subscriber in peer.subscriptions.items():
+            self._topics.add(pattern, subscriber)
+
     @property
     def routed(self) -> int:
         """Calls delivered to a container so far."""

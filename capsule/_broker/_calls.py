@@ -32,9 +32,17 @@ from capsule._ipc._messages import (
 from capsule._ipc._outcome import error_for, exception_for
 from capsule._ipc._payload import NIL, decode_payload, encode_payload
 from capsule._tasks import TaskStarter
-from capsule.errors import FeatureCrashedError, FeatureUnavailableError, ProtocolError
+from capsule.errors import (
+    FeatureCrashedError,
+    FeatureUnavailableError,
+    OverloadedError,
+    ProtocolError,
+)
 
 __all__ = ["MAX_CREDIT", "MAX_IN_FLIGHT", "CallRouter", "Target"]
+
+_FAILED: Final = frozenset({"remote", "timeout", "crashed"})
+"""Kinds of answer that count as a failure of the container that served the call."""
 
 MAX_IN_FLIGHT: Final = 256
 """Requests one container may have in flight; past it, requests are refused as overloaded."""
@@ -46,7 +54,9 @@ class Target(Protocol):
 
     def _live_peer(self) -> Peer | None: ...
 
-    def _check_available(self) -> None: ...
+    def _check_available(self) -> None:
+        """Raise FeatureUnavailableError (fail the call now) or OverloadedError (too many
+        calls wait already); else the call may wait in :meth:`_wait_peer`."""
 
     async def _wait_peer(self) -> Peer: ...
 
@@ -115,6 +125,10 @@ class CallRouter:
         except FeatureUnavailableError as exc:
             self.finish(route, error=error_for(route.caller_id, exc))
             return
+        except OverloadedError as exc:  # too many calls held while it switches versions
+            self.audit.record("call", feature=caller, decision="deny", reason=str(exc))
+            self.fail(route, "overloaded", str(exc))
+            return
         self._tg.start_soon(self._deliver_when_ready, route, target, payload, caller)
 
     async def _deliver_when_ready(
@@ -173,6 +187,8 @@ class CallRouter:
         callee = route.callee
         if callee is not None:
             callee.calls.pop(route.callee_id, None)
+            latency = None if route.stream else anyio.current_time() - route.started
+            callee.stats.record(latency, failed=error is not None and error.kind in _FAILED)
         caller = route.caller
         if caller is not None:
             caller.requests.pop(route.caller_id, None)
@@ -200,6 +216,7 @@ class CallRouter:
         callee = route.callee
         if callee is not None and callee.calls.pop(route.callee_id, None) is not None:
             callee.conn.send(Cancel(id=route.callee_id))
+            callee.stats.record(route.timeout, failed=True)
             route.callee = None
         what = "the stream went quiet for" if route.stream else "did not answer within"
         self.fail(route, "timeout", f"{route.service!r} {what} {route.timeout:g}s")

@@ -16,6 +16,7 @@ import anyio
 
 from capsule._broker._connection import Connection
 from capsule._broker._host import HostCall
+from capsule._broker._stats import CallStats
 from capsule._manifest._model import DEFAULT_BROKER_LIMITS, BrokerLimits
 from capsule._tokens._format import TokenClaims
 from capsule._tokens._grant import Grant
@@ -106,6 +107,7 @@ class Peer:
         "refused",
         "requests",
         "services",
+        "stats",
         "subscriptions",
         "withdrawn",
     )
@@ -138,6 +140,7 @@ class Peer:
         self.denied = 0
         self.refused = 0
         self.calls_total = 0
+        self.stats = CallStats()  # the calls it answered (a live update's probation reads them)
         self.connections = 0  # sockets the network mediator opened for it
         self.detached = False
 
@@ -160,6 +163,7 @@ class Route:
         "host",
         "live",
         "service",
+        "started",
         "stream",
         "timeout",
     )
@@ -184,7 +188,8 @@ class Route:
         self.stream = stream
         self.credit = credit
         self.timeout = timeout
-        self.deadline = anyio.current_time() + timeout
+        self.started = anyio.current_time()
+        self.deadline = self.started + timeout
         self.callee: Peer | None = None
         self.callee_id = 0
         self.live = True

@@ -14,11 +14,13 @@ if TYPE_CHECKING:
     from capsule._container._client import BrokerClient, HeldToken, ItemStream
     from capsule._container._sockets import NetListener, NetStream
 
-__all__ = ["Context", "Feature", "Handler", "Hook", "Listener"]
+__all__ = ["Context", "ExportHook", "Feature", "Handler", "Hook", "ImportHook", "Listener"]
 
 Handler: TypeAlias = Callable[["Context", Any], Awaitable[Any]]
 Listener: TypeAlias = Callable[["Context", Any], Awaitable[None]]
 Hook: TypeAlias = Callable[["Context"], Awaitable[None]]
+ExportHook: TypeAlias = Callable[["Context"], Awaitable[bytes]]
+ImportHook: TypeAlias = Callable[["Context", str, bytes], Awaitable[None]]
 H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
 
 
@@ -166,6 +168,8 @@ class Feature:
         self.listeners: dict[str, list[Listener]] = {}
         self.start_hooks: list[Hook] = []
         self.stop_hooks: list[Hook] = []
+        self.state_export: ExportHook | None = None
+        self.state_import: ImportHook | None = None
 
     def service(self, name: str) -> Callable[[H], H]:
         """Register ``async def handler(ctx, request)`` as the service ``name``.
@@ -209,6 +213,29 @@ class Feature:
     def on_stop(self, hook: H) -> H:
         """Run ``async def hook(ctx)`` when the supervisor stops the feature (within its grace)."""
         self.stop_hooks.append(hook)
+        return hook
+
+    def export_state(self, hook: H) -> H:
+        """Register ``async def hook(ctx) -> bytes``: during a live update, the running
+        version's state for the new one, asked for once its calls have drained.
+
+        Bytes only (encode it yourself: JSON, msgspec...); the supervisor carries them
+        to the new version without reading them, up to the app's ``state_max``. Without
+        this hook the new version starts fresh (its private storage is kept either way).
+        """
+        if self.state_export is not None:
+            raise ValueError("export_state is registered twice")
+        self.state_export = hook
+        return hook
+
+    def import_state(self, hook: H) -> H:
+        """Register ``async def hook(ctx, from_version, data)``: during a live update, the
+        new version receives what the running version's ``export_state`` returned, after
+        its ``on_start`` hooks and before it takes any call. Raising fails the update: the
+        new version is stopped and the running one keeps serving."""
+        if self.state_import is not None:
+            raise ValueError("import_state is registered twice")
+        self.state_import = hook
         return hook
 
     def __repr__(self) -> str:

@@ -28,6 +28,7 @@ from capsule._container._client import CALLER, BrokerClient
 from capsule._container._feature import Context, Feature
 from capsule._ipc._channel import Channel
 from capsule._ipc._messages import (
+    STATE_PART,
     Admitted,
     Call,
     Cancel,
@@ -35,10 +36,12 @@ from capsule._ipc._messages import (
     Entry,
     Error,
     Event,
+    ExportState,
     Failure,
     FromSupervisor,
     Granted,
     Hello,
+    ImportState,
     Item,
     Lagged,
     Log,
@@ -50,6 +53,8 @@ from capsule._ipc._messages import (
     Result,
     SandboxStatus,
     Start,
+    StateDone,
+    StatePart,
     Stop,
 )
 from capsule._ipc._payload import decode_payload as decode
@@ -79,6 +84,11 @@ def _failure(call_id: int, exc: BaseException) -> Failure:
         message=str(exc)[:_TEXT_MAX],
         traceback=text[-_TEXT_MAX:],  # the end of a traceback says the most
     )
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of a failed hook, bounded."""
+    return f"{type(exc).__qualname__}: {exc}"[:_TEXT_MAX]
 
 
 def _note(text: str) -> None:
@@ -143,6 +153,7 @@ class _Server:
         self.events_dropped = 0
         self.events_lagged = 0  # dropped by the broker before they reached us (Lagged)
         self.stopped = anyio.Event()
+        self.incoming: dict[int, list[bytes]] = {}  # ImportState pieces, by transfer id
 
     async def handle(self, call: Call, scope: anyio.CancelScope) -> None:
         feature, ctx = self.feature, self.ctx
@@ -193,6 +204,57 @@ class _Server:
                 await event.wait()
             credit[0] -= 1
             await self.channel.send(Item(id=call.id, value=encode(value, f"{call.service} item")))
+
+    async def export_state(self, message: ExportState) -> None:
+        """Run the export_state hook; send its bytes in pieces, then StateDone."""
+        feature, ctx = self.feature, self.ctx
+        hook = None if feature is None else feature.state_export
+        if hook is None or ctx is None:
+            await self.channel.send(StateDone(id=message.id, hooked=False))
+            return
+        try:
+            data = await hook(ctx)
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise TypeError(  # noqa: TRY301 - answered as this export's failure
+                    f"export_state returned {type(data).__name__}, not bytes"
+                )
+            data = bytes(data)
+            if len(data) > message.limit:
+                raise ValueError(  # noqa: TRY301 - answered as this export's failure
+                    f"export_state returned {len(data)} bytes, over the {message.limit}-byte "
+                    "limit (update.state_max of the feature's policy in app.toml)"
+                )
+        except Exception as exc:
+            _note("export_state failed:")
+            traceback.print_exc()
+            await self.channel.send(StateDone(id=message.id, hooked=True, error=_describe(exc)))
+            return
+        for offset in range(0, len(data), STATE_PART):
+            await self.channel.send(
+                StatePart(id=message.id, data=data[offset : offset + STATE_PART])
+            )
+        await self.channel.send(StateDone(id=message.id, hooked=True))
+
+    async def import_state(self, message: ImportState) -> None:
+        """Keep a piece of the incoming state; after the last, run the import_state hook."""
+        pieces = self.incoming.setdefault(message.id, [])
+        pieces.append(message.data)
+        if not message.last:
+            return
+        data = b"".join(self.incoming.pop(message.id))
+        feature, ctx = self.feature, self.ctx
+        hook = None if feature is None else feature.state_import
+        if hook is None or ctx is None:
+            await self.channel.send(StateDone(id=message.id, hooked=False))
+            return
+        try:
+            await hook(ctx, message.from_version, data)
+        except Exception as exc:
+            _note("import_state failed:")
+            traceback.print_exc()
+            await self.channel.send(StateDone(id=message.id, hooked=True, error=_describe(exc)))
+            return
+        await self.channel.send(StateDone(id=message.id, hooked=True))
 
     def _more(self, message: More) -> None:
         credit = self.credits.get(message.id)
@@ -294,6 +356,13 @@ class _Server:
                     f"lagged: the broker dropped {message.dropped} event(s) "
                     f"({self.events_lagged} so far): this feature read its channel too slowly"
                 )
+            elif isinstance(message, ExportState):
+                tg.start_soon(self.export_state, message)
+            elif isinstance(message, ImportState):
+                if message.last:
+                    tg.start_soon(self.import_state, message)
+                else:  # kept in order, before the next piece is read
+                    self.incoming.setdefault(message.id, []).append(message.data)
             elif isinstance(message, Stop):
                 self.stopped.set()
                 return

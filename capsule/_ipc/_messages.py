@@ -21,6 +21,7 @@ __all__ = [
     "ERROR_KINDS",
     "HOST",
     "NAMESPACES",
+    "STATE_PART",
     "Admit",
     "Admitted",
     "Call",
@@ -31,11 +32,13 @@ __all__ = [
     "Entry",
     "Error",
     "Event",
+    "ExportState",
     "Failure",
     "FromContainer",
     "FromSupervisor",
     "Granted",
     "Hello",
+    "ImportState",
     "Inline",
     "Item",
     "Lagged",
@@ -52,6 +55,8 @@ __all__ = [
     "Revoke",
     "SandboxStatus",
     "Start",
+    "StateDone",
+    "StatePart",
     "Stop",
     "Subscribe",
 ]
@@ -75,6 +80,10 @@ TokenText = Annotated[str, msgspec.Meta(max_length=8192)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=1 << 20)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=366 * 24 * 3600)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+STATE_PART: Final = 512 * 1024
+"""Bytes of a feature's exported state one StatePart or ImportState frame carries."""
+Part = Annotated[bytes, msgspec.Meta(max_length=STATE_PART)]
 
 
 class SandboxStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -243,6 +252,22 @@ class Cancel(_Message, tag="cancel", frozen=True):
     id: Id
 
 
+class StatePart(_Message, tag="state", frozen=True):
+    """A piece of the state ``export_state`` returned, in order; StateDone follows the last."""
+
+    id: Id
+    data: Part
+
+
+class StateDone(_Message, tag="state-done", frozen=True):
+    """The end of an ExportState or ImportState: ``hooked`` says whether the feature has the
+    hook at all, ``error`` why it failed (empty when it did not)."""
+
+    id: Id
+    hooked: bool
+    error: Text = ""
+
+
 FromContainer: TypeAlias = (
     Hello
     | Ready
@@ -261,6 +286,8 @@ FromContainer: TypeAlias = (
     | End
     | More
     | Cancel
+    | StatePart
+    | StateDone
 )
 
 
@@ -385,6 +412,24 @@ class Lagged(_Message, tag="lagged", frozen=True):
     dropped: int
 
 
+class ExportState(_Message, tag="export-state", frozen=True):
+    """Run the feature's ``export_state`` hook and send what it returns as StateParts, or
+    refuse (StateDone with an error) when that is over ``limit`` bytes."""
+
+    id: Id
+    limit: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)]
+
+
+class ImportState(_Message, tag="import-state", frozen=True):
+    """A piece of the state the running version exported, for the ``import_state`` hook;
+    the hook runs once the piece marked ``last`` has arrived, then StateDone answers."""
+
+    id: Id
+    from_version: Name
+    data: Part
+    last: bool
+
+
 FromSupervisor: TypeAlias = (
     Start
     | Call
@@ -401,6 +446,8 @@ FromSupervisor: TypeAlias = (
     | Item
     | End
     | More
+    | ExportState
+    | ImportState
 )
 
 HOST: Final = "@host"

@@ -13,10 +13,10 @@ from typing import Any, final
 import anyio
 
 from capsule._broker._routes import Peer
-from capsule._manifest import FeatureManifest
+from capsule._manifest import FeatureGrant, FeatureManifest
 from capsule._supervisor._instance import Instance
 from capsule._supervisor._restart import RestartTracker
-from capsule.errors import CapsuleError, FeatureUnavailableError
+from capsule.errors import CapsuleError, FeatureUnavailableError, OverloadedError
 
 __all__ = ["FeatureHandle", "FeatureState", "FeatureStatistics", "HeldToken", "NoPublicConstructor"]
 
@@ -67,6 +67,8 @@ class FeatureStatistics:
     delegations_limit: int = 0
     queued: int = 0  # bytes queued towards its container, not read yet
     queue_limit: int = 0  # past it, events to it are dropped (it is told) or it is ended
+    update: str | None = None  # a live update under way: "1.0 -> 1.1 (probation)", say
+    held: int = 0  # calls held while the route switches versions
 
 
 @final
@@ -78,6 +80,18 @@ class HeldToken:
     text: str
     capabilities: tuple[str, ...]
     expires: float
+
+
+@final
+class _Hold:
+    """Calls to a feature held while its route switches versions, up to ``limit``."""
+
+    __slots__ = ("limit", "released", "waiting")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.waiting = 0
+        self.released = anyio.Event()
 
 
 class NoPublicConstructor(type):
@@ -92,9 +106,10 @@ class NoPublicConstructor(type):
 class FeatureHandle(metaclass=NoPublicConstructor):
     """One feature of a running app, as the supervisor tracks it. Returned by ``sup.features()``."""
 
-    def __init__(self, manifest: FeatureManifest, index: int) -> None:
+    def __init__(self, manifest: FeatureManifest, index: int, *, grant: FeatureGrant) -> None:
         self.name = manifest.name
-        self.manifest = manifest
+        self.manifest = manifest  # the version it runs (a live update changes it)
+        self.grant = grant  # and the authority the app grants that version
         self.index = index
         self.state = FeatureState.STOPPED
         self.instance: Instance | None = None
@@ -106,6 +121,8 @@ class FeatureHandle(metaclass=NoPublicConstructor):
         self.renewals = 0
         self.renewals_failed = 0
         self.renewal_error: str | None = None
+        self.update: str | None = None  # what a live update under way is doing, for ps
+        self._hold: _Hold | None = None
         self._changed = anyio.Event()
 
     def __repr__(self) -> str:
@@ -125,11 +142,35 @@ class FeatureHandle(metaclass=NoPublicConstructor):
     def running(self) -> bool:
         return self.state is FeatureState.RUNNING
 
+    # holding calls while the route switches versions (a live update, a rollback)
+
+    def _hold_calls(self, limit: int) -> None:
+        """From now on new calls wait (at most ``limit`` of them; past it they are refused as
+        overloaded) instead of reaching the running container, until :meth:`_release`."""
+        if self._hold is None:
+            self._hold = _Hold(limit)
+
+    def _release(self) -> None:
+        """Let the held calls go to whatever container the handle points at now."""
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.released.set()
+        self._set(self.state)
+
+    @property
+    def held(self) -> int:
+        """Calls waiting for a switch of versions to end."""
+        return 0 if self._hold is None else self._hold.waiting
+
     async def _running_instance(self) -> Instance:
         """The live container once the feature runs (not one that just ended)."""
         while True:
+            hold = self._hold
+            if hold is not None:
+                await hold.released.wait()
+                continue
             while self.state is not FeatureState.RUNNING:
-                self._check_available()
+                self._check_state()
                 await self._changed.wait()
             instance = self.instance
             if instance is not None and instance.ready is not None and not instance.ended.is_set():
@@ -141,7 +182,8 @@ class FeatureHandle(metaclass=NoPublicConstructor):
     def _live_peer(self) -> Peer | None:
         instance = self.instance
         if (
-            self.state is FeatureState.RUNNING
+            self._hold is None
+            and self.state is FeatureState.RUNNING
             and instance is not None
             and instance.ready is not None
             and not instance.ended.is_set()
@@ -150,6 +192,13 @@ class FeatureHandle(metaclass=NoPublicConstructor):
         return None
 
     async def _wait_peer(self) -> Peer:
+        hold = self._hold
+        if hold is None:
+            return (await self._running_instance()).peer
+        try:  # counted by _check_available already
+            await hold.released.wait()
+        finally:
+            hold.waiting = max(0, hold.waiting - 1)
         return (await self._running_instance()).peer
 
     def tokens(self) -> tuple[HeldToken, ...]:
@@ -166,6 +215,20 @@ class FeatureHandle(metaclass=NoPublicConstructor):
         )
 
     def _check_available(self) -> None:
+        """Raise if a call must fail now rather than wait; a call that may wait while the
+        route switches versions is counted here (the broker waits for it next)."""
+        hold = self._hold
+        if hold is None:
+            self._check_state()
+            return
+        if hold.waiting >= hold.limit:
+            raise OverloadedError(
+                f"{hold.limit} calls to {self.name!r} are held already while it switches "
+                "versions (update.queue of its policy in app.toml)"
+            )
+        hold.waiting += 1
+
+    def _check_state(self) -> None:
         if self.state is FeatureState.QUARANTINED:
             raise FeatureUnavailableError(
                 self.name, f"is quarantined after too many restarts (last: {self.last_exit})"
@@ -208,4 +271,6 @@ class FeatureHandle(metaclass=NoPublicConstructor):
             delegations_limit=0 if instance is None else instance.peer.limits.delegations,
             queued=0 if instance is None else instance.peer.conn.queued,
             queue_limit=0 if instance is None else instance.peer.conn.queue_limit,
+            update=self.update,
+            held=self.held,
         )

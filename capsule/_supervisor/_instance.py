@@ -29,11 +29,14 @@ from capsule._ipc._messages import (
     Log,
     Ready,
     Start,
+    StateDone,
+    StatePart,
     Stop,
 )
 from capsule._sandbox._cgroups import CgroupStats, ContainerCgroup
 from capsule._spawn._client import SpawnResult, ZygoteClient
 from capsule._spawn._protocol import SpawnRequest
+from capsule._supervisor._handoff import Handoff
 from capsule._supervisor._handshake import Expectation, check_status
 from capsule._supervisor._views import ViewServer
 from capsule._tasks import TaskStarter
@@ -128,6 +131,7 @@ class Instance:
         self._broker = broker
         self.peer = broker.attach(conn, spec.feature, landlock_abi=spec.expectation.landlock_abi)
         self.cgroup = cgroup
+        self.handoff = Handoff(spec.feature, conn)  # its state, during a live update
         self.ready: Ready | None = None
         self.hello: Hello | None = None
         self._start_failure: Failure | None = None
@@ -259,6 +263,8 @@ class Instance:
             if self.ready is not None:
                 raise ProtocolError("reported a start failure after ready")
             self._start_failure = message  # type: ignore[assignment]
+        elif kind is StatePart or kind is StateDone:
+            self.handoff.received(message)  # type: ignore[arg-type]
         elif kind is Hello:
             raise ProtocolError("sent a second hello")
         else:
@@ -343,6 +349,7 @@ class Instance:
         if self.on_end is not None:  # the supervisor acts before any caller hears of it
             self.on_end(self.ending)
         self._broker.detach(self.peer, self.ending.error(self.feature))
+        self.handoff.ended()
         os.close(self._pidfd)
         self._pidfd = -1
         self.ended.set()

@@ -19,7 +19,7 @@ from capsule._sandbox._cgroups import CgroupTree, ContainerCgroup
 from capsule._spawn._client import ZygoteClient
 from capsule._supervisor._handle import FeatureHandle
 from capsule._supervisor._instance import Instance
-from capsule._supervisor._plan import Planner, container_uids
+from capsule._supervisor._plan import Planner, Version, container_uids
 from capsule._supervisor._rundir import RunDir
 from capsule._supervisor._views import VIEW_SERVER_PIDS, ViewServer, ViewTimeouts
 from capsule._tasks import Services
@@ -61,16 +61,18 @@ class Launcher:
         self._token_ttl = token_ttl
         self._slots = 0
 
-    async def launch(self, handle: FeatureHandle) -> tuple[Instance, list[Token]]:
-        """Start one container for ``handle`` and return it with the tokens it was given;
-        on failure, remove its view and cgroup and raise CapsuleError or OSError."""
+    async def launch(self, handle: FeatureHandle, version: Version) -> tuple[Instance, list[Token]]:
+        """Start one container of ``version`` of ``handle``'s feature and return it with the
+        tokens it was given; on failure, remove its view and cgroup and raise CapsuleError
+        or OSError. Its cgroup and view are named by the handle's generation: two versions
+        of a feature can run at once."""
         uid, gid = self._uid()
         cgroup = None
         view = None
         try:
-            tokens = self._plan.tokens(self._authority, handle.name, self._token_ttl)
+            tokens = self._plan.tokens(self._authority, version.grant, self._token_ttl)
             if self._cgroups is not None:
-                limits = handle.manifest.limits
+                limits = version.manifest.limits
                 cgroup = await anyio.to_thread.run_sync(
                     lambda: self._cgroups.create(  # type: ignore[union-attr]
                         f"{handle.name}-{handle.generation}",
@@ -79,9 +81,9 @@ class Launcher:
                         cpu=limits.cpu,
                     )
                 )
-            view = await self._open_view(handle, tokens, uid, gid, cgroup)
+            view = await self._open_view(handle, version, tokens, (uid, gid), cgroup)
             spec = self._plan.spec(
-                handle, self._isolation, uid, gid, cgroup, tokens=tokens, view=view
+                version, self._isolation, uid, gid, cgroup, tokens=tokens, view=view
             )
             instance = await Instance.launch(
                 spec, self._zygote, cgroup, broker=self._broker, task_group=self._tg, view=view
@@ -106,15 +108,15 @@ class Launcher:
     async def _open_view(
         self,
         handle: FeatureHandle,
+        version: Version,
         tokens: list[Token],
-        uid: int,
-        gid: int,
+        ids: tuple[int, int],
         cgroup: ContainerCgroup | None,
     ) -> ViewServer:
         """Start the file-system server of a new container and wait until its view is
         mounted. The server joins the container's cgroup: what a feature makes its server
         do and hold (cpu, memory, processes) is charged to that feature."""
-        view, roots = self._plan.view(handle, tokens, uid, gid)
+        view, roots = self._plan.view(version, tokens, *ids)
         return await ViewServer.launch(
             handle.name,
             view,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, final
@@ -18,13 +19,12 @@ import cloudpickle
 
 from capsule._container._feature import Feature
 from capsule._ipc._messages import Entry, Inline, Start
-from capsule._manifest import App, MountGrant
+from capsule._manifest import App, FeatureGrant, FeatureManifest, MountGrant
 from capsule._sandbox import _isolation
 from capsule._sandbox._cgroups import ContainerCgroup
 from capsule._sandbox._view import Bind, ViewPlan
 from capsule._spawn._protocol import Rlimits, SpawnRequest
 from capsule._supervisor._grantdirs import GrantDirs
-from capsule._supervisor._handle import FeatureHandle
 from capsule._supervisor._handshake import Expectation
 from capsule._supervisor._instance import LaunchSpec
 from capsule._supervisor._views import ViewServer
@@ -34,6 +34,7 @@ from fusefs import LISTING_BYTES, MountKind, MountSpec, ViewSpec
 
 __all__ = [
     "Planner",
+    "Version",
     "container_uids",
     "default_state_dir",
     "listing_budget",
@@ -42,6 +43,20 @@ __all__ = [
 
 _UID_BASE: Final = 2_000_000_000
 _MiB: Final = 1 << 20
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One version of a feature, as a container of it is started: its manifest and the
+    authority the app grants that manifest."""
+
+    manifest: FeatureManifest
+    grant: FeatureGrant
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
 
 
 @final
@@ -59,21 +74,23 @@ class Planner:
     ) -> None:
         self.app = app
         self.state_dir = state_dir
-        self.inline = dict(inline)
+        #: inline Feature objects by the bundle directory they stand in for
+        self.inline = {app.features[name].root: feature for name, feature in inline.items()}
         self.start_timeout = start_timeout
         self.environments = environments  # each feature's whole environment, for its Start
         self.dirs = GrantDirs(app)  # opened by the supervisor before any container runs
 
-    def tokens(self, authority: TokenAuthority, feature: str, ttl: float) -> list[Token]:
-        """Fresh tokens for a new container of ``handle``: its grant, a few capabilities each."""
-        caps = list(self.app.grants[feature].capabilities)
+    def tokens(self, authority: TokenAuthority, grant: FeatureGrant, ttl: float) -> list[Token]:
+        """Fresh tokens for a new container of a feature: its ``grant``, a few capabilities
+        each (a version being updated to has its own grant, from its own manifest)."""
+        caps = list(grant.capabilities)
         return [
-            authority.mint(feature, caps[i : i + MAX_CAPABILITIES], ttl=ttl)
+            authority.mint(grant.feature, caps[i : i + MAX_CAPABILITIES], ttl=ttl)
             for i in range(0, len(caps), MAX_CAPABILITIES)
         ]
 
     def view(
-        self, handle: FeatureHandle, tokens: list[Token], uid: int, gid: int
+        self, version: Version, tokens: list[Token], uid: int, gid: int
     ) -> tuple[ViewSpec, dict[int, int]]:
         """The file-system view of a new container: one mount per granted fs capability,
         each tied to the token that carries it (revocation and expiry close that mount);
@@ -88,33 +105,33 @@ class Planner:
         }
         mounts = []
         roots: dict[int, int] = {}
-        for index, grant in enumerate(self.app.grants[handle.name].mounts):
-            text, token = carriers[grant.view]
-            kind, backing, upper = self.backing(handle.name, grant)
+        manifest, name = version.manifest, version.name
+        for index, mount in enumerate(version.grant.mounts):
+            text, token = carriers[mount.view]
+            kind, backing, upper = self.backing(name, mount)
             if kind is not MountKind.PRIVATE:
-                roots[index] = self.dirs.directory(handle.name, grant)
+                roots[index] = self.dirs.directory(name, mount)
             mounts.append(
                 MountSpec(
-                    view_path=grant.view,
+                    view_path=mount.view,
                     kind=kind,
                     backing=backing,
                     upper=upper,
-                    quota_bytes=grant.quota,
-                    quota_inodes=grant.inodes,
+                    quota_bytes=mount.quota,
+                    quota_inodes=mount.inodes,
                     token=token.token_id,
                     capability=text,
                     expires=token.claims.exp,
                 )
             )
-        manifest = handle.manifest
         info = {
-            "feature": f"{handle.name}\n",
+            "feature": f"{name}\n",
             "version": f"{manifest.version}\n",
             "capabilities": "".join(f"{cap}\n" for t in tokens for cap in t.claims.caps),
             **token_files(tokens),
         }
         spec = ViewSpec(
-            owner=handle.name,
+            owner=name,
             mounts=tuple(mounts),
             uid=uid,
             gid=gid,
@@ -136,7 +153,7 @@ class Planner:
 
     def spec(
         self,
-        handle: FeatureHandle,
+        version: Version,
         isolation: _isolation.Isolation,
         uid: int,
         gid: int,
@@ -145,15 +162,14 @@ class Planner:
         tokens: list[Token],
         view: ViewServer,
     ) -> LaunchSpec:
-        manifest = handle.manifest
-        grant = self.app.grants[handle.name]
+        manifest, grant, name = version.manifest, version.grant, version.name
         limits = manifest.limits
         served = str(view.mountpoint)
         binds = [Bind(str(manifest.root), "/bundle"), Bind(f"{served}/capsule", "/capsule")]
         binds += [Bind(f"{served}{m.view}", m.view, writable=True) for m in grant.mounts]
         quota = max((m.quota or 0 for m in grant.mounts), default=0)
         request = SpawnRequest(
-            name=handle.name,
+            name=name,
             uid=uid,
             gid=gid,
             view=ViewPlan(binds=tuple(binds), tmp_size=limits.tmp),
@@ -167,28 +183,26 @@ class Planner:
             landlock=isolation.get("landlock").available,
             seccomp=isolation.get("seccomp").available,
         )
-        inline = self.inline.get(handle.name)
+        inline = self.inline.get(manifest.root)
         code = (
             Inline(pickled=_pickle_feature(inline))
             if inline is not None
             else Entry(module=manifest.entry_module, attribute=manifest.entry_attribute)
         )
         start = Start(
-            feature=handle.name,
+            feature=name,
             version=manifest.version,
             tokens=[token.text for token in tokens],
             code=code,
             bundle="/bundle",
-            env=list(self.environments[handle.name]),
+            env=list(self.environments.get(name, ())),
         )
         expectation = Expectation(
             host_uid=uid,
             seccomp=request.seccomp,
             landlock_abi=isolation.landlock_abi if request.landlock else 0,
         )
-        return LaunchSpec(
-            handle.name, manifest.version, request, expectation, start, self.start_timeout
-        )
+        return LaunchSpec(name, manifest.version, request, expectation, start, self.start_timeout)
 
 
 def listing_budget(memory: int) -> int:
@@ -237,6 +251,7 @@ def _pickle_feature(feature: Feature) -> bytes:
         *(f for listeners in feature.listeners.values() for f in listeners),
         *feature.start_hooks,
         *feature.stop_hooks,
+        *filter(None, (feature.state_export, feature.state_import)),
     ]
     modules = {
         sys.modules[name]

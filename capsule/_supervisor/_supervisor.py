@@ -40,14 +40,15 @@ from capsule._supervisor._handle import (
 from capsule._supervisor._history import History, VersionRecord
 from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._launch import Launcher
-from capsule._supervisor._plan import Planner, container_uids, default_state_dir
+from capsule._supervisor._plan import Planner, Version, container_uids, default_state_dir
 from capsule._supervisor._renewal import Renewer, token_lifetime
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._rundir import RunDir
+from capsule._supervisor._update import UpdateReport, Updates
 from capsule._supervisor._versions import note_start, open_history, running_app
 from capsule._supervisor._views import ViewTimeouts
 from capsule._tasks import Services
-from capsule._tokens._authority import TokenAuthority
+from capsule._tokens._authority import Token, TokenAuthority
 from capsule._tokens._keys import KeyRing
 from capsule.errors import (
     CapsuleError,
@@ -63,6 +64,7 @@ __all__ = [
     "HeldToken",
     "Supervisor",
     "SupervisorStatistics",
+    "UpdateReport",
     "container_uids",
     "default_state_dir",
     "open_supervisor",
@@ -128,7 +130,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self.stop_timeout = stop_timeout
         self.call_timeout = call_timeout
         self._handles: dict[str, FeatureHandle] = {
-            name: FeatureHandle._create(app.features[name], index)
+            name: FeatureHandle._create(app.features[name], index, grant=app.grants[name])
             for index, name in enumerate(app.start_order)
         }
         self._order = list(app.start_order)
@@ -163,6 +165,21 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._lock = anyio.Lock()
         self._started = 0
         self._closing = False
+        self._updates = Updates(
+            app,
+            broker=self._broker,
+            authority=self._authority,
+            audit=self._audit,
+            services=self._tg,
+            # the launcher exists once the app opens: looked up at each update
+            launch=lambda handle, version: self._launcher.launch(handle, version),  # type: ignore[union-attr]  # noqa: PLW0108
+            adopt=self._adopt,
+            relaunch=self._launch,
+            lock=self._lock,
+            stop_timeout=stop_timeout,
+            start_timeout=start_timeout,
+            history=history,
+        )
 
     # -- public API -------------------------------------------------------------------
 
@@ -216,6 +233,34 @@ class Supervisor(metaclass=NoPublicConstructor):
             await self._launch(handle)
         if not handle.running:
             raise handle.last_error or FeatureStartError(name, "did not start")
+
+    async def update(
+        self,
+        name: str,
+        bundle: str | os.PathLike[str],
+        *,
+        approve: bool = False,
+        dry_run: bool = False,
+    ) -> UpdateReport:
+        """Replace the running version of feature ``name`` by the bundle in ``bundle``, live.
+
+        The new version starts beside the old one; new calls are held while the old one's
+        calls drain and its state moves over (``export_state`` / ``import_state``); then
+        calls go to the new version, which is on probation while the old one stays frozen.
+        Returns once the new version serves (``dry_run``: what would happen, and the
+        capability diff). ConfigError for a bad bundle, UpdateRefusedError for a request
+        the app's policy does not approve, UpdateError for a widening without ``approve``
+        or an update that did not happen (the old version serves on). See the guide,
+        docs/guide/updates.md.
+        """
+        handle = self.feature(name)
+        return await self._updates.update(handle, Path(bundle), approve=approve, dry_run=dry_run)
+
+    async def rollback(self, name: str) -> UpdateReport:
+        """Go back to the version ``name`` ran before its last update: at once (a thaw and a
+        switch) while the old one is kept, else a cold start of the previous version in
+        the history. UpdateError when there is nothing to roll back to."""
+        return await self._updates.rollback(self.feature(name))
 
     async def call(
         self,
@@ -375,7 +420,9 @@ class Supervisor(metaclass=NoPublicConstructor):
         handle._set(FeatureState.STARTING)
         handle.generation += 1
         try:
-            instance, tokens = await self._launcher.launch(handle)
+            instance, tokens = await self._launcher.launch(
+                handle, Version(handle.manifest, handle.grant)
+            )
         except (CapsuleError, OSError) as exc:
             error = (
                 exc if isinstance(exc, FeatureError) else FeatureStartError(handle.name, str(exc))
@@ -385,17 +432,22 @@ class Supervisor(metaclass=NoPublicConstructor):
             _log.error("feature failed to start", feature=handle.name, error=str(exc))
             self._after_exit(handle, Ending(None, None, requested=False, reason=str(exc)))
             return
-        self._started += 1
         handle.instance = instance
         handle.last_error = None
         handle._set(FeatureState.RUNNING)
         _log.info("feature running", feature=handle.name, pid=instance.pid)
-        instance.on_end = functools.partial(self._ended, handle, instance)
         handle.renewal_error = None
+        self._adopt(handle, instance, tokens)
+        if self._updates.status(handle.name) is None:  # on probation: not a version yet
+            await anyio.to_thread.run_sync(note_start, self._history, handle.manifest)
+
+    def _adopt(self, handle: FeatureHandle, instance: Instance, tokens: list[Token]) -> None:
+        """Watch a started container of ``handle``: its exit, and its tokens' renewal."""
+        self._started += 1
+        instance.on_end = functools.partial(self._ended, handle, instance)
         self._tg.start_soon(self._renewer.keep, handle, instance, tokens)
         if instance.ended.is_set():  # it ended between ready and here
             self._ended(handle, instance, instance.ending)  # type: ignore[arg-type]
-        await anyio.to_thread.run_sync(note_start, self._history, handle.manifest)
 
     def _ended(self, handle: FeatureHandle, instance: Instance, ending: Ending) -> None:
         """A container ended: revoke what it held, then apply the policy (synchronously)."""
@@ -404,7 +456,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         handle.last_exit = ending.reason
         if not ending.requested and handle.instance is instance:
             _log.warning("feature exited", feature=handle.name, reason=ending.reason)
-            self._after_exit(handle, ending)
+            if not self._updates.crashed(handle, instance, ending):  # on probation: rolls back
+                self._after_exit(handle, ending)
 
     def _after_exit(self, handle: FeatureHandle, ending: Ending) -> None:
         """Apply the restart policy and the app's strategy to an unrequested exit."""
@@ -469,6 +522,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._closing = True
         with anyio.CancelScope(shield=True):
             try:
+                await self._updates.aclose()  # no update left half done, no extra container
                 async with self._lock:
                     for name in reversed(self._order):
                         await self._stop(self._handles[name])

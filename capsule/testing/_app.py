@@ -69,6 +69,8 @@ class _Spec:
     restart: Mapping[str, TomlValue]
     policy: Mapping[str, TomlValue]
     volumes: Mapping[str, str] = field(default_factory=dict)
+    approve: Mapping[str, TomlValue] = field(default_factory=dict)
+    forward_only: bool = False
 
 
 class TestApp:
@@ -105,6 +107,7 @@ class TestApp:
         #: more keys of its ``[app]`` table, as written (``{"audit_max": "1MiB"}``)
         self.settings: dict[str, TomlValue] = {}
         self._specs: dict[str, _Spec] = {}
+        self._versions: dict[Path, tuple[str, _Spec]] = {}  # bundle -> feature, its spec
         self._volumes: dict[str, str] = {}
 
     def volume(self, name: str, files: Mapping[str, str] | None = None) -> Path:
@@ -128,6 +131,7 @@ class TestApp:
         limits: Mapping[str, TomlValue] | None = None,
         restart: Mapping[str, TomlValue] | None = None,
         policy: Mapping[str, TomlValue] | None = None,
+        approve: Mapping[str, TomlValue] | None = None,
         faults: bool = True,
     ) -> Feature:
         """Declare a feature and return its Feature object to register handlers on.
@@ -136,7 +140,9 @@ class TestApp:
         capsule.toml; ``policy`` is both its ``[access]`` request and the app's
         approval (``{"fs": [{"path": "/data", "volume": "words"}]}``), except ``env``,
         which only the app's policy holds (``{"env": {"LOG_LEVEL": "debug"}}``), and
-        ``limits``, its broker limits (``{"limits": {"subscriptions": 16}}``).
+        ``limits``, its broker limits (``{"limits": {"subscriptions": 16}}``), and ``update``,
+        how a new version takes over (``{"update": {"probation": "1s", "crashes": 1}}``).
+        ``approve`` adds to the app's approval only (what a later version may ask for).
         """
         if name in self._specs:
             raise ValueError(f"feature {name!r} is declared twice")
@@ -151,8 +157,65 @@ class TestApp:
             limits=dict(limits or {}),
             restart=dict(restart or {}),
             policy=dict(policy or {}),
+            approve=dict(approve or {}),
         )
         return feature
+
+    def version(
+        self,
+        name: str,
+        version: str,
+        *,
+        access: Mapping[str, TomlValue] | None = None,
+        limits: Mapping[str, TomlValue] | None = None,
+        restart: Mapping[str, TomlValue] | None = None,
+        forward_only: bool = False,
+        faults: bool = True,
+    ) -> Feature:
+        """Declare another version of feature ``name`` (a bundle of its own, outside the app)
+        and return its Feature object; :meth:`bundle` says where it is, to update to::
+
+            v2 = app.version("counter", "2.0.0")
+
+            @v2.service("get")
+            async def _(ctx, request): ...
+
+            async with app.open() as sup:
+                await sup.update("counter", app.bundle(v2))
+
+        ``access`` is what it asks for (its capsule.toml ``[access]``; by default what the
+        first version asks for); the app's policy is the first version's.
+        """
+        first = self._specs.get(name)
+        if first is None:
+            raise ValueError(f"declare feature {name!r} before another version of it")
+        feature = Feature()
+        if faults:
+            install_faults(feature)
+        request = first.policy if access is None else access
+        spec = _Spec(
+            feature=feature,
+            version=version,
+            requires=first.requires,
+            topics=first.topics,
+            limits=dict(first.limits if limits is None else limits),
+            restart=dict(first.restart if restart is None else restart),
+            policy=dict(request),
+            forward_only=forward_only,
+        )
+        bundle = self.root / "bundles" / f"{name}-{version}"
+        if bundle in self._versions:
+            raise ValueError(f"version {version} of {name!r} is declared twice")
+        self._versions[bundle] = (name, spec)
+        return feature
+
+    def bundle(self, feature: Feature) -> Path:
+        """The bundle directory of a version declared with :meth:`version` (written now)."""
+        for bundle, (name, spec) in self._versions.items():
+            if spec.feature is feature:
+                self._write_bundle(name, spec, bundle)
+                return bundle
+        raise ValueError("not a version declared with TestApp.version()")
 
     @property
     def inline(self) -> dict[str, Feature]:
@@ -175,14 +238,16 @@ class TestApp:
         if self._volumes:
             parts.append(_table("volumes", self._volumes))
         for name, spec in self._specs.items():
-            self._write_bundle(name, spec)
-            if spec.policy:
-                parts.append(_table(f"policy.{name}", spec.policy))
+            self._write_bundle(name, spec, self.root / "features" / name)
+            approval = {**spec.policy, **spec.approve}
+            if approval:
+                parts.append(_table(f"policy.{name}", approval))
         (self.root / "app.toml").write_text("\n".join(parts), encoding="utf-8")
+        for bundle, (name, spec) in self._versions.items():
+            self._write_bundle(name, spec, bundle)
         return self.root
 
-    def _write_bundle(self, name: str, spec: _Spec) -> None:
-        bundle = self.root / "features" / name
+    def _write_bundle(self, name: str, spec: _Spec, bundle: Path) -> None:
         bundle.mkdir(parents=True, exist_ok=True)
         (bundle / "inline.py").write_text(_PLACEHOLDER, encoding="utf-8")
         access: dict[str, TomlValue] = {
@@ -193,10 +258,14 @@ class TestApp:
             if key == "fs"
             else value
             for key, value in spec.policy.items()
-            if key not in {"env", "limits"}  # the app alone sets these
+            if key not in {"env", "limits", "update"}  # the app alone sets these
         }
+        head: dict[str, TomlValue] = {"name": name, "version": spec.version}
+        head["entry"] = "inline:feature"
+        if spec.forward_only:
+            head["forward_only"] = True
         parts = [
-            _table("feature", {"name": name, "version": spec.version, "entry": "inline:feature"}),
+            _table("feature", head),
             _table(
                 "provides",
                 {"services": sorted(spec.feature.services), "topics": list(spec.topics)},
@@ -222,6 +291,8 @@ class TestApp:
         options.setdefault("audit", self.root / "audit.jsonl")
         options.setdefault("state_dir", self.root / "state")
         async with open_supervisor(self.write(), inline=self.inline, **options) as sup:
+            for bundle, (_, spec) in self._versions.items():  # the code each version runs
+                sup._plan.inline[bundle] = spec.feature
             yield sup
 
 

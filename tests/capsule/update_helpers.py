@@ -1,0 +1,100 @@
+"""Shared pieces of the live-update tests: a counter feature in two versions, a client
+feature that calls it from its own container, and the audit lines an update wrote.
+
+The counter keeps its count in memory: only ``export_state``/``import_state`` carry it
+from one version to the next, so a count that survives an update proves the handoff.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from capsule import Supervisor
+from capsule._container._feature import Context, Feature
+from capsule.testing import TestApp
+from tests.capsule.supervisor.helpers import LIMITS, restart
+
+#: updates that settle fast enough for a test; each test overrides what it needs
+QUICK: Mapping[str, Any] = {"probation": "1s", "keep": "2s", "drain": "2s"}
+
+
+def counter(feature: Feature, version: str, *, handoff: bool = True) -> dict[str, int]:
+    """Make ``feature`` a counter: ``add`` counts, ``get`` answers the count and version.
+    With ``handoff`` it exports and imports its count (as JSON)."""
+    state = {"count": 0}
+
+    @feature.service("add")
+    async def _add(ctx: Context, request: Any) -> int:
+        state["count"] += 1
+        return state["count"]
+
+    @feature.service("get")
+    async def _get(ctx: Context, request: Any) -> dict[str, Any]:
+        return {"count": state["count"], "version": version}
+
+    if handoff:
+
+        @feature.export_state
+        async def _export(ctx: Context) -> bytes:
+            return json.dumps(state).encode()
+
+        @feature.import_state
+        async def _import(ctx: Context, from_version: str, data: bytes) -> None:
+            state.update(json.loads(data))
+            state["from"] = from_version  # type: ignore[assignment]
+
+    return state
+
+
+def counter_app(
+    root: Path, *, update: Mapping[str, Any] | None = None, client: bool = False
+) -> TestApp:
+    """An app with ``counter`` 1.0.0 (update policy ``QUICK`` with ``update`` over it) and,
+    with ``client``, a ``client`` feature that calls ``counter.add`` from its container."""
+    app = TestApp(root)
+    policy = {"update": {**QUICK, **(update or {})}}
+    counter(app.feature("counter", limits=LIMITS, restart=restart(), policy=policy), "1.0.0")
+    if client:
+        pump(
+            app.feature(
+                "client",
+                requires=["counter"],
+                limits=LIMITS,
+                restart=restart(),
+                policy={"call": ["counter.add"]},
+            )
+        )
+    return app
+
+
+def pump(feature: Feature) -> None:
+    """``pump``: call ``counter.add`` ``n`` times, ``pause`` seconds apart; answers how many
+    calls succeeded and the errors of those that failed."""
+
+    @feature.service("pump")
+    async def _pump(ctx: Context, request: Any) -> dict[str, Any]:
+        done, errors = 0, []
+        for _ in range(request["n"]):
+            try:
+                await ctx.call("counter", "add", timeout=10)
+                done += 1
+            except Exception as exc:  # every failure is answered, then asserted
+                errors.append(repr(exc))
+            await trio.sleep(request["pause"])
+        return {"done": done, "errors": errors}
+
+
+def audit_events(path: Path, *prefixes: str) -> list[dict[str, Any]]:
+    """The audit lines whose event starts with one of ``prefixes``, in order."""
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line for line in lines if line.get("event", "").startswith(prefixes)]
+
+
+async def count(sup: Supervisor) -> dict[str, Any]:
+    reply: dict[str, Any] = await sup.call("counter", "get")
+    return reply
