@@ -30,13 +30,13 @@ from capsule._manifest import UpdatePolicy as UpdatePolicy
 from capsule._manifest import check_app as check_app
 from capsule._manifest import load_app as load_app
 from capsule._manifest import load_feature as load_feature
+from capsule._supervisor._open import open_supervisor as open_supervisor
 from capsule._supervisor._supervisor import FeatureHandle as FeatureHandle
 from capsule._supervisor._supervisor import FeatureState as FeatureState
 from capsule._supervisor._supervisor import FeatureStatistics as FeatureStatistics
 from capsule._supervisor._supervisor import Supervisor as Supervisor
 from capsule._supervisor._supervisor import SupervisorStatistics as SupervisorStatistics
 from capsule._supervisor._supervisor import UpdateReport as UpdateReport
-from capsule._supervisor._supervisor import open_supervisor as open_supervisor
 from capsule._supervisor._views import ViewTimeouts as ViewTimeouts
 from capsule.errors import CapabilityDeniedError as CapabilityDeniedError
 from capsule.errors import CapsuleError as CapsuleError

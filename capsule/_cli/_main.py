@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         _ps,
         _run,
         _token,
+        _update,
     )
 
     parser = Parser(
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _check.register(sub)
     _ps.register(sub)
     _call.register(sub)
+    _update.register(sub)
     _audit.register(sub)
     _token.register(sub)
     _doctor.register(sub)

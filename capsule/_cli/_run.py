@@ -31,7 +31,7 @@ from capsule._cli._status import rates, rich_view, status_lines
 from capsule._control._runs import running_apps
 from capsule._control._server import ControlServer, open_control_server
 from capsule._manifest import App, load_app
-from capsule._supervisor._supervisor import open_supervisor
+from capsule._supervisor._open import open_supervisor
 from capsule.errors import ConfigError
 
 __all__ = ["register"]

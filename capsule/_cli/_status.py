@@ -141,7 +141,7 @@ def _of(row: FeatureRow, used: int, limit: int) -> str:
 def _row(row: FeatureRow, rate: Rates | None, *, with_rates: bool) -> list[str]:
     cells = [
         row.name,
-        row.version,
+        row.update or row.version,  # "1.0 -> 1.1 (probation)" during a live update
         row.state,
         "-" if row.pid is None else str(row.pid),
         str(row.restarts),

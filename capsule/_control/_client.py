@@ -18,14 +18,19 @@ from capsule._control._protocol import (
     Call,
     Done,
     Failure,
+    History,
     Request,
     Response,
     Restart,
     Result,
+    Rollback,
     Snapshot,
     Start,
     Status,
     Stop,
+    Update,
+    Updated,
+    Versions,
     decode_response,
     encode,
     frame_size,
@@ -42,7 +47,7 @@ _LIFECYCLE: Final = 300.0
 _SLACK: Final = 10.0
 """Seconds past a call's own deadline before the client gives up on the answer."""
 
-_R = TypeVar("_R", Snapshot, Result, Done)
+_R = TypeVar("_R", Snapshot, Result, Done, Updated, Versions)
 
 
 @final
@@ -149,3 +154,19 @@ class ControlClient:
         }
         message = kinds[action](token=self._secret, feature=feature)
         return self._expect(self.request(message, timeout=_LIFECYCLE), Done)
+
+    def update(self, feature: str, bundle: str, *, approve: bool, dry_run: bool) -> Updated:
+        """Update ``feature`` live to the bundle at ``bundle`` (an absolute path)."""
+        message = Update(
+            token=self._secret, feature=feature, bundle=bundle, approve=approve, dry_run=dry_run
+        )
+        return self._expect(self.request(message, timeout=_LIFECYCLE), Updated)
+
+    def rollback(self, feature: str) -> Updated:
+        """Go back to the version ``feature`` ran before its last update."""
+        message = Rollback(token=self._secret, feature=feature)
+        return self._expect(self.request(message, timeout=_LIFECYCLE), Updated)
+
+    def history(self, feature: str) -> Versions:
+        """The versions ``feature`` ran, oldest first."""
+        return self._expect(self.request(History(token=self._secret, feature=feature)), Versions)

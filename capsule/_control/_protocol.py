@@ -6,7 +6,8 @@ policy, and nothing received is ever unpickled or evaluated.
 
 Every request carries the run's admin secret (``token``); the server answers each
 request with exactly one response: ``Snapshot`` (to ``Status``), ``Result`` (to
-``Call``), ``Done`` (to ``Start``, ``Stop`` and ``Restart``) or ``Failure``.
+``Call``), ``Done`` (to ``Start``, ``Stop`` and ``Restart``), ``Updated`` (to ``Update``
+and ``Rollback``), ``Versions`` (to ``History``) or ``Failure``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Annotated, Final, TypeAlias
 
 import msgspec
 
-from capsule._supervisor._supervisor import FeatureStatistics
+from capsule._supervisor._history import VersionRecord
+from capsule._supervisor._supervisor import FeatureStatistics, UpdateReport
 from capsule.errors import ProtocolError
 
 __all__ = [
@@ -26,14 +28,19 @@ __all__ = [
     "Done",
     "Failure",
     "FeatureRow",
+    "History",
     "Request",
     "Response",
     "Restart",
     "Result",
+    "Rollback",
     "Snapshot",
     "Start",
     "Status",
     "Stop",
+    "Update",
+    "Updated",
+    "Versions",
     "decode_request",
     "decode_response",
     "encode",
@@ -88,7 +95,29 @@ class Restart(_Request, frozen=True, tag="restart"):
     feature: Name
 
 
-Request: TypeAlias = Status | Call | Start | Stop | Restart
+class Update(_Request, frozen=True, tag="update"):
+    """Update a feature live to the bundle at ``bundle`` (an absolute path, read by the
+    app's process); ``dry_run`` only says what would happen."""
+
+    feature: Name
+    bundle: Annotated[str, msgspec.Meta(max_length=4096)]
+    approve: bool = False
+    dry_run: bool = False
+
+
+class Rollback(_Request, frozen=True, tag="rollback"):
+    """Go back to the version a feature ran before its last update."""
+
+    feature: Name
+
+
+class History(_Request, frozen=True, tag="history"):
+    """The versions a feature ran, oldest first."""
+
+    feature: Name
+
+
+Request: TypeAlias = Status | Call | Start | Stop | Restart | Update | Rollback | History
 
 
 #: one feature's statistics on the wire: ``capsule.FeatureStatistics`` itself (a frozen
@@ -135,6 +164,19 @@ class Done(_Response, frozen=True, tag="done"):
     state: str
 
 
+class Updated(_Response, frozen=True, tag="updated"):
+    """What an update or rollback did (or, for a dry run, would do)."""
+
+    report: UpdateReport
+
+
+class Versions(_Response, frozen=True, tag="versions"):
+    """A feature's version history, oldest first."""
+
+    feature: str
+    records: list[VersionRecord]
+
+
 class Failure(_Response, frozen=True, tag="failure"):
     """The request failed: ``kind`` names the error (``FeatureUnavailableError``,
     ``RemoteError``, ``refused`` for a wrong admin secret, ...)."""
@@ -143,7 +185,7 @@ class Failure(_Response, frozen=True, tag="failure"):
     message: str
 
 
-Response: TypeAlias = Snapshot | Result | Done | Failure
+Response: TypeAlias = Snapshot | Result | Done | Updated | Versions | Failure
 
 _encoder = msgspec.msgpack.Encoder()
 _requests = msgspec.msgpack.Decoder(Request)

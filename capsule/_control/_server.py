@@ -32,14 +32,19 @@ from capsule._control._protocol import (
     Call,
     Done,
     Failure,
+    History,
     Request,
     Response,
     Restart,
     Result,
+    Rollback,
     Snapshot,
     Start,
     Status,
     Stop,
+    Update,
+    Updated,
+    Versions,
     decode_request,
     encode,
     frame_size,
@@ -240,9 +245,23 @@ class ControlServer:
         )
         return response
 
-    async def _act(self, request: Call | Start | Stop | Restart) -> Response:
+    async def _act(
+        self, request: Call | Start | Stop | Restart | Update | Rollback | History
+    ) -> Response:
         sup = self.sup
         try:
+            if isinstance(request, Update):
+                report = await sup.update(
+                    request.feature,
+                    request.bundle,
+                    approve=request.approve,
+                    dry_run=request.dry_run,
+                )
+                return Updated(report)
+            if isinstance(request, Rollback):
+                return Updated(await sup.rollback(request.feature))
+            if isinstance(request, History):
+                return Versions(request.feature, list(sup.versions(request.feature)))
             if isinstance(request, Call):
                 try:
                     payload = msgspec.json.decode(request.payload)

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, final
@@ -25,8 +24,7 @@ from capsule._broker._audit import AUDIT_MAX, AUDIT_SHARE, AuditLog, default_aud
 from capsule._broker._broker import Broker
 from capsule._broker._host import Stream, Subscription
 from capsule._container._feature import Feature
-from capsule._manifest import App, load_app
-from capsule._manifest._env import feature_environments
+from capsule._manifest import App
 from capsule._sandbox import _isolation
 from capsule._sandbox._cgroups import CgroupTree
 from capsule._spawn._client import ZygoteClient
@@ -41,18 +39,17 @@ from capsule._supervisor._history import History, VersionRecord
 from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._launch import Launcher
 from capsule._supervisor._plan import Planner, Version, container_uids, default_state_dir
-from capsule._supervisor._renewal import Renewer, token_lifetime
+from capsule._supervisor._renewal import Renewer
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._rundir import RunDir
 from capsule._supervisor._update import UpdateReport, Updates
-from capsule._supervisor._versions import note_start, open_history, running_app
+from capsule._supervisor._versions import note_start
 from capsule._supervisor._views import ViewTimeouts
 from capsule._tasks import Services
 from capsule._tokens._authority import Token, TokenAuthority
 from capsule._tokens._keys import KeyRing
 from capsule.errors import (
     CapsuleError,
-    ConfigError,
     FeatureError,
     FeatureStartError,
 )
@@ -67,7 +64,6 @@ __all__ = [
     "UpdateReport",
     "container_uids",
     "default_state_dir",
-    "open_supervisor",
 ]
 
 _log = structlog.get_logger("capsule.supervisor")
@@ -535,76 +531,3 @@ class Supervisor(metaclass=NoPublicConstructor):
                 self._audit.close()
             finally:
                 self._tg.cancel()  # the services the shutdown needed are done with
-
-
-@asynccontextmanager
-async def open_supervisor(
-    app: str | os.PathLike[str] | App,
-    *,
-    inline: Mapping[str, Feature] | None = None,
-    start_timeout: float = 10.0,
-    stop_timeout: float = 5.0,
-    call_timeout: float = 30.0,
-    audit: str | os.PathLike[str] | None = None,
-    state_dir: str | os.PathLike[str] | None = None,
-    view_timeouts: ViewTimeouts | None = None,
-    token_ttl: float | None = None,
-) -> AsyncIterator[Supervisor]:
-    """Run every feature of ``app`` (an app directory, or a loaded App) until the block ends.
-
-    Features start in dependency order, each in its own sandboxed container; a
-    feature that fails is restarted per its policy and the app's strategy, and
-    quarantined past its restart limit, while the rest keep running. ``inline``
-    runs the given Feature objects (shipped with cloudpickle) instead of the
-    bundles' entries, for tests and embedding. On exit every container is stopped
-    and every mount, cgroup and temporary directory is removed.
-
-    Every decision of the broker and of the file-system servers is written as JSON lines
-    to ``audit`` (by default ``$XDG_STATE_HOME/capsule/audit/<app>/<run>.jsonl``;
-    ``sup.audit_path`` says where). Features' private storage and their copy-on-write
-    changes are kept beneath ``state_dir`` (by default
-    ``$XDG_STATE_HOME/capsule/state/<app>``), across restarts and updates, with the
-    history of the versions each feature ran (``sup.versions(name)``): a feature whose
-    update outlived its probation runs that version again, unless its bundle in the app
-    changed version since (then the app's bundle runs).
-    ``view_timeouts`` bounds how long a file-system server may take to mount a view and to
-    answer its liveness probe (a server that does not answer is aborted, and its
-    container ended and restarted per its policy). A feature's environment holds nothing of
-    this program's but the variables its policy names (``env``); a ``from_host`` one that is
-    not set here raises ConfigError.
-    ``token_ttl`` is how many seconds each container's tokens live (by default the app's
-    ``token_ttl``, else an hour); the supervisor renews them after two thirds of that, for
-    as long as the container runs.
-    """
-    loaded = app if isinstance(app, App) else load_app(Path(app))
-    state = Path(state_dir) if state_dir is not None else default_state_dir(loaded.manifest.name)
-    history = open_history(state)
-    loaded = running_app(loaded, history, inline=set(inline or ()))
-    ttl = token_lifetime(loaded, token_ttl)
-    unknown = sorted(set(inline or ()) - set(loaded.features))
-    if unknown:
-        raise ConfigError(
-            f"inline features not in app {loaded.manifest.name!r}: {', '.join(unknown)}"
-        )
-    environments = feature_environments(loaded, os.environ)  # from_host values, read once
-    async with anyio.create_task_group() as tg:
-        sup = Supervisor._create(
-            loaded,
-            tg,
-            inline=inline or {},
-            start_timeout=start_timeout,
-            stop_timeout=stop_timeout,
-            call_timeout=call_timeout,
-            audit=None if audit is None else Path(audit),
-            state_dir=state,
-            view_timeouts=view_timeouts or ViewTimeouts(),
-            environments=environments,
-            token_ttl=ttl,
-            history=history,
-        )
-        try:
-            await sup._open()
-            yield sup
-        finally:
-            await sup._close()
-            tg.cancel_scope.cancel()

@@ -10,6 +10,7 @@ does) nor look into the state it moves.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import final
@@ -20,7 +21,7 @@ import structlog
 from capsule._broker._audit import AuditLog
 from capsule._broker._broker import Broker
 from capsule._manifest import App
-from capsule._manifest._diff import diff_grants, read_candidate
+from capsule._manifest._diff import Candidate, diff_grants, read_candidate
 from capsule._manifest._model import UpdatePolicy
 from capsule._supervisor._aftercare import Aftercare
 from capsule._supervisor._handle import FeatureHandle, FeatureState
@@ -115,7 +116,7 @@ class Updates:
         policy does not approve, UpdateError for a widening without ``approve`` or an update
         that did not happen (the old version serves on)."""
         name = handle.name
-        candidate = read_candidate(self._app, bundle, feature=name)
+        candidate = await self._read(bundle, name)
         version = Version(candidate.manifest, candidate.grant)
         diff = diff_grants(
             handle.grant,
@@ -143,6 +144,11 @@ class Updates:
             )
         report = await self.run(handle, version, bundle, policy=policy)
         return _with_diff(report, diff.render(), widens=diff.widens)
+
+    async def _read(self, bundle: Path, name: str) -> Candidate:
+        """The bundle read and checked against the app (file reads: in a worker thread)."""
+        read = functools.partial(read_candidate, self._app, bundle, feature=name)
+        return await anyio.to_thread.run_sync(read)
 
     async def run(
         self, handle: FeatureHandle, version: Version, bundle: Path, *, policy: UpdatePolicy
@@ -318,7 +324,12 @@ class Updates:
         if new is not None and handle.instance is not new:
             revoke_held(self._authority, new)
             await new.stop(self._stop_timeout)
-        reason = "the app shut down" if exc is None else str(exc)
+        if exc is None:
+            reason = "the app shut down"
+        elif isinstance(exc, anyio.get_cancelled_exc_class()):
+            reason = "its caller was cancelled"
+        else:
+            reason = str(exc)
         update.audit(self._audit, "update-failed", decision="fail", reason=reason)
         _log.error("update failed", feature=handle.name, reason=reason)
         update.done.set()
@@ -348,6 +359,12 @@ class Updates:
         thaw and a switch; after it, a cold start of the previous version in the history.
         UpdateError when there is none, or an update is before its switch."""
         name = handle.name
+        if handle.manifest.forward_only:
+            raise UpdateError(
+                name,
+                f"version {handle.manifest.version} is forward_only: it cannot be rolled back "
+                "(update it to a newer version instead)",
+            )
         update = self._active.get(name)
         if update is None:
             return await self._rollback_cold(handle)
@@ -375,7 +392,7 @@ class Updates:
         record = None if history is None else history.previous(name)
         if record is None:
             raise UpdateError(name, "has no previous version in its history to roll back to")
-        candidate = read_candidate(self._app, Path(record.bundle), feature=name)
+        candidate = await self._read(Path(record.bundle), name)
         policy = self._app.manifest.update_policy(name)
         current = handle.manifest.version
         async with self._lock:

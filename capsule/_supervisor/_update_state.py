@@ -71,7 +71,7 @@ class UpdateReport:
     """
 
     feature: str
-    action: Literal["update", "rollback", "dry-run"]
+    action: str  # "update", "rollback" or "dry-run" (plain str: it travels on the wire)
     from_version: str
     to_version: str
     diff: str = ""

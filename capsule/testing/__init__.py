@@ -20,6 +20,10 @@ other kinds in ``FAULTS``), :func:`kill` signals a container from outside and
 :func:`crash` also waits until it has ended.
 :func:`leftovers` lists anything a supervisor left behind. The ``capsule_app``
 pytest fixture gives a fresh :class:`TestApp` under ``tmp_path``.
+
+Live updates: :meth:`TestApp.version` declares another version of an inline feature,
+:meth:`TestApp.bundle` says where its bundle is, and :func:`check_live_update` updates to
+it under a stream of calls, checking that none fails and that the state went across.
 """
 
 from __future__ import annotations
@@ -31,7 +35,16 @@ from capsule.testing._app import kill as kill
 from capsule.testing._faults import FAULTS as FAULTS
 from capsule.testing._faults import install_faults as install_faults
 from capsule.testing._leftovers import leftovers as leftovers
+from capsule.testing._updates import check_live_update as check_live_update
 
-__all__ = ["FAULTS", "TestApp", "crash", "install_faults", "kill", "leftovers"]
+__all__ = [
+    "FAULTS",
+    "TestApp",
+    "check_live_update",
+    "crash",
+    "install_faults",
+    "kill",
+    "leftovers",
+]
 
 publish(__name__, globals(), (n for n in __all__ if n != "FAULTS"))

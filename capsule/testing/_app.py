@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from capsule._container._feature import Feature
-from capsule._supervisor._supervisor import Supervisor, open_supervisor
+from capsule._supervisor._open import open_supervisor
+from capsule._supervisor._supervisor import Supervisor
 from capsule.errors import FeatureError
 from capsule.testing._faults import install_faults
 

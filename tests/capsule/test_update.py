@@ -204,7 +204,7 @@ def _widening_app(root: Path) -> tuple[TestApp, Feature, Feature]:
     async def _relay(ctx: Context, request: Any) -> Any:
         return await ctx.call("other", "echo", request)
 
-    v3 = app.version("counter", "3.0.0", access={"call": ["other.secret"]})
+    v3 = app.version("counter", "3.0.0", access={"call": ["other.fault"]})
     counter(v3, "3.0.0")
     return app, v2, v3
 
@@ -334,3 +334,59 @@ async def test_a_call_past_the_drain_time_finishes_on_the_old_version(tmp_path: 
             assert report.stragglers == 1
             assert (await count(sup))["version"] == "2.0.0"  # new calls went to 2.0.0
         assert answer == ["done on 1.0.0"]
+
+
+def _same_count(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    return bool(before["count"] == after["count"])
+
+
+@pytest.mark.trio
+async def test_check_live_update_passes_an_update_that_keeps_state_and_fails_one_that_loses_it(
+    tmp_path: Path,
+) -> None:
+    app = counter_app(tmp_path / "app")
+    keeps = app.version("counter", "2.0.0")
+    counter(keeps, "2.0.0")
+    loses = app.version("counter", "3.0.0")
+    counter(loses, "3.0.0", handoff=False)
+    async with app.open() as sup:
+        for _ in range(5):
+            await sup.call("counter", "add")
+        report = await capsule.testing.check_live_update(
+            sup, "counter", app.bundle(keeps), service="get", state="get", same=_same_count
+        )
+        assert report.to_version == "2.0.0"
+        await sup._updates.wait_settled("counter")
+        with pytest.raises(AssertionError, match=r"the state changed over the update"):
+            await capsule.testing.check_live_update(
+                sup, "counter", app.bundle(loses), service="get", state="get", same=_same_count
+            )
+        assert await count(sup) == {"count": 0, "version": "3.0.0"}
+
+
+@pytest.mark.trio
+async def test_an_app_closing_during_an_update_leaves_nothing_behind(tmp_path: Path) -> None:
+    app, v2 = _slow_app(tmp_path / "app", {"drain": "30s"})
+    errors: list[str] = []
+
+    async def update(sup: Supervisor) -> None:
+        try:
+            await sup.update("counter", app.bundle(v2))
+        except UpdateError as exc:
+            errors.append(str(exc))
+
+    async def slow(sup: Supervisor) -> None:
+        try:
+            await sup.call("counter", "slow", 60.0, timeout=60)
+        except Exception as exc:  # its container is stopped with the app: expected
+            errors.append(type(exc).__name__)
+
+    async with trio.open_nursery() as outer, app.open() as sup:
+        outer.start_soon(slow, sup)
+        await poll(_in_flight(sup), "the slow call is in flight", limit=5)
+        outer.start_soon(update, sup)
+        await poll(_holding(sup), "the update drains the old version", limit=10)
+    assert "feature 'counter': the app shut down during the update; nothing changed" in errors
+    (failed,) = audit_events(app.root / "audit.jsonl", "update-failed")
+    assert failed["reason"] == "the app shut down"
+    assert capsule.testing.leftovers() == []

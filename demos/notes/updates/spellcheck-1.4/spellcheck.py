@@ -14,10 +14,8 @@ from typing import Any
 
 from capsule.feature import Feature
 
-VERSION = "1.4.0"
-
 feature = Feature()
-_cache: set[str] = set()
+_state: dict[str, Any] = {"texts": 0, "cache": []}
 
 
 @feature.service("check")
@@ -28,14 +26,14 @@ async def check(ctx: Any, request: dict[str, Any]) -> dict[str, Any]:
 
 @feature.service("stats")
 async def stats(ctx: Any, request: Any) -> dict[str, Any]:
-    return {"version": VERSION, "cached": sorted(_cache), "checks": 0, "asked": 0}
+    return {"version": ctx.version, "cached": _state["cache"], "texts": _state["texts"]}
 
 
 @feature.import_state
-async def import_cache(ctx: Any, from_version: str, data: bytes) -> None:
-    _cache.update(str(word) for word in json.loads(data)["cache"])
+async def import_state(ctx: Any, from_version: str, data: bytes) -> None:
+    _state.update(json.loads(data))
 
 
 @feature.export_state
-async def export_cache(ctx: Any) -> bytes:
-    return json.dumps({"cache": sorted(_cache)}).encode()
+async def export_state(ctx: Any) -> bytes:
+    return json.dumps(_state).encode()
