@@ -278,8 +278,8 @@ async def live_updates(sup: capsule.Supervisor, root: Path, audit: Path) -> None
         and after["texts"] >= before["texts"] > 0
         and set(before["cached"]) <= set(after["cached"])
         and bool(before["cached"]),
-        detail=f"{after['texts']} texts checked, counting 1.2.0's {before['texts']}; cached: "
-        + ", ".join(after["cached"]),
+        detail=f"{after['texts']} texts checked by the two ({before['texts']} by 1.2.0 before "
+        "the editing began); cached: " + ", ".join(after["cached"]),
     )
     step(
         "the editor kept saving meanwhile: every save answered and checked",
