@@ -1,6 +1,7 @@
 """The notes demo: five features in their own containers doing real work, one of them a
 hostile third-party plugin that is contained, denied, restarted and finally quarantined
-while the app keeps working.
+while the app keeps working; then spellcheck updated live to 1.3.0 (its count and cache
+kept) while the editor saves, and a broken 1.4.0 rolled back by its probation.
 
 Run with `nox -s demo` (or `python demos/run_demo.py`, as root). It starts the webhook the
 exporter uploads to (an HTTP server on 127.0.0.1:8765), runs a copy of demos/notes in a
