@@ -157,18 +157,19 @@ class Updates:
         approved). Returns once the new version serves; probation goes on in the background.
         UpdateError (the old version serving still) when it cannot."""
         name = handle.name
-        if self._closing:
-            raise UpdateError(name, "the app is shutting down")
         current = self._active.get(name)
         if current is not None and current.phase == "keep":
             await self._after.retire_now(current)  # a newer update ends the keep window early
-        elif current is not None:
-            raise UpdateError(
-                name,
-                f"an update ({current.label}) is under way, in {current.phase}: wait until "
-                "it ends, or roll it back",
-            )
-        async with self._lock:
+        async with self._lock:  # checked again under it: two updates may race to here
+            if self._closing:
+                raise UpdateError(name, "the app is shutting down")
+            current = self._active.get(name)
+            if current is not None:
+                raise UpdateError(
+                    name,
+                    f"an update ({current.label}) is under way, in {current.phase}: wait "
+                    "until it ends, or roll it back",
+                )
             old = handle.instance
             if handle.state is not FeatureState.RUNNING or old is None or old.ended.is_set():
                 return await self._replace_cold(handle, version, bundle)
@@ -395,6 +396,7 @@ class Updates:
         candidate = await self._read(Path(record.bundle), name)
         policy = self._app.manifest.update_policy(name)
         current = handle.manifest.version
+        reason = f"rolled back by hand to {record.version} ({record.bundle})"
         async with self._lock:
             handle._hold_calls(policy.queue)
             held_at = anyio.current_time()
@@ -406,12 +408,14 @@ class Updates:
                     await running.stop(self._stop_timeout)
                 handle.manifest, handle.grant = candidate.manifest, candidate.grant
                 handle.restarts = RestartTracker(candidate.manifest.restart)
+                await remember(  # first: its start is then no new version to record
+                    history, name, record.version, record.bundle, event="rolled-back", reason=reason
+                )
                 if handle.wanted:
                     await self._relaunch(handle)
             finally:
                 handle._release()
         pause = anyio.current_time() - held_at
-        reason = f"rolled back by hand to {record.version} ({record.bundle})"
         self._audit.record(
             "update-rollback",
             feature=name,
@@ -421,9 +425,6 @@ class Updates:
             to_version=candidate.manifest.version,
             pause_ms=round(pause * 1000, 3),
             cold=True,
-        )
-        await remember(
-            history, name, record.version, record.bundle, event="rolled-back", reason=reason
         )
         return UpdateReport(
             name,

@@ -390,3 +390,46 @@ async def test_an_app_closing_during_an_update_leaves_nothing_behind(tmp_path: P
     (failed,) = audit_events(app.root / "audit.jsonl", "update-failed")
     assert failed["reason"] == "the app shut down"
     assert capsule.testing.leftovers() == []
+
+
+@pytest.mark.trio
+async def test_two_updates_started_at_once_run_one_and_refuse_the_other(tmp_path: Path) -> None:
+    app = counter_app(tmp_path / "app", update={"probation": "30s"})
+    v2 = app.version("counter", "2.0.0")
+    counter(v2, "2.0.0")
+    v3 = app.version("counter", "3.0.0")
+    counter(v3, "3.0.0")
+    async with app.open() as sup:
+        outcomes: list[str] = []
+
+        async def update(bundle: Path) -> None:
+            try:
+                report = await sup.update("counter", bundle)
+                outcomes.append(report.to_version)
+            except UpdateError as exc:
+                outcomes.append("refused: under way" if "under way" in str(exc) else str(exc))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(update, app.bundle(v2))
+            nursery.start_soon(update, app.bundle(v3))
+        assert sorted(outcomes) in (
+            ["2.0.0", "refused: under way"],
+            ["3.0.0", "refused: under way"],
+        )
+        assert sup.statistics().containers_started == 2  # one new container, not two
+    assert capsule.testing.leftovers() == []
+
+
+@pytest.mark.trio
+async def test_updating_a_crashed_feature_restarts_it_as_the_new_version(tmp_path: Path) -> None:
+    app = TestApp(tmp_path / "app")
+    slow_restart = restart(backoff="500ms..500ms")
+    counter(app.feature("counter", limits=LIMITS, restart=slow_restart), "1.0.0")
+    v2 = app.version("counter", "2.0.0")
+    counter(v2, "2.0.0")
+    async with app.open() as sup:
+        await capsule.testing.crash(sup, "counter")
+        assert sup.feature("counter").state is FeatureState.RESTARTING
+        report = await sup.update("counter", app.bundle(v2))
+        assert report.cold
+        assert await count(sup) == {"count": 0, "version": "2.0.0"}  # waited for the restart

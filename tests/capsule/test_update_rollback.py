@@ -261,7 +261,11 @@ async def test_a_rollback_after_the_keep_window_starts_the_previous_version_cold
         assert stats.version == "1.0.0"
         assert stats.pid not in {first_pid, None}
         assert await count(sup) == {"count": 0, "version": "1.0.0"}  # a cold start: fresh
-        assert sup.versions("counter")[-1].event == "rolled-back"
+        assert [(v.event, v.version) for v in sup.versions("counter")] == [
+            ("started", "1.0.0"),
+            ("updated", "2.0.0"),
+            ("rolled-back", "1.0.0"),
+        ]
     (rollback,) = audit_events(app.root / "audit.jsonl", "update-rollback")
     assert rollback["cold"] is True
     assert capsule.testing.leftovers() == []
