@@ -34,10 +34,12 @@ from capsule._supervisor._open import open_supervisor as open_supervisor
 from capsule._supervisor._supervisor import FeatureHandle as FeatureHandle
 from capsule._supervisor._supervisor import FeatureState as FeatureState
 from capsule._supervisor._supervisor import FeatureStatistics as FeatureStatistics
+from capsule._supervisor._supervisor import PluginInfo as PluginInfo
 from capsule._supervisor._supervisor import Supervisor as Supervisor
 from capsule._supervisor._supervisor import SupervisorStatistics as SupervisorStatistics
 from capsule._supervisor._supervisor import UpdateReport as UpdateReport
 from capsule._supervisor._views import ViewTimeouts as ViewTimeouts
+from capsule.errors import ApprovalRequiredError as ApprovalRequiredError
 from capsule.errors import CapabilityDeniedError as CapabilityDeniedError
 from capsule.errors import CapsuleError as CapsuleError
 from capsule.errors import ChannelClosedError as ChannelClosedError
@@ -64,6 +66,7 @@ __all__ = [
     "Access",
     "App",
     "AppManifest",
+    "ApprovalRequiredError",
     "Candidate",
     "CapabilityDeniedError",
     "CapabilityDiff",
@@ -91,6 +94,7 @@ __all__ = [
     "Limits",
     "MountGrant",
     "OverloadedError",
+    "PluginInfo",
     "Policy",
     "Problem",
     "ProtocolError",

@@ -17,6 +17,7 @@ The tree::
     │   ├── FeatureUnavailableError
     │   ├── UpdateError                   a live update or rollback did not happen, or was undone
     │   └── RemoteError                   from a container: .remote_type .remote_traceback
+    ├── ApprovalRequiredError (PermissionError)  .feature .diff: a widening not approved yet
     ├── IPCError
     │   ├── ChannelClosedError
     │   ├── ProtocolError
@@ -31,6 +32,7 @@ Each error also subclasses the builtin a caller would naturally catch, so
 from __future__ import annotations
 
 __all__ = [
+    "ApprovalRequiredError",
     "CapabilityDeniedError",
     "CapsuleError",
     "ChannelClosedError",
@@ -189,6 +191,23 @@ class RemoteError(FeatureError):
         self.remote_message = message
         self.remote_traceback = remote_traceback
         super().__init__(feature, f"{remote_type}: {message}")
+
+
+class ApprovalRequiredError(CapsuleError, PermissionError):
+    """A plugin or a new version would be granted more than the app grants now, within what
+    its policy allows: it needs approving (``approve=True``, ``--approve``) first.
+
+    ``feature`` names it and ``diff`` is the capability diff (``+ ...``/``- ...`` lines) the
+    message shows. Nothing was started.
+    """
+
+    def __init__(self, feature: str, diff: str) -> None:
+        self.feature = feature
+        self.diff = diff
+        super().__init__(
+            f"feature {feature!r}: needs approval, it would be granted more than the app "
+            f"grants now:\n{diff}\napprove it to go on (approve=True, or --approve)"
+        )
 
 
 class IPCError(CapsuleError):

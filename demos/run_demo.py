@@ -1,7 +1,8 @@
 """The notes demo: five features in their own containers doing real work, one of them a
 hostile third-party plugin that is contained, denied, restarted and finally quarantined
 while the app keeps working; then spellcheck updated live to 1.3.0 (its count and cache
-kept) while the editor saves, and a broken 1.4.0 rolled back by its probation.
+kept) while the editor saves, a broken 1.4.0 rolled back by its probation, and a sixth
+feature, word-count, installed while the app runs (once approved) and removed again.
 
 Run with `nox -s demo` (or `python demos/run_demo.py`, as root). It starts the webhook the
 exporter uploads to (an HTTP server on 127.0.0.1:8765), runs a copy of demos/notes in a
@@ -347,8 +348,51 @@ async def live_updates(sup: capsule.Supervisor, root: Path, audit: Path) -> None
     )
 
 
+async def a_plugin_added_while_it_runs(sup: capsule.Supervisor, root: Path) -> None:
+    print("\n5. a plugin added while the app runs, then removed")
+    bundle = root / "notes" / "plugins" / "word-count"
+    review = await sup.review_plugin(bundle)
+    step(
+        "word-count asks for a read-only view of the public notes: that needs approving",
+        ok=review.diff.widens and review.diff.added == ("fs:read:/notes/",),
+        detail=", ".join(review.diff.added),
+    )
+    try:
+        await sup.install(bundle)
+        refused = False
+    except capsule.ApprovalRequiredError:
+        refused = "word-count" not in sup.features()
+    step("without approval it is not installed", ok=refused)
+    async with sup.subscribe("capsule.service.*") as events:
+        await sup.install(bundle, approve=True)
+        counted = await sup.call("word-count", "count")
+        step(
+            "approved, it runs in its own container and answers",
+            ok=counted["words"] > 0,
+            detail=str(counted),
+        )
+        await sup.uninstall("word-count")
+        try:
+            await sup.call("word-count", "count")
+            gone = ""
+        except capsule.FeatureUnavailableError as exc:
+            gone = str(exc)
+        step("removed: calls to it fail at once, saying so", ok="was removed" in gone, detail=gone)
+        heard = []
+        with anyio.move_on_after(5):
+            while len(heard) < 2:
+                event = await events.receive()
+                if event.payload["feature"] == "word-count":
+                    heard.append(f"{event.topic} ({event.payload['reason']})")
+    step(
+        "the app heard it come and go",
+        ok=heard == ["capsule.service.up (installed)", "capsule.service.down (removed)"],
+        detail=", ".join(heard),
+    )
+
+
 async def the_app_goes_on(sup: capsule.Supervisor) -> None:
-    print("\n5. the app goes on")
+    print("\n6. the app goes on")
     saved = await sup.call("editor", "save", {"note": "after.md", "text": "still here"})
     checked = await sup.call("spellcheck", "check", {"text": "still here"})
     step(
@@ -373,7 +417,7 @@ def _tally(events: list[dict[str, Any]]) -> dict[str, collections.Counter[str]]:
 
 
 def summary(sup: capsule.Supervisor, audit: Path) -> None:
-    print("\n6. what happened (counts from the audit log)")
+    print("\n7. what happened (counts from the audit log)")
     events = [json.loads(line) for line in audit.read_text(encoding="utf-8").splitlines()]
     tally = _tally(events)
     print(
@@ -417,6 +461,7 @@ async def run_app(root: Path, uploads: list[Any]) -> None:
         await the_scenario(sup, root, uploads)
         await the_plugin(sup)
         await live_updates(sup, root, audit)
+        await a_plugin_added_while_it_runs(sup, root)
         await the_app_goes_on(sup)
         await anyio.sleep(1.1)  # the audit log is written once a second
         summary(sup, audit)

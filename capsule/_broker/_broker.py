@@ -26,6 +26,7 @@ from capsule._broker._host import Stream, Subscription
 from capsule._broker._lifecycle import Lifecycle, withdrawn
 from capsule._broker._network import NetworkMediator
 from capsule._broker._routes import Handle, Peer, Subscriber, holds, unusable
+from capsule._broker._service import RESERVED, RUNTIME, reserved_topic
 from capsule._broker._topics import TopicIndex, valid_call, valid_pattern, valid_topic
 from capsule._ipc._channel import encode_frame
 from capsule._ipc._messages import (
@@ -338,6 +339,10 @@ class Broker:
 
     def _publish(self, peer: Peer, msg: Publish) -> None:
         valid = valid_topic(msg.topic)
+        if valid and reserved_topic(msg.topic):
+            reason = f"topics beneath {RESERVED!r} are published by capsule alone"
+            self._deny(peer, "publish", reason, capability=f"icc:publish:{msg.topic}")
+            return
         if self._check(peer, msg.handle, Action.ICC_PUBLISH, msg.topic, valid=valid):
             self._deliver_event(msg.topic, msg.payload, peer.feature)
 
@@ -415,8 +420,24 @@ class Broker:
             raise ConfigError(
                 f"topic {topic!r}: expected dot-separated lower-case names, e.g. spell.checked"
             )
+        if reserved_topic(topic):
+            raise ConfigError(f"topic {topic!r}: topics beneath {RESERVED!r} are capsule's own")
         raw = encode_payload(payload, f"the event on {topic}")
         return self._deliver_event(topic, raw, HOST)
+
+    def announce(self, topic: str, payload: Any) -> int:
+        """Publish one of the runtime's own events (``capsule.service.up``, say) from
+        ``@capsule``; it reaches the subscribers whose grant covers the topic, as any event."""
+        raw = encode_payload(payload, f"the event on {topic}")
+        return self._deliver_event(topic, raw, RUNTIME)
+
+    def set_limits(self, feature: str, limits: BrokerLimits | None) -> None:
+        """What containers of ``feature`` attached from now on may make the broker hold (a
+        feature added at run time); None forgets it."""
+        if limits is None:
+            self._limits.pop(feature, None)
+        else:
+            self._limits[feature] = limits
 
     def host_subscribe(self, pattern: str, buffer: int) -> Subscription:
         if not valid_pattern(pattern):

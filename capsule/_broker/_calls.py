@@ -34,6 +34,7 @@ from capsule._ipc._payload import NIL, decode_payload, encode_payload
 from capsule._tasks import TaskStarter
 from capsule.errors import (
     FeatureCrashedError,
+    FeatureError,
     FeatureUnavailableError,
     OverloadedError,
     ProtocolError,
@@ -290,6 +291,12 @@ class CallRouter:
             return False
         self.abandon(route)
         return True
+
+    def fail_served(self, peer: Peer, error: FeatureError) -> None:
+        """Fail every call ``peer`` still serves with ``error``, and cancel it there."""
+        for route in list(peer.calls.values()):
+            peer.conn.send(Cancel(id=route.callee_id))
+            self.finish(route, error=error_for(route.caller_id, error))
 
     def detach(self, peer: Peer, crashed: FeatureCrashedError) -> None:
         """``peer``'s container ended: fail the calls it was serving, cancel those it made."""

@@ -29,7 +29,8 @@ __all__ = ["Event", "HostCall", "Stream", "Subscription"]
 class Event:
     """One published event: its topic, its payload and who published it.
 
-    ``sender`` is a feature name, or ``"@host"`` for the host program.
+    ``sender`` is a feature name, ``"@host"`` for the host program, or ``"@capsule"`` for the
+    runtime's own events (``capsule.service.up``, ``capsule.service.down``).
     """
 
     topic: str

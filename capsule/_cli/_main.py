@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         _call,
         _check,
         _doctor,
+        _plugin,
         _ps,
         _run,
         _token,
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ps.register(sub)
     _call.register(sub)
     _update.register(sub)
+    _plugin.register(sub)
     _audit.register(sub)
     _token.register(sub)
     _doctor.register(sub)

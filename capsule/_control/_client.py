@@ -19,6 +19,12 @@ from capsule._control._protocol import (
     Done,
     Failure,
     History,
+    PluginAdd,
+    PluginList,
+    PluginRemove,
+    PluginReview,
+    PluginRow,
+    Plugins,
     Request,
     Response,
     Restart,
@@ -47,7 +53,7 @@ _LIFECYCLE: Final = 300.0
 _SLACK: Final = 10.0
 """Seconds past a call's own deadline before the client gives up on the answer."""
 
-_R = TypeVar("_R", Snapshot, Result, Done, Updated, Versions)
+_R = TypeVar("_R", Snapshot, Result, Done, Updated, Versions, PluginReview, PluginList)
 
 
 @final
@@ -170,3 +176,22 @@ class ControlClient:
     def history(self, feature: str) -> Versions:
         """The versions ``feature`` ran, oldest first."""
         return self._expect(self.request(History(token=self._secret, feature=feature)), Versions)
+
+    def plugin_add(self, bundle: str, *, approve: bool) -> Done:
+        """Install the bundle at ``bundle`` (an absolute path) as a plugin."""
+        message = PluginAdd(token=self._secret, bundle=bundle, approve=approve)
+        return self._expect(self.request(message, timeout=_LIFECYCLE), Done)
+
+    def plugin_review(self, bundle: str) -> PluginReview:
+        """What installing the bundle at ``bundle`` would grant, without installing it."""
+        message = PluginAdd(token=self._secret, bundle=bundle, dry_run=True)
+        return self._expect(self.request(message, timeout=_LIFECYCLE), PluginReview)
+
+    def plugin_remove(self, feature: str, *, drain: float, purge: bool) -> Done:
+        """Uninstall the plugin ``feature``."""
+        message = PluginRemove(token=self._secret, feature=feature, drain=drain, purge=purge)
+        return self._expect(self.request(message, timeout=_LIFECYCLE + drain), Done)
+
+    def plugins(self) -> list[PluginRow]:
+        """The installed plugins."""
+        return self._expect(self.request(Plugins(token=self._secret)), PluginList).plugins

@@ -6,8 +6,10 @@ policy, and nothing received is ever unpickled or evaluated.
 
 Every request carries the run's admin secret (``token``); the server answers each
 request with exactly one response: ``Snapshot`` (to ``Status``), ``Result`` (to
-``Call``), ``Done`` (to ``Start``, ``Stop`` and ``Restart``), ``Updated`` (to ``Update``
-and ``Rollback``), ``Versions`` (to ``History``) or ``Failure``.
+``Call``), ``Done`` (to ``Start``, ``Stop``, ``Restart``, ``PluginAdd`` and
+``PluginRemove``), ``Updated`` (to ``Update`` and ``Rollback``), ``Versions`` (to
+``History``), ``PluginReview`` (to a dry-run ``PluginAdd``), ``PluginList`` (to
+``Plugins``) or ``Failure``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Annotated, Final, TypeAlias
 import msgspec
 
 from capsule._supervisor._history import VersionRecord
-from capsule._supervisor._supervisor import FeatureStatistics, UpdateReport
+from capsule._supervisor._supervisor import FeatureStatistics, PluginInfo, UpdateReport
 from capsule.errors import ProtocolError
 
 __all__ = [
@@ -29,6 +31,12 @@ __all__ = [
     "Failure",
     "FeatureRow",
     "History",
+    "PluginAdd",
+    "PluginList",
+    "PluginRemove",
+    "PluginReview",
+    "PluginRow",
+    "Plugins",
     "Request",
     "Response",
     "Restart",
@@ -58,6 +66,8 @@ Secret = Annotated[str, msgspec.Meta(max_length=128)]
 Name = Annotated[str, msgspec.Meta(max_length=256)]
 JsonText = Annotated[str, msgspec.Meta(max_length=MAX_REQUEST)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=24 * 3600)]
+Drain = Annotated[float, msgspec.Meta(ge=0, le=3600)]
+PathText = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 
 
 class _Request(msgspec.Struct, frozen=True, tag_field="t", forbid_unknown_fields=True):
@@ -100,7 +110,16 @@ class Update(_Request, frozen=True, tag="update"):
     app's process); ``dry_run`` only says what would happen."""
 
     feature: Name
-    bundle: Annotated[str, msgspec.Meta(max_length=4096)]
+    bundle: PathText
+    approve: bool = False
+    dry_run: bool = False
+
+
+class PluginAdd(_Request, frozen=True, tag="plugin-add"):
+    """Install the bundle at ``bundle`` (an absolute path) as a plugin; ``dry_run`` only
+    reviews it (answered with PluginReview)."""
+
+    bundle: PathText
     approve: bool = False
     dry_run: bool = False
 
@@ -117,12 +136,38 @@ class History(_Request, frozen=True, tag="history"):
     feature: Name
 
 
-Request: TypeAlias = Status | Call | Start | Stop | Restart | Update | Rollback | History
+class PluginRemove(_Request, frozen=True, tag="plugin-remove"):
+    """Uninstall the plugin ``feature``, letting calls in flight finish within ``drain`` s."""
+
+    feature: Name
+    drain: Drain = 5.0
+    purge: bool = False
+
+
+class Plugins(_Request, frozen=True, tag="plugins"):
+    """Ask for the installed plugins (a PluginList)."""
+
+
+Request: TypeAlias = (
+    Status
+    | Call
+    | Start
+    | Stop
+    | Restart
+    | Update
+    | Rollback
+    | History
+    | PluginAdd
+    | PluginRemove
+    | Plugins
+)
 
 
 #: one feature's statistics on the wire: ``capsule.FeatureStatistics`` itself (a frozen
 #: dataclass msgspec encodes and decodes field by field), so the two never drift apart
 FeatureRow: TypeAlias = FeatureStatistics
+#: one installed plugin on the wire: ``capsule.PluginInfo`` itself
+PluginRow: TypeAlias = PluginInfo
 
 
 class _Response(msgspec.Struct, frozen=True, tag_field="t"):
@@ -185,7 +230,25 @@ class Failure(_Response, frozen=True, tag="failure"):
     message: str
 
 
-Response: TypeAlias = Snapshot | Result | Done | Updated | Versions | Failure
+class PluginReview(_Response, frozen=True, tag="plugin-review"):
+    """What installing a bundle would grant: its ``feature`` and ``version``, the capability
+    ``diff`` (``+ ...`` lines) and whether it ``widens`` what the app grants (needs approval)."""
+
+    feature: str
+    version: str
+    diff: str
+    widens: bool
+
+
+class PluginList(_Response, frozen=True, tag="plugin-list"):
+    """The installed plugins."""
+
+    plugins: list[PluginRow]
+
+
+Response: TypeAlias = (
+    Snapshot | Result | Done | Updated | Versions | Failure | PluginReview | PluginList
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _requests = msgspec.msgpack.Decoder(Request)

@@ -33,6 +33,11 @@ from capsule._control._protocol import (
     Done,
     Failure,
     History,
+    PluginAdd,
+    PluginList,
+    PluginRemove,
+    PluginReview,
+    Plugins,
     Request,
     Response,
     Restart,
@@ -225,28 +230,52 @@ class ControlServer:
     async def _answer(self, request: Request, pid: int) -> Response:
         if isinstance(request, Status):
             return self.snapshot()
+        if isinstance(request, Plugins):
+            return PluginList(list(self.sup.plugins()))
+        feature = getattr(request, "feature", CONTROL)
         _log.info(
             "control request",
             request=type(request).__name__.lower(),
-            feature=request.feature,
+            feature=feature,
             service=getattr(request, "service", None),
             peer=pid,
         )
-        response = await self._act(request)
+        if isinstance(request, PluginAdd):
+            response = await self._plugin_add(request)
+        else:
+            response = await self._act(request)
         outcome = response.kind if isinstance(response, Failure) else "done"
+        if isinstance(response, Done | PluginReview):
+            feature = response.feature
         self.sup.audit(
             "control",
-            feature=request.feature,
+            feature=feature,
             decision="operate",
             reason=f"{type(request).__name__.lower()} through the control socket: {outcome}",
             request=type(request).__name__.lower(),
             service=getattr(request, "service", None),
+            bundle=getattr(request, "bundle", None),
             peer=pid,
         )
         return response
 
+    async def _plugin_add(self, request: PluginAdd) -> Response:
+        try:
+            if request.dry_run:
+                candidate = await self.sup.review_plugin(request.bundle)
+                return PluginReview(
+                    candidate.manifest.name,
+                    candidate.manifest.version,
+                    candidate.diff.render(),
+                    candidate.diff.widens,
+                )
+            handle = await self.sup.install(request.bundle, approve=request.approve)
+        except CapsuleError as exc:
+            return Failure(type(exc).__name__, str(exc))
+        return Done(handle.name, handle.state.value)
+
     async def _act(
-        self, request: Call | Start | Stop | Restart | Update | Rollback | History
+        self, request: Call | Start | Stop | Restart | Update | Rollback | History | PluginRemove
     ) -> Response:
         sup = self.sup
         try:
@@ -262,6 +291,9 @@ class ControlServer:
                 return Updated(await sup.rollback(request.feature))
             if isinstance(request, History):
                 return Versions(request.feature, list(sup.versions(request.feature)))
+            if isinstance(request, PluginRemove):
+                await sup.uninstall(request.feature, drain=request.drain, purge=request.purge)
+                return Done(request.feature, "removed")
             if isinstance(request, Call):
                 try:
                     payload = msgspec.json.decode(request.payload)

@@ -208,7 +208,12 @@ def read_candidate(
     _check_name(parsed, app, feature, plugin=plugin)
     manifests: dict[str, FeatureManifest] = {**app.features, name: parsed.manifest}
     check_requires({name: parsed}, {n: m.requires for n, m in manifests.items()}, _no)
-    check_routes({name: parsed}, (lambda n: n not in manifests) if plugin else _no, manifests)
+    check_routes(
+        {name: parsed},
+        (lambda n: n not in manifests) if plugin else _no,
+        manifests,
+        plugins=app.manifest.plugins is not None,
+    )
     policy, table = _policy(app, name, plugin=plugin)
     unapproved: list[KeyPath] = []
     app_doc = Doc(os.fspath(app.root / "app.toml"), None, sink)

@@ -29,12 +29,12 @@ from capsule._environ import (
     entry_size,
 )
 from capsule._manifest._locator import KeyPath, SourceMap, format_key
-from capsule._manifest._model import EnvVar
+from capsule._manifest._model import EnvVar, FeatureGrant
 from capsule._manifest._reader import Table, describe
 from capsule._manifest._report import App
 from capsule.errors import ConfigError
 
-__all__ = ["ENV_EXAMPLE", "feature_environments", "read_env"]
+__all__ = ["ENV_EXAMPLE", "feature_environments", "grant_environment", "read_env"]
 
 ENV_EXAMPLE: Final = 'env = { LOG_LEVEL = "debug", API_KEY = { from_host = "OPENAI_API_KEY" } }'
 
@@ -110,8 +110,8 @@ def _refuse(app: App, key: KeyPath, message: str) -> ConfigError:
     return ConfigError(message, path=os.fspath(path), key=format_key(key), line=line)
 
 
-def _from_host(app: App, feature: str, var: EnvVar, host: Mapping[str, str]) -> str:
-    key: KeyPath = ("policy", feature, "env", var.name)
+def _from_host(app: App, feature: str, var: EnvVar, host: Mapping[str, str], table: KeyPath) -> str:
+    key: KeyPath = (*table, "env", var.name)
     value = host.get(var.from_host or "")
     if value is None:
         raise _refuse(
@@ -131,27 +131,40 @@ def _from_host(app: App, feature: str, var: EnvVar, host: Mapping[str, str]) -> 
     return value
 
 
+def grant_environment(
+    app: App,
+    feature: str,
+    grant: FeatureGrant | None,
+    host: Mapping[str, str],
+    *,
+    table: KeyPath | None = None,
+) -> tuple[tuple[str, str], ...]:
+    """One feature's whole environment: the minimal one plus its grant's ``env``, with
+    ``from_host`` values looked up in ``host``. ``table`` is where app.toml sets them
+    (``[policy.NAME]``, or ``[plugins]`` for a plugin); ConfigError names it for an unset one."""
+    where = ("policy", feature) if table is None else table
+    values: dict[str, str] = {}
+    for var in () if grant is None else grant.env:
+        if var.from_host is None:
+            values[var.name] = var.value or ""
+        else:
+            values[var.name] = _from_host(app, feature, var, host, where)
+    environment = container_environment(values)
+    if sum(entry_size(name, value) for name, value in environment) > MAX_TOTAL:
+        raise _refuse(
+            app,
+            (*where, "env"),
+            f"the environment of feature {feature} is more than {MAX_TOTAL} bytes: "
+            "pass large data through a volume instead",
+        )
+    return environment
+
+
 def feature_environments(
     app: App, host: Mapping[str, str]
 ) -> dict[str, tuple[tuple[str, str], ...]]:
-    """Each feature's whole environment: the minimal one plus its policy's ``env``, with
-    ``from_host`` values looked up in ``host``. Raises ConfigError for an unset one."""
-    environments: dict[str, tuple[tuple[str, str], ...]] = {}
-    for feature in app.features:
-        values: dict[str, str] = {}
-        grant = app.grants.get(feature)
-        for var in () if grant is None else grant.env:
-            if var.from_host is None:
-                values[var.name] = var.value or ""
-            else:
-                values[var.name] = _from_host(app, feature, var, host)
-        environment = container_environment(values)
-        if sum(entry_size(name, value) for name, value in environment) > MAX_TOTAL:
-            raise _refuse(
-                app,
-                ("policy", feature, "env"),
-                f"the environment of feature {feature} is more than {MAX_TOTAL} bytes: "
-                "pass large data through a volume instead",
-            )
-        environments[feature] = environment
-    return environments
+    """Each feature's whole environment (:func:`grant_environment` of each)."""
+    return {
+        feature: grant_environment(app, feature, app.grants.get(feature), host)
+        for feature in app.features
+    }

@@ -25,10 +25,21 @@ def _check_call(
     target: str,
     services: Mapping[str, tuple[str, ...]],
     unreadable: Callable[[str], bool],
+    *,
+    plugins: bool,
 ) -> None:
     provider, _, service = target.partition(".")
     if provider not in services:
-        if not unreadable(provider):
+        if unreadable(provider):
+            return
+        if plugins:
+            feature.doc.warning(
+                key,
+                f'call "{target}": the app has no feature "{provider}"'
+                f"{suggest(provider, services)}; only a plugin installed while it runs "
+                "([plugins] in app.toml) can answer it",
+            )
+        else:
             feature.doc.error(
                 key,
                 f'call "{target}": the app has no feature "{provider}"'
@@ -53,12 +64,16 @@ def check_routes(
     features: Mapping[str, ParsedFeature],
     unreadable: Callable[[str], bool],
     providers: Mapping[str, FeatureManifest] | None = None,
+    *,
+    plugins: bool = False,
 ) -> None:
     """Report calls to services nobody provides and subscriptions nobody publishes to.
 
     ``unreadable(name)`` is true for a name that may belong to a bundle that could
     not be read; calls to it are not reported again. ``providers`` are the features whose
     services and topics count (every feature of the app); by default ``features``.
+    With ``plugins`` (the app has a ``[plugins]`` table), a call to a feature the app does
+    not have is a warning: a plugin may provide it once installed.
     """
     if providers is None:
         providers = {name: parsed.manifest for name, parsed in features.items()}
@@ -70,7 +85,7 @@ def check_routes(
             if cap.kind != "icc":
                 continue
             if cap.actions == _CALL:
-                _check_call(parsed, request.key, cap.target, services, unreadable)
+                _check_call(parsed, request.key, cap.target, services, unreadable, plugins=plugins)
             elif cap.actions == _SUBSCRIBE and not any(
                 target_covers("icc", cap.target, topic) for topic in topics
             ):

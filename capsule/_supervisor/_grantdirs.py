@@ -17,10 +17,10 @@ from __future__ import annotations
 import errno
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final, final
 
-from capsule._manifest import App, MountGrant
+from capsule._manifest import App, FeatureGrant, MountGrant
 from capsule._sandbox import _syscalls as sc
 from capsule.errors import FeatureStartError
 
@@ -48,26 +48,56 @@ class GrantDirs:
         #: why it could not be opened when the app opened (the grant then never mounts)
         self._held: dict[str, int | str] = {}
         self._volumes: dict[str, int | str] = {}  # volume name -> held descriptor, or why not
+        #: feature added at run time (a plugin) -> the volume references it holds
+        self._added: dict[str, tuple[str, ...]] = {}
 
     def open(self) -> None:
         """Open every granted volume and subdirectory (once; before any container runs)."""
-        for grant in self._grants():
-            name = grant.volume.partition("/")[0]
-            if name not in self._volumes:
-                self._volumes[name] = _opened(functools.partial(self._open_volume, name))
-            volume, inside = self._volumes[name], self._inside(grant)
-            if grant.volume in self._held:
-                continue
-            if isinstance(volume, str) or not inside:
-                self._held[grant.volume] = volume
-            else:
-                beneath = functools.partial(sc.openat2, volume, inside, _DIRECTORY, _BENEATH)
-                self._held[grant.volume] = _opened(beneath)
+        for grant in self._grants(self._app.grants.values()):
+            self._hold(grant)
+
+    def add(self, feature: str, grant: FeatureGrant) -> None:
+        """Open the directories of a feature added while the app runs (a plugin), the same
+        way, before its container runs; what the app already holds is shared."""
+        grants = self._grants([grant])
+        for mount in grants:
+            self._hold(mount)
+        self._added[feature] = tuple(mount.volume for mount in grants)
+
+    def release(self, feature: str) -> None:
+        """Close what only ``feature`` (added by :meth:`add`) held."""
+        self._added.pop(feature, None)
+        kept = {m.volume for m in self._grants(self._app.grants.values())}
+        kept.update(ref for refs in self._added.values() for ref in refs)
+        names = {ref.partition("/")[0] for ref in kept}
+        volumes = {fd for fd in self._volumes.values() if isinstance(fd, int)}
+        for ref in [ref for ref in self._held if ref not in kept]:
+            held = self._held.pop(ref)
+            if isinstance(held, int) and held not in volumes:
+                os.close(held)
+        for name in [name for name in self._volumes if name not in names]:
+            held = self._volumes.pop(name)
+            if isinstance(held, int):
+                os.close(held)
+
+    def _hold(self, grant: MountGrant) -> None:
+        name = grant.volume.partition("/")[0]
+        if name not in self._volumes:
+            self._volumes[name] = _opened(functools.partial(self._open_volume, name))
+        volume, inside = self._volumes[name], self._inside(grant)
+        if grant.volume in self._held:
+            return
+        if isinstance(volume, str) or not inside:
+            self._held[grant.volume] = volume
+        else:
+            beneath = functools.partial(sc.openat2, volume, inside, _DIRECTORY, _BENEATH)
+            self._held[grant.volume] = _opened(beneath)
 
     def close(self) -> None:
         held = {fd for fd in (*self._held.values(), *self._volumes.values()) if isinstance(fd, int)}
         self._held.clear()
         self._volumes.clear()
+        self._added.clear()
         for fd in held:
             os.close(fd)
 
@@ -114,10 +144,11 @@ class GrantDirs:
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _grants(self) -> list[MountGrant]:
+    @staticmethod
+    def _grants(grants: Iterable[FeatureGrant]) -> list[MountGrant]:
         return [
             grant
-            for feature in self._app.grants.values()
+            for feature in grants
             for grant in feature.mounts
             if grant.storage != "private" and grant.host is not None
         ]

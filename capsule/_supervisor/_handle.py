@@ -7,6 +7,7 @@ and it is what the broker asks whether a feature can take a call now.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, final
 
@@ -123,15 +124,19 @@ class FeatureHandle(metaclass=NoPublicConstructor):
         self.renewal_error: str | None = None
         self.update: str | None = None  # what a live update under way is doing, for ps
         self._hold: _Hold | None = None
+        #: told of every change of state, with the state before (the service announcements)
+        self.on_state: Callable[[FeatureHandle, FeatureState], None] | None = None
         self._changed = anyio.Event()
 
     def __repr__(self) -> str:
         return f"<FeatureHandle {self.name} {self.state.value}>"
 
     def _set(self, state: FeatureState) -> None:
-        self.state = state
+        previous, self.state = self.state, state
         self._changed.set()
         self._changed = anyio.Event()
+        if self.on_state is not None and previous is not state:
+            self.on_state(self, previous)
 
     async def wait_ready(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - trio's own wait_* style takes a cancel scope; this one is the documented shape
         """Wait until the feature is running; FeatureUnavailableError if it is stopped or failed."""

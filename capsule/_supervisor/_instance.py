@@ -139,6 +139,8 @@ class Instance:
         self._serving = False
         self._stop_requested = False
         self.ended = anyio.Event()
+        #: set once it has ended and its view and cgroup are gone as well
+        self.released = anyio.Event()
         self.ending: Ending | None = None
         self.on_end: Callable[[Ending], None] | None = None
         self.logs: deque[str] = deque(maxlen=_LOG_TAIL)
@@ -331,12 +333,15 @@ class Instance:
             if scope.cancelled_caught:  # closed its channel but lives on: end it
                 self.send_signal(signal.SIGKILL)
                 status = await self._zygote.wait_exit(self.pid)
-            self._finish(status)
-            self._conn.close()
-            if self.view is not None:
-                await self.view.stop()
-            if self.cgroup is not None:
-                await anyio.to_thread.run_sync(self.cgroup.remove)
+            try:
+                self._finish(status)
+                self._conn.close()
+                if self.view is not None:
+                    await self.view.stop()
+                if self.cgroup is not None:
+                    await anyio.to_thread.run_sync(self.cgroup.remove)
+            finally:
+                self.released.set()
 
     def _finish(self, status: int | None) -> Ending:
         if self.ending is not None:
@@ -415,6 +420,7 @@ class Instance:
             self._conn.close()
             if self.view is not None:
                 await self.view.stop()
+            self.released.set()  # its cgroup is the launcher's to remove
 
     # -- freezing ---------------------------------------------------------------------
 

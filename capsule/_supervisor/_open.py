@@ -51,11 +51,12 @@ async def open_supervisor(
     Every decision of the broker and of the file-system servers is written as JSON lines
     to ``audit`` (by default ``$XDG_STATE_HOME/capsule/audit/<app>/<run>.jsonl``;
     ``sup.audit_path`` says where). Features' private storage and their copy-on-write
-    changes are kept beneath ``state_dir`` (by default
-    ``$XDG_STATE_HOME/capsule/state/<app>``), across restarts and updates, with the
-    history of the versions each feature ran (``sup.versions(name)``): a feature whose
-    update outlived its probation runs that version again, unless its bundle in the app
-    changed version since (then the app's bundle runs).
+    changes are kept beneath ``state_dir`` (a relative one is taken from the working
+    directory; by default ``$XDG_STATE_HOME/capsule/state/<app>``), across restarts and
+    updates, with the history of the versions each feature ran (``sup.versions(name)``):
+    a feature whose update outlived its probation runs that version again, unless its
+    bundle in the app changed version since (then the app's bundle runs); and so is the
+    list of installed plugins (``plugins.json``), started again after the app's features.
     ``view_timeouts`` bounds how long a file-system server may take to mount a view and to
     answer its liveness probe (a server that does not answer is aborted, and its
     container ended and restarted per its policy). A feature's environment holds nothing of

@@ -77,8 +77,21 @@ class Planner:
         #: inline Feature objects by the bundle directory they stand in for
         self.inline = {app.features[name].root: feature for name, feature in inline.items()}
         self.start_timeout = start_timeout
-        self.environments = environments  # each feature's whole environment, for its Start
+        self.environments = dict(environments)  # each feature's whole environment, for its Start
         self.dirs = GrantDirs(app)  # opened by the supervisor before any container runs
+
+    def add(
+        self, feature: str, grant: FeatureGrant, environment: tuple[tuple[str, str], ...]
+    ) -> None:
+        """Learn of a feature added while the app runs (a plugin): its grant, environment and
+        the directories behind its volume grants (opened now, before its container runs)."""
+        self.environments[feature] = environment
+        self.dirs.add(feature, grant)
+
+    def remove(self, feature: str) -> None:
+        """Forget a feature :meth:`add` added, and close what only it held."""
+        self.environments.pop(feature, None)
+        self.dirs.release(feature)
 
     def tokens(self, authority: TokenAuthority, grant: FeatureGrant, ttl: float) -> list[Token]:
         """Fresh tokens for a new container of a feature: its ``grant``, a few capabilities

@@ -21,13 +21,14 @@ import anyio.lowlevel
 import structlog
 
 from capsule._broker._audit import AUDIT_MAX, AUDIT_SHARE, AuditLog, default_audit_path
-from capsule._broker._broker import Broker
+from capsule._broker._broker import Broker, Target
 from capsule._broker._host import Stream, Subscription
 from capsule._container._feature import Feature
-from capsule._manifest import App
+from capsule._manifest import App, Candidate
 from capsule._sandbox import _isolation
 from capsule._sandbox._cgroups import CgroupTree
 from capsule._spawn._client import ZygoteClient
+from capsule._supervisor._announce import Announcer
 from capsule._supervisor._handle import (
     FeatureHandle,
     FeatureState,
@@ -39,6 +40,7 @@ from capsule._supervisor._history import History, VersionRecord
 from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._launch import Launcher
 from capsule._supervisor._plan import Planner, Version, container_uids, default_state_dir
+from capsule._supervisor._plugins import PluginInfo, Plugins
 from capsule._supervisor._renewal import Renewer
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._rundir import RunDir
@@ -52,6 +54,7 @@ from capsule.errors import (
     CapsuleError,
     FeatureError,
     FeatureStartError,
+    FeatureUnavailableError,
 )
 
 __all__ = [
@@ -59,6 +62,7 @@ __all__ = [
     "FeatureState",
     "FeatureStatistics",
     "HeldToken",
+    "PluginInfo",
     "Supervisor",
     "SupervisorStatistics",
     "UpdateReport",
@@ -109,7 +113,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         history: History,
     ) -> None:
         self.app = app
-        self.state_dir = state_dir or default_state_dir(app.manifest.name)
+        self.state_dir = Path(os.path.abspath(state_dir or default_state_dir(app.manifest.name)))
         self._history = history  # of state_dir: the versions each feature ran
         self.view_timeouts = view_timeouts
         # every background task of the app, shielded: a cancelled block around
@@ -142,7 +146,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._broker = Broker(
             self._authority,
             self._audit,
-            self._handles.get,
+            self._target,
             self._tg,
             call_timeout=call_timeout,
             limits={name: policy.limits for name, policy in app.manifest.policies.items()},
@@ -154,11 +158,28 @@ class Supervisor(metaclass=NoPublicConstructor):
             ttl=token_ttl,
             view_timeout=view_timeouts.probe,
         )
+        self._announcer = Announcer(self._broker)
+        for handle in self._handles.values():
+            self._announcer.watch(handle)
+        self._lock = anyio.Lock()
+        self._plugins = Plugins(
+            app,
+            self.state_dir,
+            plan=self._plan,
+            broker=self._broker,
+            audit=self._audit,
+            announcer=self._announcer,
+            history=self._history,
+            handles=self._handles,
+            order=self._order,
+            lock=self._lock,
+            launch=self._launch,
+            stop=self._stop,
+        )
         self._zygote: ZygoteClient | None = None
         self._cgroups: CgroupTree | None = None
         self._isolation: _isolation.Isolation | None = None
         self._launcher: Launcher | None = None  # once the zygote is up
-        self._lock = anyio.Lock()
         self._started = 0
         self._closing = False
         self._updates = Updates(
@@ -180,13 +201,16 @@ class Supervisor(metaclass=NoPublicConstructor):
     # -- public API -------------------------------------------------------------------
 
     def features(self) -> dict[str, FeatureHandle]:
-        """Every feature of the app, in start order."""
+        """Every feature of the app, in start order (installed plugins last)."""
         return dict(self._handles)
 
     def feature(self, name: str) -> FeatureHandle:
         try:
             return self._handles[name]
         except KeyError:
+            removed = self._plugins.removed(name)
+            if removed is not None:
+                raise FeatureUnavailableError(name, removed.why) from None
             known = ", ".join(self._order)
             raise FeatureError(
                 name, f"is not part of app {self.app.manifest.name!r} ({known})"
@@ -257,6 +281,41 @@ class Supervisor(metaclass=NoPublicConstructor):
         switch) while the old one is kept, else a cold start of the previous version in
         the history. UpdateError when there is nothing to roll back to."""
         return await self._updates.rollback(self.feature(name))
+
+    async def install(
+        self, bundle: str | os.PathLike[str], *, approve: bool = False
+    ) -> FeatureHandle:
+        """Install the feature bundle ``bundle`` into the running app as a plugin and return
+        it once it is ready; it starts again with the app until :meth:`uninstall`.
+
+        It is granted what its capsule.toml asks for within the app's ``[plugins]`` policy:
+        a request the policy does not approve raises UpdateRefusedError (naming the file, line
+        and key); a grant that widens what the app grants raises ApprovalRequiredError, which
+        shows the capability diff, unless ``approve``. ConfigError for a bad bundle,
+        FeatureError for a name the app already has, FeatureStartError when it does not start
+        (nothing of it is then kept). Announced as ``capsule.service.up`` (``installed``).
+        Cancelled once its checks passed, it still finishes (within the start timeout).
+        """
+        return await self._plugins.install(Path(bundle), approve=approve)
+
+    async def review_plugin(self, bundle: str | os.PathLike[str]) -> Candidate:
+        """What installing ``bundle`` would grant (``grant``, and ``diff``: ``diff.widens``
+        when it needs ``approve``), checked as :meth:`install` checks it, without installing."""
+        return await self._plugins.review(Path(bundle))
+
+    async def uninstall(self, name: str, *, drain: float = 5.0, purge: bool = False) -> None:
+        """Remove the plugin ``name``: new calls to it fail at once (FeatureUnavailableError,
+        saying when it was removed), calls in flight get ``drain`` seconds to finish, then its
+        container stops, its tokens (and those it delegated) are revoked, and its view, cgroup
+        and run files go. ``purge`` deletes its private storage and copy-on-write changes too
+        (kept otherwise, for a later install). Announced as ``capsule.service.down``
+        (``removed``). FeatureError for a feature of app.toml or an unknown name. Cancelled,
+        it still finishes (within the drain and the stop timeout)."""
+        await self._plugins.uninstall(name, drain=drain, purge=purge)
+
+    def plugins(self) -> tuple[PluginInfo, ...]:
+        """The installed plugins, with their state (or why one did not start with the app)."""
+        return self._plugins.installed()
 
     async def call(
         self,
@@ -409,6 +468,11 @@ class Supervisor(metaclass=NoPublicConstructor):
                 handle = self._handles[name]
                 handle.wanted = True
                 await self._launch(handle)
+        await self._plugins.restore()
+
+    def _target(self, name: str) -> Target | None:
+        """The feature the broker routes ``name`` to, or a removed plugin's tombstone."""
+        return self._handles.get(name) or self._plugins.removed(name)
 
     async def _launch(self, handle: FeatureHandle) -> None:
         """Start one container for ``handle`` (lock held); on failure, hand it to restart logic."""
@@ -434,7 +498,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         _log.info("feature running", feature=handle.name, pid=instance.pid)
         handle.renewal_error = None
         self._adopt(handle, instance, tokens)
-        if self._updates.status(handle.name) is None:  # on probation: not a version yet
+        # on probation: not a version yet; a plugin's history is installs and removals
+        if handle.name in self.app.features and self._updates.status(handle.name) is None:
             await anyio.to_thread.run_sync(note_start, self._history, handle.manifest)
 
     def _adopt(self, handle: FeatureHandle, instance: Instance, tokens: list[Token]) -> None:

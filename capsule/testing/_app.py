@@ -107,6 +107,8 @@ class TestApp:
         self.allow_missing = tuple(allow_missing)
         #: more keys of its ``[app]`` table, as written (``{"audit_max": "1MiB"}``)
         self.settings: dict[str, TomlValue] = {}
+        #: its ``[plugins]`` table, as written (``{"call": ["echo.*"]}``); None: no table
+        self.plugins: dict[str, TomlValue] | None = None
         self._specs: dict[str, _Spec] = {}
         self._versions: dict[Path, tuple[str, _Spec]] = {}  # bundle -> feature, its spec
         self._volumes: dict[str, str] = {}
@@ -243,6 +245,8 @@ class TestApp:
             approval = {**spec.policy, **spec.approve}
             if approval:
                 parts.append(_table(f"policy.{name}", approval))
+        if self.plugins is not None:
+            parts.append(_table("plugins", self.plugins))
         (self.root / "app.toml").write_text("\n".join(parts), encoding="utf-8")
         for bundle, (name, spec) in self._versions.items():
             self._write_bundle(name, spec, bundle)

@@ -8,7 +8,9 @@ TestApp writes the manifests, then each bundle's ``inline.py`` is replaced by th
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -131,9 +133,17 @@ async def _placeholder(ctx: Any, request: Any) -> Any:
     return request  # never runs: the bundle's module on disk replaces it
 
 
-def write_app(root: Path, name: str, *, hang_on_stop: bool = False) -> Path:
-    """An app ``name`` with features ``echo`` (may call ``spare.ping``) and ``spare``."""
+def write_app(
+    root: Path,
+    name: str,
+    *,
+    hang_on_stop: bool = False,
+    plugins: dict[str, Any] | None = None,
+) -> Path:
+    """An app ``name`` with features ``echo`` (may call ``spare.ping``) and ``spare``, and
+    the ``[plugins]`` table ``plugins`` (none by default)."""
     app = TestApp(root, name=name)
+    app.plugins = plugins
     echo = app.feature("echo", faults=False, policy={"call": ["spare.ping"]})
     for service in ("echo", "fail", "shout", "probe", "ping", "trespass"):
         echo.service(service)(_placeholder)
@@ -227,11 +237,12 @@ def start_run(
     name: str | None = None,
     hang_on_stop: bool = False,
     terminal: int | None = None,
+    plugins: dict[str, Any] | None = None,
 ) -> Run:
     """Write the test app under ``tmp_path`` and start ``capsule run`` on it (not waited for);
     its stdin and stdout are ``terminal`` when given (a pty), a file otherwise."""
     name = name or unique_name()
-    app_dir = write_app(tmp_path / name, name, hang_on_stop=hang_on_stop)
+    app_dir = write_app(tmp_path / name, name, hang_on_stop=hang_on_stop, plugins=plugins)
     stdout, stderr, audit = (tmp_path / f"{name}.{ext}" for ext in ("out", "err", "jsonl"))
     command = [
         *(sys.executable, "-m", "capsule", "run", str(app_dir)),
@@ -335,3 +346,15 @@ def paths_of(control: RunningApp) -> Sequence[str]:
         str(control.directory),
         str(control.directory.parent),
     ]
+
+
+def read_terminal(fd: int, want: str, seen: bytearray) -> str:
+    """What a terminal shows, with escape sequences removed, once it holds ``want``."""
+
+    def shown() -> str | None:
+        if select.select([fd], [], [], 0.05)[0]:
+            seen.extend(os.read(fd, 65536))
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
+        return text if want in text else None
+
+    return wait_for(f"{want!r} on the terminal", shown)

@@ -7,8 +7,6 @@ import fcntl
 import json
 import os
 import pty
-import re
-import select
 import signal
 import socket
 import stat
@@ -34,6 +32,7 @@ from tests.capsule.cli_run_helpers import (
     leftovers_of,
     lines_until,
     paths_of,
+    read_terminal,
     running,
     start_run,
     wait_for,
@@ -240,18 +239,6 @@ def test_console_log_lines_escape_control_characters_from_features(tmp_path: Pat
     assert not any(ch in shown for ch in "\x1b\x07\x9b"), repr(shown)
 
 
-def _read_terminal(fd: int, want: str, seen: bytearray) -> str:
-    """What a terminal shows, with escape sequences removed, once it holds ``want``."""
-
-    def shown() -> str | None:
-        if select.select([fd], [], [], 0.05)[0]:
-            seen.extend(os.read(fd, 65536))
-        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
-        return text if want in text else None
-
-    return wait_for(f"{want!r} on the terminal", shown)
-
-
 def test_a_terminal_gets_a_live_table(app_run: Run, tmp_path: Path) -> None:
     """On a terminal, capsule top (and capsule run, below) redraw a rich table in place."""
     main, terminal = pty.openpty()
@@ -266,8 +253,8 @@ def test_a_terminal_gets_a_live_table(app_run: Run, tmp_path: Path) -> None:
         ) as top:
             try:
                 seen = bytearray()
-                text = _read_terminal(main, "CPU%", seen)
-                assert "Ctrl-C to quit" in _read_terminal(main, "Ctrl-C to quit", seen)
+                text = read_terminal(main, "CPU%", seen)
+                assert "Ctrl-C to quit" in read_terminal(main, "Ctrl-C to quit", seen)
                 assert "\x1b[" in seen.decode(errors="replace")  # drawn with escape sequences
                 assert "spare" in text
                 top.send_signal(signal.SIGINT)
@@ -282,7 +269,7 @@ def test_a_terminal_gets_a_live_table(app_run: Run, tmp_path: Path) -> None:
         try:
             run.wait_running()
             seen = bytearray()
-            text = _read_terminal(main, "(Ctrl-C stops the app)", seen)
+            text = read_terminal(main, "(Ctrl-C stops the app)", seen)
             assert f"app {run.name}" in text
             assert "FEATURE" in text
             assert "app running" not in text  # the log lines stay in the redirected stderr

@@ -16,6 +16,9 @@ from capsule._control._errors import ControlRefusedError, NoRunningAppError
 from capsule._control._protocol import (
     MAX_REQUEST,
     Call,
+    PluginAdd,
+    PluginRemove,
+    Plugins,
     Restart,
     Start,
     Status,
@@ -158,6 +161,11 @@ def test_each_secret_is_new() -> None:
         Start(token=SECRET, feature="f"),
         Stop(token=SECRET, feature="f"),
         Restart(token=SECRET, feature="f"),
+        PluginAdd(token=SECRET, bundle="/srv/plugins/word-count"),
+        PluginAdd(token=SECRET, bundle="/srv/plugins/word-count", approve=True, dry_run=True),
+        PluginRemove(token=SECRET, feature="f"),
+        PluginRemove(token=SECRET, feature="f", drain=0.0, purge=True),
+        Plugins(token=SECRET),
     ],
 )
 def test_every_request_survives_a_round_trip(request_: object) -> None:
@@ -176,6 +184,10 @@ def test_every_request_survives_a_round_trip(request_: object) -> None:
         {"t": "call", "token": SECRET, "feature": "f", "service": "s", "timeout": -1},
         {"t": "call", "token": SECRET, "feature": "f" * 257, "service": "s"},
         {"t": "stop", "token": SECRET, "feature": ["f"]},
+        {"t": "plugin-add", "token": SECRET, "bundle": ""},
+        {"t": "plugin-add", "token": SECRET, "bundle": "/p" * 3000},
+        {"t": "plugin-remove", "token": SECRET, "feature": "f", "drain": -1},
+        {"t": "plugin-remove", "token": SECRET, "feature": "f", "drain": 7200},
         [1, 2, 3],
     ],
 )
