@@ -355,8 +355,9 @@ async def a_plugin_added_while_it_runs(sup: capsule.Supervisor, root: Path) -> N
     step(
         "word-count asks for a read-only view of the public notes: that needs approving",
         ok=review.diff.widens and review.diff.added == ("fs:read:/notes/",),
-        detail=", ".join(review.diff.added),
+        detail="capability diff: " + review.diff.render().replace("\n", "; "),
     )
+    before = set(capsule.testing.leftovers())  # the app's own containers, views, processes
     try:
         await sup.install(bundle)
         refused = False
@@ -388,6 +389,12 @@ async def a_plugin_added_while_it_runs(sup: capsule.Supervisor, root: Path) -> N
         "the app heard it come and go",
         ok=heard == ["capsule.service.up (installed)", "capsule.service.down (removed)"],
         detail=", ".join(heard),
+    )
+    left = set(capsule.testing.leftovers()) - before
+    step(
+        "nothing of it is left: no container, view, process or plugin record",
+        ok=not left and "word-count" not in sup.features() and sup.plugins() == (),
+        detail=", ".join(sorted(left)) or f"{len(sup.features())} features run, as before",
     )
 
 

@@ -32,4 +32,8 @@ def test_the_notes_demo_behaves_as_designed() -> None:
     assert "audit: update-rollback spellcheck: 2 crash(es) during probation" in out
     assert "cold start: False" in out
     assert "the version history says what ran: 1.2.0 started, 1.3.0 updated, " in out
+    # word-count, installed while the app runs, then removed
+    assert "capability diff: + fs:read:/notes/" in out
+    assert "capsule.service.up (installed), capsule.service.down (removed)" in out
+    assert "nothing of it is left" in out
     assert "nothing is left behind" in out
