@@ -44,7 +44,6 @@ from typing import Any, Final
 import trio
 from _common import (
     Job,
-    Measure,
     P99Target,
     Target,
     flatten,
@@ -455,18 +454,15 @@ def thaw_job(sup: Supervisor, sizes: Sizes) -> Job:
 
 
 async def _installs(sup: Supervisor, bundle: Path, count: int) -> list[float]:
-    install = getattr(sup, "install", None)
-    if install is None:
-        raise RuntimeError("this capsule has no Supervisor.install")
     clock = time.perf_counter_ns
     durations: list[float] = []
     with gc_paused():
         for index in range(count + 1):
             begin = clock()
-            await install(bundle, approve=True)
+            await sup.install(bundle, approve=True)
             reply = await sup.call("pinger", "ping", index)
             took = clock() - begin
-            await sup.uninstall("pinger", drain=0)  # type: ignore[attr-defined]
+            await sup.uninstall("pinger", drain=0)
             if reply != index:
                 raise RuntimeError(f"pinger.ping answered {reply!r}, expected {index!r}")
             if index:
@@ -514,7 +510,6 @@ class Collected:
     jobs: list[Job]
     samples: list[list[list[float]]]
     audit: list[dict[str, Any]]
-    plugins: bool
 
 
 async def run_all(root: Path, sizes: Sizes) -> Collected:
@@ -523,18 +518,17 @@ async def run_all(root: Path, sizes: Sizes) -> Collected:
     async with app.open() as sup:
         if await sup.call("idle", "ping", "ready") != "ready":
             raise RuntimeError("idle does not echo its request")
-        plugins = hasattr(sup, "install")
         jobs = [
             switch_job(sup, sizes, switches),
             thaw_job(sup, sizes),
             rollback_job(sup, sizes, rollbacks),
-            *(plugin_jobs(sup, sizes, plugin) if plugins else []),
+            *plugin_jobs(sup, sizes, plugin),
         ]
         samples = await trio.to_thread.run_sync(lambda: run_interleaved(jobs, rounds=sizes.rounds))
         audit_path = sup.audit_path
     if audit_path is None:
         raise RuntimeError("the supervisor wrote no audit log")
-    return Collected(switches, rollbacks, jobs, samples, _audit(audit_path), plugins)
+    return Collected(switches, rollbacks, jobs, samples, _audit(audit_path))
 
 
 def _by_name(collected: Collected) -> dict[str, list[float]]:
@@ -605,15 +599,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print_report("automatic rollback", thaw, rollback_rows)
 
-    plugin_rows: list[Measure] = []
-    cold_start: Measure | None = None
-    if collected.plugins:
-        cold_start = summarize(COLD_ROW, samples[COLD_ROW])
-        plugin_rows = [summarize(PLUGIN_ROW, samples[PLUGIN_ROW], target=PLUGIN_TARGET)]
-        print()
-        print_report("plugin added at run time", cold_start, plugin_rows)
-    else:
-        print("\n  plugin added at run time: this capsule has no Supervisor.install; row skipped")
+    cold_start = summarize(COLD_ROW, samples[COLD_ROW])
+    plugin_rows = [summarize(PLUGIN_ROW, samples[PLUGIN_ROW], target=PLUGIN_TARGET)]
+    print()
+    print_report("plugin added at run time", cold_start, plugin_rows)
 
     payload = report_payload(
         NAME,
@@ -630,20 +619,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results = [{**row, "floor": REST_ROW} for row in payload["results"]]
     for floor, rows in ((thaw, rollback_rows), (cold_start, plugin_rows)):
-        if floor is None:
-            continue
         part = report_payload(
             NAME, machine={}, floor=floor, measures=rows, settings={}, elapsed_s=0
         )
         results += [{**row, "floor": floor.name} for row in part["results"]]
     payload["floor"] = {
         **payload["floor"],
-        "rows": [REST_ROW, THAW_ROW, *([COLD_ROW] if cold_start else [])],
+        "rows": [REST_ROW, THAW_ROW, COLD_ROW],
     }
     payload["floors"] = [
         {"name": m.name, "p50_us": round(m.p50_us, 4), "p99_us": round(m.p99_us, 4)}
         for m in (rest, thaw, cold_start)
-        if m is not None
     ]
     payload["results"] = results
     payload["failures"] = {
@@ -656,8 +642,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     payload["updates"] = collected.switches.reports
     payload["rollbacks"] = {"cold": cold, "reasons": reasons}
-    if not collected.plugins:
-        payload["skipped"] = {PLUGIN_ROW: "this capsule has no Supervisor.install"}
     written = write_json(args.json, payload)
     print(f"results written to {written}")
     return 0
