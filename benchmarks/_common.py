@@ -48,6 +48,7 @@ __all__ = [
     "Job",
     "LabelledTarget",
     "Measure",
+    "P99Target",
     "Target",
     "flatten",
     "format_us",
@@ -114,6 +115,16 @@ class LabelledTarget(Target):
 
 
 @dataclass(frozen=True)
+class P99Target(Target):
+    """An upper bound on a measure's p99 instead, in microseconds (the tail is the promise)."""
+
+    p99_us: float = 0.0
+
+    def describe(self) -> str:
+        return f"p99 <= {self.p99_us:g} us"
+
+
+@dataclass(frozen=True)
 class Measure:
     """One summarized measure: percentiles in microseconds, how many samples, a target."""
 
@@ -131,9 +142,12 @@ class Measure:
 
     @property
     def met(self) -> bool | None:
-        """Whether the p50 is within the target; None when there is no target."""
+        """Whether the p50 (the p99, for a :class:`P99Target`) is within the target; None
+        when there is no target."""
         if self.target is None:
             return None
+        if isinstance(self.target, P99Target):
+            return self.p99_us <= self.target.p99_us
         return self.p50_us <= self.target.p50_us
 
     def ratio_to(self, floor: Measure) -> float:
@@ -455,6 +469,9 @@ def _measure_json(measure: Measure, floor: Measure | None) -> dict[str, Any]:
         entry["ratio_to_floor_p50"] = round(measure.ratio_to(floor), 5)
         entry["target"] = measure.target.describe() if measure.target else None
         entry["target_p50_us"] = measure.target.p50_us if measure.target else None
+        if isinstance(measure.target, P99Target):
+            entry["target_p50_us"] = None
+            entry["target_p99_us"] = measure.target.p99_us
         entry["met"] = measure.met
     entry.update(
         {

@@ -1,7 +1,8 @@
 """The notes demo: five features in their own containers doing real work, one of them a
 hostile third-party plugin that is contained, denied, restarted and finally quarantined
-while the app keeps working; then a sixth, word-count, installed while the app runs (once
-approved) and removed again.
+while the app keeps working; then spellcheck updated live to 1.3.0 (its count and cache
+kept) while the editor saves, a broken 1.4.0 rolled back by its probation, and a sixth
+feature, word-count, installed while the app runs (once approved) and removed again.
 
 Run with `nox -s demo` (or `python demos/run_demo.py`, as root). It starts the webhook the
 exporter uploads to (an HTTP server on 127.0.0.1:8765), runs a copy of demos/notes in a
@@ -198,15 +199,165 @@ async def the_plugin(sup: capsule.Supervisor) -> None:
     step("calls to it now fail at once", ok=refused)
 
 
+class _Editing:
+    """The host keeps saving a draft through the editor (which has each save spell-checked)
+    until stopped; every answer, or the error of a save that got none, is kept."""
+
+    def __init__(self, sup: capsule.Supervisor) -> None:
+        self.sup = sup
+        self.answers: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self.stop = anyio.Event()
+
+    async def run(self) -> None:
+        index = 0
+        while not self.stop.is_set():
+            draft = {"note": "draft.md", "text": f"draft {index}: capsule notes and tomatos"}
+            try:
+                self.answers.append(await self.sup.call("editor", "save", draft, timeout=10))
+            except capsule.CapsuleError as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            index += 1
+            await anyio.sleep(0.02)
+
+    def by_version(self) -> dict[str, int]:
+        counted = collections.Counter(a.get("by", "no check") for a in self.answers)
+        return dict(sorted(counted.items()))
+
+
+async def _update_settled(sup: capsule.Supervisor, name: str, *, phase: str | None) -> str:
+    """Wait (at most 10 s) until ``name``'s update is in ``phase`` (None: over); its status."""
+    with anyio.move_on_after(10):
+        while True:
+            status = sup.feature(name).statistics().update
+            if status is None if phase is None else (status or "").endswith(f"({phase})"):
+                break
+            await anyio.sleep(0.05)
+    return sup.feature(name).statistics().update or ""
+
+
+async def _audited(audit: Path, event: str) -> list[dict[str, Any]]:
+    """The audit log's ``event`` lines, once there is one (it is written once a second)."""
+    found: list[dict[str, Any]] = []
+    with anyio.move_on_after(3):
+        while not found:
+            await anyio.sleep(0.2)
+            lines = (await anyio.Path(audit).read_text(encoding="utf-8")).splitlines()
+            found = [e for e in map(json.loads, lines) if e["event"] == event]
+    return found
+
+
+async def live_updates(sup: capsule.Supervisor, root: Path, audit: Path) -> None:
+    print("\n4. spellcheck updated while the editor works, then a broken release rolled back")
+    bundles = root / "notes" / "updates"
+    before = await sup.call("spellcheck", "stats", {})
+    plan = await sup.update("spellcheck", bundles / "spellcheck-1.3", dry_run=True)
+    lines = plan.diff.splitlines()
+    changed = [line for line in lines if line[:1] in "+-~"]
+    step(
+        "capsule update --dry-run: 1.3.0 asks for what 1.2.0 holds, nothing to approve",
+        ok=not plan.widens and plan.to_version == "1.3.0" and not changed,
+        detail=f"{len(lines)} capabilities kept, none added or removed; then "
+        f"{len(plan.steps)} steps, from '{plan.steps[0]}'",
+    )
+    editing = _Editing(sup)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(editing.run)
+        await anyio.sleep(0.2)
+        report = await sup.update("spellcheck", bundles / "spellcheck-1.3")
+        await anyio.sleep(0.2)
+        editing.stop.set()
+    after = await sup.call("spellcheck", "stats", {})
+    step(
+        "1.3.0 started beside 1.2.0 and took over",
+        ok=report.to_version == "1.3.0" and after["version"] == "1.3.0",
+        detail=f"calls held {report.pause * 1000:.1f} ms ({report.held} of them), "
+        f"{report.state_bytes} bytes of state moved",
+    )
+    step(
+        "its cache came across (export_state of 1.2.0, import_state of 1.3.0)",
+        ok=after["from"] == "1.2.0"
+        and after["texts"] >= before["texts"] > 0
+        and set(before["cached"]) <= set(after["cached"])
+        and bool(before["cached"]),
+        detail=f"{after['texts']} texts checked by the two ({before['texts']} by 1.2.0 before "
+        "the editing began); cached: " + ", ".join(after["cached"]),
+    )
+    step(
+        "the editor kept saving meanwhile: every save answered and checked",
+        ok=not editing.errors
+        and all(a["checked"] for a in editing.answers)
+        and set(editing.by_version()) == {"1.2.0", "1.3.0"},
+        detail=f"{len(editing.answers)} saves, checked by "
+        + ", ".join(f"{v}: {n}" for v, n in editing.by_version().items())
+        + (f"; errors: {editing.errors[:2]}" if editing.errors else ""),
+    )
+    checked = await sup.call("spellcheck", "check", {"text": "tomatos"})
+    step(
+        "what 1.3.0 adds: suggestions for unknown words",
+        ok=checked["suggestions"].get("tomatos", [])[:1] == ["tomatoes"],
+        detail=f"tomatos -> {', '.join(checked['suggestions'].get('tomatos', []))}",
+    )
+    status = await _update_settled(sup, "spellcheck", phase="keep")
+    step(
+        "1.3.0 passed its probation; 1.2.0 is kept frozen, in case",
+        ok=status == "1.2.0 -> 1.3.0 (keep)",
+        detail=status,
+    )
+
+    kept = sup.feature("spellcheck").statistics().pid
+    editing = _Editing(sup)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(editing.run)
+        await sup.update("spellcheck", bundles / "spellcheck-1.4")
+        status = await _update_settled(sup, "spellcheck", phase=None)
+        await anyio.sleep(0.2)
+        editing.stop.set()
+    rollbacks = await _audited(audit, "update-rollback")
+    line = rollbacks[-1] if rollbacks else {}
+    step(
+        "1.4.0 crashed on its first checks and was rolled back automatically",
+        ok=line.get("from_version") == "1.3.0"
+        and line.get("to_version") == "1.4.0"
+        and "crash" in line.get("reason", ""),
+        detail=f"audit: {line.get('event')} {line.get('feature')}: {line.get('reason')}; "
+        f"calls held {line.get('pause_ms')} ms, cold start: {line.get('cold')}",
+    )
+    stats = sup.feature("spellcheck").statistics()
+    step(
+        "traffic is back on 1.3.0, the same container thawed, its cache intact",
+        ok=stats.version == "1.3.0" and stats.pid == kept and status == "",
+        detail=f"pid {stats.pid}, {len((await sup.call('spellcheck', 'stats', {}))['cached'])} "
+        "cached word(s)",
+    )
+    unchecked = [a for a in editing.answers if not a["checked"]]
+    step(
+        "every save of the editor was answered: the note saved, the check skipped while "
+        "1.4.0 crashed",
+        ok=not editing.errors and bool(unchecked) and editing.answers[-1].get("by") == "1.3.0",
+        detail=f"{len(editing.answers)} saves, checked by "
+        + ", ".join(f"{v}: {n}" for v, n in editing.by_version().items())
+        + (f"; first skipped: {unchecked[0]['why']}" if unchecked else "")
+        + (f"; errors: {editing.errors[:2]}" if editing.errors else ""),
+    )
+    history = [f"{r.version} {r.event}" for r in sup.versions("spellcheck")]
+    step(
+        "the version history says what ran",
+        ok=history[-2:] == ["1.3.0 updated", "1.3.0 rolled-back"],
+        detail=", ".join(history),
+    )
+
+
 async def a_plugin_added_while_it_runs(sup: capsule.Supervisor, root: Path) -> None:
-    print("\n4. a plugin added while the app runs, then removed")
+    print("\n5. a plugin added while the app runs, then removed")
     bundle = root / "notes" / "plugins" / "word-count"
     review = await sup.review_plugin(bundle)
     step(
         "word-count asks for a read-only view of the public notes: that needs approving",
         ok=review.diff.widens and review.diff.added == ("fs:read:/notes/",),
-        detail=", ".join(review.diff.added),
+        detail="capability diff: " + review.diff.render().replace("\n", "; "),
     )
+    before = set(capsule.testing.leftovers())  # the app's own containers, views, processes
     try:
         await sup.install(bundle)
         refused = False
@@ -239,10 +390,16 @@ async def a_plugin_added_while_it_runs(sup: capsule.Supervisor, root: Path) -> N
         ok=heard == ["capsule.service.up (installed)", "capsule.service.down (removed)"],
         detail=", ".join(heard),
     )
+    left = set(capsule.testing.leftovers()) - before
+    step(
+        "nothing of it is left: no container, view, process or plugin record",
+        ok=not left and "word-count" not in sup.features() and sup.plugins() == (),
+        detail=", ".join(sorted(left)) or f"{len(sup.features())} features run, as before",
+    )
 
 
 async def the_app_goes_on(sup: capsule.Supervisor) -> None:
-    print("\n5. the app goes on")
+    print("\n6. the app goes on")
     saved = await sup.call("editor", "save", {"note": "after.md", "text": "still here"})
     checked = await sup.call("spellcheck", "check", {"text": "still here"})
     step(
@@ -267,7 +424,7 @@ def _tally(events: list[dict[str, Any]]) -> dict[str, collections.Counter[str]]:
 
 
 def summary(sup: capsule.Supervisor, audit: Path) -> None:
-    print("\n6. what happened (counts from the audit log)")
+    print("\n7. what happened (counts from the audit log)")
     events = [json.loads(line) for line in audit.read_text(encoding="utf-8").splitlines()]
     tally = _tally(events)
     print(
@@ -310,6 +467,7 @@ async def run_app(root: Path, uploads: list[Any]) -> None:
     async with capsule.open_supervisor(root / "notes", **options) as sup:
         await the_scenario(sup, root, uploads)
         await the_plugin(sup)
+        await live_updates(sup, root, audit)
         await a_plugin_added_while_it_runs(sup, root)
         await the_app_goes_on(sup)
         await anyio.sleep(1.1)  # the audit log is written once a second

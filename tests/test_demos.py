@@ -27,4 +27,13 @@ def test_the_notes_demo_behaves_as_designed() -> None:
     assert "find the host program's environment (HOME, API keys): refused (not there)" in out
     assert "killed by its memory limit (out of memory)" in out
     assert "plugin: 3 restarts, now quarantined" in out
+    # spellcheck 1.3.0 takes over with 1.2.0's cache; the broken 1.4.0 is rolled back
+    assert "its cache came across (export_state of 1.2.0, import_state of 1.3.0)" in out
+    assert "audit: update-rollback spellcheck: 2 crash(es) during probation" in out
+    assert "cold start: False" in out
+    assert "the version history says what ran: 1.2.0 started, 1.3.0 updated, " in out
+    # word-count, installed while the app runs, then removed
+    assert "capability diff: + fs:read:/notes/" in out
+    assert "capsule.service.up (installed), capsule.service.down (removed)" in out
+    assert "nothing of it is left" in out
     assert "nothing is left behind" in out

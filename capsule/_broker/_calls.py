@@ -143,6 +143,7 @@ class CallRouter:
                 self.finish(route, error=error_for(route.caller_id, exc))
                 return
             if route.live:
+                route.sent = anyio.current_time()  # the wait was not the callee's
                 self._deliver(route, callee, payload, caller)
             return
         self.fail(route, "timeout", f"was not ready within {route.timeout:g}s")
@@ -188,7 +189,7 @@ class CallRouter:
         callee = route.callee
         if callee is not None:
             callee.calls.pop(route.callee_id, None)
-            latency = None if route.stream else anyio.current_time() - route.started
+            latency = None if route.stream else anyio.current_time() - route.sent
             callee.stats.record(latency, failed=error is not None and error.kind in _FAILED)
         caller = route.caller
         if caller is not None:

@@ -162,6 +162,7 @@ class Route:
         "feature",
         "host",
         "live",
+        "sent",
         "service",
         "started",
         "stream",
@@ -189,6 +190,9 @@ class Route:
         self.credit = credit
         self.timeout = timeout
         self.started = anyio.current_time()
+        #: when the callee was sent the call: ``started``, or later for a call that waited
+        #: for its container (held while the feature switched versions, or restarted)
+        self.sent = self.started
         self.deadline = self.started + timeout
         self.callee: Peer | None = None
         self.callee_id = 0

@@ -322,3 +322,43 @@ async def test_the_tokens_of_a_rolled_back_version_are_refused_to_the_old_one(
         e for e in audit_events(app.root / "audit.jsonl", "admit") if e["decision"] == "refuse"
     ]
     assert len(refused) == len(leaked)
+
+
+@pytest.mark.trio
+async def test_calls_held_at_the_switch_do_not_count_as_the_new_versions_latency(
+    tmp_path: Path,
+) -> None:
+    # the old version takes 300 ms to export its state while a client keeps calling: the
+    # calls held meanwhile wait for the switch, not for the new version, which is as fast
+    # as the old one and so passes its probation on p99
+    policy = {"probation": "1s", "min_calls": 5, "p99_ratio": 20}  # noise aside: 300 ms trips it
+    app = counter_app(tmp_path / "app", update=policy, client=True)
+    v1 = app.inline["counter"]
+    exported = v1.state_export
+    assert exported is not None
+
+    async def _slow_export(ctx: Context) -> bytes:
+        await trio.sleep(0.3)
+        return await exported(ctx)
+
+    v1.state_export = _slow_export
+    v2 = app.version("counter", "2.0.0")
+    counter(v2, "2.0.0")
+    async with app.open() as sup:
+        outcome: dict[str, Any] = {}
+
+        async def pump() -> None:
+            request = {"n": 200, "pause": 0.005}
+            outcome.update(await sup.call("client", "pump", request, timeout=60))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump)
+            await trio.sleep(0.2)
+            report = await sup.update("counter", app.bundle(v2))
+        assert report.held > 0
+        assert report.pause >= 0.3
+        handle = sup.feature("counter")
+        await wait_until(lambda: handle.update != "1.0.0 -> 2.0.0 (probation)", "probation ended")
+        assert outcome["errors"] == []
+        assert (handle.manifest.version, handle.update) == ("2.0.0", "1.0.0 -> 2.0.0 (keep)")
+    assert audit_events(app.root / "audit.jsonl", "update-rollback") == []
