@@ -36,7 +36,7 @@ def test_check_notes_is_clean() -> None:
     order = [m.group(1) for m in re.finditer(r"^ +\d+\. (\S+) \S+  \(features/\S+\)$", out, re.M)]
     assert order == ["dictionary", "spellcheck", "exporter", "editor", "plugin"]
     assert "   1. dictionary 0.9.1  (features/dictionary)\n" in out
-    assert "provides services check; topics spell.checked\n" in out
+    assert "provides services check, stats; topics spell.checked\n" in out
     assert re.search(r"fs:read:/data/words/ +<- volume words \(ro\)\n", out)
     assert re.search(
         r"fs:read,write:/state/\?bytes=16777216 +<- private storage \(rw, quota 16MiB\)",
