@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, final
 
@@ -41,9 +40,11 @@ from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._launch import Launcher
 from capsule._supervisor._plan import Planner, Version, container_uids, default_state_dir
 from capsule._supervisor._plugins import PluginInfo, Plugins
+from capsule._supervisor._recovery import Recovery
 from capsule._supervisor._renewal import Renewer
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._rundir import RunDir
+from capsule._supervisor._stats import SupervisorStatistics
 from capsule._supervisor._update import UpdateReport, Updates
 from capsule._supervisor._versions import note_start
 from capsule._supervisor._views import ViewTimeouts
@@ -71,25 +72,6 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("capsule.supervisor")
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class SupervisorStatistics:
-    """A snapshot of the whole app."""
-
-    app: str
-    isolation: str
-    cgroups: str
-    features: Mapping[str, FeatureStatistics]
-    containers_started: int
-    restarts: int
-    quarantined: tuple[str, ...]
-    calls_routed: int
-    events_published: int
-    allowed: int
-    denied: int
-    audit_path: str | None
 
 
 @final
@@ -162,6 +144,16 @@ class Supervisor(metaclass=NoPublicConstructor):
         for handle in self._handles.values():
             self._announcer.watch(handle)
         self._lock = anyio.Lock()
+        self._recovery = Recovery(
+            app.manifest.strategy,
+            handles=self._handles,
+            order=self._order,
+            lock=self._lock,
+            task_group=self._tg,
+            launch=self._launch,
+            stop=self._stop,
+            closing=lambda: self._closing,
+        )
         self._plugins = Plugins(
             app,
             self.state_dir,
@@ -490,7 +482,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             handle.last_error = error
             handle.last_exit = f"failed to start: {exc}"
             _log.error("feature failed to start", feature=handle.name, error=str(exc))
-            self._after_exit(handle, Ending(None, None, requested=False, reason=str(exc)))
+            self._recovery.after_exit(handle, Ending(None, None, requested=False, reason=str(exc)))
             return
         handle.instance = instance
         handle.last_error = None
@@ -518,57 +510,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         if not ending.requested and handle.instance is instance:
             _log.warning("feature exited", feature=handle.name, reason=ending.reason)
             if not self._updates.crashed(handle, instance, ending):  # on probation: rolls back
-                self._after_exit(handle, ending)
-
-    def _after_exit(self, handle: FeatureHandle, ending: Ending) -> None:
-        """Apply the restart policy and the app's strategy to an unrequested exit."""
-        if self._closing or not handle.wanted:
-            handle._set(FeatureState.STOPPED)
-            return
-        if not handle.restarts.wants_restart(clean_exit=ending.clean):
-            handle.wanted = False
-            handle._set(FeatureState.STOPPED)
-            return
-        delay = handle.restarts.next_delay(anyio.current_time())
-        if delay is None:
-            policy = handle.manifest.restart
-            handle.wanted = False
-            handle._set(FeatureState.QUARANTINED)
-            _log.error(
-                "feature quarantined",
-                feature=handle.name,
-                restarts=policy.max_restarts,
-                window=policy.window,
-                last=ending.reason,
-            )
-            return
-        handle._set(FeatureState.RESTARTING)
-        self._tg.start_soon(self._restart_after, handle, delay)
-
-    def _affected(self, handle: FeatureHandle) -> list[FeatureHandle]:
-        strategy = self.app.manifest.strategy
-        if strategy == "one_for_all":
-            names = self._order
-        elif strategy == "rest_for_one":
-            names = self._order[handle.index :]
-        else:
-            names = [handle.name]
-        return [self._handles[n] for n in names if n == handle.name or self._handles[n].wanted]
-
-    async def _restart_after(self, handle: FeatureHandle, delay: float) -> None:
-        _log.info("feature restarting", feature=handle.name, delay=round(delay, 3))
-        await anyio.sleep(delay)
-        async with self._lock:
-            if self._closing or handle.state is not FeatureState.RESTARTING:
-                return
-            group = self._affected(handle)
-            for other in reversed(group):
-                if other is not handle:
-                    await self._stop(other, keep_wanted=True)
-                    other._set(FeatureState.RESTARTING)
-            for member in group:
-                if member.wanted and member.state is not FeatureState.RUNNING:
-                    await self._launch(member)
+                self._recovery.after_exit(handle, ending)
 
     async def _stop(self, handle: FeatureHandle, *, keep_wanted: bool = False) -> None:
         instance = handle.instance

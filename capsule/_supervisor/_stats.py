@@ -1,0 +1,30 @@
+"""A snapshot of a whole app run, as ``Supervisor.statistics()`` returns it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import final
+
+from capsule._supervisor._handle import FeatureStatistics
+
+__all__ = ["SupervisorStatistics"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SupervisorStatistics:
+    """A snapshot of the whole app."""
+
+    app: str
+    isolation: str
+    cgroups: str
+    features: Mapping[str, FeatureStatistics]
+    containers_started: int
+    restarts: int
+    quarantined: tuple[str, ...]
+    calls_routed: int
+    events_published: int
+    allowed: int
+    denied: int
+    audit_path: str | None
