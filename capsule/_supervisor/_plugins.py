@@ -77,6 +77,8 @@ class Removed:
     """A plugin that was removed, as the broker sees its name: each call fails at once with
     FeatureUnavailableError saying when (a ``Target`` of ``capsule._broker._calls``)."""
 
+    _variants = None  # a removed plugin runs no variants
+
     def __init__(self, name: str, version: str, at: float) -> None:
         self.name = name
         self.version = version
