@@ -89,12 +89,13 @@ class Split:
 
     def shares(self) -> dict[str, float]:
         """Each variant's share, in percent."""
-        return {name: len(b) * 100 / BUCKETS for name, b in zip(self.names, self.owned, strict=True)}
+        pairs = zip(self.names, self.owned, strict=True)
+        return {name: len(buckets) * 100 / BUCKETS for name, buckets in pairs}
 
 
 def first_split(shares: Mapping[str, float], salt: bytes) -> Split:
     """The split of a new experiment: variants take buckets in the order ``shares`` names them."""
-    return ramp(Split(salt, (), bytes(), ()), shares)
+    return ramp(Split(salt, (), b"", ()), shares)
 
 
 def ramp(split: Split, shares: Mapping[str, float]) -> Split:

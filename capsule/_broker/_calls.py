@@ -341,7 +341,7 @@ class CallRouter:
 
     # -- the host's side ---------------------------------------------------------------
 
-    def _host_route(
+    def _host_route(  # noqa: PLR0917 - the call's own parts, in the order a call names them
         self,
         feature: str,
         service: str,
