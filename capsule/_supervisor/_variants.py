@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import final
 
 import anyio
+import msgspec
 import structlog
 
 from capsule._broker._audit import AuditLog
@@ -405,7 +406,7 @@ class Variants:
                 return None
             candidate = exp.candidates[version]
             target = dataclasses.replace(candidate.version, storage=None)
-            policy = dataclasses.replace(exp.policy, probation=0.0, keep=0.0)
+            policy = msgspec.structs.replace(exp.policy, probation=0.0, keep=0.0)
             report = await self._updates.run(handle, target, candidate.bundle, policy=policy)
         await self._updates.wait_settled(name)
         return report
