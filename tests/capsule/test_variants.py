@@ -21,7 +21,6 @@ from capsule.testing import TestApp
 from tests.capsule.supervisor.helpers import LIMITS, restart, wait_until
 from tests.capsule.update_helpers import QUICK, audit_events, counter, counter_app
 
-
 #: the latency guard judges a fresh container's first calls (its imports warming up) against
 #: a warm control: these tests are about routing, not that guard
 _LENIENT = {"p99_ratio": 1000}
@@ -69,8 +68,10 @@ async def test_each_key_keeps_its_variant_while_the_candidate_is_ramped_up(
         status = sup.variants("counter")
         assert status is not None
         row = {v.version: v for v in status.variants}
-        assert row["2.0.0"].calls >= 60 and row["2.0.0"].errors == 0
-        assert row["2.0.0"].p50_ms is not None and row["2.0.0"].pid is not None
+        assert row["2.0.0"].calls >= 60
+        assert row["2.0.0"].errors == 0
+        assert row["2.0.0"].p50_ms is not None
+        assert row["2.0.0"].pid is not None
         assert status.error_rate_diff["2.0.0"] is not None
         assert "2.0.0" in status.table()
         assert sup.statistics().variants["counter"].variants[1].version == "2.0.0"
@@ -101,7 +102,8 @@ async def test_a_payload_field_keys_the_calls_of_other_features(tmp_path: Path) 
         # the client feature's calls carry no user: keyed by their caller, one variant
         await sup.call("client", "pump", {"n": 10, "pause": 0})
         status = sup.variants("counter")
-        assert status is not None and status.sticky == "payload.user"
+        assert status is not None
+        assert status.sticky == "payload.user"
 
 
 @pytest.mark.trio
@@ -166,8 +168,11 @@ async def test_shadow_mode_serves_every_call_from_the_control_and_mirrors_it(
             "the 11 mirrors (10 add, 1 get) were answered",
         )
         status = sup.variants("counter")
-        assert status is not None and status.shadow and status.variants[1].role == "shadow"
-        assert status.variants[1].p50_ms is not None and status.variants[1].p50_ms >= 1000
+        assert status is not None
+        assert status.shadow
+        assert status.variants[1].role == "shadow"
+        assert status.variants[1].p50_ms is not None
+        assert status.variants[1].p50_ms >= 1000
         final = await sup.abort_variants("counter")
         assert final.ended == "aborted by hand"
         assert (await sup.call("counter", "get"))["count"] == 10
@@ -190,15 +195,18 @@ async def test_promoting_a_candidate_leaves_one_version_and_nothing_behind(
         await sup.set_variants("counter", {"1.0.0": 50, str(app.bundle(v2)): 50}, approve=True)
         storage = sup.state_dir / "private" / "counter@2.0.0"
         status = sup.variants("counter")
-        assert status is not None and status.variants[1].storage == str(storage)
+        assert status is not None
+        assert status.variants[1].storage == str(storage)
         candidate_pid = status.variants[1].pid
         assert candidate_pid is not None
         report = await sup.promote_variant("counter", "2.0.0")
-        assert report is not None and report.to_version == "2.0.0"
+        assert report is not None
+        assert report.to_version == "2.0.0"
         assert sup.variants("counter") is None
         assert sup.feature("counter").manifest.version == "2.0.0"
         got = await sup.call("counter", "get")
-        assert got["version"] == "2.0.0" and got["count"] >= 3  # the control's state moved
+        assert got["version"] == "2.0.0"
+        assert got["count"] >= 3
         with pytest.raises(ProcessLookupError):
             os.kill(candidate_pid, 0)
         one = (1, len(detect().roots))  # a view, and a cgroup in each hierarchy
