@@ -128,7 +128,7 @@ def ramp(split: Split, shares: Mapping[str, float]) -> Split:
 @dataclass(frozen=True, slots=True)
 class KeyRule:
     """What a call is keyed by: ``caller`` (the calling feature; the host's calls by the key
-    passed to ``sup.call(key=...)``, else ``host``) or ``payload.FIELD`` (that field of a
+    passed to ``sup.call(key=...)``, else ``@host``) or ``payload.FIELD`` (that field of a
     map payload; a call without it is keyed by its caller). A key the host passes wins."""
 
     field: str | None  # None: the caller
