@@ -62,6 +62,7 @@ from _brokerbench.inprocess import (
     authorization_jobs,
     matching_jobs,
 )
+from _brokerbench.variants import ROUTING_FIELD_ROW, ROUTING_TARGET, routing_jobs
 from _common import (
     Job,
     LabelledTarget,
@@ -80,7 +81,7 @@ from _common import (
 )
 
 from capsule import Supervisor
-from capsule.feature import Context
+from capsule.feature import Context, Feature
 from capsule.testing import TestApp
 
 NAME: Final = "broker"
@@ -93,6 +94,8 @@ FAIRNESS_TARGET: Final = 2.0  # flooded p99 / quiet p99
 IN_FLIGHT: Final = 64
 
 CALL_ROW: Final = "brokered call container -> container, 64 B, sequential"
+VARIANT_CALL_ROW: Final = "the same call to a feature running two variants"
+VARIANT_RATIO_TARGET: Final = 1.1  # brokered call p50 with variants on / without
 HOST_CALL_ROW: Final = "host sup.call -> container, 64 B, sequential"
 PIPELINE_ROW: Final = f"pipelined calls, {IN_FLIGHT} in flight: time per call"
 EVENTS_ROW: Final = "events publisher -> subscriber: time per event counted"
@@ -173,34 +176,48 @@ QUICK: Final = Sizes(
 # -- the app ---------------------------------------------------------------------------------
 
 
-def build_app(root: Path) -> TestApp:
-    """Six inline features: echo, caller, publisher, subscriber, quiet and flooder.
+def build_app(root: Path) -> tuple[TestApp, Path]:
+    """Seven inline features: echo, split, caller, publisher, subscriber, quiet and flooder;
+    and the bundle of split's second version.
 
     The handlers run inside their containers (each feature is pickled whole, so the
     state dicts below are shared by the handlers of one feature, in its container).
     """
     app = TestApp(root, name="brokerbench")
-    _call_features(app)
+    split_2 = _call_features(app)
     _event_features(app)
     _fairness_features(app)
-    return app
+    return app, app.bundle(split_2)
 
 
-def _call_features(app: TestApp) -> None:
-    """``echo`` answers with its request; ``caller`` times calls to it from its container."""
+def _call_features(app: TestApp) -> Feature:
+    """``echo`` answers with its request, and so does ``split`` (in two versions: the second
+    returned); ``caller`` times calls to them from its container."""
     echo = app.feature("echo", faults=False)
-    caller = app.feature("caller", requires=["echo"], policy={"call": ["echo.echo"]}, faults=False)
+    caller = app.feature(
+        "caller",
+        requires=["echo", "split"],
+        policy={"call": ["echo.echo", "split.echo"]},
+        faults=False,
+    )
+    # the same echo, run as two variants: the guards judge nothing in a benchmark
+    relaxed = {"update": {"p99_ratio": 1000, "error_rate": 1}, "variants": {"sticky": "caller"}}
+    split = app.feature("split", faults=False, policy=relaxed)
+    split_2 = app.version("split", "2.0.0", faults=False)
 
-    @echo.service("echo")
-    async def _echo(ctx: Context, request: Any) -> Any:
-        return request
+    for feature in (echo, split, split_2):
+
+        @feature.service("echo")
+        async def _echo(ctx: Context, request: Any) -> Any:
+            return request
 
     @caller.service("bench")
     async def _bench(ctx: Context, request: Any) -> list[int]:
-        """``n`` sequential calls to echo.echo, each timed here; the durations in ns."""
-        payload = request["payload"]
+        """``n`` sequential calls to ``feature``.echo (echo.echo by default), each timed
+        here; the durations in ns."""
+        payload, target = request["payload"], request.get("feature", "echo")
         for _ in range(request["warmup"]):
-            await ctx.call("echo", "echo", payload)
+            await ctx.call(target, "echo", payload)
         clock = time.perf_counter_ns
         durations: list[int] = []
         gc.collect()
@@ -208,10 +225,10 @@ def _call_features(app: TestApp) -> None:
         try:
             for _ in range(request["n"]):
                 start = clock()
-                reply = await ctx.call("echo", "echo", payload)
+                reply = await ctx.call(target, "echo", payload)
                 durations.append(clock() - start)
                 if reply != payload:
-                    raise RuntimeError(f"echo.echo answered {reply!r}")
+                    raise RuntimeError(f"{target}.echo answered {reply!r}")
         finally:
             gc.enable()
         return durations
@@ -239,6 +256,8 @@ def _call_features(app: TestApp) -> None:
             return await burst(request["per_task"])
         finally:
             gc.enable()
+
+    return split_2
 
 
 def _event_features(app: TestApp) -> None:
@@ -332,8 +351,8 @@ def _fairness_features(app: TestApp) -> None:
 
 
 def call_jobs(sup: Supervisor, sizes: Sizes) -> list[Job]:
-    async def in_container(count: int) -> list[int]:
-        request = {"n": count, "warmup": sizes.call_warmup, "payload": PAYLOAD}
+    async def in_container(count: int, feature: str = "echo") -> list[int]:
+        request = {"n": count, "warmup": sizes.call_warmup, "payload": PAYLOAD, "feature": feature}
         durations = await sup.call("caller", "bench", request)
         if not isinstance(durations, list) or len(durations) != count:
             raise RuntimeError(f"caller.bench returned {type(durations).__name__}")
@@ -372,6 +391,13 @@ def call_jobs(sup: Supervisor, sizes: Sizes) -> list[Job]:
             sizes.calls,
             lambda count: trio.from_thread.run(in_container, count),
             note="timed inside the caller's container around each await ctx.call(...)",
+        ),
+        Job(
+            VARIANT_CALL_ROW,
+            sizes.calls,
+            lambda count: trio.from_thread.run(in_container, count, "split"),
+            detail=True,
+            note="split.echo runs 1.0.0 and 2.0.0 side by side (50/50, keyed by the caller)",
         ),
         Job(
             HOST_CALL_ROW,
@@ -525,9 +551,11 @@ async def run_timed(root: Path, sizes: Sizes, child: EchoChild) -> Collected:
         await pong.exchange()  # the child is up and echoing
     tally = EventTally()
     floods: dict[str, list[int]] = {"publish": [], "call": []}
-    async with build_app(root).open() as sup:
+    app, split_2 = build_app(root)
+    async with app.open() as sup:
         if await sup.call("echo", "echo", PAYLOAD) != PAYLOAD:
             raise RuntimeError("echo.echo does not return its request")
+        await sup.set_variants("split", {"1.0.0": 50, str(split_2): 50})
         tally.broker_dropped_before = _broker_dropped(sup, "subscriber")
         jobs = [
             floor_job(pong, sizes.floor_round_trips, sizes.floor_warmup),
@@ -535,10 +563,13 @@ async def run_timed(root: Path, sizes: Sizes, child: EchoChild) -> Collected:
             event_job(sup, sizes, tally),
             *authorization_jobs(sizes),
             *matching_jobs(sizes),
+            *routing_jobs(sizes),
             *fairness_jobs(sup, sizes, floods),
         ]
         samples = await trio.to_thread.run_sync(lambda: run_interleaved(jobs, rounds=sizes.rounds))
         tally.broker_dropped_after = _broker_dropped(sup, "subscriber")
+        if sup.variants("split") is None:
+            raise RuntimeError("split's variants were aborted during the run")
     return Collected(jobs, samples, tally, floods)
 
 
@@ -566,6 +597,8 @@ def summary(floor: Measure, measures: Sequence[Measure], tally: EventTally) -> l
     admission = _row(measures, ADMISSION_ROW)
     match = _row(measures, MATCH_ROW)
     alone = _row(measures, QUIET_ALONE)
+    split = _row(measures, VARIANT_CALL_ROW)
+    routing = _row(measures, ROUTING_FIELD_ROW)
     rows: list[dict[str, Any]] = []
 
     def add(*cells: Any, **more: Any) -> None:
@@ -590,6 +623,23 @@ def summary(floor: Measure, measures: Sequence[Measure], tally: EventTally) -> l
         call_ratio,
         f"<= {CALL_RATIO_TARGET:g}x",
         call_ratio <= CALL_RATIO_TARGET,
+    )
+    split_ratio = split.p50_us / call.p50_us
+    add(
+        "brokered call p50, variants on / off",
+        f"{split.p50_us:.1f} us",
+        f"{call.p50_us:.1f} us (off)",
+        split_ratio,
+        f"<= {VARIANT_RATIO_TARGET:g}x",
+        split_ratio <= VARIANT_RATIO_TARGET,
+    )
+    add(
+        "variant routing decision p50 (payload field key)",
+        f"{routing.p50_us * 1000:.0f} ns",
+        f"{floor.p50_us:.1f} us",
+        routing.p50_us / floor.p50_us,
+        "<= 5 us",
+        routing.p50_us <= ROUTING_TARGET.p50_us,
     )
     pipeline_rate = 1e6 / pipeline.p50_us
     add(
