@@ -1,8 +1,8 @@
 """What the variants of an experiment came to: a row of figures per variant, and how sure
 the difference between a candidate and the control is.
 
-Figures and arithmetic only, from what the broker counted per container; it judges
-nothing (the guards are the live updates' probation) and changes nothing.
+Figures and arithmetic only, from what the broker counted per container (and its cgroup
+read); it judges nothing (the guards are the live updates' probation) and changes nothing.
 
 The error rates are compared by Newcombe's hybrid score interval (method 10 of Newcombe,
 1998: the Wilson score interval of each rate, combined), which holds up at the small
@@ -20,8 +20,17 @@ from dataclasses import dataclass, field
 from typing import Final, final
 
 from capsule._broker._stats import CallStats
+from capsule._supervisor._instance import Instance
 
-__all__ = ["Interval", "Tally", "VariantStatistics", "VariantsStatus", "latency_diff", "rate_diff"]
+__all__ = [
+    "Interval",
+    "Tally",
+    "VariantStatistics",
+    "VariantsStatus",
+    "latency_diff",
+    "rate_diff",
+    "variant_row",
+]
 
 Z95: Final = 1.959963984540054
 
@@ -165,6 +174,40 @@ class VariantsStatus:
             mean = "n/a" if latency is None else latency.render(1000, " ms")
             lines.append(f"{version} - control: error rate {rate}; mean latency {mean} (95 %)")
         return "\n".join(lines)
+
+
+def variant_row(  # noqa: PLR0917 - one row's columns, in the table's order
+    version: str,
+    role: str,
+    share: float,
+    state: str,
+    instance: Instance | None,
+    calls: int,
+    errors: int,
+    crashes: int,
+    storage: str,
+) -> VariantStatistics:
+    """The row of one variant; its latencies, pid and cgroup figures from ``instance``."""
+    live = instance is not None and not instance.ended.is_set()
+    stats = instance.peer.stats if live and instance is not None else None
+    cgroup = instance.statistics() if live and instance is not None else None
+    p50 = None if stats is None else stats.percentile(0.5)
+    p99 = None if stats is None else stats.p99()
+    return VariantStatistics(
+        version=version,
+        role=role,
+        share=share,
+        state=state,
+        pid=instance.pid if live and instance is not None else None,
+        calls=calls,
+        errors=errors,
+        p50_ms=None if p50 is None else p50 * 1000,
+        p99_ms=None if p99 is None else p99 * 1000,
+        crashes=crashes,
+        memory_current=None if cgroup is None else cgroup.memory_current,
+        cpu_usage_ns=None if cgroup is None else cgroup.cpu_usage_ns,
+        storage=storage,
+    )
 
 
 def _ms(value: float | None) -> str:

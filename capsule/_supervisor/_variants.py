@@ -40,9 +40,9 @@ from capsule._supervisor._update_state import drained, revoke_held
 from capsule._supervisor._variant_stats import (
     Tally,
     VariantsStatus,
-    VariantStatistics,
     latency_diff,
     rate_diff,
+    variant_row,
 )
 from capsule._tasks import Services
 from capsule._tokens._authority import Token, TokenAuthority
@@ -493,7 +493,7 @@ class Variants:
         handle = exp.handle
         control_stats = exp.tally.current
         rows = [
-            _row(
+            variant_row(
                 exp.control,
                 "control",
                 shares.get(exp.control, 0.0),
@@ -511,7 +511,7 @@ class Variants:
             probation = candidate.probation
             storage = candidate.storage or self._state_dir / "private" / handle.name
             rows.append(
-                _row(
+                variant_row(
                     candidate.name,
                     role,
                     shares.get(candidate.name, 0.0),
@@ -560,36 +560,3 @@ def _rule(text: str, feature: str) -> KeyRule:
         return parse_sticky(text, f"variants of {feature}")
     except ConfigError as exc:
         raise UpdateError(feature, exc.message) from None
-
-
-def _row(  # noqa: PLR0917 - one row's columns, in the table's order
-    version: str,
-    role: str,
-    share: float,
-    state: str,
-    instance: Instance | None,
-    calls: int,
-    errors: int,
-    crashes: int,
-    storage: str,
-) -> VariantStatistics:
-    live = instance is not None and not instance.ended.is_set()
-    stats = instance.peer.stats if live and instance is not None else None
-    cgroup = instance.statistics() if live and instance is not None else None
-    p50 = None if stats is None else stats.percentile(0.5)
-    p99 = None if stats is None else stats.p99()
-    return VariantStatistics(
-        version=version,
-        role=role,
-        share=share,
-        state=state,
-        pid=instance.pid if live and instance is not None else None,
-        calls=calls,
-        errors=errors,
-        p50_ms=None if p50 is None else p50 * 1000,
-        p99_ms=None if p99 is None else p99 * 1000,
-        crashes=crashes,
-        memory_current=None if cgroup is None else cgroup.memory_current,
-        cpu_usage_ns=None if cgroup is None else cgroup.cpu_usage_ns,
-        storage=storage,
-    )
