@@ -216,3 +216,33 @@ async def test_promoting_a_candidate_leaves_one_version_and_nothing_behind(
     events = audit_events(app.root / "audit.jsonl", "variants-", "update-done")
     assert [e["event"] for e in events] == ["variants-set", "variants-promote", "update-done"]
     assert capsule.testing.leftovers() == []
+
+
+@pytest.mark.trio
+async def test_a_variant_asking_for_more_needs_approval_and_its_tokens_are_its_own(
+    tmp_path: Path,
+) -> None:
+    app = TestApp(tmp_path / "app")
+    private = {"path": "/data", "mode": "private", "quota": "1MiB"}
+    feature = app.feature(
+        "counter",
+        limits=LIMITS,
+        restart=restart(),
+        policy={"update": {**QUICK, **_LENIENT}},
+        approve={"fs": [private]},
+    )
+    counter(feature, "1.0.0")
+    v2 = app.version("counter", "2.0.0", access={"fs": [private]})
+    counter(v2, "2.0.0")
+    async with app.open() as sup:
+        with pytest.raises(UpdateError, match=r"asks for more than 1\.0\.0 holds") as refused:
+            await sup.set_variants("counter", {"1.0.0": 50, str(app.bundle(v2)): 50})
+        assert "/data" in str(refused.value)
+        assert sup.variants("counter") is None
+        await sup.set_variants("counter", {"1.0.0": 50, str(app.bundle(v2)): 50}, approve=True)
+        control = {c for t in sup.feature("counter").tokens() for c in t.capabilities}
+        candidate = sup._variants._active["counter"].candidates["2.0.0"].instance
+        assert candidate is not None
+        held = {str(c) for h in candidate.peer.handles.values() for c in h.claims.caps}
+        assert any(c.startswith("fs:") and "/data" in c for c in held), held
+        assert not any("/data" in c for c in control), control
