@@ -291,10 +291,10 @@ class Variants:
         exp.routes.peers += [None] * (len(names) - len(exp.routes.peers))
         started: list[_Candidate] = []
         try:
-            for version, (manifest, bundle) in bundles.items():
+            for version, (checked, bundle) in bundles.items():
                 storage = None if exp.shared else f"{exp.handle.name}@{version}"
                 candidate = _Candidate(
-                    dataclasses.replace(manifest, storage=storage),
+                    dataclasses.replace(checked, storage=storage),
                     bundle,
                     names.index(version),
                     exp.policy,

@@ -175,6 +175,9 @@ async def test_shadow_mode_serves_every_call_from_the_control_and_mirrors_it(
         assert status.variants[1].p50_ms >= 1000
         final = await sup.abort_variants("counter")
         assert final.ended == "aborted by hand"
+        one = (1, len(detect().roots))  # the control's view, and a cgroup in each hierarchy
+        await wait_until(lambda: _traces(sup) == one, "the candidate's view and cgroup are gone")
+        assert not (sup.state_dir / "private" / "counter@2.0.0").exists()
         assert (await sup.call("counter", "get"))["count"] == 10
     assert capsule.testing.leftovers() == []
 
