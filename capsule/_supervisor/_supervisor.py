@@ -57,7 +57,6 @@ from capsule.errors import (
     FeatureError,
     FeatureStartError,
     FeatureUnavailableError,
-    UpdateError,
 )
 
 __all__ = [
@@ -281,14 +280,15 @@ class Supervisor(metaclass=NoPublicConstructor):
         docs/guide/updates.md.
         """
         handle = self.feature(name)
-        if self._variants.running(name) and not dry_run:
-            raise UpdateError(name, "runs variants: promote one or abort them first")
+        if not dry_run:
+            self._variants.refuse_while_running(name, "updated")
         return await self._updates.update(handle, Path(bundle), approve=approve, dry_run=dry_run)
 
     async def rollback(self, name: str) -> UpdateReport:
         """Go back to the version ``name`` ran before its last update: at once (a thaw and a
         switch) while the old one is kept, else a cold start of the previous version in
         the history. UpdateError when there is nothing to roll back to."""
+        self._variants.refuse_while_running(name, "rolled back")
         return await self._updates.rollback(self.feature(name))
 
     async def set_variants(

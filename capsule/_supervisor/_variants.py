@@ -137,9 +137,15 @@ class Variants:
         self._lock = anyio.Lock()  # one change of variants at a time
         self._closing = False
 
-    def running(self, name: str) -> bool:
-        """Whether ``name`` runs variants now (a live update of it is then refused)."""
-        return name in self._active
+    def refuse_while_running(self, name: str, what: str) -> None:
+        """UpdateError when ``name`` runs variants: it cannot be ``what`` meanwhile."""
+        exp = self._active.get(name)
+        if exp is not None:
+            raise UpdateError(
+                name,
+                f"runs variants ({exp.describe()}): it cannot be {what} before one is "
+                "promoted or they are aborted",
+            )
 
     # -- setting the split ----------------------------------------------------------------
 
