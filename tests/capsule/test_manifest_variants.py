@@ -9,6 +9,7 @@ import pytest
 from capsule._manifest import load_app
 from capsule._manifest._model import DEFAULT_VARIANT_POLICY, VariantPolicy
 from tests.capsule.manifest_helpers import bad_policy_entry, make_app
+from tests.capsule.test_cli_check import capsule
 
 
 def test_a_variants_policy_is_read_and_defaults_apply(tmp_path: Path) -> None:
@@ -38,3 +39,11 @@ def test_a_bad_variants_policy_is_reported_with_file_line_and_key(
     tmp_path: Path, entry: str, key: str, fragment: str
 ) -> None:
     bad_policy_entry(tmp_path, entry, key, fragment)
+
+
+def test_check_shows_a_variants_policy_that_is_not_the_default(tmp_path: Path) -> None:
+    policy = '[policy.a]\nvariants = { sticky = "payload.user", shadow = true }\n'
+    result = capsule("check", str(make_app(tmp_path, {"a": "", "b": ""}, policy)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("variants ") == 1
+    assert "variants keyed by payload.user, shadow, storage own" in result.stdout
