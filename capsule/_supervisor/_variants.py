@@ -212,6 +212,9 @@ class Variants:
             version = candidate.manifest.version
             if version in resolved or version == control:
                 raise UpdateError(name, f"version {version} ({key}) is in the split twice")
+            if exp is not None and version in exp.candidates:  # runs already: its share only
+                resolved[version] = share
+                continue
             diff = diff_grants(
                 handle.grant,
                 candidate.grant,

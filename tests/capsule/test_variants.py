@@ -60,7 +60,8 @@ async def test_each_key_keeps_its_variant_while_the_candidate_is_ramped_up(
         assert set(first.values()) == {"1.0.0", "2.0.0"}
         assert await _versions(sup, keys) == first  # sticky
         for share in (50, 80, 100):
-            await sup.set_variants("counter", {"1.0.0": 100 - share, "2.0.0": share})
+            again = "2.0.0" if share < 80 else str(app.bundle(v2))  # its bundle: the same one
+            await sup.set_variants("counter", {"1.0.0": 100 - share, again: share})
             now = await _versions(sup, keys)
             assert all(now[k] == "2.0.0" for k in keys if first[k] == "2.0.0")
             first = now
@@ -76,6 +77,8 @@ async def test_each_key_keeps_its_variant_while_the_candidate_is_ramped_up(
         assert "2.0.0" in status.table()
         assert sup.statistics().variants["counter"].variants[1].version == "2.0.0"
         assert sup.feature("counter").statistics().variants == "1.0.0 0% / 2.0.0 100%"
+        assert len(status.variants) == 2
+        assert sup.statistics().containers_started == 2  # the bundle named again: no new one
         with pytest.raises(UpdateError, match="runs variants"):
             await sup.update("counter", app.bundle(v2))
     events = audit_events(app.root / "audit.jsonl", "variants-")
