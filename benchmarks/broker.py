@@ -36,26 +36,37 @@ Must run where containers can start (as root here). Run:
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import itertools
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final
 
-import msgspec
+# first: importing _common takes benchmarks/ off sys.path, where this helpers' package is
+import _brokerbench  # noqa: F401 - imported for its modules below, found through it
 import trio
+
+# isort: split
+from _brokerbench.floor import PAYLOAD, EchoChild, PingPong, floor_job
+from _brokerbench.inprocess import (
+    ADMISSION_ROW,
+    ADMISSION_TARGET,
+    CHECK_ROW,
+    CHECK_TARGET,
+    MATCH_ROW,
+    MATCH_TARGET,
+    TICK,
+    authorization_jobs,
+    matching_jobs,
+)
+from _brokerbench.variants import ROUTING_FIELD_ROW, ROUTING_TARGET, routing_jobs
 from _common import (
     Job,
     LabelledTarget,
     Measure,
-    Target,
     flatten,
     gc_paused,
     machine_info,
@@ -66,63 +77,31 @@ from _common import (
     quiet_logs,
     report_payload,
     run_interleaved,
-    time_batches,
-    time_each,
     write_json,
 )
 
 from capsule import Supervisor
-from capsule._broker._audit import AuditLog
-from capsule._broker._broker import Broker
-from capsule._broker._routes import Handle, Peer, Subscriber
-from capsule._broker._topics import valid_call
-from capsule.feature import Context
+from capsule.feature import Context, Feature
 from capsule.testing import TestApp
-from capsule.tokens import Action, KeyRing, TokenAuthority, compile_grant
 
 NAME: Final = "broker"
-MESSAGE_SIZE: Final = 64
-PAYLOAD: Final = b"\x5a" * MESSAGE_SIZE
-TICK: Final = "bench.tick"
 FLOOD_TOPIC: Final = "bench.flood"
 
 CALL_RATIO_TARGET: Final = 2.5  # brokered call p50 / floor p50
 PIPELINE_TARGET: Final = 20_000.0  # calls/s, 64 in flight
 EVENTS_TARGET: Final = 100_000.0  # events/s
-CHECK_TARGET: Final = Target(1.0)
-ADMISSION_TARGET: Final = Target(100.0)
-MATCH_TARGET: Final = Target(20.0)
 FAIRNESS_TARGET: Final = 2.0  # flooded p99 / quiet p99
 IN_FLIGHT: Final = 64
 
 CALL_ROW: Final = "brokered call container -> container, 64 B, sequential"
+VARIANT_CALL_ROW: Final = "the same call to a feature running two variants"
+VARIANT_RATIO_TARGET: Final = 1.1  # brokered call p50 with variants on / without
 HOST_CALL_ROW: Final = "host sup.call -> container, 64 B, sequential"
 PIPELINE_ROW: Final = f"pipelined calls, {IN_FLIGHT} in flight: time per call"
 EVENTS_ROW: Final = "events publisher -> subscriber: time per event counted"
-CHECK_ROW: Final = "per-message check: Broker._check on a fake peer"
-ADMISSION_ROW: Final = "admission: diagnose + compile_grant (ctk1 text, as _admit)"
-MATCH_ROW: Final = "publish to a fresh topic, many subscriptions (Broker._deliver_event)"
 QUIET_ALONE: Final = "quiet host -> quiet.ping, alone"
 QUIET_PUBLISH: Final = "quiet ping while flooder publishes flat out"
 QUIET_CALL: Final = f"quiet ping while flooder calls, {IN_FLIGHT} in flight"
-
-#: The floor's other end: a trio echo loop on the socket inherited as fd argv[1].
-ECHO_CHILD: Final = """
-import socket, sys, trio
-
-async def main(fd):
-    sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
-    with sock:
-        while True:
-            data = await sock.recv(65536)
-            if not data:
-                return
-            view = memoryview(data)
-            while view:
-                view = view[await sock.send(view):]
-
-trio.run(main, int(sys.argv[1]))
-"""
 
 
 @dataclass(frozen=True)
@@ -197,34 +176,48 @@ QUICK: Final = Sizes(
 # -- the app ---------------------------------------------------------------------------------
 
 
-def build_app(root: Path) -> TestApp:
-    """Six inline features: echo, caller, publisher, subscriber, quiet and flooder.
+def build_app(root: Path) -> tuple[TestApp, Path]:
+    """Seven inline features: echo, split, caller, publisher, subscriber, quiet and flooder;
+    and the bundle of split's second version.
 
     The handlers run inside their containers (each feature is pickled whole, so the
     state dicts below are shared by the handlers of one feature, in its container).
     """
     app = TestApp(root, name="brokerbench")
-    _call_features(app)
+    split_2 = _call_features(app)
     _event_features(app)
     _fairness_features(app)
-    return app
+    return app, app.bundle(split_2)
 
 
-def _call_features(app: TestApp) -> None:
-    """``echo`` answers with its request; ``caller`` times calls to it from its container."""
+def _call_features(app: TestApp) -> Feature:
+    """``echo`` answers with its request, and so does ``split`` (in two versions: the second
+    returned); ``caller`` times calls to them from its container."""
     echo = app.feature("echo", faults=False)
-    caller = app.feature("caller", requires=["echo"], policy={"call": ["echo.echo"]}, faults=False)
+    caller = app.feature(
+        "caller",
+        requires=["echo", "split"],
+        policy={"call": ["echo.echo", "split.echo"]},
+        faults=False,
+    )
+    # the same echo, run as two variants: the guards judge nothing in a benchmark
+    relaxed = {"update": {"p99_ratio": 1000, "error_rate": 1}, "variants": {"sticky": "caller"}}
+    split = app.feature("split", faults=False, policy=relaxed)
+    split_2 = app.version("split", "2.0.0", faults=False)
 
-    @echo.service("echo")
-    async def _echo(ctx: Context, request: Any) -> Any:
-        return request
+    for feature in (echo, split, split_2):
+
+        @feature.service("echo")
+        async def _echo(ctx: Context, request: Any) -> Any:
+            return request
 
     @caller.service("bench")
     async def _bench(ctx: Context, request: Any) -> list[int]:
-        """``n`` sequential calls to echo.echo, each timed here; the durations in ns."""
-        payload = request["payload"]
+        """``n`` sequential calls to ``feature``.echo (echo.echo by default), each timed
+        here; the durations in ns."""
+        payload, target = request["payload"], request.get("feature", "echo")
         for _ in range(request["warmup"]):
-            await ctx.call("echo", "echo", payload)
+            await ctx.call(target, "echo", payload)
         clock = time.perf_counter_ns
         durations: list[int] = []
         gc.collect()
@@ -232,10 +225,10 @@ def _call_features(app: TestApp) -> None:
         try:
             for _ in range(request["n"]):
                 start = clock()
-                reply = await ctx.call("echo", "echo", payload)
+                reply = await ctx.call(target, "echo", payload)
                 durations.append(clock() - start)
                 if reply != payload:
-                    raise RuntimeError(f"echo.echo answered {reply!r}")
+                    raise RuntimeError(f"{target}.echo answered {reply!r}")
         finally:
             gc.enable()
         return durations
@@ -263,6 +256,8 @@ def _call_features(app: TestApp) -> None:
             return await burst(request["per_task"])
         finally:
             gc.enable()
+
+    return split_2
 
 
 def _event_features(app: TestApp) -> None:
@@ -352,81 +347,12 @@ def _fairness_features(app: TestApp) -> None:
         flood["stop"] = True
 
 
-# -- the floor -------------------------------------------------------------------------------
-
-
-class EchoChild:
-    """A child Python process echoing on one end of a socketpair; this process holds the other."""
-
-    def __init__(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock = ours
-        with theirs:
-            fd = theirs.fileno()
-            # A fixed argument list: this interpreter and the echo program above.
-            self.process = subprocess.Popen(  # noqa: S603
-                [sys.executable, "-c", ECHO_CHILD, str(fd)], pass_fds=[fd]
-            )
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)  # the child reads EOF and returns
-        self.sock.close()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-class PingPong:
-    """The parent side of the floor, in trio: send 64 B, receive the 64 B echoed."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = trio.socket.from_stdlib_socket(sock)
-
-    async def exchange(self) -> None:
-        sent = 0
-        while sent < MESSAGE_SIZE:
-            sent += await self.sock.send(PAYLOAD[sent:])
-        received = 0
-        while received < MESSAGE_SIZE:
-            chunk = await self.sock.recv(MESSAGE_SIZE - received)
-            if not chunk:
-                raise RuntimeError("the echo child closed the socket")
-            received += len(chunk)
-
-    async def round_trips(self, count: int, warmup: int) -> list[int]:
-        clock = time.perf_counter_ns
-        durations: list[int] = []
-        with gc_paused():
-            for _ in range(warmup):
-                await self.exchange()
-            for _ in range(count):
-                start = clock()
-                await self.exchange()
-                durations.append(clock() - start)
-        return durations
-
-
-def floor_job(pong: PingPong, sizes: Sizes) -> Job:
-    def run(count: int) -> list[int]:
-        return trio.from_thread.run(pong.round_trips, count, sizes.floor_warmup)
-
-    return Job(
-        f"Unix socket ping-pong, {MESSAGE_SIZE} B, two processes, trio both sides",
-        sizes.floor_round_trips,
-        run,
-        extra={"message_bytes": MESSAGE_SIZE},
-    )
-
-
 # -- calls -----------------------------------------------------------------------------------
 
 
 def call_jobs(sup: Supervisor, sizes: Sizes) -> list[Job]:
-    async def in_container(count: int) -> list[int]:
-        request = {"n": count, "warmup": sizes.call_warmup, "payload": PAYLOAD}
+    async def in_container(count: int, feature: str = "echo") -> list[int]:
+        request = {"n": count, "warmup": sizes.call_warmup, "payload": PAYLOAD, "feature": feature}
         durations = await sup.call("caller", "bench", request)
         if not isinstance(durations, list) or len(durations) != count:
             raise RuntimeError(f"caller.bench returned {type(durations).__name__}")
@@ -465,6 +391,13 @@ def call_jobs(sup: Supervisor, sizes: Sizes) -> list[Job]:
             sizes.calls,
             lambda count: trio.from_thread.run(in_container, count),
             note="timed inside the caller's container around each await ctx.call(...)",
+        ),
+        Job(
+            VARIANT_CALL_ROW,
+            sizes.calls,
+            lambda count: trio.from_thread.run(in_container, count, "split"),
+            detail=True,
+            note="split.echo runs 1.0.0 and 2.0.0 side by side (50/50, keyed by the caller)",
         ),
         Job(
             HOST_CALL_ROW,
@@ -546,160 +479,6 @@ def event_job(sup: Supervisor, sizes: Sizes, tally: EventTally) -> Job:
     )
 
 
-# -- authorization ---------------------------------------------------------------------------
-
-
-def authorization_jobs(sizes: Sizes) -> list[Job]:
-    """The broker's per-message check and admission, in this process, on a fake peer."""
-    authority = TokenAuthority(KeyRing.generate())
-    verifier = authority.verifier
-    token = authority.mint("caller", ["icc:call:echo.echo", f"icc:publish:{TICK}"], ttl=3600)
-    text = token.text
-    claims = verifier.verify(text, aud="caller")
-    grant = compile_grant(claims)
-    # A real audit log that writes nothing: _check counts each allowed message in it.
-    audit = AuditLog(None, app="brokerbench", run="bench")
-    broker = Broker(authority, audit, lambda _: None, cast(Any, None), call_timeout=30.0)
-    peer = Peer(cast(Any, None), "caller")
-    number = 12345
-    peer.handles[number] = Handle(number, text, claims, grant)
-    action = Action.ICC_CALL
-    if broker._check(peer, number, action, "echo.echo", valid=True) is not peer.handles[number]:
-        raise RuntimeError("Broker._check refused a call its token allows")
-    # A refusal returns None and is counted (and audited) as the peer's denial.
-    denied = peer.denied
-    if (
-        broker._check(peer, number, action, "echo.other", valid=True) is not None
-        or peer.denied != denied + 1
-    ):
-        raise RuntimeError("Broker._check allowed a call its token does not hold")
-
-    def lookup_and_allows(count: int) -> None:
-        handles = peer.handles
-        clock = time.time
-        for _ in range(count):
-            handle = handles.get(number)
-            if handle is not None:
-                handle.grant.allows(action, "echo.echo", clock())
-
-    def check(count: int) -> None:
-        run_check = broker._check
-        for _ in range(count):
-            run_check(peer, number, action, "echo.echo", valid=True)
-
-    def request_path(count: int) -> None:
-        """What Broker._request does before forwarding: target name, validity, check."""
-        run_check = broker._check
-        feature, service = "echo", "echo"
-        for _ in range(count):
-            target = f"{feature}.{service}"
-            run_check(peer, number, action, target, valid=valid_call(feature, service))
-
-    def loop_only(count: int) -> None:
-        clock = time.time
-        for _ in range(count):
-            clock()
-
-    def admit() -> object:
-        found, reason = verifier.diagnose(text, aud="caller")
-        if found is None:
-            raise RuntimeError(f"the token was refused: {reason}")
-        return compile_grant(found)
-
-    def batch(name: str, run_batch: Callable[[int], None], **fields: Any) -> Job:
-        def run(count: int) -> list[float]:
-            return time_batches(
-                run_batch, batch=sizes.check_batch, samples=count, warmup=sizes.check_warmup
-            )
-
-        return Job(name, sizes.check_samples, run, calls_per_sample=sizes.check_batch, **fields)
-
-    def admission(count: int) -> list[int]:
-        return time_each(admit, samples=count, warmup=sizes.admission_warmup)
-
-    return [
-        batch(
-            CHECK_ROW,
-            check,
-            target=CHECK_TARGET,
-            note=(
-                "includes the audit log's per-message allow counter; "
-                f"{sizes.check_batch} calls per sample, so p99 is over batch averages"
-            ),
-        ),
-        batch(
-            "handle dict lookup + Grant.allows, time.time() per call",
-            lookup_and_allows,
-            detail=True,
-        ),
-        batch("name + valid_call + Broker._check (as _request)", request_path, detail=True),
-        batch("batch loop + time.time() only", loop_only, detail=True),
-        Job(
-            ADMISSION_ROW,
-            sizes.admissions,
-            admission,
-            target=ADMISSION_TARGET,
-            extra={"token_chars": len(text)},
-        ),
-    ]
-
-
-def matching_jobs(sizes: Sizes) -> list[Job]:
-    """Publishing to topics never published before, with many subscriptions and with few."""
-    fresh = itertools.count()
-    raw = msgspec.Raw(msgspec.msgpack.encode("x"))
-
-    def publisher(patterns: int) -> Callable[[int], list[float]]:
-        deliver = _subscribed(patterns)._deliver_event
-
-        def publish(count: int) -> None:
-            for _ in range(count):
-                deliver(f"bench.fresh.t{next(fresh)}", raw, "caller")
-
-        def run(count: int) -> list[float]:
-            return time_batches(
-                publish, batch=sizes.check_batch, samples=count, warmup=sizes.check_warmup
-            )
-
-        return run
-
-    return [
-        Job(
-            MATCH_ROW,
-            sizes.check_samples,
-            publisher(sizes.subscriptions),
-            calls_per_sample=sizes.check_batch,
-            target=MATCH_TARGET,
-            note=f"{sizes.subscriptions:,} distinct patterns held; each topic is new (no cache)",
-            extra={"subscriptions": sizes.subscriptions},
-        ),
-        Job(
-            "publish to a fresh topic, 10 subscriptions",
-            sizes.check_samples,
-            publisher(10),
-            calls_per_sample=sizes.check_batch,
-            detail=True,
-        ),
-    ]
-
-
-def _subscribed(patterns: int) -> Broker:
-    """A broker one peer of which holds ``patterns`` distinct subscriptions (``bench.sN`` and
-    ``bench.sN.*``, half each, and ``bench.fresh.*``, which each topic reaches), added as
-    ``Broker._subscribe`` adds them."""
-    authority = TokenAuthority(KeyRing.generate())
-    audit = AuditLog(None, app="brokerbench", run="bench")
-    broker = Broker(authority, audit, lambda _: None, cast(Any, None), call_timeout=30.0)
-    peer = Peer(cast(Any, None), "subscriber")
-    for i in range(patterns - 1):
-        pattern = f"bench.s{i // 2}" + (".*" if i % 2 else "")
-        subscriber = Subscriber(pattern)  # no peer, no host: reached, and nothing to write
-        peer.subscriptions[pattern] = subscriber
-        broker._topics.add(pattern, subscriber)
-    broker._topics.add("bench.fresh.*", Subscriber("bench.fresh.*"))
-    return broker
-
-
 # -- fairness --------------------------------------------------------------------------------
 
 
@@ -772,20 +551,25 @@ async def run_timed(root: Path, sizes: Sizes, child: EchoChild) -> Collected:
         await pong.exchange()  # the child is up and echoing
     tally = EventTally()
     floods: dict[str, list[int]] = {"publish": [], "call": []}
-    async with build_app(root).open() as sup:
+    app, split_2 = build_app(root)
+    async with app.open() as sup:
         if await sup.call("echo", "echo", PAYLOAD) != PAYLOAD:
             raise RuntimeError("echo.echo does not return its request")
+        await sup.set_variants("split", {"1.0.0": 50, str(split_2): 50})
         tally.broker_dropped_before = _broker_dropped(sup, "subscriber")
         jobs = [
-            floor_job(pong, sizes),
+            floor_job(pong, sizes.floor_round_trips, sizes.floor_warmup),
             *call_jobs(sup, sizes),
             event_job(sup, sizes, tally),
             *authorization_jobs(sizes),
             *matching_jobs(sizes),
+            *routing_jobs(sizes),
             *fairness_jobs(sup, sizes, floods),
         ]
         samples = await trio.to_thread.run_sync(lambda: run_interleaved(jobs, rounds=sizes.rounds))
         tally.broker_dropped_after = _broker_dropped(sup, "subscriber")
+        if sup.variants("split") is None:
+            raise RuntimeError("split's variants were aborted during the run")
     return Collected(jobs, samples, tally, floods)
 
 
@@ -813,6 +597,8 @@ def summary(floor: Measure, measures: Sequence[Measure], tally: EventTally) -> l
     admission = _row(measures, ADMISSION_ROW)
     match = _row(measures, MATCH_ROW)
     alone = _row(measures, QUIET_ALONE)
+    split = _row(measures, VARIANT_CALL_ROW)
+    routing = _row(measures, ROUTING_FIELD_ROW)
     rows: list[dict[str, Any]] = []
 
     def add(*cells: Any, **more: Any) -> None:
@@ -837,6 +623,23 @@ def summary(floor: Measure, measures: Sequence[Measure], tally: EventTally) -> l
         call_ratio,
         f"<= {CALL_RATIO_TARGET:g}x",
         call_ratio <= CALL_RATIO_TARGET,
+    )
+    split_ratio = split.p50_us / call.p50_us
+    add(
+        "brokered call p50, variants on / off",
+        f"{split.p50_us:.1f} us",
+        f"{call.p50_us:.1f} us (off)",
+        split_ratio,
+        f"<= {VARIANT_RATIO_TARGET:g}x",
+        split_ratio <= VARIANT_RATIO_TARGET,
+    )
+    add(
+        "variant routing decision p50 (payload field key)",
+        f"{routing.p50_us * 1000:.0f} ns",
+        f"{floor.p50_us:.1f} us",
+        routing.p50_us / floor.p50_us,
+        "<= 5 us",
+        routing.p50_us <= ROUTING_TARGET.p50_us,
     )
     pipeline_rate = 1e6 / pipeline.p50_us
     add(

@@ -38,6 +38,9 @@ from capsule._supervisor._supervisor import PluginInfo as PluginInfo
 from capsule._supervisor._supervisor import Supervisor as Supervisor
 from capsule._supervisor._supervisor import SupervisorStatistics as SupervisorStatistics
 from capsule._supervisor._supervisor import UpdateReport as UpdateReport
+from capsule._supervisor._supervisor import VariantsStatus as VariantsStatus
+from capsule._supervisor._variant_stats import Interval as Interval
+from capsule._supervisor._variant_stats import VariantStatistics as VariantStatistics
 from capsule._supervisor._views import ViewTimeouts as ViewTimeouts
 from capsule.errors import ApprovalRequiredError as ApprovalRequiredError
 from capsule.errors import CapabilityDeniedError as CapabilityDeniedError
@@ -89,6 +92,7 @@ __all__ = [
     "FsRequest",
     "IPCError",
     "InternalError",
+    "Interval",
     "InvalidTokenError",
     "LimitChange",
     "Limits",
@@ -110,6 +114,8 @@ __all__ = [
     "UpdatePolicy",
     "UpdateRefusedError",
     "UpdateReport",
+    "VariantStatistics",
+    "VariantsStatus",
     "ViewTimeouts",
     "__version__",
     "check_app",

@@ -15,7 +15,7 @@ The tree::
     │   ├── FeatureCrashedError           .exit_code .signal
     │   ├── FeatureTimeoutError (TimeoutError)
     │   ├── FeatureUnavailableError
-    │   ├── UpdateError                   a live update or rollback did not happen, or was undone
+    │   ├── UpdateError                   an update, rollback or change of variants did not happen
     │   └── RemoteError                   from a container: .remote_type .remote_traceback
     ├── ApprovalRequiredError (PermissionError)  .feature .diff: a widening not approved yet
     ├── IPCError
@@ -180,7 +180,8 @@ class FeatureUnavailableError(FeatureError):
 class UpdateError(FeatureError):
     """A live update (or a rollback) of a feature did not happen: the new version did not
     start, its state did not move, it widens what the feature may do without approval, or
-    another update of it is under way. The message says why and which version serves now."""
+    another update of it is under way; or a change of variants (set, promote, abort) that
+    could not be made. The message says why and which version serves now."""
 
 
 class RemoteError(FeatureError):

@@ -1,6 +1,7 @@
 """The notes demo: five features in their own containers doing real work, one of them a
 hostile third-party plugin that is contained, denied, restarted and finally quarantined
-while the app keeps working; then spellcheck updated live to 1.3.0 (its count and cache
+while the app keeps working; then two spellcheck versions run side by side, the broker
+splitting the notes between them; then spellcheck updated live to 1.3.0 (its count and cache
 kept) while the editor saves, a broken 1.4.0 rolled back by its probation, and a sixth
 feature, word-count, installed while the app runs (once approved) and removed again.
 
@@ -247,8 +248,40 @@ async def _audited(audit: Path, event: str) -> list[dict[str, Any]]:
     return found
 
 
+async def two_variants(sup: capsule.Supervisor, root: Path) -> None:
+    print("\n4. two spellcheck versions side by side, each note always checked by the same one")
+    candidate = root / "notes" / "updates" / "spellcheck-1.3"
+    await sup.set_variants("spellcheck", {"1.2.0": 50, str(candidate): 50})
+    notes = [f"note-{i}.md" for i in range(12)]
+    seen: dict[str, set[str]] = {note: set() for note in notes}
+    for _ in range(3):
+        for note in notes:
+            checked = await sup.call("spellcheck", "check", {"text": "helo wrld", "note": note})
+            seen[note].add(checked["version"])
+    versions = collections.Counter(next(iter(v)) for v in seen.values() if len(v) == 1)
+    step(
+        "the broker split the notes between 1.2.0 and 1.3.0, each note sticking to one",
+        ok=all(len(v) == 1 for v in seen.values()) and set(versions) == {"1.2.0", "1.3.0"},
+        detail=", ".join(f"{v}: {n} notes" for v, n in sorted(versions.items())),
+    )
+    status = sup.variants("spellcheck")
+    print("\n".join(f"         {line}" for line in (status.table() if status else "").splitlines()))
+    rows = {} if status is None else {v.version: v for v in status.variants}
+    step(
+        "each version in its own container, measured by the broker",
+        ok=len({v.pid for v in rows.values()}) == 2 and all(v.calls > 0 for v in rows.values()),
+        detail=", ".join(f"{v}: pid {r.pid}, {r.calls} calls" for v, r in rows.items()),
+    )
+    final = await sup.abort_variants("spellcheck")
+    step(
+        "aborted by hand: 1.2.0 runs alone again, 1.3.0's container gone",
+        ok=sup.variants("spellcheck") is None and final.ended == "aborted by hand",
+        detail=f"spellcheck runs {sup.feature('spellcheck').manifest.version}",
+    )
+
+
 async def live_updates(sup: capsule.Supervisor, root: Path, audit: Path) -> None:
-    print("\n4. spellcheck updated while the editor works, then a broken release rolled back")
+    print("\n5. spellcheck updated while the editor works, then a broken release rolled back")
     bundles = root / "notes" / "updates"
     before = await sup.call("spellcheck", "stats", {})
     plan = await sup.update("spellcheck", bundles / "spellcheck-1.3", dry_run=True)
@@ -349,7 +382,7 @@ async def live_updates(sup: capsule.Supervisor, root: Path, audit: Path) -> None
 
 
 async def a_plugin_added_while_it_runs(sup: capsule.Supervisor, root: Path) -> None:
-    print("\n5. a plugin added while the app runs, then removed")
+    print("\n6. a plugin added while the app runs, then removed")
     bundle = root / "notes" / "plugins" / "word-count"
     review = await sup.review_plugin(bundle)
     step(
@@ -399,7 +432,7 @@ async def a_plugin_added_while_it_runs(sup: capsule.Supervisor, root: Path) -> N
 
 
 async def the_app_goes_on(sup: capsule.Supervisor) -> None:
-    print("\n6. the app goes on")
+    print("\n7. the app goes on")
     saved = await sup.call("editor", "save", {"note": "after.md", "text": "still here"})
     checked = await sup.call("spellcheck", "check", {"text": "still here"})
     step(
@@ -424,7 +457,7 @@ def _tally(events: list[dict[str, Any]]) -> dict[str, collections.Counter[str]]:
 
 
 def summary(sup: capsule.Supervisor, audit: Path) -> None:
-    print("\n7. what happened (counts from the audit log)")
+    print("\n8. what happened (counts from the audit log)")
     events = [json.loads(line) for line in audit.read_text(encoding="utf-8").splitlines()]
     tally = _tally(events)
     print(
@@ -467,6 +500,7 @@ async def run_app(root: Path, uploads: list[Any]) -> None:
     async with capsule.open_supervisor(root / "notes", **options) as sup:
         await the_scenario(sup, root, uploads)
         await the_plugin(sup)
+        await two_variants(sup, root)
         await live_updates(sup, root, audit)
         await a_plugin_added_while_it_runs(sup, root)
         await the_app_goes_on(sup)

@@ -407,8 +407,10 @@ class Broker:
 
     # -- the host's side ---------------------------------------------------------------
 
-    async def host_call(self, feature: str, service: str, payload: Any, limit: float) -> Any:
-        return await self.calls.host_call(feature, service, payload, limit)
+    async def host_call(
+        self, feature: str, service: str, payload: Any, limit: float, key: str | None = None
+    ) -> Any:
+        return await self.calls.host_call(feature, service, payload, limit, key)
 
     def host_stream(
         self, feature: str, service: str, payload: Any, timeout: float, window: int

@@ -16,6 +16,7 @@ import msgspec
 from capsule._broker._audit import AuditLog
 from capsule._broker._host import HostCall, Stream
 from capsule._broker._routes import Deadlines, Peer, Route
+from capsule._broker._variants import VariantRoutes
 from capsule._ipc._messages import (
     HOST,
     Call,
@@ -51,7 +52,10 @@ MAX_CREDIT: Final = 1 << 16
 
 
 class Target(Protocol):
-    """A feature as the broker needs it: its live container, or why calls must fail or wait."""
+    """A feature as the broker needs it: its live container, or why calls must fail or wait;
+    and, while it runs variants side by side, how its calls are split between them."""
+
+    _variants: VariantRoutes | None
 
     def _live_peer(self) -> Peer | None: ...
 
@@ -112,11 +116,24 @@ class CallRouter:
         peer.requests[msg.id] = route
         self.forward(route, msg.payload, peer.feature)
 
-    def forward(self, route: Route, payload: msgspec.Raw, caller: str) -> None:
+    def forward(
+        self, route: Route, payload: msgspec.Raw, caller: str, key: str | None = None
+    ) -> None:
+        """Send a call on to the container serving ``route.feature`` (for a feature running
+        variants, the one its key goes to; ``key`` is one the host passed)."""
         target = self._resolve(route.feature)
         if target is None:
             self.fail(route, "invalid", f"no feature {route.feature!r} in this app")
             return
+        variants = target._variants
+        if variants is not None:
+            chosen = variants.choose(caller, payload, key)
+            if chosen is not None:
+                if not variants.shadow:
+                    self._deliver(route, chosen, payload, caller)
+                    return
+                if not route.stream:
+                    self._mirror(route, chosen, payload, caller)
         callee = target._live_peer()
         if callee is not None:
             self._deliver(route, callee, payload, caller)
@@ -147,6 +164,23 @@ class CallRouter:
                 self._deliver(route, callee, payload, caller)
             return
         self.fail(route, "timeout", f"was not ready within {route.timeout:g}s")
+
+    def _mirror(self, route: Route, callee: Peer, payload: msgspec.Raw, caller: str) -> None:
+        """A copy of a call for a candidate in shadow mode: answered to no one, only counted
+        in the candidate's statistics; its own deadline, so it cannot hold up the caller's."""
+        if len(callee.calls) >= MAX_IN_FLIGHT:
+            return  # a candidate that falls behind misses mirrors; the caller is not slowed
+        mirror = Route(
+            route.feature,
+            route.service,
+            caller=None,
+            caller_id=0,
+            host=None,
+            stream=False,
+            credit=0,
+            timeout=route.timeout,
+        )
+        self._deliver(mirror, callee, payload, caller)
 
     def _deliver(self, route: Route, callee: Peer, payload: msgspec.Raw, caller: str) -> None:
         if not route.live:
@@ -307,8 +341,14 @@ class CallRouter:
 
     # -- the host's side ---------------------------------------------------------------
 
-    def _host_route(
-        self, feature: str, service: str, payload: Any, timeout: float, window: int
+    def _host_route(  # noqa: PLR0917 - the call's own parts, in the order a call names them
+        self,
+        feature: str,
+        service: str,
+        payload: Any,
+        timeout: float,
+        window: int,
+        key: str | None = None,
     ) -> tuple[Route, HostCall]:
         raw = encode_payload(payload, f"the request to {feature}.{service}")
         call = HostCall(window)
@@ -322,11 +362,13 @@ class CallRouter:
             credit=window,
             timeout=timeout,
         )
-        self.forward(route, raw, HOST)
+        self.forward(route, raw, HOST, key)
         return route, call
 
-    async def host_call(self, feature: str, service: str, payload: Any, limit: float) -> Any:
-        route, call = self._host_route(feature, service, payload, limit, 0)
+    async def host_call(
+        self, feature: str, service: str, payload: Any, limit: float, key: str | None = None
+    ) -> Any:
+        route, call = self._host_route(feature, service, payload, limit, 0, key)
         try:
             await call.done.wait()
         except BaseException:

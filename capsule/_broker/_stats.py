@@ -46,10 +46,18 @@ class CallStats:
 
     def p99(self) -> float | None:
         """The 99th percentile of the kept latencies (seconds), or None without any."""
+        return self.percentile(0.99)
+
+    def percentile(self, q: float) -> float | None:
+        """The ``q`` quantile (0 < q <= 1) of the kept latencies (seconds), or None."""
         if not self._latencies:
             return None
         ordered = sorted(self._latencies)
-        return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+    def latencies(self) -> list[float]:
+        """The kept latencies (seconds), in no particular order."""
+        return list(self._latencies)
 
     def error_rate(self) -> float:
         return self.failures / self.calls if self.calls else 0.0

@@ -25,7 +25,7 @@ from capsule._manifest import (
     UpdatePolicy,
     check_app,
 )
-from capsule._manifest._model import DEFAULT_UPDATE_POLICY
+from capsule._manifest._model import DEFAULT_UPDATE_POLICY, DEFAULT_VARIANT_POLICY
 from capsule._units import format_duration, format_size
 
 __all__ = ["register"]
@@ -168,6 +168,14 @@ def _update_lines(report: CheckReport, manifest: FeatureManifest, pad: str) -> l
     if manifest.forward_only:
         label = "" if lines else "update"
         lines.append(f"{pad}{label:<9}forward only: a failed update is stopped, not rolled back")
+    variants = (
+        DEFAULT_VARIANT_POLICY if report.app is None else report.app.variant_policy(manifest.name)
+    )
+    if variants != DEFAULT_VARIANT_POLICY:
+        mode = ", shadow" if variants.shadow else ""
+        lines.append(
+            f"{pad}{'variants':<9}keyed by {variants.sticky}{mode}, storage {variants.storage}"
+        )
     return lines
 
 

@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         _run,
         _token,
         _update,
+        _variants,
     )
 
     parser = Parser(
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ps.register(sub)
     _call.register(sub)
     _update.register(sub)
+    _variants.register(sub)
     _plugin.register(sub)
     _audit.register(sub)
     _token.register(sub)

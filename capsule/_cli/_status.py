@@ -202,7 +202,17 @@ def text_table(snapshot: Snapshot, found: Mapping[str, Rates] | None = None) -> 
         ]
         lines.append("  ".join(padded).rstrip())
     lines += _renewal_errors(snapshot)
+    lines += _variant_rows(snapshot)
     return "\n".join(lines) + "\n"
+
+
+def _variant_rows(snapshot: Snapshot) -> list[str]:
+    """Each experiment under way: a row per variant (``capsule variants status``'s table)."""
+    return [
+        f"  {line}" if i else f"variants of {line}"
+        for status in snapshot.variants
+        for i, line in enumerate(status.table().splitlines())
+    ]
 
 
 def _renewal_errors(snapshot: Snapshot) -> list[str]:
@@ -234,6 +244,7 @@ def rich_view(
         table.add_row(*(Text(cells[i]) for i in shown), style=styles.get(row.state, "dim"))
     parts: list[RenderableType] = [Text(header(snapshot), style="bold"), table]
     parts += [Text(line, style="bold red") for line in _renewal_errors(snapshot)]
+    parts += [Text(line) for line in _variant_rows(snapshot)]
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 from types import TracebackType
-from typing import Final, TypeVar, final
+from typing import Final, Literal, TypeVar, final
 
 from capsule._control._errors import ControlError, ControlRefusedError
 from capsule._control._protocol import (
@@ -36,6 +36,8 @@ from capsule._control._protocol import (
     Stop,
     Update,
     Updated,
+    Variants,
+    VariantsReport,
     Versions,
     decode_response,
     encode,
@@ -53,7 +55,9 @@ _LIFECYCLE: Final = 300.0
 _SLACK: Final = 10.0
 """Seconds past a call's own deadline before the client gives up on the answer."""
 
-_R = TypeVar("_R", Snapshot, Result, Done, Updated, Versions, PluginReview, PluginList)
+_R = TypeVar(
+    "_R", Snapshot, Result, Done, Updated, Versions, PluginReview, PluginList, VariantsReport
+)
 
 
 @final
@@ -172,6 +176,30 @@ class ControlClient:
         """Go back to the version ``feature`` ran before its last update."""
         message = Rollback(token=self._secret, feature=feature)
         return self._expect(self.request(message, timeout=_LIFECYCLE), Updated)
+
+    def variants(
+        self,
+        action: Literal["set", "status", "promote", "abort"],
+        feature: str,
+        *,
+        shares: dict[str, float] | None = None,
+        sticky: str | None = None,
+        shadow: bool | None = None,
+        approve: bool = False,
+        version: str | None = None,
+    ) -> VariantsReport:
+        """Set, show, promote or abort the variants of ``feature`` (bundles: absolute paths)."""
+        message = Variants(
+            token=self._secret,
+            action=action,
+            feature=feature,
+            shares=shares or {},
+            sticky=sticky,
+            shadow=shadow,
+            approve=approve,
+            version=version,
+        )
+        return self._expect(self.request(message, timeout=_LIFECYCLE), VariantsReport)
 
     def history(self, feature: str) -> Versions:
         """The versions ``feature`` ran, oldest first."""

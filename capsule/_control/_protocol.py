@@ -8,18 +8,23 @@ Every request carries the run's admin secret (``token``); the server answers eac
 request with exactly one response: ``Snapshot`` (to ``Status``), ``Result`` (to
 ``Call``), ``Done`` (to ``Start``, ``Stop``, ``Restart``, ``PluginAdd`` and
 ``PluginRemove``), ``Updated`` (to ``Update`` and ``Rollback``), ``Versions`` (to
-``History``), ``PluginReview`` (to a dry-run ``PluginAdd``), ``PluginList`` (to
-``Plugins``) or ``Failure``.
+``History``), ``VariantsReport`` (to ``Variants``), ``PluginReview`` (to a dry-run
+``PluginAdd``), ``PluginList`` (to ``Plugins``) or ``Failure``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Final, TypeAlias
+from typing import Annotated, Final, Literal, TypeAlias
 
 import msgspec
 
 from capsule._supervisor._history import VersionRecord
-from capsule._supervisor._supervisor import FeatureStatistics, PluginInfo, UpdateReport
+from capsule._supervisor._supervisor import (
+    FeatureStatistics,
+    PluginInfo,
+    UpdateReport,
+    VariantsStatus,
+)
 from capsule.errors import ProtocolError
 
 __all__ = [
@@ -48,6 +53,8 @@ __all__ = [
     "Stop",
     "Update",
     "Updated",
+    "Variants",
+    "VariantsReport",
     "Versions",
     "decode_request",
     "decode_response",
@@ -144,6 +151,22 @@ class PluginRemove(_Request, frozen=True, tag="plugin-remove"):
     purge: bool = False
 
 
+Share = Annotated[float, msgspec.Meta(ge=0, le=100)]
+
+
+class Variants(_Request, frozen=True, tag="variants"):
+    """Variants of a feature: ``set`` the split (``shares``: version or absolute bundle path
+    -> percent), ask their ``status``, ``promote`` one ``version`` or ``abort`` them."""
+
+    action: Literal["set", "status", "promote", "abort"]
+    feature: Name
+    shares: Annotated[dict[PathText, Share], msgspec.Meta(max_length=8)] = {}
+    sticky: Name | None = None
+    shadow: bool | None = None
+    approve: bool = False
+    version: Name | None = None
+
+
 class Plugins(_Request, frozen=True, tag="plugins"):
     """Ask for the installed plugins (a PluginList)."""
 
@@ -160,6 +183,7 @@ Request: TypeAlias = (
     | PluginAdd
     | PluginRemove
     | Plugins
+    | Variants
 )
 
 
@@ -194,6 +218,7 @@ class Snapshot(_Response, frozen=True, tag="snapshot"):
     allowed: int
     denied: int
     features: list[FeatureRow]
+    variants: list[VariantsStatus] = []  # the experiments under way
 
 
 class Result(_Response, frozen=True, tag="result"):
@@ -213,6 +238,13 @@ class Updated(_Response, frozen=True, tag="updated"):
     """What an update or rollback did (or, for a dry run, would do)."""
 
     report: UpdateReport
+
+
+class VariantsReport(_Response, frozen=True, tag="variants-report"):
+    """The variants of a feature (None: it runs none), and the update a promotion made."""
+
+    status: VariantsStatus | None
+    report: UpdateReport | None = None
 
 
 class Versions(_Response, frozen=True, tag="versions"):
@@ -247,7 +279,15 @@ class PluginList(_Response, frozen=True, tag="plugin-list"):
 
 
 Response: TypeAlias = (
-    Snapshot | Result | Done | Updated | Versions | Failure | PluginReview | PluginList
+    Snapshot
+    | Result
+    | Done
+    | Updated
+    | Versions
+    | Failure
+    | PluginReview
+    | PluginList
+    | VariantsReport
 )
 
 _encoder = msgspec.msgpack.Encoder()

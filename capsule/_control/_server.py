@@ -49,6 +49,8 @@ from capsule._control._protocol import (
     Stop,
     Update,
     Updated,
+    Variants,
+    VariantsReport,
     Versions,
     decode_request,
     encode,
@@ -63,7 +65,7 @@ from capsule._control._runs import (
 )
 from capsule._supervisor._rundir import RunDir
 from capsule._supervisor._supervisor import Supervisor
-from capsule.errors import CapsuleError, ProtocolError
+from capsule.errors import CapsuleError, ProtocolError, UpdateError
 
 #: the name audit lines give the control socket itself (never a feature's name)
 CONTROL: Final = "@control"
@@ -105,6 +107,7 @@ def snapshot(sup: Supervisor, *, run: str, started: float) -> Snapshot:
         allowed=stats.allowed,
         denied=stats.denied,
         features=list(stats.features.values()),
+        variants=list(stats.variants.values()),
     )
 
 
@@ -275,7 +278,16 @@ class ControlServer:
         return Done(handle.name, handle.state.value)
 
     async def _act(
-        self, request: Call | Start | Stop | Restart | Update | Rollback | History | PluginRemove
+        self,
+        request: Call
+        | Start
+        | Stop
+        | Restart
+        | Update
+        | Rollback
+        | History
+        | PluginRemove
+        | Variants,
     ) -> Response:
         sup = self.sup
         try:
@@ -289,6 +301,8 @@ class ControlServer:
                 return Updated(report)
             if isinstance(request, Rollback):
                 return Updated(await sup.rollback(request.feature))
+            if isinstance(request, Variants):
+                return await self._variants(request)
             if isinstance(request, History):
                 return Versions(request.feature, list(sup.versions(request.feature)))
             if isinstance(request, PluginRemove):
@@ -312,6 +326,26 @@ class ControlServer:
         except CapsuleError as exc:
             return Failure(type(exc).__name__, str(exc))
         return Done(request.feature, sup.feature(request.feature).state.value)
+
+    async def _variants(self, request: Variants) -> VariantsReport:
+        sup, name = self.sup, request.feature
+        if request.action == "set":
+            status = await sup.set_variants(
+                name,
+                request.shares,
+                sticky=request.sticky,
+                shadow=request.shadow,
+                approve=request.approve,
+            )
+            return VariantsReport(status)
+        if request.action == "promote":
+            if request.version is None:
+                raise UpdateError(name, "promote needs the version to keep")
+            report = await sup.promote_variant(name, request.version)
+            return VariantsReport(sup.variants(name), report)
+        if request.action == "abort":
+            return VariantsReport(await sup.abort_variants(name))
+        return VariantsReport(sup.variants(name))
 
 
 @asynccontextmanager

@@ -38,6 +38,7 @@ from capsule._manifest._model import (
 )
 from capsule._manifest._reader import Table
 from capsule._manifest._updates import UPDATE_IN_BUNDLE, read_update_policy
+from capsule._manifest._variant_policy import read_variant_policy
 from capsule._tokens._caps import Capability, parse_capability
 from capsule._units import parse_size
 from capsule.errors import ConfigError
@@ -275,7 +276,7 @@ def _policy_fs(entry: Table) -> FsApproval | None:
 
 def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
     """One ``[policy.NAME]`` table of an app.toml: what the app approves for NAME."""
-    table.allow(*ACCESS_KEYS, "env", "limits", "update")
+    table.allow(*ACCESS_KEYS, "env", "limits", "update", "variants")
     icc = _icc_and_net(table)
     approvals = [Approval(key=key, capability=cap) for name in icc for key, cap in icc[name]]
     fs: list[FsApproval] = []
@@ -299,6 +300,7 @@ def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
         env=read_env(table),
         limits=read_broker_limits(table.table("limits")),
         update=read_update_policy(table),
+        variants=read_variant_policy(table),
     )
     return policy, tuple(approvals)
 

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_RESTART",
     "DEFAULT_UPDATE_POLICY",
+    "DEFAULT_VARIANT_POLICY",
     "P99_FLOOR",
     "Access",
     "AppManifest",
@@ -37,6 +38,7 @@ __all__ = [
     "Storage",
     "Strategy",
     "UpdatePolicy",
+    "VariantPolicy",
 ]
 
 Mode: TypeAlias = Literal["ro", "rw"]
@@ -162,6 +164,19 @@ class UpdatePolicy(msgspec.Struct, frozen=True, kw_only=True):
     p99_ratio: float = 3.0
 
 
+@final
+class VariantPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How a feature runs variants side by side, from ``variants`` of its ``[policy.NAME]``
+    table in app.toml: what a call is keyed by (``caller`` or ``payload.FIELD``), whether
+    candidates only shadow the control (``shadow``), and whether each variant keeps its own
+    private storage (``storage = "own"``) or all share the feature's (``"shared"``). The
+    guards are those of ``update`` (crashes, error_rate over min_calls, p99_ratio)."""
+
+    sticky: str = "caller"
+    shadow: bool = False
+    storage: Literal["own", "shared"] = "own"
+
+
 #: the p99 latency (seconds) under which a new version never counts as slow, however
 #: small the old version's baseline was
 P99_FLOOR: Final = 0.005
@@ -170,6 +185,7 @@ DEFAULT_LIMITS: Final = Limits()
 DEFAULT_BROKER_LIMITS: Final = BrokerLimits()
 DEFAULT_RESTART: Final = RestartPolicy()
 DEFAULT_UPDATE_POLICY: Final = UpdatePolicy()
+DEFAULT_VARIANT_POLICY: Final = VariantPolicy()
 
 
 @final
@@ -252,6 +268,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     env: tuple[EnvVar, ...] = ()
     limits: BrokerLimits = DEFAULT_BROKER_LIMITS
     update: UpdatePolicy = DEFAULT_UPDATE_POLICY
+    variants: VariantPolicy = DEFAULT_VARIANT_POLICY
 
     def capabilities(self) -> tuple[Capability, ...]:
         """Each approval as the capability it maps to, in the order of ``Access.capabilities``."""
@@ -293,6 +310,11 @@ class AppManifest(msgspec.Struct, frozen=True, kw_only=True):
         default (a plugin's is ``plugins.update``)."""
         policy = self.policies.get(feature)
         return DEFAULT_UPDATE_POLICY if policy is None else policy.update
+
+    def variant_policy(self, feature: str) -> VariantPolicy:
+        """How app feature ``feature`` runs variants: ``variants`` of its ``[policy.NAME]``."""
+        policy = self.policies.get(feature)
+        return DEFAULT_VARIANT_POLICY if policy is None else policy.variants
 
 
 @final

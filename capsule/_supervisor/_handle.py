@@ -14,6 +14,7 @@ from typing import Any, final
 import anyio
 
 from capsule._broker._routes import Peer
+from capsule._broker._variants import VariantRoutes
 from capsule._manifest import FeatureGrant, FeatureManifest
 from capsule._supervisor._instance import Instance
 from capsule._supervisor._restart import RestartTracker
@@ -70,6 +71,7 @@ class FeatureStatistics:
     queue_limit: int = 0  # past it, events to it are dropped (it is told) or it is ended
     update: str | None = None  # a live update under way: "1.0 -> 1.1 (probation)", say
     held: int = 0  # calls held while the route switches versions
+    variants: str | None = None  # an experiment under way: "1.2.0 90% / 1.3.0 10%", say
 
 
 @final
@@ -124,6 +126,9 @@ class FeatureHandle(metaclass=NoPublicConstructor):
         self.renewal_error: str | None = None
         self.update: str | None = None  # what a live update under way is doing, for ps
         self._hold: _Hold | None = None
+        #: while it runs variants side by side: how the broker splits its calls
+        self._variants: VariantRoutes | None = None
+        self.variants: str | None = None  # the experiment under way, in words, for ps
         #: told of every change of state, with the state before (the service announcements)
         self.on_state: Callable[[FeatureHandle, FeatureState], None] | None = None
         self._changed = anyio.Event()
@@ -278,4 +283,5 @@ class FeatureHandle(metaclass=NoPublicConstructor):
             queue_limit=0 if instance is None else instance.peer.conn.queue_limit,
             update=self.update,
             held=self.held,
+            variants=self.variants,
         )

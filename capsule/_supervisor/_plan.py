@@ -53,6 +53,7 @@ class Version:
 
     manifest: FeatureManifest
     grant: FeatureGrant
+    storage: str | None = None  # its private storage's directory name; None: the feature's
 
     @property
     def name(self) -> str:
@@ -121,7 +122,7 @@ class Planner:
         manifest, name = version.manifest, version.name
         for index, mount in enumerate(version.grant.mounts):
             text, token = carriers[mount.view]
-            kind, backing, upper = self.backing(name, mount)
+            kind, backing, upper = self.backing(version.storage or name, mount)
             if kind is not MountKind.PRIVATE:
                 roots[index] = self.dirs.directory(name, mount)
             mounts.append(

@@ -25,6 +25,7 @@ import structlog
 
 from capsule._broker._audit import AuditLog
 from capsule._broker._broker import Broker
+from capsule._broker._variants import VariantRoutes
 from capsule._manifest import App, Candidate, read_candidate
 from capsule._manifest._env import grant_environment
 from capsule._manifest._model import DEFAULT_BROKER_LIMITS
@@ -76,6 +77,8 @@ class PluginInfo:
 class Removed:
     """A plugin that was removed, as the broker sees its name: each call fails at once with
     FeatureUnavailableError saying when (a ``Target`` of ``capsule._broker._calls``)."""
+
+    _variants: VariantRoutes | None = None  # a removed plugin runs no variants
 
     def __init__(self, name: str, version: str, at: float) -> None:
         self.name = name

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import final
 
 from capsule._supervisor._handle import FeatureStatistics
+from capsule._supervisor._variant_stats import VariantsStatus
 
 __all__ = ["SupervisorStatistics"]
 
@@ -28,3 +30,5 @@ class SupervisorStatistics:
     allowed: int
     denied: int
     audit_path: str | None
+    variants: Mapping[str, VariantsStatus] = dataclasses.field(default_factory=dict)
+    """The experiments under way, by feature: a row per variant (see ``set_variants``)."""

@@ -46,6 +46,7 @@ from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._rundir import RunDir
 from capsule._supervisor._stats import SupervisorStatistics
 from capsule._supervisor._update import UpdateReport, Updates
+from capsule._supervisor._variants import Variants, VariantsStatus
 from capsule._supervisor._versions import note_start
 from capsule._supervisor._views import ViewTimeouts
 from capsule._tasks import Services
@@ -67,6 +68,7 @@ __all__ = [
     "Supervisor",
     "SupervisorStatistics",
     "UpdateReport",
+    "VariantsStatus",
     "container_uids",
     "default_state_dir",
 ]
@@ -189,6 +191,18 @@ class Supervisor(metaclass=NoPublicConstructor):
             start_timeout=start_timeout,
             history=history,
         )
+        self._variants = Variants(
+            app,
+            broker=self._broker,
+            authority=self._authority,
+            audit=self._audit,
+            services=self._tg,
+            launch=lambda handle, version: self._launcher.launch(handle, version),  # type: ignore[union-attr]  # noqa: PLW0108
+            adopt=self._adopt,
+            updates=self._updates,
+            state_dir=self.state_dir,
+            stop_timeout=stop_timeout,
+        )
 
     # -- public API -------------------------------------------------------------------
 
@@ -266,13 +280,50 @@ class Supervisor(metaclass=NoPublicConstructor):
         docs/guide/updates.md.
         """
         handle = self.feature(name)
+        if not dry_run:
+            self._variants.refuse_while_running(name, "updated")
         return await self._updates.update(handle, Path(bundle), approve=approve, dry_run=dry_run)
 
     async def rollback(self, name: str) -> UpdateReport:
         """Go back to the version ``name`` ran before its last update: at once (a thaw and a
         switch) while the old one is kept, else a cold start of the previous version in
         the history. UpdateError when there is nothing to roll back to."""
+        self._variants.refuse_while_running(name, "rolled back")
         return await self._updates.rollback(self.feature(name))
+
+    async def set_variants(
+        self,
+        name: str,
+        shares: Mapping[str, float],
+        *,
+        sticky: str | None = None,
+        shadow: bool | None = None,
+        approve: bool = False,
+    ) -> VariantsStatus:
+        """Run versions of ``name`` side by side, the broker splitting its calls by key:
+        ``shares`` maps each version (the running one, one running already, or a bundle
+        directory) to its percent share of the keys. Called again, it ramps the split (a
+        variant whose share does not fall keeps its keys). ``sticky`` (``caller`` or
+        ``payload.FIELD``) and ``shadow`` default to ``variants`` of the feature's policy.
+        UpdateError when it cannot; see docs/guide/variants.md."""
+        handle = self.feature(name)
+        return await self._variants.set(
+            handle, shares, sticky=sticky, shadow=shadow, approve=approve
+        )
+
+    def variants(self, name: str) -> VariantsStatus | None:
+        """The variants ``name`` runs with their figures, or None when it runs none."""
+        self.feature(name)
+        return self._variants.find(name)
+
+    async def promote_variant(self, name: str, version: str) -> UpdateReport | None:
+        """Make ``version`` the only version of ``name``: the other variants stop; a
+        candidate then replaces the running version by a live update (None: it was it)."""
+        return await self._variants.promote(self.feature(name), version)
+
+    async def abort_variants(self, name: str) -> VariantsStatus:
+        """Stop every variant of ``name`` but the running version; returns the last figures."""
+        return await self._variants.abort(self.feature(name))
 
     async def install(
         self, bundle: str | os.PathLike[str], *, approve: bool = False
@@ -316,6 +367,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         payload: Any = None,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - a call's deadline travels with it
+        key: str | None = None,
     ) -> Any:
         """Call ``service`` of ``feature`` with host authority; returns its reply.
 
@@ -323,11 +375,12 @@ class Supervisor(metaclass=NoPublicConstructor):
         fails at once with FeatureUnavailableError if it is stopped or quarantined,
         with FeatureCrashedError if it dies during the call, with RemoteError if the
         handler raised, with FeatureTimeoutError past ``timeout`` seconds (the
-        handler is then cancelled).
+        handler is then cancelled). ``key`` picks the variant of a feature running
+        variants (the same key, the same variant).
         """
         self.feature(feature)
         limit = self.call_timeout if timeout is None else timeout
-        return await self._broker.host_call(feature, service, payload, limit)
+        return await self._broker.host_call(feature, service, payload, limit, key)
 
     def stream(
         self,
@@ -409,6 +462,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             allowed=audit.allowed,
             denied=audit.denied,
             audit_path=audit.path,
+            variants=self._variants.statuses(),
         )
 
     # -- starting containers ----------------------------------------------------------
@@ -525,6 +579,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._closing = True
         with anyio.CancelScope(shield=True):
             try:
+                await self._variants.aclose()  # the candidates stop; the controls serve on
                 await self._updates.aclose()  # no update left half done, no extra container
                 async with self._lock:
                     for name in reversed(self._order):

@@ -144,7 +144,8 @@ class TestApp:
         approval (``{"fs": [{"path": "/data", "volume": "words"}]}``), except ``env``,
         which only the app's policy holds (``{"env": {"LOG_LEVEL": "debug"}}``), and
         ``limits``, its broker limits (``{"limits": {"subscriptions": 16}}``), and ``update``,
-        how a new version takes over (``{"update": {"probation": "1s", "crashes": 1}}``).
+        how a new version takes over (``{"update": {"probation": "1s", "crashes": 1}}``), and
+        ``variants``, how versions run side by side (``{"variants": {"sticky": "caller"}}``).
         ``approve`` adds to the app's approval only (what a later version may ask for).
         """
         if name in self._specs:
@@ -263,7 +264,7 @@ class TestApp:
             if key == "fs"
             else value
             for key, value in spec.policy.items()
-            if key not in {"env", "limits", "update"}  # the app alone sets these
+            if key not in {"env", "limits", "update", "variants"}  # the app alone sets these
         }
         head: dict[str, TomlValue] = {"name": name, "version": spec.version}
         head["entry"] = "inline:feature"
