@@ -36,6 +36,7 @@ from capsule._manifest._model import (
     Policy,
     fs_capability,
 )
+from capsule._manifest._ondemand import START_KEYS, read_start_policy
 from capsule._manifest._reader import Table
 from capsule._manifest._updates import UPDATE_IN_BUNDLE, read_update_policy
 from capsule._tokens._caps import Capability, parse_capability
@@ -275,7 +276,7 @@ def _policy_fs(entry: Table) -> FsApproval | None:
 
 def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
     """One ``[policy.NAME]`` table of an app.toml: what the app approves for NAME."""
-    table.allow(*ACCESS_KEYS, "env", "limits", "update")
+    table.allow(*ACCESS_KEYS, "env", "limits", "update", *START_KEYS)
     icc = _icc_and_net(table)
     approvals = [Approval(key=key, capability=cap) for name in icc for key, cap in icc[name]]
     fs: list[FsApproval] = []
@@ -299,6 +300,7 @@ def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
         env=read_env(table),
         limits=read_broker_limits(table.table("limits")),
         update=read_update_policy(table),
+        start=read_start_policy(table),
     )
     return policy, tuple(approvals)
 

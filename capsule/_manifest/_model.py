@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_BROKER_LIMITS",
     "DEFAULT_LIMITS",
     "DEFAULT_RESTART",
+    "DEFAULT_START",
     "DEFAULT_UPDATE_POLICY",
     "P99_FLOOR",
     "Access",
@@ -34,6 +35,7 @@ __all__ = [
     "Policy",
     "RestartPolicy",
     "Route",
+    "StartPolicy",
     "Storage",
     "Strategy",
     "UpdatePolicy",
@@ -162,6 +164,21 @@ class UpdatePolicy(msgspec.Struct, frozen=True, kw_only=True):
     p99_ratio: float = 3.0
 
 
+@final
+class StartPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """When a feature's container runs, from ``start``, ``idle_stop`` and ``wake_on`` of its
+    ``[policy.NAME]`` table in app.toml.
+
+    ``eager`` (the default): from the app's start until it is stopped. ``on-demand``: no
+    container until a permitted call, stream or event (a topic matching ``wake_on``) needs
+    it, and stopped again after ``idle_stop`` seconds with nothing in flight (None: never).
+    """
+
+    on_demand: bool = False
+    idle_stop: float | None = 300.0
+    wake_on: tuple[str, ...] = ()
+
+
 #: the p99 latency (seconds) under which a new version never counts as slow, however
 #: small the old version's baseline was
 P99_FLOOR: Final = 0.005
@@ -170,6 +187,7 @@ DEFAULT_LIMITS: Final = Limits()
 DEFAULT_BROKER_LIMITS: Final = BrokerLimits()
 DEFAULT_RESTART: Final = RestartPolicy()
 DEFAULT_UPDATE_POLICY: Final = UpdatePolicy()
+DEFAULT_START: Final = StartPolicy()
 
 
 @final
@@ -252,6 +270,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     env: tuple[EnvVar, ...] = ()
     limits: BrokerLimits = DEFAULT_BROKER_LIMITS
     update: UpdatePolicy = DEFAULT_UPDATE_POLICY
+    start: StartPolicy = DEFAULT_START
 
     def capabilities(self) -> tuple[Capability, ...]:
         """Each approval as the capability it maps to, in the order of ``Access.capabilities``."""
@@ -293,6 +312,12 @@ class AppManifest(msgspec.Struct, frozen=True, kw_only=True):
         default (a plugin's is ``plugins.update``)."""
         policy = self.policies.get(feature)
         return DEFAULT_UPDATE_POLICY if policy is None else policy.update
+
+    def start_policy(self, feature: str) -> StartPolicy:
+        """When app feature ``feature`` runs: ``start`` and ``idle_stop`` of its
+        ``[policy.NAME]`` (plugins start eagerly)."""
+        policy = self.policies.get(feature)
+        return DEFAULT_START if policy is None else policy.start
 
 
 @final

@@ -15,6 +15,7 @@ import anyio
 
 from capsule._broker._routes import Peer
 from capsule._manifest import FeatureGrant, FeatureManifest
+from capsule._supervisor._demand import Demand
 from capsule._supervisor._instance import Instance
 from capsule._supervisor._restart import RestartTracker
 from capsule.errors import CapsuleError, FeatureUnavailableError, OverloadedError
@@ -70,6 +71,12 @@ class FeatureStatistics:
     queue_limit: int = 0  # past it, events to it are dropped (it is told) or it is ended
     update: str | None = None  # a live update under way: "1.0 -> 1.1 (probation)", say
     held: int = 0  # calls held while the route switches versions
+    # an on-demand feature (start = "on-demand" in app.toml); zeros and None for an eager one
+    on_demand: bool = False
+    wakes: int = 0  # containers started by a call, stream or event to it while stopped
+    last_wake: float | None = None  # when it last woke (Unix time)
+    time_to_ready: float | None = None  # seconds from that wake to ready
+    idle_left: float | None = None  # seconds until it is stopped as idle, if nothing happens
 
 
 @final
@@ -124,6 +131,9 @@ class FeatureHandle(metaclass=NoPublicConstructor):
         self.renewal_error: str | None = None
         self.update: str | None = None  # what a live update under way is doing, for ps
         self._hold: _Hold | None = None
+        self.demand: Demand | None = None  # an on-demand feature's record (start in app.toml)
+        #: why the last wake of an on-demand feature failed, for the calls it held
+        self.start_failure: CapsuleError | None = None
         #: told of every change of state, with the state before (the service announcements)
         self.on_state: Callable[[FeatureHandle, FeatureState], None] | None = None
         self._changed = anyio.Event()
@@ -177,6 +187,8 @@ class FeatureHandle(metaclass=NoPublicConstructor):
             while self.state is not FeatureState.RUNNING:
                 self._check_state()
                 await self._changed.wait()
+            if self._hold is not None:  # held while it became ready (state moving in)
+                continue
             instance = self.instance
             if instance is not None and instance.ready is not None and not instance.ended.is_set():
                 return instance
@@ -219,11 +231,15 @@ class FeatureHandle(metaclass=NoPublicConstructor):
             if h.grant.alive
         )
 
-    def _check_available(self) -> None:
+    def _check_available(self, caller: str) -> None:
         """Raise if a call must fail now rather than wait; a call that may wait while the
-        route switches versions is counted here (the broker waits for it next)."""
+        route switches versions is counted here (the broker waits for it next). ``caller``'s
+        request is authorized already: a stopped on-demand feature is woken for it here."""
         hold = self._hold
         if hold is None:
+            demand = self.demand
+            if demand is not None and self.state is FeatureState.STOPPED and not self.wanted:
+                demand.wake(caller)
             self._check_state()
             return
         if hold.waiting >= hold.limit:
@@ -239,6 +255,8 @@ class FeatureHandle(metaclass=NoPublicConstructor):
                 self.name, f"is quarantined after too many restarts (last: {self.last_exit})"
             )
         if self.state is FeatureState.STOPPED and not self.wanted:
+            if self.start_failure is not None:
+                raise self.start_failure
             raise FeatureUnavailableError(self.name, "is stopped")
 
     def statistics(self) -> FeatureStatistics:
@@ -246,10 +264,14 @@ class FeatureHandle(metaclass=NoPublicConstructor):
         stats = None if instance is None else instance.statistics()
         view = None if instance is None else instance.view
         running = instance is not None and not instance.ended.is_set()
+        demand = self.demand
+        state = self.state.value
+        if demand is not None and self.state is FeatureState.STOPPED:
+            state = "stopped (on-demand)"
         return FeatureStatistics(
             name=self.name,
             version=self.manifest.version,
-            state=self.state.value,
+            state=state,
             pid=instance.pid if running and instance is not None else None,
             restarts=self.restarts.total,
             calls_total=0 if instance is None else instance.calls_total,
@@ -278,4 +300,11 @@ class FeatureHandle(metaclass=NoPublicConstructor):
             queue_limit=0 if instance is None else instance.peer.conn.queue_limit,
             update=self.update,
             held=self.held,
+            on_demand=demand is not None,
+            wakes=0 if demand is None else demand.wakes,
+            last_wake=None if demand is None else demand.last_wake,
+            time_to_ready=None if demand is None else demand.time_to_ready,
+            idle_left=None
+            if demand is None or not running
+            else demand.idle_left(anyio.current_time()),
         )

@@ -38,6 +38,7 @@ from capsule._supervisor._handle import (
 from capsule._supervisor._history import History, VersionRecord
 from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._launch import Launcher
+from capsule._supervisor._ondemand import OnDemand
 from capsule._supervisor._plan import Planner, Version, container_uids, default_state_dir
 from capsule._supervisor._plugins import PluginInfo, Plugins
 from capsule._supervisor._recovery import Recovery
@@ -153,6 +154,18 @@ class Supervisor(metaclass=NoPublicConstructor):
             launch=self._launch,
             stop=self._stop,
             closing=lambda: self._closing,
+        )
+        self._ondemand = OnDemand(
+            app,
+            handles=self._handles,
+            lock=self._lock,
+            broker=self._broker,
+            audit=self._audit,
+            services=self._tg,
+            launch=self._launch,
+            stop=self._stop,
+            closing=lambda: self._closing,
+            timeout=start_timeout,
         )
         self._plugins = Plugins(
             app,
@@ -455,8 +468,9 @@ class Supervisor(metaclass=NoPublicConstructor):
             isolation=isolation.level,
             missing=list(isolation.missing),
         )
+        self._tg.start_soon(self._ondemand.run)
         async with self._lock:
-            for name in self._order:
+            for name in filter(self._ondemand.eager, self._order):  # on-demand: when needed
                 handle = self._handles[name]
                 handle.wanted = True
                 await self._launch(handle)
