@@ -141,7 +141,7 @@ class CallRouter:
         with anyio.move_on_after(route.deadline - anyio.current_time()):
             try:
                 callee = await target._wait_peer()
-            except FeatureUnavailableError as exc:
+            except FeatureError as exc:  # unavailable, or its start failed
                 self.finish(route, error=error_for(route.caller_id, exc))
                 return
             if route.live:

@@ -278,7 +278,8 @@ class FeatureHandle(metaclass=NoPublicConstructor):
             calls_in_flight=0 if instance is None else instance.in_flight,
             messages=0 if instance is None else instance.peer.messages,
             denied=0 if instance is None else instance.peer.denied,
-            events_dropped=0 if instance is None else instance.peer.conn.dropped,
+            events_dropped=(0 if instance is None else instance.peer.conn.dropped)
+            + (0 if demand is None else demand.events_dropped),
             uptime=anyio.current_time() - instance.started_at if running and instance else None,
             last_exit=self.last_exit,
             memory_current=None if stats is None else stats.memory_current,

@@ -71,6 +71,7 @@ class OnDemand:
         stop: Callable[[FeatureHandle], Awaitable[None]],
         closing: Callable[[], bool],
         timeout: float,
+        grace: float,
     ) -> None:
         self._app = app
         self._handles = handles
@@ -82,6 +83,7 @@ class OnDemand:
         self._stop = stop
         self._closing = closing
         self._timeout = timeout  # for export_state and import_state (the start timeout)
+        self._grace = grace  # for on_stop (the stop timeout)
         self._buckets: dict[str, _Bucket] = {}
         self._stopping: set[str] = set()
         #: the topics each on-demand feature is granted to subscribe to: what it hears of
@@ -149,13 +151,34 @@ class OnDemand:
         async with self._lock:
             if self._closing() or not handle.wanted or handle.state is not FeatureState.STOPPED:
                 return  # stopped again meanwhile, or started by other means
-            problem = await self._bring_up(handle)
-            if problem is not None:
-                self._failed(handle, problem)
+            await self._bring_up(handle)
 
     async def _bring_up(self, handle: FeatureHandle) -> CapsuleError | None:
         """Start ``handle`` (lock held), after the on-demand features it requires; what
-        went wrong, or None once it is ready (with its carried state imported)."""
+        went wrong (its held calls are answered with it), or None once it is ready."""
+        demand = handle.demand
+        assert demand is not None  # noqa: S101 - only on-demand features are woken
+        carried = demand.state
+        # calls wait until its state is back and the events that woke it are delivered
+        handle._hold_calls(self._app.manifest.update_policy(handle.name).queue)
+        try:
+            problem = await self._requirements(handle)
+            if problem is None:
+                await self._launch(handle)
+                if not handle.running:
+                    problem = handle.last_error or FeatureStartError(handle.name, "did not start")
+            if problem is not None:
+                self._failed(handle, problem)
+                return problem
+            if carried is not None:
+                await self._import(handle, demand, carried)
+            self._ready(handle, demand)
+            return None
+        finally:
+            handle._release()
+
+    async def _requirements(self, handle: FeatureHandle) -> CapsuleError | None:
+        """Start the stopped on-demand features ``handle`` requires, first."""
         for dep in handle.manifest.requires:
             other = self._handles.get(dep)
             if other is None or other.demand is None or other.running:
@@ -164,25 +187,9 @@ class OnDemand:
                 self._note_wake(other, f"required by {handle.name}")
             problem = await self._bring_up(other)
             if problem is not None:
-                self._failed(other, problem)
                 return FeatureStartError(
                     handle.name, f"requires {dep!r}, which did not start: {problem}"
                 )
-        demand = handle.demand
-        assert demand is not None  # noqa: S101 - only on-demand features are woken
-        carried = demand.state
-        if carried is not None:  # calls wait until its state is back
-            handle._hold_calls(self._app.manifest.update_policy(handle.name).queue)
-        try:
-            await self._launch(handle)
-            if carried is not None and handle.running:
-                await self._import(handle, demand, carried)
-        finally:
-            if carried is not None:
-                handle._release()
-        if not handle.running:
-            return handle.last_error or FeatureStartError(handle.name, "did not start")
-        self._ready(handle, demand)
         return None
 
     def _ready(self, handle: FeatureHandle, demand: Demand) -> None:
@@ -329,9 +336,11 @@ class OnDemand:
                 handle._hold_calls(self._app.manifest.update_policy(handle.name).queue)
                 try:
                     kept = await self._export(handle, instance, demand)
-                    await self._stop(handle)
-                    with anyio.move_on_after(self._timeout):
+                    handle._set(FeatureState.STOPPING)
+                    await instance.stop(self._grace)  # on_stop runs; then its tokens go
+                    with anyio.move_on_after(self._timeout):  # and its view and cgroup
                         await instance.released.wait()
+                    await self._stop(handle)  # stopped (on-demand) once nothing is left
                     demand.idle_since = None
                     self._audit.record(
                         "idle-stop",

@@ -166,6 +166,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             stop=self._stop,
             closing=lambda: self._closing,
             timeout=start_timeout,
+            grace=stop_timeout,
         )
         self._plugins = Plugins(
             app,
