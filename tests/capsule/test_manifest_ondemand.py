@@ -21,7 +21,7 @@ def test_a_start_policy_is_read_with_units_and_defaults(tmp_path: Path) -> None:
         '[policy.c]\nstart = "on-demand"\nidle_stop = "never"\n'
         '[policy.d]\nstart = "eager"\n'
     )
-    app = load_app(make_app(tmp_path, {n: "" for n in "abcde"}, policy))
+    app = load_app(make_app(tmp_path, dict.fromkeys("abcde", ""), policy))
     start = app.manifest.start_policy
     assert start("a") == StartPolicy(on_demand=True, idle_stop=120.0, wake_on=("notes.*",))
     assert start("b") == StartPolicy(on_demand=True, idle_stop=300.0)
@@ -36,11 +36,11 @@ def test_a_start_policy_is_read_with_units_and_defaults(tmp_path: Path) -> None:
     [
         ('start = "lazy"', "policy.a.start", '"lazy" is not one of "eager", "on-demand"'),
         ("start = true", "policy.a.start", "found boolean true"),
-        ('start = "on-demand"\nidle_stop = "5"', "policy.a.idle_stop", 'or "never", found string "5"'),
+        ('start = "on-demand"\nidle_stop = "5"', "policy.a.idle_stop", 'found string "5"'),
         ('start = "on-demand"\nidle_stop = 5', "policy.a.idle_stop", "found integer 5"),
         ('start = "on-demand"\nidle_stop = "10ms"', "policy.a.idle_stop", "at least 50ms"),
         ('start = "on-demand"\nwake_on = ["Notes Saved"]', "policy.a.wake_on[0]", "not a topic"),
-        ('start = "on-demand"\nwake_on = "notes.*"', "policy.a.wake_on", 'expected an array, found string "notes.*"'),
+        ('start = "on-demand"\nwake_on = "notes.*"', "policy.a.wake_on", "expected an array"),
         ('idle_stop = "5m"', "policy.a.idle_stop", 'add start = "on-demand"'),
         ('start = "eager"\nwake_on = ["a.b"]', "policy.a.wake_on", "on-demand feature only"),
         ('strat = "on-demand"', "policy.a.strat", 'did you mean "start"'),
