@@ -32,16 +32,18 @@ __all__ = [
 
 _PS_COLUMNS: Final = (
     "FEATURE", "VERSION", "STATE", "PID", "RESTARTS", "UPTIME", "MEMORY", "CALLS", "DENIED",
-    "FS-DENIED", "SUBS", "DELEG", "QUEUED",
+    "FS-DENIED", "SUBS", "DELEG", "QUEUED", "WAKES", "IDLE-STOP",
 )  # fmt: skip
 _RATE_COLUMNS: Final = ("MSG/S", "CALL/S", "CPU%")
 _NUMERIC: Final = frozenset(
     {"PID", "RESTARTS", "UPTIME", "MEMORY", "CALLS", "DENIED", "FS-DENIED", "SUBS", "DELEG"}
-    | {"QUEUED"}
+    | {"QUEUED", "WAKES", "IDLE-STOP"}
 )
 _UNITS: Final = ("B", "KiB", "MiB", "GiB", "TiB")
 #: columns a narrow terminal loses first, in this order
 _DROP_FIRST: Final = (
+    "IDLE-STOP",
+    "WAKES",
     "VERSION",
     "QUEUED",
     "DELEG",
@@ -138,6 +140,14 @@ def _of(row: FeatureRow, used: int, limit: int) -> str:
     return "-" if row.pid is None else f"{used}/{limit}"
 
 
+def _wakes(row: FeatureRow) -> str:
+    """An on-demand feature's wakes and its last time to ready: ``3 (0.21s)``."""
+    if not row.on_demand:
+        return "-"
+    ready = "" if row.time_to_ready is None else f" ({row.time_to_ready:.2f}s)"
+    return f"{row.wakes}{ready}"
+
+
 def _row(row: FeatureRow, rate: Rates | None, *, with_rates: bool) -> list[str]:
     cells = [
         row.name,
@@ -153,6 +163,8 @@ def _row(row: FeatureRow, rate: Rates | None, *, with_rates: bool) -> list[str]:
         _of(row, row.subscriptions, row.subscriptions_limit),
         _of(row, row.delegations, row.delegations_limit),
         "-" if row.pid is None else human_size(row.queued),
+        _wakes(row),
+        "-" if row.idle_left is None else human_duration(row.idle_left),
     ]
     if with_rates:
         cells += [
@@ -240,17 +252,23 @@ def rich_view(
 
 
 def _row_fields(row: FeatureRow, rate: Rates | None) -> dict[str, Any]:
-    return {
-        "feature": row.name,
-        "state": row.state,
-        "pid": row.pid,
-        "restarts": row.restarts,
-        "calls": row.calls_total,
-        "msgs_per_s": None if rate is None or rate.messages is None else round(rate.messages, 2),
-        "denied": row.denied,
-        "files_denied": row.files_denied,
-        "memory": row.memory_current,
-    } | ({"renewal_error": row.renewal_error} if row.renewal_error else {})
+    return (
+        {
+            "feature": row.name,
+            "state": row.state,
+            "pid": row.pid,
+            "restarts": row.restarts,
+            "calls": row.calls_total,
+            "msgs_per_s": None
+            if rate is None or rate.messages is None
+            else round(rate.messages, 2),
+            "denied": row.denied,
+            "files_denied": row.files_denied,
+            "memory": row.memory_current,
+        }
+        | ({"renewal_error": row.renewal_error} if row.renewal_error else {})
+        | ({"wakes": row.wakes, "idle_left": row.idle_left} if row.on_demand else {})
+    )
 
 
 def status_lines(snapshot: Snapshot, found: Mapping[str, Rates], *, log_format: str) -> list[str]:

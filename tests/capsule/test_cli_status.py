@@ -59,7 +59,7 @@ def test_text_table_aligns_one_row_per_feature() -> None:
     assert columns.split()[-3:] == ["MSG/S", "CALL/S", "CPU%"]
     assert first.split() == [
         *("spellcheck", "1.0.0", "running", "7", "0", "1m01s", "3.0MiB", "0", "1", "2"),
-        *("3/1024", "0/64", "2.0KiB", "-", "-", "-"),
+        *("3/1024", "0/64", "2.0KiB", "-", "-", "-", "-", "-"),
     ]
     assert second.split()[2:7] == ["stopped", "-", "0", "-", "-"]
     assert second.split()[10:13] == ["-", "-", "-"]  # not running: it holds nothing
@@ -88,9 +88,10 @@ def test_a_narrow_terminal_loses_the_least_needed_columns_first() -> None:
     snapshot = _snapshot(1.0, _row("spellcheck"), _row("b", pid=None))
     every = [
         *("FEATURE", "VERSION", "STATE", "PID", "RESTARTS", "UPTIME", "MEMORY", "CALLS"),
-        *("DENIED", "FS-DENIED", "SUBS", "DELEG", "QUEUED", "MSG/S", "CALL/S", "CPU%"),
+        *("DENIED", "FS-DENIED", "SUBS", "DELEG", "QUEUED", "WAKES", "IDLE-STOP"),
+        *("MSG/S", "CALL/S", "CPU%"),
     ]
-    gone = {"VERSION", "QUEUED", "DELEG", "SUBS", "FS-DENIED", "CALL/S"}
+    gone = {"IDLE-STOP", "WAKES", "VERSION", "QUEUED", "DELEG", "SUBS", "FS-DENIED", "CALL/S"}
     narrow = [c for c in every if c not in gone]
     for width, columns in [(200, every), (80, narrow)]:
         console = Console(file=io.StringIO(), width=width, record=True, color_system=None)
@@ -111,3 +112,20 @@ def test_a_failing_token_renewal_is_shown_under_the_table_and_in_status_lines() 
     status = status_lines(snapshot, {}, log_format="json")
     assert "renewal_error" not in json.loads(status[0])
     assert json.loads(status[1])["renewal_error"] == "renewing token ab failed: down"
+
+
+def test_an_on_demand_feature_shows_its_wakes_and_idle_time_left() -> None:
+    awake = dataclasses.replace(
+        _row("exporter"), on_demand=True, wakes=3, time_to_ready=0.214, idle_left=42.0
+    )
+    asleep = dataclasses.replace(
+        _row("plugin", pid=None), state="stopped (on-demand)", on_demand=True, wakes=0
+    )
+    text = text_table(_snapshot(1.0, awake, asleep))
+    _, columns, first, second = text.splitlines()
+    assert columns.split()[-2:] == ["WAKES", "IDLE-STOP"]
+    assert first.split()[-3:] == ["3", "(0.21s)", "42s"]
+    assert "stopped (on-demand)" in second
+    assert second.split()[-2:] == ["0", "-"]
+    fields = json.loads(status_lines(_snapshot(1.0, awake), {}, log_format="json")[0])
+    assert (fields["wakes"], fields["idle_left"]) == (3, 42.0)
