@@ -168,6 +168,7 @@ class Memory:
 async def measure_memory(root: Path, sizes: Sizes) -> Memory:
     names = [f"f{index:03d}" for index in range(sizes.features)]
     lazy = {"start": "on-demand", "idle_stop": "never"}
+    await _heap(root / "warm", {name: {} for name in names[:WOKEN]}, 0)  # imports, caches
     on_demand = await _heap(root / "lazy", dict.fromkeys(names, lazy), WOKEN)
     all_eager = await _heap(root / "eager", {name: {} for name in names}, 0)
     five = await _heap(root / "five", {name: {} for name in names[:WOKEN]}, 0)

@@ -6,9 +6,8 @@ Plain records: no I/O, no timers, and the carried state is opaque bytes it never
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
-from typing import Final, final
+from typing import Any, Final, final
 
 import msgspec
 
@@ -50,17 +49,18 @@ class Demand:
         "woken_at",
     )
 
-    def __init__(self, policy: StartPolicy, wake: Callable[[str], None]) -> None:
+    def __init__(self, policy: StartPolicy, wake: Callable[[Any, str], None]) -> None:
         self.policy = policy
-        #: wakes it for a caller whose request the broker authorized (raises OverloadedError
-        #: past the caller's wake rate); the handle calls it for a call to it while stopped
+        #: ``wake(handle, caller)`` wakes it for a caller whose request the broker authorized
+        #: (raises OverloadedError past the caller's wake rate); its handle calls it for a
+        #: call to it while stopped. One function shared by every feature of the app.
         self.wake = wake
         self.wakes = 0
         self.last_wake: float | None = None  # Unix time of the last wake
         self.woken_at: float | None = None  # event-loop time the running wake began
         self.time_to_ready: float | None = None  # seconds from the last wake to ready
         self.idle_since: float | None = None  # event-loop time it last became idle
-        self.events: deque[HeldEvent] = deque()
+        self.events: list[HeldEvent] = []  # a list: most features never hold one
         self.events_bytes = 0
         self.events_dropped = 0  # events to it while stopped that no wake_on matched, or past
         #: what its export_state returned at its last idle stop, for its next import_state
@@ -78,8 +78,7 @@ class Demand:
         return True
 
     def take_events(self) -> list[HeldEvent]:
-        events = list(self.events)
-        self.events.clear()
+        events, self.events = self.events, []
         self.events_bytes = 0
         return events
 

@@ -239,7 +239,7 @@ class FeatureHandle(metaclass=NoPublicConstructor):
         if hold is None:
             demand = self.demand
             if demand is not None and self.state is FeatureState.STOPPED and not self.wanted:
-                demand.wake(caller)
+                demand.wake(self, caller)
             self._check_state()
             return
         if hold.waiting >= hold.limit:

@@ -9,7 +9,6 @@ stop is bytes it never decodes.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, final
@@ -89,12 +88,13 @@ class OnDemand:
         #: the topics each on-demand feature is granted to subscribe to: what it hears of
         #: while stopped (a stopped container holds no subscription of its own)
         self._subscribes: dict[str, tuple[str, ...]] = {}
+        wake = self._wake  # one bound method for every feature
         for name in app.start_order:
             policy = app.manifest.start_policy(name)
             if not policy.on_demand:
                 continue
             handle = handles[name]
-            handle.demand = Demand(policy, functools.partial(self._wake, handle))
+            handle.demand = Demand(policy, wake)
             self._subscribes[name] = tuple(
                 cap.target
                 for cap in app.grants[name].capabilities
