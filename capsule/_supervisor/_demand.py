@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final, final
 
+import anyio
 import msgspec
 
 from capsule._manifest._model import StartPolicy
@@ -41,6 +42,7 @@ class Demand:
         "idle_since",
         "last_wake",
         "policy",
+        "starting",
         "state",
         "state_version",
         "time_to_ready",
@@ -65,6 +67,7 @@ class Demand:
         self.events_dropped = 0  # events to it while stopped that no wake_on matched, or past
         #: what its export_state returned at its last idle stop, for its next import_state
         self.state: bytes | None = None
+        self.starting: anyio.Event | None = None  # set once the start under way is done
         self.state_version = ""
 
     def hold(self, event: HeldEvent) -> bool:

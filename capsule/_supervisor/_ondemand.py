@@ -148,10 +148,18 @@ class OnDemand:
         self._audit.record("wake", feature=handle.name, decision="operate", reason=why)
 
     async def _start(self, handle: FeatureHandle) -> None:
-        async with self._lock:
-            if self._closing() or not handle.wanted or handle.state is not FeatureState.STOPPED:
-                return  # stopped again meanwhile, or started by other means
-            await self._bring_up(handle)
+        """Without the supervisor's lock: the request that woke it may come from a feature
+        being started under that lock (an ``on_start`` hook calling it)."""
+        demand = handle.demand
+        if (
+            self._closing()
+            or not handle.wanted
+            or handle.state is not FeatureState.STOPPED
+            or demand is None
+            or demand.starting is not None
+        ):
+            return  # stopped again meanwhile, or started by other means
+        await self._bring_up(handle)
 
     async def _bring_up(self, handle: FeatureHandle) -> CapsuleError | None:
         """Start ``handle`` (lock held), after the on-demand features it requires; what
@@ -159,6 +167,7 @@ class OnDemand:
         demand = handle.demand
         assert demand is not None  # noqa: S101 - only on-demand features are woken
         carried = demand.state
+        starting = demand.starting = anyio.Event()  # one start at a time (single flight)
         # calls wait until its state is back and the events that woke it are delivered
         handle._hold_calls(self._app.manifest.update_policy(handle.name).queue)
         try:
@@ -176,6 +185,8 @@ class OnDemand:
             return None
         finally:
             handle._release()
+            demand.starting = None
+            starting.set()
 
     async def _requirements(self, handle: FeatureHandle) -> CapsuleError | None:
         """Start the stopped on-demand features ``handle`` requires, first."""
@@ -183,9 +194,14 @@ class OnDemand:
             other = self._handles.get(dep)
             if other is None or other.demand is None or other.running:
                 continue
-            if not other.wanted:
-                self._note_wake(other, f"required by {handle.name}")
-            problem = await self._bring_up(other)
+            started = other.demand.starting
+            if started is not None:  # woken already: wait for that start
+                await started.wait()
+                problem = None if other.running else other.start_failure or other.last_error
+            else:
+                if not other.wanted:
+                    self._note_wake(other, f"required by {handle.name}")
+                problem = await self._bring_up(other)
             if problem is not None:
                 return FeatureStartError(
                     handle.name, f"requires {dep!r}, which did not start: {problem}"

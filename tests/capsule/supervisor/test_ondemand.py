@@ -96,6 +96,26 @@ async def test_a_denied_call_does_not_wake_an_on_demand_feature(tmp_path: Path) 
 
 
 @pytest.mark.trio
+async def test_an_eager_feature_starting_calls_an_on_demand_one_from_its_on_start(
+    tmp_path: Path,
+) -> None:
+    app = lazy_app(tmp_path, idle_stop="never")
+    early = app.feature("early", limits=LIMITS, policy={"call": ["lazy.echo"]})
+    early.service("echo")(echo)
+
+    @early.on_start
+    async def _(ctx: Context) -> None:  # while the supervisor starts the app
+        await ctx.call("lazy", "echo", "first")
+
+    with trio.fail_after(30):
+        async with app.open(start_timeout=20) as sup:
+            assert sup.feature("early").statistics().restarts == 0
+            assert sup.feature("lazy").statistics().wakes == 1
+            assert trio.current_time() - sup.feature("early").instance.started_at < 10
+    assert capsule.testing.leftovers() == []
+
+
+@pytest.mark.trio
 async def test_two_hundred_concurrent_first_calls_start_one_container(tmp_path: Path) -> None:
     app = lazy_app(tmp_path, idle_stop="never")
     answers: list[int] = []
