@@ -180,8 +180,13 @@ def print_memory(memory: Memory, sizes: Sizes) -> dict[str, Any]:
     met = ratio <= MEMORY_RATIO_TARGET
     target = f"<= {MEMORY_RATIO_TARGET:g}x the {WOKEN} eager"
     rows = [
-        (f"FLOOR: an app of {WOKEN} eager features", f"{memory.five_eager / KiB:.0f}")
-        + ("1.00x", "-", "-"),
+        (
+            f"FLOOR: an app of {WOKEN} eager features",
+            f"{memory.five_eager / KiB:.0f}",
+            "1.00x",
+            "-",
+            "-",
+        ),
         (
             f"{sizes.features} on-demand features, {WOKEN} woken",
             f"{memory.on_demand / KiB:.0f}",
