@@ -213,17 +213,22 @@ def text_table(snapshot: Snapshot, found: Mapping[str, Rates] | None = None) -> 
             for cell, width, column in zip(cells, widths, columns, strict=True)
         ]
         lines.append("  ".join(padded).rstrip())
-    lines += _renewal_errors(snapshot)
+    lines += _failures(snapshot)
     return "\n".join(lines) + "\n"
 
 
-def _renewal_errors(snapshot: Snapshot) -> list[str]:
+def _failures(snapshot: Snapshot) -> list[str]:
     """A line for each feature whose tokens could not be renewed (it loses access when they
-    lapse), so that no failure stays out of sight."""
+    lapse), and for each on-demand feature whose last wake failed to start it, so that no
+    failure stays out of sight."""
     return [
         f"{row.name}: token renewal failing ({row.renewals_failed} failed): {row.renewal_error}"
         for row in snapshot.features
         if row.renewal_error
+    ] + [
+        f"{row.name}: its last wake {row.last_exit}"
+        for row in snapshot.features
+        if row.on_demand and row.pid is None and (row.last_exit or "").startswith("failed to start")
     ]
 
 
@@ -245,7 +250,7 @@ def rich_view(
     for row, cells in zip(snapshot.features, rows, strict=True):
         table.add_row(*(Text(cells[i]) for i in shown), style=styles.get(row.state, "dim"))
     parts: list[RenderableType] = [Text(header(snapshot), style="bold"), table]
-    parts += [Text(line, style="bold red") for line in _renewal_errors(snapshot)]
+    parts += [Text(line, style="bold red") for line in _failures(snapshot)]
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)

@@ -176,6 +176,9 @@ class OnDemand:
                 await self._launch(handle)
                 if not handle.running:
                     problem = handle.last_error or FeatureStartError(handle.name, "did not start")
+                elif self._closing():  # the app closed while it started: nothing may outlive it
+                    await self._stop(handle)
+                    problem = FeatureStartError(handle.name, "the app is closing")
             if problem is not None:
                 self._failed(handle, problem)
                 return problem

@@ -129,3 +129,18 @@ def test_an_on_demand_feature_shows_its_wakes_and_idle_time_left() -> None:
     assert second.split()[-2:] == ["0", "-"]
     fields = json.loads(status_lines(_snapshot(1.0, awake), {}, log_format="json")[0])
     assert (fields["wakes"], fields["idle_left"]) == (3, 42.0)
+
+
+def test_a_failed_wake_is_shown_under_the_table() -> None:
+    failed = dataclasses.replace(
+        _row("exporter", pid=None),
+        state="stopped (on-demand)",
+        on_demand=True,
+        wakes=1,
+        last_exit="failed to start: feature 'exporter': loading its code failed: disk full",
+    )
+    lines = text_table(_snapshot(1.0, failed)).splitlines()
+    assert lines[-1] == (
+        "exporter: its last wake failed to start: feature 'exporter': "
+        "loading its code failed: disk full"
+    )
