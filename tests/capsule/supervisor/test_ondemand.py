@@ -116,6 +116,34 @@ async def test_an_eager_feature_starting_calls_an_on_demand_one_from_its_on_star
 
 
 @pytest.mark.trio
+async def test_a_stream_wakes_it_and_stop_puts_it_back_to_sleep(tmp_path: Path) -> None:
+    app = lazy_app(tmp_path, idle_stop="never")
+    lazy = app.feature("counter", limits=LIMITS, policy={"start": "on-demand"})
+
+    @lazy.service("count")
+    async def _(ctx: Context, request: Any) -> Any:
+        for n in range(request):
+            yield n
+
+    with trio.fail_after(30):
+        async with app.open() as sup:
+            async with sup.stream("counter", "count", 3) as items:
+                assert [item async for item in items] == [0, 1, 2]
+            assert sup.feature("counter").statistics().wakes == 1
+            instance = sup.feature("counter").instance
+            assert instance is not None
+            await sup.stop("counter")
+            await instance.released.wait()  # its view and cgroup go just after the stop
+            stats = sup.feature("counter").statistics()
+            assert (stats.state, stats.pid) == ("stopped (on-demand)", None)
+            assert traces(sup, "counter") == []
+            async with sup.stream("counter", "count", 2) as items:
+                assert [item async for item in items] == [0, 1]
+            assert sup.feature("counter").statistics().wakes == 2
+    assert capsule.testing.leftovers() == []
+
+
+@pytest.mark.trio
 async def test_two_hundred_concurrent_first_calls_start_one_container(tmp_path: Path) -> None:
     app = lazy_app(tmp_path, idle_stop="never")
     answers: list[int] = []
