@@ -107,6 +107,14 @@ class OnDemand:
         """Whether ``name`` starts with the app (False: when first needed)."""
         return name not in self._subscribes
 
+    async def settled(self, handle: FeatureHandle) -> None:
+        """Wait for a wake of ``handle`` under way to end (before a start, stop or restart
+        of it, which must not run beside the wake)."""
+        demand = handle.demand
+        starting = None if demand is None else demand.starting
+        if starting is not None:
+            await starting.wait()
+
     # -- waking -------------------------------------------------------------------------
 
     def _wake(self, handle: FeatureHandle, caller: str) -> None:
@@ -216,6 +224,19 @@ class OnDemand:
         if demand.woken_at is not None:
             demand.time_to_ready = now - demand.woken_at
         demand.idle_since = now
+        delivered = self._deliver_held(handle, demand)
+        ready = "-" if demand.time_to_ready is None else f"{demand.time_to_ready:.3f}s"
+        self._audit.record(
+            "wake",
+            feature=handle.name,
+            decision="operate",
+            reason=f"ready in {ready}; {delivered} held events delivered",
+        )
+        _log.info("on-demand feature woke", feature=handle.name, ready=ready, events=delivered)
+
+    def _deliver_held(self, handle: FeatureHandle, demand: Demand) -> int:
+        """Deliver the events kept for it through its own subscriptions; those none of them
+        matches are counted as dropped. Returns how many were delivered."""
         instance = handle.instance
         events = demand.take_events()
         delivered = 0
@@ -225,14 +246,7 @@ class OnDemand:
                     instance.peer, event.topic, event.payload, event.sender
                 )
         demand.events_dropped += len(events) - delivered
-        ready = "-" if demand.time_to_ready is None else f"{demand.time_to_ready:.3f}s"
-        self._audit.record(
-            "wake",
-            feature=handle.name,
-            decision="operate",
-            reason=f"ready in {ready}; {delivered} held events delivered",
-        )
-        _log.info("on-demand feature woke", feature=handle.name, ready=ready, events=delivered)
+        return delivered
 
     def _failed(self, handle: FeatureHandle, problem: CapsuleError) -> None:
         """A wake failed: every call held for it gets ``problem``. It counted against its
@@ -321,6 +335,8 @@ class OnDemand:
                 if not handle.running or instance is None:
                     demand.idle_since = None
                     continue
+                if demand.events and demand.starting is None:  # started by sup.start
+                    self._deliver_held(handle, demand)
                 activity = (id(instance), instance.calls_total + instance.peer.messages)
                 if seen.get(name) != activity or not await self._idle(handle):
                     seen[name] = activity

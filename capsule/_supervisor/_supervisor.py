@@ -233,6 +233,7 @@ class Supervisor(metaclass=NoPublicConstructor):
     async def start(self, name: str) -> None:
         """Start a stopped feature and wait until it is ready (FeatureStartError otherwise)."""
         handle = self.feature(name)
+        await self._ondemand.settled(handle)
         async with self._lock:
             if handle.state is FeatureState.RUNNING:
                 return
@@ -245,6 +246,7 @@ class Supervisor(metaclass=NoPublicConstructor):
     async def stop(self, name: str) -> None:
         """Stop a feature (stop message, grace period, then SIGKILL); it stays stopped."""
         handle = self.feature(name)
+        await self._ondemand.settled(handle)
         async with self._lock:
             handle.wanted = False
             await self._stop(handle)
@@ -252,6 +254,7 @@ class Supervisor(metaclass=NoPublicConstructor):
     async def restart(self, name: str) -> None:
         """Stop and start a feature again (not counted against its restart limit)."""
         handle = self.feature(name)
+        await self._ondemand.settled(handle)
         async with self._lock:
             handle.wanted = True
             await self._stop(handle, keep_wanted=True)
