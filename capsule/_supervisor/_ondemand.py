@@ -170,8 +170,9 @@ class OnDemand:
         await self._bring_up(handle)
 
     async def _bring_up(self, handle: FeatureHandle) -> CapsuleError | None:
-        """Start ``handle`` (lock held), after the on-demand features it requires; what
-        went wrong (its held calls are answered with it), or None once it is ready."""
+        """Start ``handle``, after the on-demand features it requires; what went wrong (its
+        held calls are answered with it), or None once it is ready. Two features may start
+        at once this way, as an update starts a version beside the running one."""
         demand = handle.demand
         assert demand is not None  # noqa: S101 - only on-demand features are woken
         carried = demand.state
