@@ -157,7 +157,7 @@ def check_app(path: str | os.PathLike[str]) -> CheckReport:
     _check_policies(app, features, unreadable.__contains__)
     graph = {name: [dep for _, dep in parsed.requires] for name, parsed in features.items()}
     check_requires(features, graph, unreadable.__contains__)
-    check_on_demand(features, app.policies)
+    check_on_demand(features, app)
     check_routes(features, unreadable.__contains__, plugins=app.plugins is not None)
     grants = {
         name: grant_feature(parsed, app.policies.get(name), app.volumes, app.doc)

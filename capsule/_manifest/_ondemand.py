@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Final
 
 from capsule._manifest._model import DEFAULT_START, StartPolicy
 from capsule._manifest._reader import Table, describe
-from capsule._tokens._caps import parse_capability
+from capsule._tokens._caps import parse_capability, target_covers
 from capsule._units import parse_duration
 from capsule.errors import ConfigError
 
 if TYPE_CHECKING:
-    from capsule._manifest._app import ParsedPolicy
+    from capsule._manifest._app import ParsedApp
     from capsule._manifest._feature import ParsedFeature
 
 __all__ = ["START_KEYS", "START_MODES", "check_on_demand", "read_start_policy"]
@@ -81,14 +81,24 @@ def read_start_policy(policy: Table) -> StartPolicy:
     )
 
 
-def check_on_demand(
-    features: Mapping[str, ParsedFeature], policies: Mapping[str, ParsedPolicy]
-) -> None:
+def check_on_demand(features: Mapping[str, ParsedFeature], app: ParsedApp) -> None:
     """Report each eager feature that ``requires`` an on-demand one, at that requires entry:
     ``requires`` means "running before I start", which an on-demand feature is not. A feature
     that only calls an on-demand one needs no ``requires``: the call starts it. An on-demand
-    feature may require either kind (on-demand ones are started first when it is woken)."""
+    feature may require either kind (on-demand ones are started first when it is woken).
+    And each ``wake_on`` topic the policy does not let the feature subscribe to (it could
+    never wake it)."""
+    policies = app.policies
     on_demand = {name for name, parsed in policies.items() if parsed.policy.start.on_demand}
+    for name in on_demand:
+        policy = policies[name].policy
+        for pattern in policy.start.wake_on:
+            if not any(target_covers("icc", approved, pattern) for approved in policy.subscribe):
+                app.doc.error(
+                    (*policies[name].key, "wake_on"),
+                    f'wakes on "{pattern}", which [policy.{name}] does not let it subscribe '
+                    f'to: add it to subscribe (e.g. subscribe = ["{pattern}"])',
+                )
     for name, parsed in features.items():
         if name in on_demand:
             continue

@@ -72,6 +72,14 @@ def test_an_eager_feature_cannot_require_an_on_demand_one(tmp_path: Path) -> Non
     assert len(report.problems) == 1  # on-demand may require on-demand
 
 
+def test_a_wake_on_topic_must_be_one_it_may_subscribe_to(tmp_path: Path) -> None:
+    policy = '[policy.a]\nstart = "on-demand"\nsubscribe = ["notes.*"]\n'
+    policy += 'wake_on = ["notes.saved", "spell.checked"]\n'
+    problem = one(check_app(make_app(tmp_path, {"a": ""}, policy)), "policy.a.wake_on")
+    assert 'wakes on "spell.checked", which [policy.a] does not let it subscribe' in problem.message
+    assert problem.line == 7
+
+
 def test_plugins_cannot_start_on_demand(tmp_path: Path) -> None:
     app = make_app(tmp_path, {"a": ""}, '[plugins]\nstart = "on-demand"\n')
     assert "plugins start eagerly" in one(check_app(app), "plugins.start").message
