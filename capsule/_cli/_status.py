@@ -35,6 +35,7 @@ _PS_COLUMNS: Final = (
     "FS-DENIED", "SUBS", "DELEG", "QUEUED", "WAKES", "IDLE-STOP",
 )  # fmt: skip
 _RATE_COLUMNS: Final = ("MSG/S", "CALL/S", "CPU%")
+_ON_DEMAND_COLUMNS: Final = ("WAKES", "IDLE-STOP")
 _NUMERIC: Final = frozenset(
     {"PID", "RESTARTS", "UPTIME", "MEMORY", "CALLS", "DENIED", "FS-DENIED", "SUBS", "DELEG"}
     | {"QUEUED", "WAKES", "IDLE-STOP"}
@@ -178,10 +179,14 @@ def _row(row: FeatureRow, rate: Rates | None, *, with_rates: bool) -> list[str]:
 def _table(
     snapshot: Snapshot, found: Mapping[str, Rates] | None
 ) -> tuple[list[str], list[list[str]]]:
-    """Column names and one row of cells per feature (rate columns when ``found`` is given)."""
+    """Column names and one row of cells per feature (rate columns when ``found`` is given;
+    WAKES and IDLE-STOP when a feature runs on demand)."""
     with_rates = found is not None
     columns = list(_PS_COLUMNS + (_RATE_COLUMNS if with_rates else ()))
     rows = [_row(r, (found or {}).get(r.name), with_rates=with_rates) for r in snapshot.features]
+    if not any(r.on_demand for r in snapshot.features):
+        kept = [i for i, column in enumerate(columns) if column not in _ON_DEMAND_COLUMNS]
+        return [columns[i] for i in kept], [[row[i] for i in kept] for row in rows]
     return columns, rows
 
 
