@@ -245,7 +245,7 @@ class FeatureHandle(metaclass=NoPublicConstructor):
         if hold.waiting >= hold.limit:
             raise OverloadedError(
                 f"{hold.limit} calls to {self.name!r} are held already while it switches "
-                "versions (update.queue of its policy in app.toml)"
+                "versions or starts on demand (update.queue of its policy in app.toml)"
             )
         hold.waiting += 1
 
