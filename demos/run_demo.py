@@ -3,7 +3,8 @@ hostile third-party plugin that is contained, denied, restarted and finally quar
 while the app keeps working; then two spellcheck versions run side by side, the broker
 splitting the notes between them; then spellcheck updated live to 1.3.0 (its count and cache
 kept) while the editor saves, a broken 1.4.0 rolled back by its probation, and a sixth
-feature, word-count, installed while the app runs (once approved) and removed again.
+feature, word-count, installed while the app runs (once approved) and removed again. The
+exporter runs on demand: started by the editor's first export, gone after a second idle.
 
 Run with `nox -s demo` (or `python demos/run_demo.py`, as root). It starts the webhook the
 exporter uploads to (an HTTP server on 127.0.0.1:8765), runs a copy of demos/notes in a
@@ -108,6 +109,9 @@ async def the_scenario(sup: capsule.Supervisor, root: Path, uploads: list[Any]) 
     for name, handle in sup.features().items():
         stats = handle.statistics()
         memory = f"{(stats.memory_current or 0) / 2**20:.1f} MiB"
+        if stats.on_demand:  # the exporter: woken by the editor's first export
+            step(f"{name} runs on demand", ok=stats.wakes == 1, detail=f"{stats.wakes} wake")
+            continue
         step(f"{name} runs in its container", ok=stats.state == "running", detail=memory)
     exports = sorted(p.name for p in (root / "notes" / "volumes" / "exports").glob("*.md"))
     step(
@@ -141,6 +145,38 @@ async def the_scenario(sup: capsule.Supervisor, root: Path, uploads: list[Any]) 
     )
     again = await sup.call("spellcheck", "check", {"text": "helo capsule notes"})
     step("and spellcheck now knows the word", ok=again["unknown"] == ["helo"])
+    await on_demand(sup, root)
+
+
+async def on_demand(sup: capsule.Supervisor, root: Path) -> None:
+    """The exporter has no container until it is needed, and none once it has been idle."""
+    exporter = sup.feature("exporter")
+    first = exporter.statistics()
+    ready = f"{(first.time_to_ready or 0) * 1000:.0f} ms"
+    step(
+        "the exporter had no container until the editor's first export started it",
+        ok=first.wakes == 1 and first.time_to_ready is not None,
+        detail=f"ready {ready} after the call that woke it; the call waited, then was served",
+    )
+    with anyio.move_on_after(10):
+        while exporter.statistics().state != "stopped (on-demand)":  # noqa: ASYNC110 - a demo polls what ps shows
+            await anyio.sleep(0.05)
+    idle = exporter.statistics()
+    step(
+        "a second with nothing to do, and it is drained and gone",
+        ok=idle.state == "stopped (on-demand)" and idle.pid is None,
+        detail=f"state {idle.state}: no process, view or cgroup of it on the host",
+    )
+    shopping = root / "notes" / "volumes" / "exports" / "shopping.md"
+    text = shopping.read_text(encoding="utf-8").split("\n", 1)[1]
+    await sup.call("exporter", "export", {"note": "shopping.md", "text": text, "unknown": []})
+    woken = exporter.statistics()
+    header = shopping.read_text(encoding="utf-8").splitlines()[0]
+    step(
+        "the next export wakes it again, with the spelling counts it kept (export_state)",
+        ok=woken.wakes == 2 and '"words"' in header,
+        detail=header,
+    )
 
 
 async def the_plugin(sup: capsule.Supervisor) -> None:

@@ -75,7 +75,7 @@ def _check_shape(payload: dict[str, Any], name: str) -> None:
 
 def test_the_benchmarks_are_found() -> None:
     names = {p.stem for p in SCRIPTS}
-    assert {"broker", "fusefs", "spawn", "tokens", "update", "views"} <= names, names
+    assert {"broker", "fusefs", "ondemand", "spawn", "tokens", "update", "views"} <= names, names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)

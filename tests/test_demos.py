@@ -24,6 +24,13 @@ def test_the_notes_demo_behaves_as_designed() -> None:
     out = result.stdout
     assert "POST /exports/ideas.md, POST /exports/shopping.md" in out  # the webhook got both
     assert "it tries to connect to the exporter's webhook: refused (denied)" in out
+    # the exporter runs on demand: woken by the first export, gone when idle, woken again
+    assert "the exporter had no container until the editor's first export started it" in out
+    assert "it is drained and gone: state stopped (on-demand)" in out
+    assert (
+        'with the spelling counts it kept (export_state): <!-- exported by capsule notes: {"words"'
+        in out
+    )
     assert "find the host program's environment (HOME, API keys): refused (not there)" in out
     assert "killed by its memory limit (out of memory)" in out
     assert "plugin: 3 restarts, now quarantined" in out

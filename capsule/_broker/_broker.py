@@ -27,7 +27,13 @@ from capsule._broker._lifecycle import Lifecycle, withdrawn
 from capsule._broker._network import NetworkMediator
 from capsule._broker._routes import Handle, Peer, Subscriber, holds, unusable
 from capsule._broker._service import RESERVED, RUNTIME, reserved_topic
-from capsule._broker._topics import TopicIndex, valid_call, valid_pattern, valid_topic
+from capsule._broker._topics import (
+    TopicIndex,
+    matches,
+    valid_call,
+    valid_pattern,
+    valid_topic,
+)
 from capsule._ipc._channel import encode_frame
 from capsule._ipc._messages import (
     HOST,
@@ -104,6 +110,9 @@ class Broker:
         self._delegations = Delegations(authority, audit, resolve, deny=self._deny, over=self._over)
         self._lifecycle = Lifecycle(authority, audit, resolve, self._delegations)
         self.events = 0
+        #: told of every event before it is delivered (topic, payload, sender); returns how
+        #: many stopped features it is kept for (the supervisor's on-demand features)
+        self.on_event: Callable[[str, msgspec.Raw, str], int] | None = None
         self._dispatch: dict[type, Callable[[Peer, Any], None]] = {
             Request: self._request,
             Reply: self.calls.reply,
@@ -347,9 +356,10 @@ class Broker:
             self._deliver_event(msg.topic, msg.payload, peer.feature)
 
     def _deliver_event(self, topic: str, payload: msgspec.Raw, sender: str) -> int:
+        kept = 0 if self.on_event is None else self.on_event(topic, payload, sender)
         subs = self._topics.matching(topic)
         if not subs:
-            return 0
+            return kept
         self.events += 1
         frame: bytes | None = None
         now = time.time()
@@ -367,7 +377,20 @@ class Broker:
                 delivered += sub.peer.conn.put(frame, droppable=True)
             elif isinstance(sub.host, Subscription):
                 delivered += sub.host.offer(topic, payload, sender)
-        return delivered
+        return delivered + kept
+
+    def deliver_to(self, peer: Peer, topic: str, payload: msgspec.Raw, sender: str) -> bool:
+        """Deliver an event to ``peer`` alone, through a subscription of its own that still
+        holds (an event kept for it while its container started); False when none does."""
+        now = time.time()
+        for sub in peer.subscriptions.values():
+            grant = sub.grant
+            if matches(sub.pattern, topic) and (
+                grant is None or grant.allows(Action.ICC_SUBSCRIBE, sub.pattern, now)
+            ):
+                frame = encode_frame(Event(topic=topic, payload=payload, sender=sender))
+                return bool(peer.conn.put(frame, droppable=True))
+        return False
 
     def _subscribe(self, peer: Peer, msg: Subscribe) -> None:
         valid = valid_pattern(msg.pattern)

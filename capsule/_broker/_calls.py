@@ -59,9 +59,11 @@ class Target(Protocol):
 
     def _live_peer(self) -> Peer | None: ...
 
-    def _check_available(self) -> None:
+    def _check_available(self, caller: str) -> None:
         """Raise FeatureUnavailableError (fail the call now) or OverloadedError (too many
-        calls wait already); else the call may wait in :meth:`_wait_peer`."""
+        calls wait already, or ``caller`` woke too many features); else the call may wait
+        in :meth:`_wait_peer`. Called once the broker authorized ``caller``'s request: a
+        stopped on-demand feature starts here."""
 
     async def _wait_peer(self) -> Peer: ...
 
@@ -139,11 +141,11 @@ class CallRouter:
             self._deliver(route, callee, payload, caller)
             return
         try:
-            target._check_available()
+            target._check_available(caller)
         except FeatureUnavailableError as exc:
             self.finish(route, error=error_for(route.caller_id, exc))
             return
-        except OverloadedError as exc:  # too many calls held while it switches versions
+        except OverloadedError as exc:  # too many calls held, or too many wakes by the caller
             self.audit.record("call", feature=caller, decision="deny", reason=str(exc))
             self.fail(route, "overloaded", str(exc))
             return
@@ -156,7 +158,7 @@ class CallRouter:
         with anyio.move_on_after(route.deadline - anyio.current_time()):
             try:
                 callee = await target._wait_peer()
-            except FeatureUnavailableError as exc:
+            except FeatureError as exc:  # unavailable, or its start failed
                 self.finish(route, error=error_for(route.caller_id, exc))
                 return
             if route.live:

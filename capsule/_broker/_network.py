@@ -254,6 +254,17 @@ class NetworkMediator:
         if scope is not None:
             scope.cancel()
 
+    async def holding(self, peer: Peer) -> int:
+        """Sockets passed to ``peer``'s container that are still open there, and those being
+        opened for it (an on-demand feature holding one is not idle)."""
+        state = self._peers.get(peer)
+        if state is None:
+            return 0
+        if state.held:
+            live = await anyio.to_thread.run_sync(_live_inodes, limiter=state.threads())
+            state.held = [held for held in state.held if held.inode in live]
+        return state.count(None)
+
     def detach(self, peer: Peer) -> None:
         """``peer``'s container ended: stop what it asked for and forget its sockets."""
         state = self._peers.pop(peer, None)

@@ -122,6 +122,11 @@ def _feature_lines(report: CheckReport, manifest: FeatureManifest) -> list[str]:
         f"{format_duration(restart.window)}, back-off {backoff}"
     )
     lines.extend(_update_lines(report, manifest, pad))
+    start = None if report.app is None else report.app.start_policy(manifest.name)
+    if start is not None and start.on_demand:
+        idle = "never" if start.idle_stop is None else format_duration(start.idle_stop)
+        woken = f"; woken by events {', '.join(start.wake_on)}" if start.wake_on else ""
+        lines.append(f"{pad}{'start':<9}on demand, idle stop {idle}{woken}")
     grant = report.grants.get(manifest.name)
     caps = [] if grant is None else [str(cap) for cap in grant.capabilities]
     if not caps:

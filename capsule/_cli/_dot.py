@@ -70,7 +70,12 @@ def render_dot(report: CheckReport) -> str:
     ordered = [*report.start_order, *(f for f in report.features if f not in report.start_order)]
     for feature in ordered:
         manifest = report.features[feature]
-        attrs = _attrs(label=f"{feature}\n{manifest.version}", shape="box", style="rounded")
+        on_demand = report.app is not None and report.app.start_policy(feature).on_demand
+        attrs = _attrs(
+            label=f"{feature}\n{manifest.version}" + ("\n(on demand)" if on_demand else ""),
+            shape="box",
+            style="rounded,dashed" if on_demand else "rounded",
+        )
         lines.append(f"    {_quote('feature:' + feature)} {attrs};")
     lines += _storage_and_network_nodes(report)
     lines += ["", "    // requires: start order dependencies"]

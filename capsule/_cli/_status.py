@@ -32,16 +32,19 @@ __all__ = [
 
 _PS_COLUMNS: Final = (
     "FEATURE", "VERSION", "STATE", "PID", "RESTARTS", "UPTIME", "MEMORY", "CALLS", "DENIED",
-    "FS-DENIED", "SUBS", "DELEG", "QUEUED",
+    "FS-DENIED", "SUBS", "DELEG", "QUEUED", "WAKES", "IDLE-STOP",
 )  # fmt: skip
 _RATE_COLUMNS: Final = ("MSG/S", "CALL/S", "CPU%")
+_ON_DEMAND_COLUMNS: Final = ("WAKES", "IDLE-STOP")
 _NUMERIC: Final = frozenset(
     {"PID", "RESTARTS", "UPTIME", "MEMORY", "CALLS", "DENIED", "FS-DENIED", "SUBS", "DELEG"}
-    | {"QUEUED"}
+    | {"QUEUED", "WAKES", "IDLE-STOP"}
 )
 _UNITS: Final = ("B", "KiB", "MiB", "GiB", "TiB")
 #: columns a narrow terminal loses first, in this order
 _DROP_FIRST: Final = (
+    "IDLE-STOP",
+    "WAKES",
     "VERSION",
     "QUEUED",
     "DELEG",
@@ -138,6 +141,14 @@ def _of(row: FeatureRow, used: int, limit: int) -> str:
     return "-" if row.pid is None else f"{used}/{limit}"
 
 
+def _wakes(row: FeatureRow) -> str:
+    """An on-demand feature's wakes and its last time to ready: ``3 (0.21s)``."""
+    if not row.on_demand:
+        return "-"
+    ready = "" if row.time_to_ready is None else f" ({row.time_to_ready:.2f}s)"
+    return f"{row.wakes}{ready}"
+
+
 def _row(row: FeatureRow, rate: Rates | None, *, with_rates: bool) -> list[str]:
     cells = [
         row.name,
@@ -153,6 +164,8 @@ def _row(row: FeatureRow, rate: Rates | None, *, with_rates: bool) -> list[str]:
         _of(row, row.subscriptions, row.subscriptions_limit),
         _of(row, row.delegations, row.delegations_limit),
         "-" if row.pid is None else human_size(row.queued),
+        _wakes(row),
+        "-" if row.idle_left is None else human_duration(row.idle_left),
     ]
     if with_rates:
         cells += [
@@ -166,10 +179,14 @@ def _row(row: FeatureRow, rate: Rates | None, *, with_rates: bool) -> list[str]:
 def _table(
     snapshot: Snapshot, found: Mapping[str, Rates] | None
 ) -> tuple[list[str], list[list[str]]]:
-    """Column names and one row of cells per feature (rate columns when ``found`` is given)."""
+    """Column names and one row of cells per feature (rate columns when ``found`` is given;
+    WAKES and IDLE-STOP when a feature runs on demand)."""
     with_rates = found is not None
     columns = list(_PS_COLUMNS + (_RATE_COLUMNS if with_rates else ()))
     rows = [_row(r, (found or {}).get(r.name), with_rates=with_rates) for r in snapshot.features]
+    if not any(r.on_demand for r in snapshot.features):
+        kept = [i for i, column in enumerate(columns) if column not in _ON_DEMAND_COLUMNS]
+        return [columns[i] for i in kept], [[row[i] for i in kept] for row in rows]
     return columns, rows
 
 
@@ -201,7 +218,7 @@ def text_table(snapshot: Snapshot, found: Mapping[str, Rates] | None = None) -> 
             for cell, width, column in zip(cells, widths, columns, strict=True)
         ]
         lines.append("  ".join(padded).rstrip())
-    lines += _renewal_errors(snapshot)
+    lines += _failures(snapshot)
     lines += _variant_rows(snapshot)
     return "\n".join(lines) + "\n"
 
@@ -215,13 +232,18 @@ def _variant_rows(snapshot: Snapshot) -> list[str]:
     ]
 
 
-def _renewal_errors(snapshot: Snapshot) -> list[str]:
+def _failures(snapshot: Snapshot) -> list[str]:
     """A line for each feature whose tokens could not be renewed (it loses access when they
-    lapse), so that no failure stays out of sight."""
+    lapse), and for each on-demand feature whose last wake failed to start it, so that no
+    failure stays out of sight."""
     return [
         f"{row.name}: token renewal failing ({row.renewals_failed} failed): {row.renewal_error}"
         for row in snapshot.features
         if row.renewal_error
+    ] + [
+        f"{row.name}: its last wake {row.last_exit}"
+        for row in snapshot.features
+        if row.on_demand and row.pid is None and (row.last_exit or "").startswith("failed to start")
     ]
 
 
@@ -243,7 +265,7 @@ def rich_view(
     for row, cells in zip(snapshot.features, rows, strict=True):
         table.add_row(*(Text(cells[i]) for i in shown), style=styles.get(row.state, "dim"))
     parts: list[RenderableType] = [Text(header(snapshot), style="bold"), table]
-    parts += [Text(line, style="bold red") for line in _renewal_errors(snapshot)]
+    parts += [Text(line, style="bold red") for line in _failures(snapshot)]
     parts += [Text(line) for line in _variant_rows(snapshot)]
     if footer:
         parts.append(Text(footer, style="dim"))
@@ -251,17 +273,23 @@ def rich_view(
 
 
 def _row_fields(row: FeatureRow, rate: Rates | None) -> dict[str, Any]:
-    return {
-        "feature": row.name,
-        "state": row.state,
-        "pid": row.pid,
-        "restarts": row.restarts,
-        "calls": row.calls_total,
-        "msgs_per_s": None if rate is None or rate.messages is None else round(rate.messages, 2),
-        "denied": row.denied,
-        "files_denied": row.files_denied,
-        "memory": row.memory_current,
-    } | ({"renewal_error": row.renewal_error} if row.renewal_error else {})
+    return (
+        {
+            "feature": row.name,
+            "state": row.state,
+            "pid": row.pid,
+            "restarts": row.restarts,
+            "calls": row.calls_total,
+            "msgs_per_s": None
+            if rate is None or rate.messages is None
+            else round(rate.messages, 2),
+            "denied": row.denied,
+            "files_denied": row.files_denied,
+            "memory": row.memory_current,
+        }
+        | ({"renewal_error": row.renewal_error} if row.renewal_error else {})
+        | ({"wakes": row.wakes, "idle_left": row.idle_left} if row.on_demand else {})
+    )
 
 
 def status_lines(snapshot: Snapshot, found: Mapping[str, Rates], *, log_format: str) -> list[str]:

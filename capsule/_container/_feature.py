@@ -222,6 +222,8 @@ class Feature:
         Bytes only (encode it yourself: JSON, msgspec...); the supervisor carries them
         to the new version without reading them, up to the app's ``state_max``. Without
         this hook the new version starts fresh (its private storage is kept either way).
+        An on-demand feature's hook also runs when it is stopped as idle: the bytes wait in
+        the supervisor's memory for its next container's ``import_state``.
         """
         if self.state_export is not None:
             raise ValueError("export_state is registered twice")
@@ -232,7 +234,9 @@ class Feature:
         """Register ``async def hook(ctx, from_version, data)``: during a live update, the
         new version receives what the running version's ``export_state`` returned, after
         its ``on_start`` hooks and before it takes any call. Raising fails the update: the
-        new version is stopped and the running one keeps serving."""
+        new version is stopped and the running one keeps serving. An on-demand feature
+        woken after an idle stop receives what it exported then (raising there is logged
+        and audited, and it runs on with what ``on_start`` made)."""
         if self.state_import is not None:
             raise ValueError("import_state is registered twice")
         self.state_import = hook

@@ -460,6 +460,7 @@ ERROR_KINDS: Final = (
     "crashed",  # the callee's container ended during the call: FeatureCrashedError
     "unavailable",  # stopped or quarantined: FeatureUnavailableError
     "timeout",  # past the deadline: FeatureTimeoutError
+    "start",  # an on-demand feature woken for it did not start: FeatureStartError
     "overloaded",  # the sender is over its quota: OverloadedError
     "invalid",  # no such feature or service, or a malformed request: FeatureError
     "network",  # a granted connect or listen failed (errno set): the OSError for errno

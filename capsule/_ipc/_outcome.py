@@ -15,6 +15,7 @@ from capsule.errors import (
     CapsuleError,
     FeatureCrashedError,
     FeatureError,
+    FeatureStartError,
     FeatureTimeoutError,
     FeatureUnavailableError,
     InvalidTokenError,
@@ -44,6 +45,8 @@ def exception_for(error: Error, *, caller: str) -> CapsuleError | OSError:
         return FeatureUnavailableError(error.feature, error.message)
     if kind == "timeout":
         return FeatureTimeoutError(error.feature, error.message)
+    if kind == "start":
+        return FeatureStartError(error.feature, error.message)
     if kind == "overloaded":
         return OverloadedError(f"feature {caller!r}: {error.message}")
     return FeatureError(error.feature or caller, error.message)
@@ -78,6 +81,7 @@ _FEATURE_KINDS: tuple[tuple[type[FeatureError], str], ...] = (
     (FeatureCrashedError, "crashed"),
     (FeatureUnavailableError, "unavailable"),
     (FeatureTimeoutError, "timeout"),
+    (FeatureStartError, "start"),
 )
 
 

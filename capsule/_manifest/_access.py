@@ -36,6 +36,7 @@ from capsule._manifest._model import (
     Policy,
     fs_capability,
 )
+from capsule._manifest._ondemand import START_KEYS, read_start_policy
 from capsule._manifest._reader import Table
 from capsule._manifest._updates import UPDATE_IN_BUNDLE, read_update_policy
 from capsule._manifest._variant_policy import read_variant_policy
@@ -276,7 +277,7 @@ def _policy_fs(entry: Table) -> FsApproval | None:
 
 def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
     """One ``[policy.NAME]`` table of an app.toml: what the app approves for NAME."""
-    table.allow(*ACCESS_KEYS, "env", "limits", "update", "variants")
+    table.allow(*ACCESS_KEYS, "env", "limits", "update", "variants", *START_KEYS)
     icc = _icc_and_net(table)
     approvals = [Approval(key=key, capability=cap) for name in icc for key, cap in icc[name]]
     fs: list[FsApproval] = []
@@ -301,6 +302,7 @@ def read_policy(table: Table) -> tuple[Policy, tuple[Approval, ...]]:
         limits=read_broker_limits(table.table("limits")),
         update=read_update_policy(table),
         variants=read_variant_policy(table),
+        start=read_start_policy(table),
     )
     return policy, tuple(approvals)
 

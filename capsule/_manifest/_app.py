@@ -222,6 +222,11 @@ def read_app(root: Path, shown: str, sink: list[Problem]) -> ParsedApp | None:
     plugins_table = top.table("plugins")
     if plugins_table is not None:
         policy, approvals = read_policy(plugins_table)
+        if policy.start.on_demand:
+            doc.error(
+                (*plugins_table.key, "start"),
+                "plugins start eagerly, when installed: start applies to [policy.NAME] only",
+            )
         plugins = ParsedPolicy(key=plugins_table.key, policy=policy, approvals=approvals)
         _check_policy_volumes(plugins, declared, volumes, doc)
     manifest = AppManifest(

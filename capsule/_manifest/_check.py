@@ -16,6 +16,7 @@ from capsule._manifest._app import ParsedApp, read_app
 from capsule._manifest._feature import ParsedFeature, read_feature
 from capsule._manifest._grants import grant_feature
 from capsule._manifest._locator import KeyPath, format_key
+from capsule._manifest._ondemand import check_on_demand
 from capsule._manifest._order import find_cycles, start_order
 from capsule._manifest._problems import Doc, Problem, problems_error, sorted_problems
 from capsule._manifest._reader import suggest
@@ -156,6 +157,7 @@ def check_app(path: str | os.PathLike[str]) -> CheckReport:
     _check_policies(app, features, unreadable.__contains__)
     graph = {name: [dep for _, dep in parsed.requires] for name, parsed in features.items()}
     check_requires(features, graph, unreadable.__contains__)
+    check_on_demand(features, app)
     check_routes(features, unreadable.__contains__, plugins=app.plugins is not None)
     grants = {
         name: grant_feature(parsed, app.policies.get(name), app.volumes, app.doc)

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_BROKER_LIMITS",
     "DEFAULT_LIMITS",
     "DEFAULT_RESTART",
+    "DEFAULT_START",
     "DEFAULT_UPDATE_POLICY",
     "DEFAULT_VARIANT_POLICY",
     "P99_FLOOR",
@@ -35,6 +36,7 @@ __all__ = [
     "Policy",
     "RestartPolicy",
     "Route",
+    "StartPolicy",
     "Storage",
     "Strategy",
     "UpdatePolicy",
@@ -177,6 +179,21 @@ class VariantPolicy(msgspec.Struct, frozen=True, kw_only=True):
     storage: Literal["own", "shared"] = "own"
 
 
+@final
+class StartPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """When a feature's container runs, from ``start``, ``idle_stop`` and ``wake_on`` of its
+    ``[policy.NAME]`` table in app.toml.
+
+    ``eager`` (the default): from the app's start until it is stopped. ``on-demand``: no
+    container until a permitted call, stream or event (a topic matching ``wake_on``) needs
+    it, and stopped again after ``idle_stop`` seconds with nothing in flight (None: never).
+    """
+
+    on_demand: bool = False
+    idle_stop: float | None = 300.0
+    wake_on: tuple[str, ...] = ()
+
+
 #: the p99 latency (seconds) under which a new version never counts as slow, however
 #: small the old version's baseline was
 P99_FLOOR: Final = 0.005
@@ -186,6 +203,7 @@ DEFAULT_BROKER_LIMITS: Final = BrokerLimits()
 DEFAULT_RESTART: Final = RestartPolicy()
 DEFAULT_UPDATE_POLICY: Final = UpdatePolicy()
 DEFAULT_VARIANT_POLICY: Final = VariantPolicy()
+DEFAULT_START: Final = StartPolicy()
 
 
 @final
@@ -269,6 +287,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     limits: BrokerLimits = DEFAULT_BROKER_LIMITS
     update: UpdatePolicy = DEFAULT_UPDATE_POLICY
     variants: VariantPolicy = DEFAULT_VARIANT_POLICY
+    start: StartPolicy = DEFAULT_START
 
     def capabilities(self) -> tuple[Capability, ...]:
         """Each approval as the capability it maps to, in the order of ``Access.capabilities``."""
@@ -315,6 +334,12 @@ class AppManifest(msgspec.Struct, frozen=True, kw_only=True):
         """How app feature ``feature`` runs variants: ``variants`` of its ``[policy.NAME]``."""
         policy = self.policies.get(feature)
         return DEFAULT_VARIANT_POLICY if policy is None else policy.variants
+
+    def start_policy(self, feature: str) -> StartPolicy:
+        """When app feature ``feature`` runs: ``start`` and ``idle_stop`` of its
+        ``[policy.NAME]`` (plugins start eagerly)."""
+        policy = self.policies.get(feature)
+        return DEFAULT_START if policy is None else policy.start
 
 
 @final

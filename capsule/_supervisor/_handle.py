@@ -16,6 +16,7 @@ import anyio
 from capsule._broker._routes import Peer
 from capsule._broker._variants import VariantRoutes
 from capsule._manifest import FeatureGrant, FeatureManifest
+from capsule._supervisor._demand import Demand
 from capsule._supervisor._instance import Instance
 from capsule._supervisor._restart import RestartTracker
 from capsule.errors import CapsuleError, FeatureUnavailableError, OverloadedError
@@ -72,6 +73,12 @@ class FeatureStatistics:
     update: str | None = None  # a live update under way: "1.0 -> 1.1 (probation)", say
     held: int = 0  # calls held while the route switches versions
     variants: str | None = None  # an experiment under way: "1.2.0 90% / 1.3.0 10%", say
+    # an on-demand feature (start = "on-demand" in app.toml); zeros and None for an eager one
+    on_demand: bool = False
+    wakes: int = 0  # containers started by a call, stream or event to it while stopped
+    last_wake: float | None = None  # when it last woke (Unix time)
+    time_to_ready: float | None = None  # seconds from that wake to ready
+    idle_left: float | None = None  # seconds until it is stopped as idle, if nothing happens
 
 
 @final
@@ -129,6 +136,9 @@ class FeatureHandle(metaclass=NoPublicConstructor):
         #: while it runs variants side by side: how the broker splits its calls
         self._variants: VariantRoutes | None = None
         self.variants: str | None = None  # the experiment under way, in words, for ps
+        self.demand: Demand | None = None  # an on-demand feature's record (start in app.toml)
+        #: why the last wake of an on-demand feature failed, for the calls it held
+        self.start_failure: CapsuleError | None = None
         #: told of every change of state, with the state before (the service announcements)
         self.on_state: Callable[[FeatureHandle, FeatureState], None] | None = None
         self._changed = anyio.Event()
@@ -182,6 +192,8 @@ class FeatureHandle(metaclass=NoPublicConstructor):
             while self.state is not FeatureState.RUNNING:
                 self._check_state()
                 await self._changed.wait()
+            if self._hold is not None:  # held while it became ready (state moving in)
+                continue
             instance = self.instance
             if instance is not None and instance.ready is not None and not instance.ended.is_set():
                 return instance
@@ -224,17 +236,21 @@ class FeatureHandle(metaclass=NoPublicConstructor):
             if h.grant.alive
         )
 
-    def _check_available(self) -> None:
+    def _check_available(self, caller: str) -> None:
         """Raise if a call must fail now rather than wait; a call that may wait while the
-        route switches versions is counted here (the broker waits for it next)."""
+        route switches versions is counted here (the broker waits for it next). ``caller``'s
+        request is authorized already: a stopped on-demand feature is woken for it here."""
         hold = self._hold
         if hold is None:
+            demand = self.demand
+            if demand is not None and self.state is FeatureState.STOPPED and not self.wanted:
+                demand.wake(self, caller)
             self._check_state()
             return
         if hold.waiting >= hold.limit:
             raise OverloadedError(
                 f"{hold.limit} calls to {self.name!r} are held already while it switches "
-                "versions (update.queue of its policy in app.toml)"
+                "versions or starts on demand (update.queue of its policy in app.toml)"
             )
         hold.waiting += 1
 
@@ -244,6 +260,8 @@ class FeatureHandle(metaclass=NoPublicConstructor):
                 self.name, f"is quarantined after too many restarts (last: {self.last_exit})"
             )
         if self.state is FeatureState.STOPPED and not self.wanted:
+            if self.start_failure is not None:
+                raise self.start_failure
             raise FeatureUnavailableError(self.name, "is stopped")
 
     def statistics(self) -> FeatureStatistics:
@@ -251,17 +269,22 @@ class FeatureHandle(metaclass=NoPublicConstructor):
         stats = None if instance is None else instance.statistics()
         view = None if instance is None else instance.view
         running = instance is not None and not instance.ended.is_set()
+        demand = self.demand
+        state = self.state.value
+        if demand is not None and self.state is FeatureState.STOPPED:
+            state = "stopped (on-demand)"
         return FeatureStatistics(
             name=self.name,
             version=self.manifest.version,
-            state=self.state.value,
+            state=state,
             pid=instance.pid if running and instance is not None else None,
             restarts=self.restarts.total,
             calls_total=0 if instance is None else instance.calls_total,
             calls_in_flight=0 if instance is None else instance.in_flight,
             messages=0 if instance is None else instance.peer.messages,
             denied=0 if instance is None else instance.peer.denied,
-            events_dropped=0 if instance is None else instance.peer.conn.dropped,
+            events_dropped=(0 if instance is None else instance.peer.conn.dropped)
+            + (0 if demand is None else demand.events_dropped),
             uptime=anyio.current_time() - instance.started_at if running and instance else None,
             last_exit=self.last_exit,
             memory_current=None if stats is None else stats.memory_current,
@@ -284,4 +307,11 @@ class FeatureHandle(metaclass=NoPublicConstructor):
             update=self.update,
             held=self.held,
             variants=self.variants,
+            on_demand=demand is not None,
+            wakes=0 if demand is None else demand.wakes,
+            last_wake=None if demand is None else demand.last_wake,
+            time_to_ready=None if demand is None else demand.time_to_ready,
+            idle_left=None
+            if demand is None or not running
+            else demand.idle_left(anyio.current_time()),
         )

@@ -93,7 +93,7 @@ class Removed:
     def _live_peer(self) -> None:
         return None
 
-    def _check_available(self) -> NoReturn:
+    def _check_available(self, caller: str = "") -> NoReturn:
         raise FeatureUnavailableError(self.name, self.why)
 
     async def _wait_peer(self) -> NoReturn:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
 
 from capsule._manifest._model import RestartPolicy
 
 __all__ = ["RestartTracker"]
+
+_JITTER = random.Random()  # noqa: S311 - jitter, not secrecy
 
 
 class RestartTracker:
@@ -24,14 +25,14 @@ class RestartTracker:
 
     def __init__(self, policy: RestartPolicy, *, rng: random.Random | None = None) -> None:
         self.policy = policy
-        self._times: deque[float] = deque()
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
+        self._times: list[float] = []  # a few entries (max_restarts): no deque needed
+        self._rng = rng or _JITTER  # one generator for all: 2.5 KiB of state each otherwise
         self.total = 0
 
     def recent(self, now: float) -> int:
         horizon = now - self.policy.window
         while self._times and self._times[0] <= horizon:
-            self._times.popleft()
+            del self._times[0]
         return len(self._times)
 
     def next_delay(self, now: float) -> float | None:

@@ -38,6 +38,7 @@ from capsule._supervisor._handle import (
 from capsule._supervisor._history import History, VersionRecord
 from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._launch import Launcher
+from capsule._supervisor._ondemand import OnDemand
 from capsule._supervisor._plan import Planner, Version, container_uids, default_state_dir
 from capsule._supervisor._plugins import PluginInfo, Plugins
 from capsule._supervisor._recovery import Recovery
@@ -156,6 +157,19 @@ class Supervisor(metaclass=NoPublicConstructor):
             stop=self._stop,
             closing=lambda: self._closing,
         )
+        self._ondemand = OnDemand(
+            app,
+            handles=self._handles,
+            lock=self._lock,
+            broker=self._broker,
+            audit=self._audit,
+            services=self._tg,
+            launch=self._launch,
+            stop=self._stop,
+            closing=lambda: self._closing,
+            timeout=start_timeout,
+            grace=stop_timeout,
+        )
         self._plugins = Plugins(
             app,
             self.state_dir,
@@ -233,6 +247,7 @@ class Supervisor(metaclass=NoPublicConstructor):
     async def start(self, name: str) -> None:
         """Start a stopped feature and wait until it is ready (FeatureStartError otherwise)."""
         handle = self.feature(name)
+        await self._ondemand.settled(handle)
         async with self._lock:
             if handle.state is FeatureState.RUNNING:
                 return
@@ -245,6 +260,7 @@ class Supervisor(metaclass=NoPublicConstructor):
     async def stop(self, name: str) -> None:
         """Stop a feature (stop message, grace period, then SIGKILL); it stays stopped."""
         handle = self.feature(name)
+        await self._ondemand.settled(handle)
         async with self._lock:
             handle.wanted = False
             await self._stop(handle)
@@ -252,6 +268,7 @@ class Supervisor(metaclass=NoPublicConstructor):
     async def restart(self, name: str) -> None:
         """Stop and start a feature again (not counted against its restart limit)."""
         handle = self.feature(name)
+        await self._ondemand.settled(handle)
         async with self._lock:
             handle.wanted = True
             await self._stop(handle, keep_wanted=True)
@@ -509,8 +526,9 @@ class Supervisor(metaclass=NoPublicConstructor):
             isolation=isolation.level,
             missing=list(isolation.missing),
         )
+        self._tg.start_soon(self._ondemand.run)
         async with self._lock:
-            for name in self._order:
+            for name in filter(self._ondemand.eager, self._order):  # on-demand: when needed
                 handle = self._handles[name]
                 handle.wanted = True
                 await self._launch(handle)

@@ -29,6 +29,11 @@ from capsule.feature import Feature
 feature = Feature()
 '''
 
+#: keys of a feature's ``policy`` that go to app.toml only (the app alone decides them)
+_APP_ONLY: Final = frozenset(
+    {"env", "limits", "update", "variants", "start", "idle_stop", "wake_on"}
+)
+
 TomlValue = str | int | float | bool | list[Any] | dict[str, Any]
 
 
@@ -145,7 +150,8 @@ class TestApp:
         which only the app's policy holds (``{"env": {"LOG_LEVEL": "debug"}}``), and
         ``limits``, its broker limits (``{"limits": {"subscriptions": 16}}``), and ``update``,
         how a new version takes over (``{"update": {"probation": "1s", "crashes": 1}}``), and
-        ``variants``, how versions run side by side (``{"variants": {"sticky": "caller"}}``).
+        ``variants``, how versions run side by side (``{"variants": {"sticky": "caller"}}``), and
+        ``start``, ``idle_stop`` and ``wake_on``, when it runs (``{"start": "on-demand"}``).
         ``approve`` adds to the app's approval only (what a later version may ask for).
         """
         if name in self._specs:
@@ -264,7 +270,7 @@ class TestApp:
             if key == "fs"
             else value
             for key, value in spec.policy.items()
-            if key not in {"env", "limits", "update", "variants"}  # the app alone sets these
+            if key not in _APP_ONLY  # the app alone sets these
         }
         head: dict[str, TomlValue] = {"name": name, "version": spec.version}
         head["entry"] = "inline:feature"

@@ -34,7 +34,8 @@ def test_check_notes_is_clean() -> None:
     out = result.stdout
     assert out.startswith("app notes  (demos/notes/app.toml)\n  strategy  one_for_one\n")
     order = [m.group(1) for m in re.finditer(r"^ +\d+\. (\S+) \S+  \(features/\S+\)$", out, re.M)]
-    assert order == ["dictionary", "spellcheck", "exporter", "editor", "plugin"]
+    assert order == ["dictionary", "spellcheck", "editor", "exporter", "plugin"]
+    assert "start    on demand, idle stop 1s\n" in out
     assert "   1. dictionary 0.9.1  (features/dictionary)\n" in out
     assert "provides services check, stats; topics spell.checked\n" in out
     assert re.search(r"fs:read:/data/words/ +<- volume words \(ro\)\n", out)
@@ -79,7 +80,7 @@ def test_check_json() -> None:
     }
     clean = json.loads(capsule("check", "--format", "json", "demos/notes").stdout)
     assert clean["summary"] == {"errors": 0, "warnings": 0, "ok": True}
-    assert clean["start_order"] == ["dictionary", "spellcheck", "exporter", "editor", "plugin"]
+    assert clean["start_order"] == ["dictionary", "spellcheck", "editor", "exporter", "plugin"]
     plugin = next(f for f in clean["features"] if f["name"] == "plugin")
     assert plugin["capabilities"] == ["icc:subscribe:editor.changed", "fs:read:/notes/"]
     assert plugin["mounts"][0]["volume"] == "notes/public"
@@ -194,7 +195,7 @@ def test_graph_notes_is_valid_dot() -> None:
     assert {n: a["label"] for n, a in features.items()} == {
         "feature:dictionary": "dictionary\\n0.9.1",
         "feature:spellcheck": "spellcheck\\n1.2.0",
-        "feature:exporter": "exporter\\n2.0.0",
+        "feature:exporter": "exporter\\n2.0.0\\n(on demand)",
         "feature:editor": "editor\\n1.0.0",
         "feature:plugin": "plugin\\n0.3.1",
     }
@@ -216,8 +217,7 @@ def test_graph_notes_is_valid_dot() -> None:
     assert requires == {
         ("feature:spellcheck", "feature:dictionary"),
         ("feature:editor", "feature:spellcheck"),
-        ("feature:editor", "feature:exporter"),
-    }
+    }  # the exporter starts on demand, when the editor first calls it
     assert labelled("feature:editor", "feature:spellcheck") == {
         "requires",
         "check",

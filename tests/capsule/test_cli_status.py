@@ -111,3 +111,35 @@ def test_a_failing_token_renewal_is_shown_under_the_table_and_in_status_lines() 
     status = status_lines(snapshot, {}, log_format="json")
     assert "renewal_error" not in json.loads(status[0])
     assert json.loads(status[1])["renewal_error"] == "renewing token ab failed: down"
+
+
+def test_an_on_demand_feature_shows_its_wakes_and_idle_time_left() -> None:
+    awake = dataclasses.replace(
+        _row("exporter"), on_demand=True, wakes=3, time_to_ready=0.214, idle_left=42.0
+    )
+    asleep = dataclasses.replace(
+        _row("plugin", pid=None), state="stopped (on-demand)", on_demand=True, wakes=0
+    )
+    text = text_table(_snapshot(1.0, awake, asleep))
+    _, columns, first, second = text.splitlines()
+    assert columns.split()[-2:] == ["WAKES", "IDLE-STOP"]
+    assert first.split()[-3:] == ["3", "(0.21s)", "42s"]
+    assert "stopped (on-demand)" in second
+    assert second.split()[-2:] == ["0", "-"]
+    fields = json.loads(status_lines(_snapshot(1.0, awake), {}, log_format="json")[0])
+    assert (fields["wakes"], fields["idle_left"]) == (3, 42.0)
+
+
+def test_a_failed_wake_is_shown_under_the_table() -> None:
+    failed = dataclasses.replace(
+        _row("exporter", pid=None),
+        state="stopped (on-demand)",
+        on_demand=True,
+        wakes=1,
+        last_exit="failed to start: feature 'exporter': loading its code failed: disk full",
+    )
+    lines = text_table(_snapshot(1.0, failed)).splitlines()
+    assert lines[-1] == (
+        "exporter: its last wake failed to start: feature 'exporter': "
+        "loading its code failed: disk full"
+    )

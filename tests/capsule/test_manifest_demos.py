@@ -43,7 +43,9 @@ def test_notes_is_clean() -> None:
     assert report.problems == ()
     app = load_app("demos/notes")
     assert app.manifest.name == "notes"
-    assert app.start_order == ("dictionary", "spellcheck", "exporter", "editor", "plugin")
+    # the exporter starts on demand: the editor calls it without requiring it
+    assert app.start_order == ("dictionary", "spellcheck", "editor", "exporter", "plugin")
+    assert app.manifest.start_policy("exporter").on_demand
     assert set(app.volumes) == {"words", "notes", "exports"}
     (state,) = app.grants["dictionary"].mounts
     assert (state.view, state.storage, state.quota) == ("/state", "private", 16 << 20)

@@ -3,7 +3,9 @@
 Its view holds the exports volume at /exports; its only network destination is the
 webhook at 127.0.0.1:8765, reached through ``ctx.connect`` (the supervisor opens the
 connection and hands it over: the container has no network of its own). The webhook's
-token is in its environment, where app.toml puts it (``env`` of its policy).
+token is in its environment, where app.toml puts it (``env`` of its policy). It runs on
+demand: started by the first export, stopped after a second of idleness, its spelling
+counts carried across by ``export_state`` and ``import_state``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,17 @@ async def remember(ctx: Any, event: dict[str, Any]) -> None:
     """Keep the latest spelling counts of each note for the export's front matter."""
     if event.get("note"):
         _checked[str(event["note"])] = {"words": event["words"], "unknown": event["unknown"]}
+
+
+@feature.export_state
+async def keep_counts(ctx: Any) -> bytes:
+    """The spelling counts heard so far, kept across a stop when idle (it runs on demand)."""
+    return json.dumps(_checked).encode()
+
+
+@feature.import_state
+async def restore_counts(ctx: Any, from_version: str, data: bytes) -> None:
+    _checked.update(json.loads(data))
 
 
 @feature.service("export")
