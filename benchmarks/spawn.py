@@ -359,7 +359,7 @@ async def measure_memory(root: Path, sizes: Sizes) -> Memory:
             inner.append(sum(sizes_of[1:]))
             view.append(server)
             processes.append(len(tree) + (instance.view is not None))
-        zygote = sup._zygote
+        zygote = sup._machinery.zygote
         if zygote is None:
             raise RuntimeError("the supervisor has no zygote")
         zygote_pss = pss_bytes(zygote.pid)

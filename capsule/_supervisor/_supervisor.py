@@ -24,9 +24,6 @@ from capsule._broker._broker import Broker, Target
 from capsule._broker._host import Stream, Subscription
 from capsule._container._feature import Feature
 from capsule._manifest import App, Candidate
-from capsule._sandbox import _isolation
-from capsule._sandbox._cgroups import CgroupTree
-from capsule._spawn._client import ZygoteClient
 from capsule._supervisor._announce import Announcer
 from capsule._supervisor._handle import (
     FeatureHandle,
@@ -37,7 +34,7 @@ from capsule._supervisor._handle import (
 )
 from capsule._supervisor._history import History, VersionRecord
 from capsule._supervisor._instance import Ending, Instance
-from capsule._supervisor._launch import Launcher
+from capsule._supervisor._machinery import Machinery
 from capsule._supervisor._ondemand import OnDemand
 from capsule._supervisor._plan import Planner, Version, container_uids, default_state_dir
 from capsule._supervisor._plugins import PluginInfo, Plugins
@@ -184,10 +181,16 @@ class Supervisor(metaclass=NoPublicConstructor):
             launch=self._launch,
             stop=self._stop,
         )
-        self._zygote: ZygoteClient | None = None
-        self._cgroups: CgroupTree | None = None
-        self._isolation: _isolation.Isolation | None = None
-        self._launcher: Launcher | None = None  # once the zygote is up
+        self._machinery = Machinery(
+            self._rundir,
+            self._plan,
+            authority=self._authority,
+            broker=self._broker,
+            audit=self._audit,
+            services=self._tg,
+            view_timeouts=view_timeouts,
+            token_ttl=token_ttl,
+        )
         self._started = 0
         self._closing = False
         self._updates = Updates(
@@ -196,8 +199,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             authority=self._authority,
             audit=self._audit,
             services=self._tg,
-            # the launcher exists once the app opens: looked up at each update
-            launch=lambda handle, version: self._launcher.launch(handle, version),  # type: ignore[union-attr]  # noqa: PLW0108
+            launch=self._machinery.launch,
             adopt=self._adopt,
             relaunch=self._launch,
             lock=self._lock,
@@ -211,7 +213,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             authority=self._authority,
             audit=self._audit,
             services=self._tg,
-            launch=lambda handle, version: self._launcher.launch(handle, version),  # type: ignore[union-attr]  # noqa: PLW0108
+            launch=self._machinery.launch,
             adopt=self._adopt,
             updates=self._updates,
             state_dir=self.state_dir,
@@ -462,12 +464,12 @@ class Supervisor(metaclass=NoPublicConstructor):
         return self._audit.path
 
     def statistics(self) -> SupervisorStatistics:
-        isolation = self._isolation
+        isolation, cgroups = self._machinery.isolation, self._machinery.cgroups
         audit = self._audit.statistics()
         return SupervisorStatistics(
             app=self.app.manifest.name,
             isolation="unknown" if isolation is None else isolation.level,
-            cgroups="none" if self._cgroups is None else self._cgroups.support.describe(),
+            cgroups="none" if cgroups is None else cgroups.support.describe(),
             features={name: h.statistics() for name, h in self._handles.items()},
             containers_started=self._started,
             restarts=sum(h.restarts.total for h in self._handles.values()),
@@ -485,41 +487,11 @@ class Supervisor(metaclass=NoPublicConstructor):
     # -- starting containers ----------------------------------------------------------
 
     async def _open(self) -> None:
-        isolation = _isolation.probe()
-        self._isolation = isolation
-        _isolation.require(isolation, self.app.manifest.allow_missing, app=self.app.manifest.name)
-        removed = self._rundir.open()
-        if removed:
-            _log.warning("removed stale run directories", paths=[str(p) for p in removed])
-        if isolation.get("cgroups").available:
-            from capsule._sandbox._cgroup_stale import cleanup_stale  # noqa: PLC0415 - rarely needed
-
-            stale = await anyio.to_thread.run_sync(cleanup_stale, isolation.cgroups)
-            if stale:
-                _log.warning("removed stale cgroups", paths=stale)
-            tree = CgroupTree(isolation.cgroups, self._rundir.name)
-            await anyio.to_thread.run_sync(tree.open)
-            self._cgroups = tree
-        self._plan.dirs.open()  # each granted directory, before any feature can move it
+        manifest = self.app.manifest
+        isolation = await self._machinery.open(manifest.name, manifest.allow_missing)
         self._tg.start_soon(self._broker.deadlines.run)
         self._tg.start_soon(self._broker.outbox.run)
         self._tg.start_soon(self._audit.run)
-        self._zygote = ZygoteClient.launch(self._rundir.stage, self._rundir.build_data)
-        await self._zygote.wait_started()
-        self._tg.start_soon(self._zygote.serve)
-        self._launcher = Launcher(
-            self._plan,
-            self._authority,
-            self._broker,
-            audit=self._audit,
-            rundir=self._rundir,
-            task_group=self._tg,
-            zygote=self._zygote,
-            isolation=isolation,
-            cgroups=self._cgroups,
-            view_timeouts=self.view_timeouts,
-            token_ttl=self.token_ttl,
-        )
         _log.info(
             "supervisor started",
             app=self.app.manifest.name,
@@ -540,11 +512,10 @@ class Supervisor(metaclass=NoPublicConstructor):
 
     async def _launch(self, handle: FeatureHandle) -> None:
         """Start one container for ``handle`` (lock held); on failure, hand it to restart logic."""
-        assert self._launcher is not None  # noqa: S101 - set by _open
         handle._set(FeatureState.STARTING)
         handle.generation += 1
         try:
-            instance, tokens = await self._launcher.launch(
+            instance, tokens = await self._machinery.launch(
                 handle, Version(handle.manifest, handle.grant)
             )
         except (CapsuleError, OSError) as exc:
@@ -602,12 +573,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                 async with self._lock:
                     for name in reversed(self._order):
                         await self._stop(self._handles[name])
-                if self._zygote is not None:
-                    await self._zygote.aclose()
-                if self._cgroups is not None:
-                    await anyio.to_thread.run_sync(self._cgroups.close)
-                self._rundir.close()
-                self._plan.dirs.close()
+                await self._machinery.aclose()
                 self._audit.close()
             finally:
                 self._tg.cancel()  # the services the shutdown needed are done with

@@ -374,7 +374,7 @@ async def test_an_open_file_limit_the_view_server_cannot_raise_is_logged(tmp_pat
     app = _view_app(tmp_path)
     async with app.open() as sup:
         with trio.fail_after(30):
-            zygote = sup._zygote
+            zygote = sup._machinery.zygote
             assert zygote is not None
             # every server forked from now on inherits the lower limit
             resource.prlimit(zygote.pid, resource.RLIMIT_NOFILE, (256, 1024))
