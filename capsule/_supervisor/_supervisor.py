@@ -188,6 +188,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             stop_timeout=stop_timeout,
             start_timeout=start_timeout,
             history=history,
+            renewer=self._renewer,
         )
 
     # -- public API -------------------------------------------------------------------

@@ -29,6 +29,7 @@ from capsule._supervisor._handoff import HandoffError
 from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._plan import Version
 from capsule._supervisor._probation import Probation
+from capsule._supervisor._renewal import Renewer
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._update_state import (
     UpdateReport,
@@ -66,6 +67,7 @@ class Updates:
         stop_timeout: float,
         start_timeout: float,
         history: VersionLog | None = None,
+        renewer: Renewer | None = None,
     ) -> None:
         self._app = app
         self._broker = broker
@@ -88,6 +90,7 @@ class Updates:
             lock=lock,
             stop_timeout=stop_timeout,
             active=self._active,
+            renewer=renewer,
         )
         self.history = history
 
