@@ -80,13 +80,21 @@ def counter_app(
 
 
 def pump(feature: Feature) -> None:
-    """``pump``: call ``counter.add`` ``n`` times, ``pause`` seconds apart; answers how many
-    calls succeeded and the errors of those that failed."""
+    """``pump``: call ``counter.add`` ``n`` times (or until ``stop``), ``pause`` seconds
+    apart; answers how many calls succeeded and the errors of those that failed."""
+    stopped = {"now": False}
+
+    @feature.service("stop")
+    async def _stop(ctx: Context, request: Any) -> None:
+        stopped["now"] = True
 
     @feature.service("pump")
     async def _pump(ctx: Context, request: Any) -> dict[str, Any]:
         done, errors = 0, []
+        stopped["now"] = False
         for _ in range(request["n"]):
+            if stopped["now"]:
+                break
             try:
                 await ctx.call("counter", "add", timeout=10)
                 done += 1
