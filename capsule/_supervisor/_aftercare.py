@@ -54,8 +54,10 @@ class Aftercare:
         stop_timeout: float,
         active: dict[str, UpdateRun],
         renewer: Renewer | None = None,
+        announce: Callable[[FeatureHandle, str], None] | None = None,
     ) -> None:
         self._renewer = renewer  # told before a freeze and after a thaw
+        self._announce = announce  # capsule.service.up, reason ``rolled-back``
         self._broker = broker
         self._authority = authority
         self._audit = audit
@@ -174,6 +176,8 @@ class Aftercare:
             update.old.on_end = update.old_on_end
             handle.instance = update.old
             handle.last_error = None
+            if self._announce is not None:  # before the state: one ``up``, not ``restarted``
+                self._announce(handle, "rolled-back")
             handle._set(FeatureState.RUNNING)
             handle._release()
         if new is not None:

@@ -68,6 +68,7 @@ class Updates:
         start_timeout: float,
         history: VersionLog | None = None,
         renewer: Renewer | None = None,
+        announce: Callable[[FeatureHandle, str], None] | None = None,
     ) -> None:
         self._app = app
         self._broker = broker
@@ -91,7 +92,9 @@ class Updates:
             stop_timeout=stop_timeout,
             active=self._active,
             renewer=renewer,
+            announce=announce,
         )
+        self._announce = announce  # capsule.service.up: ``updated``, ``rolled-back``
         self.history = history
 
     @property
@@ -313,6 +316,8 @@ class Updates:
         handle.manifest, handle.grant = update.new_version.manifest, update.new_version.grant
         handle.restarts = RestartTracker(update.new_version.manifest.restart)
         handle.last_error = None
+        if self._announce is not None:  # before the state: one ``up``, not a ``restarted`` too
+            self._announce(handle, "updated")
         handle._set(FeatureState.RUNNING)
         handle._release()
         update.switched_at = anyio.current_time()
