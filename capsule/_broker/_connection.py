@@ -36,6 +36,8 @@ its app sets another ``queue`` limit."""
 HARD_LIMIT: Final = 32 << 20
 """Queued bytes past which the container is taken as not reading its channel at all (or
 twice its ``queue`` limit, when that is more)."""
+_BATCH: Final = 256 << 10
+"""Bytes of queued frames joined into one send (about what the socket takes at once)."""
 _FRAME_COST: Final = 64
 """What one queued frame costs beyond its bytes (the bytes object and its list slot)."""
 
@@ -236,18 +238,26 @@ class Connection:
             self._wrote()
             return
         out: list[bytes | memoryview] = self._out  # type: ignore[assignment] # no _Passing among them
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        sent = self._send(data)
-        if sent < 0:
-            self._wrote()
-            return
-        if sent < len(data):
-            out.append(memoryview(data)[sent:])  # a view: the rest is not copied again
-            self._out_bytes = len(data) - sent
-            self._block()
-        else:
-            self._drained()
+        while out:
+            # small frames go in one send; a large one (state handoff) alone, uncopied
+            count, size = 1, len(out[0])
+            while count < len(out) and size < _BATCH:
+                size += len(out[count])
+                count += 1
+            data = out[0] if count == 1 else b"".join(out[:count])
+            sent = self._send(data)
+            if sent < 0:
+                self._wrote()
+                return
+            if sent < len(data):
+                out[:count] = [memoryview(data)[sent:]]  # a view: the rest is not copied again
+                self._out_bytes = max(0, self._out_bytes - sent)
+                self._block()
+                self._wrote()
+                return
+            del out[:count]
+            self._out_bytes = max(0, self._out_bytes - size - count * _FRAME_COST)
+        self._drained()
         self._wrote()
 
     def _send(self, data: bytes | memoryview, sock: socket.socket | None = None) -> int:
