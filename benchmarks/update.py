@@ -18,6 +18,8 @@ same run (three tables):
   seeing the second crash (the failed call's completion; two is the default
   ``update.crashes``) to the first call the old version served. Floor: thawing a frozen
   container and one call to it from the host. Target: <= 100 ms.
+  Beside it, a rollback by hand (``sup.rollback``) during probation: the calls held while
+  the old version is thawed and the route switched back (the report's ``pause``).
 * **plugin added at run time**: ``sup.install(bundle, approve=True)`` to its first call
   served, then ``sup.uninstall`` (untimed). Floor: a cold start of an eager feature
   (``sup.stop`` untimed, then ``sup.start`` + first call), as ``spawn.py`` times it.
@@ -31,8 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import struct
 import sys
 import tempfile
 import time
@@ -41,7 +41,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+# first: importing _common takes benchmarks/ off sys.path, where the app's module is
+import _update_app
 import trio
+
+# isort: split
 from _common import (
     Job,
     P99Target,
@@ -59,12 +63,8 @@ from _common import (
 )
 
 from capsule import Supervisor
-from capsule.feature import Context, Feature
-from capsule.testing import TestApp
 
 NAME: Final = "update"
-MIB: Final = 1024 * 1024
-STATE_BYTES: Final = 10 * MIB
 RATE: Final = 1000.0  # calls per second from the caller during a switch
 
 SWITCH_TARGET: Final = P99Target(math.inf, p99_us=50_000.0)
@@ -78,20 +78,9 @@ PAUSE_ROW: Final = "pause recorded by the supervisor (update-switch pause_ms)"
 THAW_ROW: Final = "thaw a frozen container + one host call to it"
 ROLLBACK_ROW: Final = "automatic rollback: 2nd crash seen -> first call served by the old version"
 ROLLBACK_PAUSE_ROW: Final = "calls held, as the supervisor recorded it (update-rollback pause_ms)"
+BY_HAND_ROW: Final = "rollback by hand during probation: calls held (thaw + switch back)"
 COLD_ROW: Final = "eager feature cold start: sup.start() + first call"
 PLUGIN_ROW: Final = "plugin added at run time: install() + first call served"
-
-LIMITS: Final[dict[str, Any]] = {"memory": "256MiB", "pids": 32}
-RESTART: Final[dict[str, Any]] = {
-    "policy": "on-failure",
-    "max_restarts": 50,
-    "window": "60s",
-    "backoff": "5ms..20ms",
-}
-#: probation judged on crashes and errors only: the calls held during a switch reach the new
-#: version all at once, and the queue they make there puts its p99 over three times the
-#: old version's at this rate, which would roll back every update this benchmark makes
-UPDATE_POLICY: Final = {"probation": "300ms", "keep": "60s", "drain": "2s", "p99_ratio": 1000.0}
 
 
 @dataclass(frozen=True)
@@ -103,6 +92,7 @@ class Sizes:
     rest_s: float  # calls at rest before each update
     tail_s: float  # calls after the update returned
     rollbacks: int
+    by_hand: int  # rollbacks by hand during probation
     thaws: int
     plugins: int
     cold_starts: int
@@ -114,6 +104,7 @@ FULL: Final = Sizes(
     rest_s=0.6,
     tail_s=0.3,
     rollbacks=10,
+    by_hand=10,
     thaws=30,
     plugins=20,
     cold_starts=20,
@@ -124,160 +115,11 @@ QUICK: Final = Sizes(
     rest_s=0.3,
     tail_s=0.15,
     rollbacks=2,
+    by_hand=2,
     thaws=4,
     plugins=2,
     cold_starts=2,
 )
-
-
-# -- the app ---------------------------------------------------------------------------------
-
-
-def _counter(feature: Feature, version: str) -> None:
-    """``add`` counts and names this version; 10 MiB of state go to the next version."""
-    state: dict[str, Any] = {"count": 0, "blob": b""}
-
-    @feature.on_start
-    async def _fill(ctx: Context) -> None:  # in the container: the Feature ships small
-        state["blob"] = os.urandom(STATE_BYTES)
-
-    @feature.service("add")
-    async def _add(ctx: Context, request: Any) -> list[Any]:
-        state["count"] += 1
-        return [state["count"], version]
-
-    @feature.export_state
-    async def _export(ctx: Context) -> bytes:
-        blob: bytes = state["blob"]
-        return struct.pack("<Q", state["count"]) + blob
-
-    @feature.import_state
-    async def _import(ctx: Context, from_version: str, data: bytes) -> None:
-        (state["count"],) = struct.unpack_from("<Q", data)
-        state["blob"] = data[8:]
-        if len(state["blob"]) != STATE_BYTES:
-            raise ValueError(f"imported {len(state['blob'])} bytes of state from {from_version}")
-
-
-def _crasher(feature: Feature) -> None:
-    """A version whose ``add`` ends its container (exit 3) on every call."""
-
-    @feature.service("add")
-    async def _add(ctx: Context, request: Any) -> list[Any]:
-        os._exit(3)
-
-
-def _caller(feature: Feature) -> None:
-    pacing = {"stop": False}
-
-    @feature.service("stop")
-    async def _stop(ctx: Context, request: Any) -> None:
-        pacing["stop"] = True
-
-    @feature.service("pace")
-    async def _pace(ctx: Context, request: dict[str, Any]) -> list[list[Any]]:
-        """Call counter.add ``rate`` times a second until ``stop`` (at most ``seconds``),
-        each call in its own task; per call: its start (Unix time), latency (ns), and the
-        error if it failed."""
-        calls: list[list[Any]] = []
-        rate, seconds = float(request["rate"]), float(request["seconds"])
-        pacing["stop"] = False
-
-        async def one() -> None:
-            started, begin = time.time(), time.perf_counter_ns()
-            try:
-                await ctx.call("counter", "add", timeout=10)
-                error = ""
-            except Exception as exc:  # every failure is counted, and reported
-                error = repr(exc)
-            calls.append([started, time.perf_counter_ns() - begin, error])
-
-        origin = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            for index in range(int(rate * seconds)):
-                if pacing["stop"]:
-                    break
-                await trio.sleep_until(origin + index / rate)
-                nursery.start_soon(one)
-        return calls
-
-    @feature.service("until_old")
-    async def _until_old(ctx: Context, request: dict[str, Any]) -> list[list[Any]]:
-        """Call counter.add one call after the other until version ``old`` answers after
-        ``crashes`` failed calls; per call: its completion (Unix time), answering version
-        (None when it failed) and error."""
-        calls: list[list[Any]] = []
-        failed = 0
-        deadline = trio.current_time() + 20
-        while trio.current_time() < deadline:
-            try:
-                _, version = await ctx.call("counter", "add", timeout=10)
-                calls.append([time.time(), version, ""])
-                if failed >= request["crashes"] and version == request["old"]:
-                    return calls
-            except Exception as exc:  # the crashes this benchmark causes
-                failed += 1
-                calls.append([time.time(), None, repr(exc)])
-        raise RuntimeError(f"the old version did not answer again within 20 s: {calls[-5:]}")
-
-
-def build_app(root: Path, sizes: Sizes) -> tuple[TestApp, list[Path], list[Path], Path]:
-    """The app, the bundles to update to (good versions, crashing ones) and a plugin."""
-    app = TestApp(root, name="updatebench")
-    _counter(
-        app.feature(
-            "counter",
-            limits=LIMITS,
-            restart=RESTART,
-            policy={"update": UPDATE_POLICY},
-            faults=False,
-        ),
-        "1.0.0",
-    )
-    _caller(
-        app.feature(
-            "caller",
-            requires=["counter"],
-            limits=LIMITS,
-            policy={"call": ["counter.add"]},
-            faults=False,
-        )
-    )
-    idle = app.feature("idle", faults=False)
-
-    @idle.service("ping")
-    async def _ping(ctx: Context, request: Any) -> Any:
-        return request
-
-    good = []
-    for index in range(sizes.switches):
-        version = app.version("counter", f"1.{index + 1}.0", faults=False)
-        _counter(version, f"1.{index + 1}.0")
-        good.append(version)
-    bad = []
-    for index in range(sizes.rollbacks):
-        version = app.version("counter", f"9.{index}.0-crashes", faults=False)
-        _crasher(version)
-        bad.append(version)
-    plugin = _plugin_bundle(root / "plugins" / "pinger")
-    return app, [app.bundle(v) for v in good], [app.bundle(v) for v in bad], plugin
-
-
-def _plugin_bundle(bundle: Path) -> Path:
-    """A bundle of its own, not in app.toml: ``pinger``, answering ``ping``."""
-    bundle.mkdir(parents=True)
-    (bundle / "capsule.toml").write_text(
-        '[feature]\nname = "pinger"\nversion = "1.0.0"\nentry = "pinger:feature"\n\n'
-        '[provides]\nservices = ["ping"]\n',
-        encoding="utf-8",
-    )
-    (bundle / "pinger.py").write_text(
-        '"""Answers ping with its request."""\n\nfrom capsule.feature import Feature\n\n'
-        "feature = Feature()\n\n\n"
-        '@feature.service("ping")\nasync def ping(ctx, request):\n    return request\n',
-        encoding="utf-8",
-    )
-    return bundle
 
 
 # -- the switch --------------------------------------------------------------------------------
@@ -423,6 +265,26 @@ def rollback_job(sup: Supervisor, sizes: Sizes, into: Rollbacks) -> Job:
     return Job(ROLLBACK_ROW, sizes.rollbacks, run, target=ROLLBACK_TARGET)
 
 
+async def _one_by_hand(sup: Supervisor, bundle: Path) -> float:
+    handle = sup.feature("counter")
+    if handle.statistics().update is not None:
+        await _settled(sup, "counter", "keep")
+    await sup.update("counter", bundle, approve=True)
+    await trio.sleep(0.1)  # the old version is frozen by now (its calls drained at once)
+    report = await sup.rollback("counter")
+    if report.cold:
+        raise RuntimeError("a rollback during probation started the old version cold")
+    await _settled(sup, "counter", None)
+    return report.pause * 1e9
+
+
+def by_hand_job(sup: Supervisor, sizes: Sizes, bundles: list[Path]) -> Job:
+    def run(count: int) -> list[float]:
+        return [trio.from_thread.run(_one_by_hand, sup, bundles.pop(0)) for _ in range(count)]
+
+    return Job(BY_HAND_ROW, sizes.by_hand, run)
+
+
 async def _thaws(sup: Supervisor, count: int) -> list[float]:
     instance = sup.feature("idle").instance
     if instance is None:
@@ -513,8 +375,11 @@ class Collected:
 
 
 async def run_all(root: Path, sizes: Sizes) -> Collected:
-    app, good, bad, plugin = build_app(root, sizes)
-    switches, rollbacks = Switches(good), Rollbacks(bad)
+    app, good, bad, plugin = _update_app.build_app(
+        root, switches=sizes.switches + sizes.by_hand, rollbacks=sizes.rollbacks
+    )
+    switches, rollbacks = Switches(good[: sizes.switches]), Rollbacks(bad)
+    by_hand = good[sizes.switches :]
     async with app.open() as sup:
         if await sup.call("idle", "ping", "ready") != "ready":
             raise RuntimeError("idle does not echo its request")
@@ -522,6 +387,7 @@ async def run_all(root: Path, sizes: Sizes) -> Collected:
             switch_job(sup, sizes, switches),
             thaw_job(sup, sizes),
             rollback_job(sup, sizes, rollbacks),
+            by_hand_job(sup, sizes, by_hand),
             *plugin_jobs(sup, sizes, plugin),
         ]
         samples = await trio.to_thread.run_sync(lambda: run_interleaved(jobs, rounds=sizes.rounds))
@@ -539,7 +405,11 @@ def _by_name(collected: Collected) -> dict[str, list[float]]:
 
 
 def _rollback_pauses(audit: list[dict[str, Any]]) -> tuple[list[float], int, list[str]]:
-    lines = [e for e in audit if e["event"] == "update-rollback"]
+    lines = [  # the automatic ones: a rollback by hand is a row of its own
+        e
+        for e in audit
+        if e["event"] == "update-rollback" and not e["reason"].startswith("rolled back by hand")
+    ]
     cold = sum(1 for e in lines if e.get("cold"))
     return [e["pause_ms"] * 1e6 for e in lines], cold, [e["reason"] for e in lines]
 
@@ -595,6 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             note=f"{cold} of {len(pauses)} rollbacks were cold starts (a thaw is the design)",
         ),
         summarize(ROLLBACK_PAUSE_ROW, pauses or [0.0], detail=True),
+        summarize(BY_HAND_ROW, samples[BY_HAND_ROW]),
     ]
     print()
     print_report("automatic rollback", thaw, rollback_rows)
@@ -612,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings={
             "quick": args.quick,
             "rate_per_s": RATE,
-            "state_bytes": STATE_BYTES,
+            "state_bytes": _update_app.STATE_BYTES,
             **asdict(sizes),
         },
         elapsed_s=elapsed,

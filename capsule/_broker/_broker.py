@@ -107,7 +107,15 @@ class Broker:
         self.deadlines = self.calls.deadlines
         self.outbox = Outbox()
         self.network = NetworkMediator(audit, task_group, self._deny)
-        self._delegations = Delegations(authority, audit, resolve, deny=self._deny, over=self._over)
+        self._delegations = Delegations(
+            authority,
+            audit,
+            resolve,
+            deny=self._deny,
+            over=self._over,
+            waits=task_group,
+            wait_limit=call_timeout,
+        )
         self._lifecycle = Lifecycle(authority, audit, resolve, self._delegations)
         self.events = 0
         #: told of every event before it is delivered (topic, payload, sender); returns how

@@ -194,6 +194,7 @@ class CallRouter:
         call_id = next(callee.ids)
         route.callee = callee
         route.callee_id = call_id
+        route.mark = callee.stats.sent()
         callee.calls[call_id] = route
         callee.calls_total += 1
         self.routed += 1
@@ -226,7 +227,8 @@ class CallRouter:
         if callee is not None:
             callee.calls.pop(route.callee_id, None)
             latency = None if route.stream else anyio.current_time() - route.sent
-            callee.stats.record(latency, failed=error is not None and error.kind in _FAILED)
+            failed = error is not None and error.kind in _FAILED
+            callee.stats.record(latency, failed=failed, mark=route.mark)
         caller = route.caller
         if caller is not None:
             caller.requests.pop(route.caller_id, None)
@@ -254,7 +256,7 @@ class CallRouter:
         callee = route.callee
         if callee is not None and callee.calls.pop(route.callee_id, None) is not None:
             callee.conn.send(Cancel(id=route.callee_id))
-            callee.stats.record(route.timeout, failed=True)
+            callee.stats.record(route.timeout, failed=True, mark=route.mark)
             route.callee = None
         what = "the stream went quiet for" if route.stream else "did not answer within"
         self.fail(route, "timeout", f"{route.service!r} {what} {route.timeout:g}s")

@@ -36,6 +36,8 @@ its app sets another ``queue`` limit."""
 HARD_LIMIT: Final = 32 << 20
 """Queued bytes past which the container is taken as not reading its channel at all (or
 twice its ``queue`` limit, when that is more)."""
+_BATCH: Final = 256 << 10
+"""Bytes of queued frames joined into one send (about what the socket takes at once)."""
 _FRAME_COST: Final = 64
 """What one queued frame costs beyond its bytes (the bytes object and its list slot)."""
 
@@ -125,8 +127,9 @@ class Connection:
         self._dirty = False
         self._blocked = False
         self._frames: FrameBuffer[FromContainer] = FrameBuffer(FromContainer)
-        self._out: list[bytes | _Passing] = []
+        self._out: list[bytes | memoryview | _Passing] = []
         self._out_bytes = 0
+        self._low: tuple[int, anyio.Event] | None = None  # wait_queued_below's mark
         self._passing = 0  # _Passing entries in _out
         self._wake = anyio.Event()
         self.closed = False
@@ -146,6 +149,22 @@ class Connection:
     def queued(self) -> int:
         """Bytes queued towards the container, not yet written (with each frame's cost)."""
         return self._out_bytes
+
+    async def wait_queued_below(self, mark: int) -> None:
+        """Wait until at most ``mark`` bytes are queued towards the container (or the
+        channel closed): a bulk sender's pace, woken by the writes themselves."""
+        while self._out_bytes > mark and not self.closed:
+            event = anyio.Event()
+            self._low = (mark, event)
+            try:
+                await event.wait()
+            finally:
+                self._low = None
+
+    def _wrote(self) -> None:
+        low = self._low
+        if low is not None and (self._out_bytes <= low[0] or self.closed):
+            low[1].set()
 
     def limit_queue(self, limit: int, *, close: bool) -> None:
         """Drop events past ``limit`` queued bytes (``close``: end the container instead)."""
@@ -216,21 +235,32 @@ class Connection:
             return
         if self._passing:
             self._push_passing()
+            self._wrote()
             return
-        out: list[bytes] = self._out  # type: ignore[assignment] # no _Passing among them
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        sent = self._send(data)
-        if sent < 0:
-            return
-        if sent < len(data):
-            out.append(data[sent:])
-            self._out_bytes = len(data) - sent
-            self._block()
-        else:
-            self._drained()
+        out: list[bytes | memoryview] = self._out  # type: ignore[assignment] # no _Passing among them
+        while out:
+            # small frames go in one send; a large one (state handoff) alone, uncopied
+            count, size = 1, len(out[0])
+            while count < len(out) and size < _BATCH:
+                size += len(out[count])
+                count += 1
+            data = out[0] if count == 1 else b"".join(out[:count])
+            sent = self._send(data)
+            if sent < 0:
+                self._wrote()
+                return
+            if sent < len(data):
+                out[:count] = [memoryview(data)[sent:]]  # a view: the rest is not copied again
+                self._out_bytes = max(0, self._out_bytes - sent)
+                self._block()
+                self._wrote()
+                return
+            del out[:count]
+            self._out_bytes = max(0, self._out_bytes - size - count * _FRAME_COST)
+        self._drained()
+        self._wrote()
 
-    def _send(self, data: bytes, sock: socket.socket | None = None) -> int:
+    def _send(self, data: bytes | memoryview, sock: socket.socket | None = None) -> int:
         """Bytes of ``data`` written (with ``sock`` attached), 0 when the channel is full, -1
         when it failed (then closed). A socket the kernel refuses to pass raises OSError."""
         try:
@@ -298,6 +328,7 @@ class Connection:
     def _fail(self) -> None:
         """The channel failed: nothing more is written, and queued sockets are closed."""
         self.closed = True
+        self._wrote()
         self._out_bytes = 0
         if self._passing:
             for item in self._out:
@@ -329,7 +360,8 @@ class Connection:
     async def _fill(self) -> None:
         while True:
             try:
-                data, ancillary, flags, _ = self.sock.recvmsg(_READ_SIZE, _ANCILLARY)
+                size = self._frames.read_size(_READ_SIZE)
+                data, ancillary, flags, _ = self.sock.recvmsg(size, _ANCILLARY)
             except BlockingIOError:
                 try:
                     await anyio.wait_readable(self.sock)

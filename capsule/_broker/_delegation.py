@@ -12,13 +12,23 @@ import time
 from collections.abc import Callable
 from typing import final
 
+import anyio
+
 from capsule._broker._audit import AuditLog
 from capsule._broker._calls import Target
 from capsule._broker._routes import Deny, Peer, holds, unusable
 from capsule._ipc._messages import Delegate, Error, Granted, Result, Revoke
+from capsule._ipc._outcome import error_for
 from capsule._ipc._payload import encode_payload
+from capsule._tasks import TaskStarter
 from capsule._tokens._authority import TokenAuthority
-from capsule.errors import CapabilityDeniedError, ConfigError, InvalidTokenError
+from capsule.errors import (
+    CapabilityDeniedError,
+    ConfigError,
+    FeatureUnavailableError,
+    InvalidTokenError,
+    OverloadedError,
+)
 
 __all__ = ["Delegations"]
 
@@ -35,8 +45,12 @@ class Delegations:
         *,
         deny: Deny,
         over: Callable[[Peer, int, str, str], None],
+        waits: TaskStarter,
+        wait_limit: float,
     ) -> None:
         self._authority = authority
+        self._waits = waits  # runs the delegations that wait for their recipient
+        self._wait_limit = wait_limit
         self._audit = audit
         self._resolve = resolve
         self._deny = deny
@@ -44,8 +58,10 @@ class Delegations:
         # token id -> (by, to, parent, until): ``until`` is when its delegator's ttl ends it
         self.records: dict[str, tuple[str, str, str, float]] = {}
 
-    def delegate(self, peer: Peer, msg: Delegate) -> None:
-        """Derive the token ``msg`` asks for from ``peer``'s handle and send it to its recipient."""
+    def delegate(self, peer: Peer, msg: Delegate, *, waited: bool = False) -> None:
+        """Derive the token ``msg`` asks for from ``peer``'s handle and send it to its
+        recipient. A recipient switching versions (or restarting) is waited for, as a call
+        to it would be, once (``waited``) and up to the call timeout."""
         handle = peer.handles.get(msg.handle)
         why = unusable(handle, msg.handle)
         if handle is None or why is not None:
@@ -73,6 +89,9 @@ class Delegations:
         target = self._resolve(msg.to)
         recipient = None if target is None else target._live_peer()
         if recipient is None:
+            if target is not None and not waited:
+                self._wait_for(target, peer, msg)
+                return
             why = "is not part of this app" if target is None else "is not running"
             peer.conn.send(Error(id=msg.id, kind="unavailable", feature=msg.to, message=why))
             return
@@ -109,6 +128,31 @@ class Delegations:
         recipient.granted.add(token.token_id)
         recipient.conn.send(Granted(token=token.text, sender=peer.feature))
         peer.conn.send(Result(id=msg.id, value=encode_payload(token.token_id, "a token id")))
+
+    def _wait_for(self, target: Target, peer: Peer, msg: Delegate) -> None:
+        """The recipient has no live container now: fail at once if it is stopped or too many
+        wait already, else derive the token once it is back (a switch of versions)."""
+        try:
+            target._check_available(peer.feature)
+        except FeatureUnavailableError as exc:
+            peer.conn.send(error_for(msg.id, exc))
+            return
+        except OverloadedError as exc:
+            peer.conn.send(Error(id=msg.id, kind="overloaded", feature=msg.to, message=str(exc)))
+            return
+        self._waits.start_soon(self._delegate_when_ready, target, peer, msg)
+
+    async def _delegate_when_ready(self, target: Target, peer: Peer, msg: Delegate) -> None:
+        with anyio.move_on_after(self._wait_limit):
+            try:
+                await target._wait_peer()
+            except FeatureUnavailableError as exc:
+                peer.conn.send(error_for(msg.id, exc))
+                return
+            self.delegate(peer, msg, waited=True)  # checked again: its handle may have ended
+            return
+        why = f"was not running again within {self._wait_limit:g}s"
+        peer.conn.send(Error(id=msg.id, kind="unavailable", feature=msg.to, message=why))
 
     def live(self, feature: str) -> int:
         """Tokens ``feature`` delegated that are neither revoked nor past their ttl; forgets

@@ -162,6 +162,7 @@ class Route:
         "feature",
         "host",
         "live",
+        "mark",
         "sent",
         "service",
         "started",
@@ -197,6 +198,7 @@ class Route:
         self.callee: Peer | None = None
         self.callee_id = 0
         self.live = True
+        self.mark = 0  # what the callee's CallStats.sent said (whether its latency counts)
 
 
 @final

@@ -80,7 +80,8 @@ class FrameBuffer(Generic[T]):
         end = HEADER + size
         if len(self._buffer) < end:
             return None
-        body = bytes(self._buffer[HEADER:end])
+        with memoryview(self._buffer) as view:  # one copy: Raw payloads keep their body
+            body = bytes(view[HEADER:end])
         del self._buffer[:end]
         self.start = self._consumed
         self._consumed += end
@@ -90,6 +91,14 @@ class FrameBuffer(Generic[T]):
             # msgspec raises UnicodeDecodeError, not DecodeError, for a string that is not UTF-8
             raise ProtocolError(f"undecodable frame: {exc}") from None
         return message
+
+    def read_size(self, least: int) -> int:
+        """How many bytes to read next: ``least``, or the rest of a frame that is larger
+        (a large frame arrives in a few reads, not one per ``least`` bytes)."""
+        if len(self._buffer) < HEADER:
+            return least
+        size = int.from_bytes(self._buffer[:HEADER], "big")
+        return max(least, min(size, self._max_frame) + HEADER - len(self._buffer))
 
     @property
     def pending(self) -> int:
@@ -249,7 +258,8 @@ class Channel(Generic[T]):
                     await anyio.lowlevel.checkpoint()
                 return message
             try:
-                data = self._recv_passing() if self._passes_fds else self._sock.recv(_READ_SIZE)
+                size = self._frames.read_size(_READ_SIZE)
+                data = self._recv_passing(size) if self._passes_fds else self._sock.recv(size)
             except BlockingIOError:
                 self._unwaited = 0
                 try:
@@ -265,10 +275,8 @@ class Channel(Generic[T]):
 
     # -- descriptors passed by the supervisor ------------------------------------------
 
-    def _recv_passing(self) -> bytes:
-        data, ancillary, flags, _ = self._sock.recvmsg(
-            _READ_SIZE, _PASSED_SPACE, socket.MSG_CMSG_CLOEXEC
-        )
+    def _recv_passing(self, size: int) -> bytes:
+        data, ancillary, flags, _ = self._sock.recvmsg(size, _PASSED_SPACE, socket.MSG_CMSG_CLOEXEC)
         truncated = bool(flags & socket.MSG_CTRUNC)
         if ancillary or truncated:
             fds = array.array("i")

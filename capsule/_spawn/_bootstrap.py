@@ -20,6 +20,7 @@ Runs only in freshly forked, single-threaded children; never returns to the zygo
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import resource
 import select
@@ -50,6 +51,7 @@ __all__ = [
 _Request = TypeVar("_Request")
 
 EXIT_BOOTSTRAP: Final = 70
+_FATAL_ERROR: Final = b"Fatal Python error: "  # how faulthandler starts what it writes
 _ALL_NAMESPACES: Final = (
     sc.CLONE_NEWUSER
     | sc.CLONE_NEWNS
@@ -144,13 +146,16 @@ def run_outer(
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         lifeline, held = os.pipe()
+        fatal, stderr = os.pipe()  # the inner's fd 2: what faulthandler says as it dies
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         inner = os.fork()
         if inner == 0:
             os.close(held)
             os.close(carrier)
+            os.close(fatal)
             ours.close()
-            _run_inner(request, channel, theirs.detach(), seccomp_program, lifeline)
+            _run_inner(request, channel, theirs.detach(), seccomp_program, lifeline, stderr=stderr)
+        os.close(stderr)
         os.close(lifeline)
         theirs.close()
         sources = read_request(carrier, RootSources)
@@ -165,11 +170,38 @@ def run_outer(
     except BaseException as exc:
         _report(channel, exc)
         os._exit(EXIT_BOOTSTRAP)
-    _mirror_exit(inner)
+    _mirror_exit(inner, fatal)
 
 
-def _mirror_exit(pid: int) -> NoReturn:
-    """Wait for the inner process and end the same way, so the zygote sees its status."""
+def _first_fatal_error(fd: int) -> bytes | None:
+    """Read the inner process's fd 2 until every copy of it is closed (it ended); the
+    first fatal error faulthandler named there (``Aborted``, ``Segmentation fault``)."""
+    first: bytes | None = None
+    tail = b""
+    while chunk := os.read(fd, 65536):
+        if first is not None:
+            continue  # drained only, so the container never blocks writing to it
+        data = tail + chunk
+        at = data.find(_FATAL_ERROR)
+        if at < 0:
+            tail = data[-len(_FATAL_ERROR) :]
+            continue
+        end = data.find(b"\n", at)
+        if end < 0:
+            tail = data[at : at + 256]  # the rest of the line comes with the next read
+            continue
+        first = data[at + len(_FATAL_ERROR) : end]
+    os.close(fd)
+    return first
+
+
+def _mirror_exit(pid: int, fatal: int) -> NoReturn:
+    """Wait for the inner process and end the same way, so the zygote sees its status.
+
+    The inner process is its PID namespace's init, which a signal it sends itself does not
+    end: ``abort()`` raises SIGABRT in vain, then ends it with a faulting instruction, a
+    SIGSEGV. faulthandler names the SIGABRT first on fd 2, so that one is mirrored."""
+    first = _first_fatal_error(fatal)
     while True:
         try:
             _, status = os.waitpid(pid, 0)
@@ -178,6 +210,8 @@ def _mirror_exit(pid: int) -> NoReturn:
             os._exit(EXIT_BOOTSTRAP)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
+        if sig == signal.SIGSEGV and first == b"Aborted":
+            sig = signal.SIGABRT
         if sig not in {signal.SIGKILL, signal.SIGSTOP}:  # those two have no handler to reset
             signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
@@ -252,6 +286,8 @@ def _run_inner(
     handover: int,
     seccomp_program: bytes | None,
     lifeline: int,
+    *,
+    stderr: int,
 ) -> NoReturn:
     try:
         os.setsid()
@@ -264,8 +300,9 @@ def _run_inner(
         enter_root()
         socket.sethostname(request.name)
         null = os.open("/dev/null", os.O_RDWR)
-        for fd in (0, 1, 2):
+        for fd in (0, 1):
             os.dup2(null, fd)
+        os.dup2(stderr, 2)  # the outer process reads it: see _mirror_exit
         if channel != CHANNEL_FD:
             os.dup2(channel, CHANNEL_FD)
         close_all_but({0, 1, 2, CHANNEL_FD})
@@ -282,6 +319,7 @@ def _run_inner(
         os._exit(EXIT_BOOTSTRAP)
     from capsule._container._runtime import serve  # noqa: PLC0415 - imported by the zygote already
 
+    faulthandler.enable(file=2, all_threads=False)  # names the fatal signal for the outer one
     os._exit(serve(CHANNEL_FD, status))
 
 

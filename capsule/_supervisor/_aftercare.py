@@ -17,6 +17,7 @@ from capsule._broker._audit import AuditLog
 from capsule._broker._broker import Broker
 from capsule._supervisor._handle import FeatureHandle, FeatureState
 from capsule._supervisor._instance import Instance
+from capsule._supervisor._renewal import Renewer
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._update_state import (
     UpdateReport,
@@ -52,7 +53,11 @@ class Aftercare:
         lock: anyio.Lock,
         stop_timeout: float,
         active: dict[str, UpdateRun],
+        renewer: Renewer | None = None,
+        announce: Callable[[FeatureHandle, str], None] | None = None,
     ) -> None:
+        self._renewer = renewer  # told before a freeze and after a thaw
+        self._announce = announce  # capsule.service.up, reason ``rolled-back``
         self._broker = broker
         self._authority = authority
         self._audit = audit
@@ -125,9 +130,13 @@ class Aftercare:
         update.frozen = True  # tried: frozen, or kept idle
         if old.ended.is_set() or old.cgroup is None:
             return
+        if self._renewer is not None:  # its tokens outlast the keep window, view included
+            await self._renewer.before_freeze(old, update.policy.keep, _FREEZE_WAIT)
         try:
             await old.freeze(_FREEZE_WAIT)
         except CapsuleError as exc:
+            if self._renewer is not None:
+                self._renewer.thawed(old)
             _log.warning("old version not frozen, kept idle", feature=old.feature, error=str(exc))
 
     async def _thaw(self, old: Instance) -> bool:
@@ -140,6 +149,8 @@ class Aftercare:
         except CapsuleError as exc:
             _log.error("old version did not thaw", feature=old.feature, error=str(exc))
             return False
+        if self._renewer is not None:
+            self._renewer.thawed(old)  # its tokens back to the usual lifetime
         return not old.ended.is_set()
 
     async def _roll_back(self, update: UpdateRun, reason: str) -> None:
@@ -165,6 +176,8 @@ class Aftercare:
             update.old.on_end = update.old_on_end
             handle.instance = update.old
             handle.last_error = None
+            if self._announce is not None:  # before the state: one ``up``, not ``restarted``
+                self._announce(handle, "rolled-back")
             handle._set(FeatureState.RUNNING)
             handle._release()
         if new is not None:

@@ -3,7 +3,9 @@ and ``capsule.service.down``, from the changes of each feature's state.
 
 Watches states and publishes through the broker; it changes no state and decides nothing.
 Each ``up`` is followed by exactly one ``down`` for the same container run (a feature that
-is removed says ``removed`` once, however its container then ends).
+is removed says ``removed`` once, however its container then ends), except that a live
+update's switch and rollback say ``up`` again (``updated``, ``rolled-back``) while the
+feature is up: its calls were held, never refused.
 """
 
 from __future__ import annotations

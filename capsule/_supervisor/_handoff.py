@@ -19,8 +19,8 @@ from capsule.errors import ProtocolError
 __all__ = ["Handoff", "HandoffError"]
 
 _PACE: Final = 4 * STATE_PART
-"""Bytes of state queued towards a container before the next piece waits for it to read."""
-_PACE_WAIT: Final = 0.002
+"""Bytes of state queued towards a container before the next piece waits for it to read
+(woken by the connection's writes as the container reads, not by a poll)."""
 
 
 class HandoffError(Exception):
@@ -89,8 +89,8 @@ class Handoff:
         with anyio.move_on_after(timeout):
             last = max(0, len(data) - 1) // STATE_PART
             for index in range(last + 1):
-                while self._conn.queued > _PACE and not transfer.done.is_set():  # noqa: ASYNC110 - polls the queue the writer drains; it signals nothing
-                    await anyio.sleep(_PACE_WAIT)
+                if self._conn.queued > _PACE and not transfer.done.is_set():
+                    await self._conn.wait_queued_below(_PACE)
                 piece = data[index * STATE_PART : (index + 1) * STATE_PART]
                 self._conn.send(
                     ImportState(

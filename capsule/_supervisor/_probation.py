@@ -26,8 +26,11 @@ class Probation:
     _stats: list[CallStats] = field(default_factory=list)  # each container of the new version
 
     def watch(self, stats: CallStats) -> None:
-        """Count the calls of a container of the new version too (one per restart)."""
+        """Count the calls of a container of the new version too (one per restart). It
+        settles first: the latencies of the calls that queued up in it as it took over
+        are left out (its failures count from its first call)."""
         if all(s is not stats for s in self._stats):
+            stats.settle()
             self._stats.append(stats)
 
     @property
@@ -82,6 +85,7 @@ class Probation:
             "calls": self.calls,
             "failures": self.failures,
             "crashes": self.crashes,
+            "settled": sum(s.settled for s in self._stats),
             "p99_ms": None if p99 is None else round(p99 * 1000, 3),
             "baseline_p99_ms": None
             if self.baseline_p99 is None

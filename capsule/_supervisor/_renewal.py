@@ -4,11 +4,17 @@ for as long as it runs.
 Renews only what the container holds, with the same audience and capabilities (a new
 id and expiry), and never a token that is revoked or expired: a failure is logged,
 audited and shown in the feature's statistics, never papered over by minting afresh.
+
+A container frozen for a live update's keep window (its file-system server frozen with
+it) is not renewed: just before it freezes its tokens are renewed once to outlast the
+window, and as it thaws they are renewed to the usual lifetime at once.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass, field
 from typing import Final, final
 
 import anyio
@@ -72,6 +78,7 @@ class Renewer:
         self.ttl = ttl
         self._view_timeout = view_timeout
         self._in_view: dict[int, dict[str, Token]] = {}  # id(instance) -> its view's keys
+        self._loops: dict[int, _Loop] = {}  # id(instance) -> its renewal loop's state
 
     def view_keys(self, revoked: frozenset[str] | set[str]) -> set[str]:
         """The ids the views may still know tokens in ``revoked`` by (a renewal the view has
@@ -89,10 +96,34 @@ class Renewer:
         current = list(tokens)
         in_view = {t.token_id: t for t in tokens}  # the id a view's mount is keyed by -> now
         self._in_view[id(instance)] = in_view
+        self._loops[id(instance)] = _Loop()
         try:
             await self._keep(handle, instance, current, in_view)
         finally:
             del self._in_view[id(instance)]
+            del self._loops[id(instance)]
+
+    async def before_freeze(self, instance: Instance, seconds: float, timeout: float) -> None:  # noqa: ASYNC109 - bounds the renewal it waits for
+        """``instance`` is about to be frozen for ``seconds``: renew its tokens once so they
+        outlast that (its file-system server rekeyed while it still runs), then renew none
+        until :meth:`thawed`. Returns once done, or after ``timeout`` seconds."""
+        loop = self._loops.get(id(instance))
+        if loop is None:
+            return
+        loop.stretch = seconds
+        loop.stretched = anyio.Event()
+        loop.wake.set()
+        with anyio.move_on_after(timeout):
+            await loop.stretched.wait()
+
+    def thawed(self, instance: Instance) -> None:
+        """``instance`` runs again: its tokens are renewed to the usual lifetime now."""
+        loop = self._loops.get(id(instance))
+        if loop is not None:
+            loop.frozen = False
+            loop.stretch = None
+            loop.renew_all = True
+            loop.wake.set()
 
     async def _keep(
         self,
@@ -101,16 +132,36 @@ class Renewer:
         current: list[Token],
         in_view: dict[str, Token],
     ) -> None:
+        loop = self._loops[id(instance)]
         retry_at = 0.0
         while current:
             due = min(_due(t) for t in current)
             delay = max(due, retry_at) - time.time()  # token times are wall-clock
-            if delay > 0:
+            if loop.frozen:
+                delay = math.inf  # until thawed: nothing in it can use a token meanwhile
+            if delay > 0 and loop.stretch is None:
                 with anyio.move_on_after(delay):
-                    await instance.ended.wait()
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(_wait_then_cancel, instance.ended, tg.cancel_scope)
+                        tg.start_soon(_wait_then_cancel, loop.wake, tg.cancel_scope)
+                loop.wake = anyio.Event()
             if instance.ended.is_set():
                 return
-            error = self._renew_due(handle, instance, current, in_view)
+            if loop.frozen and loop.stretch is None:
+                continue
+            stretch, loop.stretch = loop.stretch, None
+            if stretch is not None:  # every token, to last the frozen window and then some
+                ttl = max(self.ttl, stretch + self.ttl)
+                error = self._renew_due(handle, instance, current, in_view, ttl=ttl, force=True)
+                if error is None:
+                    error = await self._rekey_view(instance, current, in_view)
+                loop.frozen = True
+                loop.stretched.set()
+                if error is not None:
+                    self._failed(handle, error)
+                continue
+            force, loop.renew_all = loop.renew_all, False
+            error = self._renew_due(handle, instance, current, in_view, force=force)
             if error is None:
                 error = await self._rekey_view(instance, current, in_view)
             if error is None:
@@ -128,13 +179,17 @@ class Renewer:
         instance: Instance,
         current: list[Token],
         in_view: dict[str, Token],
+        *,
+        ttl: float | None = None,
+        force: bool = False,
     ) -> str | None:
-        """Renew every token that is due, each at once in the broker (no await between the
-        check and the swap); the first failure, or None."""
+        """Renew every token that is due (``force``: every one), for ``ttl`` seconds (the
+        app's by default), each at once in the broker (no await between the check and the
+        swap); the first failure, or None."""
         now = time.time()
         error = None
         for old in list(current):
-            if _due(old) > now:
+            if _due(old) > now and not force:
                 continue
             claims, reason = self._authority.verifier.diagnose(old, now=now)
             if claims is None:
@@ -146,7 +201,7 @@ class Renewer:
                     error = f"token {old.token_id} lapsed without renewal: {reason}"
                 continue
             try:
-                new = self._authority.renew(old, ttl=self.ttl, now=now)
+                new = self._authority.renew(old, ttl=ttl or self.ttl, now=now)
             except CapsuleError as exc:
                 error = error or f"renewing token {old.token_id} failed: {exc}"
                 continue
@@ -189,6 +244,22 @@ class Renewer:
         handle.renewals_failed += 1
         _log.error("token renewal failed", feature=handle.name, error=error)
         self._audit.record("renew", feature=handle.name, decision="fail", reason=error)
+
+
+@dataclass(slots=True)
+class _Loop:
+    """What the renewal loop of one container is asked to do beside renewing on time."""
+
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    stretch: float | None = None  # renew every token to outlast a freeze of this long
+    stretched: anyio.Event = field(default_factory=anyio.Event)
+    frozen: bool = False  # renew nothing until thawed
+    renew_all: bool = False  # thawed: every token, now
+
+
+async def _wait_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _due(token: Token) -> float:

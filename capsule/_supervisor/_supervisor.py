@@ -55,6 +55,7 @@ from capsule.errors import (
     FeatureError,
     FeatureStartError,
     FeatureUnavailableError,
+    UpdateError,
 )
 
 __all__ = [
@@ -206,6 +207,8 @@ class Supervisor(metaclass=NoPublicConstructor):
             stop_timeout=stop_timeout,
             start_timeout=start_timeout,
             history=history,
+            renewer=self._renewer,
+            announce=self._announcer.up,
         )
         self._variants = Variants(
             app,
@@ -295,10 +298,17 @@ class Supervisor(metaclass=NoPublicConstructor):
         Returns once the new version serves (``dry_run``: what would happen, and the
         capability diff). ConfigError for a bad bundle, UpdateRefusedError for a request
         the app's policy does not approve, UpdateError for a widening without ``approve``
-        or an update that did not happen (the old version serves on). See the guide,
+        or an update that did not happen (the old version serves on), and for a plugin
+        added at run time (remove it and add the new version). See the guide,
         docs/guide/updates.md.
         """
         handle = self.feature(name)
+        if any(plugin.name == name for plugin in self._plugins.installed()):
+            raise UpdateError(
+                name,
+                "is a plugin added at run time, which is not updated in place: remove it and "
+                f"add the new version (capsule plugin remove {name}; capsule plugin add DIR)",
+            )
         if not dry_run:
             self._variants.refuse_while_running(name, "updated")
         return await self._updates.update(handle, Path(bundle), approve=approve, dry_run=dry_run)

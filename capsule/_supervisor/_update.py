@@ -29,6 +29,7 @@ from capsule._supervisor._handoff import HandoffError
 from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._plan import Version
 from capsule._supervisor._probation import Probation
+from capsule._supervisor._renewal import Renewer
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._update_state import (
     UpdateReport,
@@ -66,6 +67,8 @@ class Updates:
         stop_timeout: float,
         start_timeout: float,
         history: VersionLog | None = None,
+        renewer: Renewer | None = None,
+        announce: Callable[[FeatureHandle, str], None] | None = None,
     ) -> None:
         self._app = app
         self._broker = broker
@@ -88,7 +91,10 @@ class Updates:
             lock=lock,
             stop_timeout=stop_timeout,
             active=self._active,
+            renewer=renewer,
+            announce=announce,
         )
+        self._announce = announce  # capsule.service.up: ``updated``, ``rolled-back``
         self.history = history
 
     @property
@@ -310,6 +316,8 @@ class Updates:
         handle.manifest, handle.grant = update.new_version.manifest, update.new_version.grant
         handle.restarts = RestartTracker(update.new_version.manifest.restart)
         handle.last_error = None
+        if self._announce is not None:  # before the state: one ``up``, not a ``restarted`` too
+            self._announce(handle, "updated")
         handle._set(FeatureState.RUNNING)
         handle._release()
         update.switched_at = anyio.current_time()

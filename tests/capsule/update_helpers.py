@@ -52,40 +52,80 @@ def counter(feature: Feature, version: str, *, handoff: bool = True) -> dict[str
 
 
 def counter_app(
-    root: Path, *, update: Mapping[str, Any] | None = None, client: bool = False
+    root: Path,
+    *,
+    update: Mapping[str, Any] | None = None,
+    client: bool = False,
+    policy: Mapping[str, Any] | None = None,
+    limits: Mapping[str, Any] = LIMITS,
 ) -> TestApp:
     """An app with ``counter`` 1.0.0 (update policy ``QUICK`` with ``update`` over it) and,
-    with ``client``, a ``client`` feature that calls ``counter.add`` from its container."""
+    with ``client``, a ``client`` feature that calls ``counter.add`` from its container
+    (``pump``: one call after the other; ``pace``: at a steady rate). ``limits`` are the
+    counter's."""
     app = TestApp(root)
-    policy = {"update": {**QUICK, **(update or {})}}
-    counter(app.feature("counter", limits=LIMITS, restart=restart(), policy=policy), "1.0.0")
+    table = {"update": {**QUICK, **(update or {})}, **(policy or {})}
+    counter(app.feature("counter", limits=limits, restart=restart(), policy=table), "1.0.0")
     if client:
-        pump(
-            app.feature(
-                "client",
-                requires=["counter"],
-                limits=LIMITS,
-                restart=restart(),
-                policy={"call": ["counter.add"]},
-            )
+        client_feature = app.feature(
+            "client",
+            requires=["counter"],
+            limits=LIMITS,
+            restart=restart(),
+            policy={"call": ["counter.add"]},
         )
+        pump(client_feature)
+        pacer(client_feature)
     return app
 
 
 def pump(feature: Feature) -> None:
-    """``pump``: call ``counter.add`` ``n`` times, ``pause`` seconds apart; answers how many
-    calls succeeded and the errors of those that failed."""
+    """``pump``: call ``counter.add`` ``n`` times (or until ``stop``), ``pause`` seconds
+    apart; answers how many calls succeeded and the errors of those that failed."""
+    stopped = {"now": False}
+
+    @feature.service("stop")
+    async def _stop(ctx: Context, request: Any) -> None:
+        stopped["now"] = True
 
     @feature.service("pump")
     async def _pump(ctx: Context, request: Any) -> dict[str, Any]:
         done, errors = 0, []
+        stopped["now"] = False
         for _ in range(request["n"]):
+            if stopped["now"]:
+                break
             try:
                 await ctx.call("counter", "add", timeout=10)
                 done += 1
             except Exception as exc:  # every failure is answered, then asserted
                 errors.append(repr(exc))
             await trio.sleep(request["pause"])
+        return {"done": done, "errors": errors}
+
+
+def pacer(feature: Feature) -> None:
+    """``pace``: call ``counter.add`` ``rate`` times a second for ``seconds``, each call in
+    its own task (a held call does not hold up the next); answers how many succeeded and
+    the errors of those that failed."""
+
+    @feature.service("pace")
+    async def _pace(ctx: Context, request: Any) -> dict[str, Any]:
+        done, errors = 0, []
+
+        async def one() -> None:
+            nonlocal done
+            try:
+                await ctx.call("counter", "add", timeout=10)
+                done += 1
+            except Exception as exc:  # every failure is answered, then asserted
+                errors.append(repr(exc))
+
+        origin, rate = trio.current_time(), float(request["rate"])
+        async with trio.open_nursery() as nursery:
+            for index in range(int(rate * request["seconds"])):
+                await trio.sleep_until(origin + index / rate)
+                nursery.start_soon(one)
         return {"done": done, "errors": errors}
 
 

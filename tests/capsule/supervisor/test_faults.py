@@ -8,6 +8,7 @@ and nothing is left behind once the supervisor closes.
 from __future__ import annotations
 
 import errno
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -149,6 +150,29 @@ async def test_segfault_is_a_crash_with_sigsegv(tmp_path: Path) -> None:
             await wait_new_pid(sup, "victim", before["victim"])
             assert sup.feature("victim").statistics().last_exit == "killed by SIGSEGV"
             await _survived(sup, load, before)
+    assert capsule.testing.leftovers() == []
+
+
+@pytest.mark.trio
+async def test_os_abort_in_a_feature_is_reported_as_sigabrt(tmp_path: Path) -> None:
+    # the feature is its PID namespace's init, which a signal it sends itself cannot end:
+    # abort() then falls back to a faulting instruction, a SIGSEGV; the true one is reported
+    app = _app(tmp_path)
+    victim = app.inline["victim"]
+
+    @victim.service("abort")
+    async def _abort(ctx: Context, request: Any) -> None:
+        os.abort()
+
+    with trio.fail_after(20):
+        async with app.open() as sup:
+            before = pids(sup)
+            with pytest.raises(FeatureCrashedError) as crashed:
+                await sup.call("victim", "abort")
+            assert crashed.value.signal == signal.SIGABRT
+            assert "killed by SIGABRT" in str(crashed.value)
+            await wait_new_pid(sup, "victim", before["victim"])
+            assert sup.feature("victim").statistics().last_exit == "killed by SIGABRT"
     assert capsule.testing.leftovers() == []
 
 
