@@ -25,12 +25,15 @@ class Probation:
     crashes: int = 0
     _stats: list[CallStats] = field(default_factory=list)  # each container of the new version
 
-    def watch(self, stats: CallStats) -> None:
-        """Count the calls of a container of the new version too (one per restart). It
-        settles first: the latencies of the calls that queued up in it as it took over
-        are left out (its failures count from its first call)."""
+    def watch(self, stats: CallStats, *, settle: bool = True) -> None:
+        """Count the calls of a container of the new version too (one per restart). With
+        ``settle`` (it takes over a route, and the calls held meanwhile reach it at once),
+        it settles first: the latencies of the calls that queued up in it as it took over
+        are left out (its failures count from its first call). A variant, given its share
+        of calls as they come, has no such backlog: every latency counts."""
         if all(s is not stats for s in self._stats):
-            stats.settle()
+            if settle:
+                stats.settle()
             self._stats.append(stats)
 
     @property

@@ -329,7 +329,7 @@ class Variants:
         instance.on_end = functools.partial(self._ended, exp, candidate, instance)
         self._broker.mute(instance.peer)  # events reach the control only: no doubled effects
         candidate.instance = instance
-        candidate.probation.watch(instance.peer.stats)
+        candidate.probation.watch(instance.peer.stats, settle=False)
         candidate.state = "running"
         exp.routes.peers[candidate.index] = instance.peer
         if instance.ended.is_set():  # it ended between ready and here
