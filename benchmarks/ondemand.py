@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import trio
+from _apps import SERVICE, ping, ping_app
 from _common import (
     LabelledTarget,
     Measure,
@@ -48,11 +49,8 @@ from _common import (
 )
 
 from capsule import Supervisor
-from capsule.feature import Context
-from capsule.testing import TestApp
 
 NAME: Final = "ondemand"
-SERVICE: Final = "ping"
 EAGER: Final = "eager"
 LAZY: Final = "lazy"
 FIRST_CALL_ROW: Final = "first call to a stopped on-demand feature"
@@ -74,19 +72,6 @@ FULL: Final = Sizes(samples=60, rounds=4, warmup=2, features=100)
 QUICK: Final = Sizes(samples=6, rounds=2, warmup=1, features=20)
 
 
-def _app(root: Path, policies: dict[str, dict[str, Any]], name: str) -> TestApp:
-    """Trivial inline features answering ``ping``, with the given app policies."""
-    app = TestApp(root, name=name)
-    for feature_name, policy in policies.items():
-        feature = app.feature(feature_name, faults=False, policy=policy)
-
-        @feature.service(SERVICE)
-        async def _ping(ctx: Context, request: Any) -> Any:
-            return request
-
-    return app
-
-
 # -- timed: eager cold start against the first call to a stopped on-demand feature ------------
 
 
@@ -94,11 +79,8 @@ async def _eager_once(sup: Supervisor, index: int) -> int:
     await sup.stop(EAGER)
     begin = time.perf_counter_ns()
     await sup.start(EAGER)
-    reply = await sup.call(EAGER, SERVICE, index)
-    took = time.perf_counter_ns() - begin
-    if reply != index:
-        raise RuntimeError(f"{EAGER} answered {reply!r}, expected {index!r}")
-    return took
+    await ping(sup, EAGER, index)
+    return time.perf_counter_ns() - begin
 
 
 async def _lazy_once(sup: Supervisor, index: int) -> int:
@@ -106,18 +88,13 @@ async def _lazy_once(sup: Supervisor, index: int) -> int:
     if sup.feature(LAZY).statistics().state != "stopped (on-demand)":
         raise RuntimeError(f"{LAZY} is not stopped (on-demand) before the sample")
     begin = time.perf_counter_ns()
-    reply = await sup.call(LAZY, SERVICE, index)
-    took = time.perf_counter_ns() - begin
-    if reply != index:
-        raise RuntimeError(f"{LAZY} answered {reply!r}, expected {index!r}")
-    return took
+    await ping(sup, LAZY, index)
+    return time.perf_counter_ns() - begin
 
 
 async def run_timed(root: Path, sizes: Sizes) -> tuple[list[int], list[int]]:
-    app = _app(
-        root,
-        {EAGER: {}, LAZY: {"start": "on-demand", "idle_stop": "never"}},
-        "ondemandbench",
+    app = ping_app(
+        root, "ondemandbench", {EAGER: {}, LAZY: {"start": "on-demand", "idle_stop": "never"}}
     )
     eager: list[int] = []
     lazy: list[int] = []
@@ -141,7 +118,7 @@ async def run_timed(root: Path, sizes: Sizes) -> tuple[list[int], list[int]]:
 async def _heap(root: Path, policies: dict[str, dict[str, Any]], woken: int) -> int:
     """Bytes of Python heap allocated while the app is open, ``woken`` of its on-demand
     features called once (tracemalloc, after a collection; the supervisor's side only)."""
-    app = _app(root, policies, "ondemandmem")
+    app = ping_app(root, "ondemandmem", policies)
     app.write()
     gc.collect()
     tracemalloc.start()

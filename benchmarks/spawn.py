@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import trio
+from _apps import SERVICE, ping, ping_app
 from _common import (
     Job,
     Measure,
@@ -60,12 +61,9 @@ from _common import (
 )
 
 from capsule import Supervisor
-from capsule.feature import Context
-from capsule.testing import TestApp
 
 NAME: Final = "spawn"
 FEATURE: Final = "f"
-SERVICE: Final = "ping"
 IMPORTS: Final = "import trio, msgspec, anyio, cloudpickle, capsule.feature"
 BWRAP_ROW: Final = "bubblewrap --unshare-all + fresh interpreter"
 
@@ -114,19 +112,6 @@ QUICK: Final = Sizes(
 )
 
 
-def _test_app(root: Path, names: Sequence[str]) -> TestApp:
-    """An app of trivial inline features, each answering ``ping`` with its request."""
-    app = TestApp(root, name="spawnbench")
-    for name in names:
-        feature = app.feature(name, faults=False)
-
-        @feature.service(SERVICE)
-        async def _ping(ctx: Context, request: Any) -> Any:
-            return request
-
-    return app
-
-
 # -- the floor -------------------------------------------------------------------------
 
 
@@ -165,10 +150,8 @@ async def _cold_starts(sup: Supervisor, count: int, warmup: int, halves: _Halves
             begin = clock()
             await sup.start(FEATURE)
             started = clock()
-            reply = await sup.call(FEATURE, SERVICE, index)
+            await ping(sup, FEATURE, index)
             served = clock()
-            if reply != index:
-                raise RuntimeError(f"ping answered {reply!r}, expected {index!r}")
             if index >= warmup:
                 durations.append(served - begin)
                 halves.start_ns.append(started - begin)
@@ -257,7 +240,7 @@ async def run_timed(
 ) -> tuple[list[Job], list[list[list[float]]], _Halves, str]:
     """Open one supervisor and run every timed job interleaved from a worker thread."""
     halves = _Halves([], [])
-    app = _test_app(root, [FEATURE])
+    app = ping_app(root, "spawnbench", {FEATURE: {}})
     async with app.open() as sup:
         if await sup.call(FEATURE, SERVICE, "ready") != "ready":
             raise RuntimeError("the inline feature does not echo its request")
@@ -334,7 +317,7 @@ class Memory:
 
 async def measure_memory(root: Path, sizes: Sizes) -> Memory:
     names = [f"f{index:03d}" for index in range(sizes.containers)]
-    app = _test_app(root, names)
+    app = ping_app(root, "spawnbench", {name: {} for name in names})
     async with app.open() as sup:
         for name in names:
             if await sup.call(name, SERVICE, name) != name:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from capsule._broker._audit_read import AuditEvent, AuditProblem, read_events
-from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, printable
+from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, add_format_option, printable
 from capsule._cli._target import add_app_option, connect
 from capsule._control._errors import ControlError
 
@@ -54,9 +54,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     audit.add_argument(
         "--follow", action="store_true", help="keep printing events as they are appended"
     )
-    audit.add_argument(
-        "--format", choices=("text", "json"), default="text", help="output format (default text)"
-    )
+    add_format_option(audit)
     audit.set_defaults(handler=_audit)
 
 

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any, Final
 
-from capsule._cli._common import EXIT_OK, EXIT_USAGE, positive_seconds
+from capsule._cli._common import CONTROL_EXIT_STATUS, EXIT_OK, EXIT_USAGE, positive_seconds
 from capsule._cli._target import add_app_option, connect
 
 __all__ = ["register"]
@@ -33,10 +33,6 @@ _LIFECYCLE: Final = {
         "limit. Starts a stopped or quarantined feature too.",
     ),
 }
-_EXIT_STATUS: Final = (
-    " Exit status: 0 ok, 1 the app refused or failed the request (the error on stderr), "
-    "2 usage error."
-)
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -46,7 +42,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description=(
             "Call SERVICE of FEATURE in a running app (started with `capsule run`), with "
             "the host's authority, and print the reply as one line of JSON (bytes as "
-            "base64)." + _EXIT_STATUS
+            "base64)." + CONTROL_EXIT_STATUS
         ),
     )
     call.add_argument("target", metavar="FEATURE.SERVICE", help="the service to call")
@@ -67,7 +63,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     add_app_option(call)
     call.set_defaults(handler=_call)
     for action, (summary, description) in _LIFECYCLE.items():
-        command = sub.add_parser(action, help=summary, description=description + _EXIT_STATUS)
+        command = sub.add_parser(
+            action, help=summary, description=description + CONTROL_EXIT_STATUS
+        )
         command.add_argument("feature", metavar="FEATURE", help="the feature's name")
         add_app_option(command)
         command.set_defaults(handler=_lifecycle, action=action)

@@ -14,7 +14,13 @@ from typing import Any
 
 import msgspec
 
-from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, app_dir_problem
+from capsule._cli._common import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_USAGE,
+    add_format_option,
+    app_dir_problem,
+)
 from capsule._cli._dot import render_dot
 from capsule._manifest import (
     CheckReport,
@@ -43,9 +49,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     check.add_argument("app", metavar="APP", help="app directory (the one holding app.toml)")
     check.add_argument("--strict", action="store_true", help="count warnings as problems too")
-    check.add_argument(
-        "--format", choices=("text", "json"), default="text", help="output format (default text)"
-    )
+    add_format_option(check)
     check.set_defaults(handler=_check)
     graph = sub.add_parser(
         "graph",

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Final, NoReturn
 
 __all__ = [
+    "CONTROL_EXIT_STATUS",
     "EXIT_OK",
     "EXIT_PROBLEMS",
     "EXIT_USAGE",
     "Parser",
+    "add_format_option",
     "app_dir_problem",
     "positive_seconds",
     "printable",
@@ -24,6 +26,11 @@ __all__ = [
 EXIT_OK: Final = 0
 EXIT_PROBLEMS: Final = 1
 EXIT_USAGE: Final = 2
+#: the end of the description of a command that sends one request to the control socket
+CONTROL_EXIT_STATUS: Final = (
+    " Exit status: 0 ok, 1 the app refused or failed the request (the error on stderr), "
+    "2 usage error."
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -31,6 +38,13 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def add_format_option(
+    parser: argparse.ArgumentParser, *, help: str = "output format (default text)"
+) -> None:
+    """``--format text|json``, text by default."""
+    parser.add_argument("--format", choices=("text", "json"), default="text", help=help)
 
 
 def positive_seconds(text: str) -> float:

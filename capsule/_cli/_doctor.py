@@ -11,7 +11,7 @@ import os
 import textwrap
 from typing import Any, Final
 
-from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS
+from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS, add_format_option
 from capsule._manifest._app import WAIVABLE
 from capsule._sandbox._isolation import Isolation, Mechanism, probe
 from capsule._sandbox._landlock import ABI_FEATURES
@@ -39,9 +39,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             "nothing. Exit status: 0 full isolation, 1 reduced or none, 2 usage error."
         ),
     )
-    doctor.add_argument(
-        "--format", choices=("text", "json"), default="text", help="output format (default text)"
-    )
+    add_format_option(doctor)
     doctor.set_defaults(handler=_doctor)
 
 

@@ -12,20 +12,21 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-from capsule._cli._common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+from capsule._cli._common import (
+    CONTROL_EXIT_STATUS,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_USAGE,
+    add_format_option,
+)
 from capsule._cli._target import add_app_option, connect
 from capsule._control._protocol import PluginReview
 from capsule._units import parse_duration
 from capsule.errors import ConfigError
 
 __all__ = ["register"]
-
-_EXIT_STATUS: Final = (
-    " Exit status: 0 ok, 1 the app refused or failed the request (the error on stderr), "
-    "2 usage error."
-)
 
 
 def _drain(text: str) -> float:
@@ -57,7 +58,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             "Check the bundle DIR against the app's [plugins] policy, show what it would be "
             "granted, then start it and record it. A request the policy does not approve "
             "refuses it; a grant that widens what the app grants needs --approve (asked on a "
-            "terminal; refused otherwise, with the diff)." + _EXIT_STATUS
+            "terminal; refused otherwise, with the diff)." + CONTROL_EXIT_STATUS
         ),
     )
     add.add_argument(
@@ -75,7 +76,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description=(
             "Uninstall the plugin NAME: calls to it fail at once, calls in flight get --drain "
             "to finish, then it stops and its tokens, view and cgroup go; --purge deletes its "
-            "private storage too." + _EXIT_STATUS
+            "private storage too." + CONTROL_EXIT_STATUS
         ),
     )
     remove.add_argument("feature", metavar="NAME", help="the plugin's feature name")
@@ -95,11 +96,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "list",
         help="list the installed plugins",
         description="List the plugins of a running app with their version, state and bundle."
-        + _EXIT_STATUS,
+        + CONTROL_EXIT_STATUS,
     )
-    listing.add_argument(
-        "--format", choices=("text", "json"), default="text", help="output format (default text)"
-    )
+    add_format_option(listing)
     add_app_option(listing)
     listing.set_defaults(handler=_list)
 

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from capsule._cli._common import EXIT_OK, positive_seconds
+from capsule._cli._common import EXIT_OK, add_format_option, positive_seconds
 from capsule._cli._status import as_json, rates, rich_view, text_table
 from capsule._cli._target import add_app_option, connect
 from capsule._control._client import ControlClient
@@ -32,9 +32,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         ),
     )
     add_app_option(ps)
-    ps.add_argument(
-        "--format", choices=("text", "json"), default="text", help="output format (default text)"
-    )
+    add_format_option(ps)
     ps.set_defaults(handler=_ps)
     top = sub.add_parser(
         "top",

@@ -11,21 +11,16 @@ import argparse
 import json
 import os
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
-from capsule._cli._common import EXIT_OK
+from capsule._cli._common import CONTROL_EXIT_STATUS, EXIT_OK, add_format_option
 from capsule._cli._target import add_app_option, connect
 from capsule._supervisor._history import VersionRecord
 from capsule._supervisor._supervisor import UpdateReport
 
 __all__ = ["register"]
-
-_EXIT_STATUS: Final = (
-    " Exit status: 0 ok, 1 the app refused or failed the request (the error on stderr), "
-    "2 usage error."
-)
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -38,7 +33,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             "while the new one is on probation (it rolls back by itself if it crashes, errs "
             "or slows down; see [policy.FEATURE] update in app.toml). A bundle that asks for "
             "more than the running version needs --approve; one that asks for what the "
-            "app's policy does not approve is refused." + _EXIT_STATUS
+            "app's policy does not approve is refused." + CONTROL_EXIT_STATUS
         ),
     )
     update.add_argument("feature", metavar="FEATURE", help="the feature to update")
@@ -53,7 +48,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="print the capability diff and what the update would do; change nothing",
     )
-    _format_option(update)
+    add_format_option(update)
     add_app_option(update)
     update.set_defaults(handler=_update)
     rollback = sub.add_parser(
@@ -62,11 +57,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description=(
             "While the old version is kept frozen after an update, thaw it and switch calls "
             "back at once; after that, stop FEATURE and start the previous version in its "
-            "history (capsule history)." + _EXIT_STATUS
+            "history (capsule history)." + CONTROL_EXIT_STATUS
         ),
     )
     rollback.add_argument("feature", metavar="FEATURE", help="the feature to roll back")
-    _format_option(rollback)
+    add_format_option(rollback)
     add_app_option(rollback)
     rollback.set_defaults(handler=_rollback)
     history = sub.add_parser(
@@ -74,19 +69,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="list the versions a feature of a running app ran, oldest first",
         description=(
             "The versions FEATURE ran (started, updated, rolled back), as the app keeps them "
-            "in its state directory across restarts." + _EXIT_STATUS
+            "in its state directory across restarts." + CONTROL_EXIT_STATUS
         ),
     )
     history.add_argument("feature", metavar="FEATURE", help="the feature's name")
-    _format_option(history)
+    add_format_option(history)
     add_app_option(history)
     history.set_defaults(handler=_history)
-
-
-def _format_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--format", choices=("text", "json"), default="text", help="output format (default text)"
-    )
 
 
 def _update(args: argparse.Namespace) -> int:

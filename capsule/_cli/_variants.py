@@ -10,21 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
-from capsule._cli._common import EXIT_OK
+from capsule._cli._common import CONTROL_EXIT_STATUS, EXIT_OK, add_format_option
 from capsule._cli._target import add_app_option, connect
 from capsule._cli._update import render_report
 from capsule._control._protocol import VariantsReport
 
 __all__ = ["parse_share", "register"]
-
-_EXIT_STATUS: Final = (
-    " Exit status: 0 ok, 1 the app refused or failed the request (the error on stderr), "
-    "2 usage error."
-)
 
 
 def parse_share(text: str) -> tuple[str, float]:
@@ -50,7 +45,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description=(
             "A/B variants of a running FEATURE: each version in its own container, the "
             "broker sending each call to one of them by its key (see [policy.FEATURE] "
-            "variants in app.toml and docs/guide/variants.md)." + _EXIT_STATUS
+            "variants in app.toml and docs/guide/variants.md)." + CONTROL_EXIT_STATUS
         ),
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -60,7 +55,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description=(
             "Each SHARE is VERSION=PERCENT (the running version or a variant running already) "
             "or DIR=PERCENT (a bundle directory); the percentages add up to 100. Raising a "
-            "variant's share never moves a key away from it." + _EXIT_STATUS
+            "variant's share never moves a key away from it." + CONTROL_EXIT_STATUS
         ),
     )
     set_.add_argument("feature", metavar="FEATURE")
@@ -88,9 +83,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     abort = actions.add_parser("abort", help="stop every variant but the running version")
     abort.add_argument("feature", metavar="FEATURE")
     for action in (set_, status, promote, abort):
-        action.add_argument(
-            "--format", choices=("text", "json"), default="text", help="output format"
-        )
+        add_format_option(action, help="output format")
         add_app_option(action)
         action.set_defaults(handler=_variants)
 

@@ -23,9 +23,8 @@ from capsule._supervisor._update_state import (
     UpdateReport,
     UpdateRun,
     VersionLog,
-    drained,
     remember,
-    revoke_held,
+    stop_version,
 )
 from capsule._tokens._authority import TokenAuthority
 from capsule.errors import CapsuleError
@@ -181,7 +180,7 @@ class Aftercare:
             handle._set(FeatureState.RUNNING)
             handle._release()
         if new is not None:
-            await self._drain_and_stop(new, policy.drain)
+            await stop_version(self._authority, new, self._stop_timeout, drain=policy.drain)
         if cold:
             async with self._lock:
                 await self._relaunch(handle)
@@ -226,7 +225,7 @@ class Aftercare:
         handle.last_exit = f"failed its probation: {reason}"
         handle._release()
         if new is not None:
-            await self._drain_and_stop(new, update.policy.drain)
+            await stop_version(self._authority, new, self._stop_timeout, drain=update.policy.drain)
         figures = {} if update.probation is None else update.probation.figures()
         update.audit(
             self._audit,
@@ -236,19 +235,13 @@ class Aftercare:
             **figures,
         )
 
-    async def _drain_and_stop(self, instance: Instance, drain: float) -> None:
-        await drained(instance, drain)
-        revoke_held(self._authority, instance)
-        await instance.stop(self._stop_timeout)
-
     async def _retire(self, update: UpdateRun) -> None:
         """The old version is done with: stopped (killed if frozen), its cgroup and view
         removed by its instance."""
         update.retiring = True
         old = update.old
         if not old.ended.is_set():
-            revoke_held(self._authority, old)
-            await old.stop(self._stop_timeout)
+            await stop_version(self._authority, old, self._stop_timeout)
 
     async def retire_now(self, update: UpdateRun) -> None:
         """End a keep window early (a newer update): the old version is retired now."""

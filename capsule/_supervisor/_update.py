@@ -37,7 +37,7 @@ from capsule._supervisor._update_state import (
     VersionLog,
     drained,
     remember,
-    revoke_held,
+    stop_version,
 )
 from capsule._tasks import Services
 from capsule._tokens._authority import Token, TokenAuthority
@@ -331,8 +331,7 @@ class Updates:
         handle._release()
         new = update.new
         if new is not None and handle.instance is not new:
-            revoke_held(self._authority, new)
-            await new.stop(self._stop_timeout)
+            await stop_version(self._authority, new, self._stop_timeout)
         if exc is None:
             reason = "the app shut down"
         elif isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -411,9 +410,9 @@ class Updates:
             try:
                 running = handle.instance
                 if running is not None and not running.ended.is_set():
-                    await drained(running, policy.drain)
-                    revoke_held(self._authority, running)
-                    await running.stop(self._stop_timeout)
+                    await stop_version(
+                        self._authority, running, self._stop_timeout, drain=policy.drain
+                    )
                 handle.manifest, handle.grant = candidate.manifest, candidate.grant
                 handle.restarts = RestartTracker(candidate.manifest.restart)
                 await remember(  # first: its start is then no new version to record

@@ -32,6 +32,7 @@ __all__ = [
     "drained",
     "remember",
     "revoke_held",
+    "stop_version",
 ]
 
 _log = structlog.get_logger("capsule.supervisor")
@@ -177,3 +178,18 @@ async def drained(instance: Instance, seconds: float) -> None:
     with anyio.move_on_after(seconds):
         while instance.peer.calls and not instance.ended.is_set():  # noqa: ASYNC110 - nothing signals a container's last answer; polled
             await anyio.sleep(_DRAIN_POLL)
+
+
+async def stop_version(
+    authority: TokenAuthority,
+    instance: Instance,
+    stop_timeout: float,
+    *,
+    drain: float | None = None,
+) -> None:
+    """Stop a version's container: its calls drained first for at most ``drain`` seconds
+    (when given), then what it holds revoked, then the container stopped."""
+    if drain is not None:
+        await drained(instance, drain)
+    revoke_held(authority, instance)
+    await instance.stop(stop_timeout)

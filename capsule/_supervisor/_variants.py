@@ -36,7 +36,7 @@ from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._plan import Version
 from capsule._supervisor._probation import Probation
 from capsule._supervisor._update import UpdateReport, Updates
-from capsule._supervisor._update_state import drained, revoke_held
+from capsule._supervisor._update_state import stop_version
 from capsule._supervisor._variant_stats import (
     Tally,
     VariantsStatus,
@@ -469,9 +469,9 @@ class Variants:
         instance = candidate.instance
         candidate.state = "stopped"
         if instance is not None and not instance.ended.is_set():
-            await drained(instance, exp.policy.drain)
-            revoke_held(self._authority, instance)
-            await instance.stop(self._stop_timeout)
+            await stop_version(
+                self._authority, instance, self._stop_timeout, drain=exp.policy.drain
+            )
         if candidate.storage is not None:
             await anyio.to_thread.run_sync(_remove_tree, candidate.storage)
 

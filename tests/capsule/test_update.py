@@ -17,7 +17,14 @@ from capsule import FeatureState, OverloadedError, Supervisor, UpdateError, Upda
 from capsule._container._feature import Context, Feature
 from capsule.testing import TestApp
 from tests.capsule.supervisor.helpers import LIMITS, poll, restart
-from tests.capsule.update_helpers import QUICK, audit_events, count, counter, counter_app
+from tests.capsule.update_helpers import (
+    QUICK,
+    audit_events,
+    count,
+    counter,
+    counter_app,
+    counter_version,
+)
 
 
 async def _counted(sup: Supervisor, goal: int) -> None:
@@ -32,8 +39,7 @@ async def test_an_update_under_load_from_a_container_drops_no_call_and_keeps_the
     tmp_path: Path,
 ) -> None:
     app = counter_app(tmp_path / "app", client=True)
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     async with app.open() as sup:
         old_pid = sup.feature("counter").statistics().pid
         outcome: dict[str, Any] = {}
@@ -176,8 +182,7 @@ async def test_a_new_version_that_does_not_start_leaves_the_old_one_untouched(
 @pytest.mark.trio
 async def test_a_dry_run_shows_the_diff_and_the_steps_and_starts_nothing(tmp_path: Path) -> None:
     app = counter_app(tmp_path / "app")
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     async with app.open() as sup:
         started = sup.statistics().containers_started
         report = await sup.update("counter", app.bundle(v2), dry_run=True)
@@ -238,10 +243,8 @@ async def test_a_widening_update_needs_approval_and_an_unapproved_one_is_refused
 @pytest.mark.trio
 async def test_a_second_update_during_probation_is_refused_clearly(tmp_path: Path) -> None:
     app = counter_app(tmp_path / "app", update={"probation": "30s"})
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
-    v3 = app.version("counter", "3.0.0")
-    counter(v3, "3.0.0")
+    v2 = counter_version(app, "2.0.0")
+    v3 = counter_version(app, "3.0.0")
     async with app.open() as sup:
         await sup.update("counter", app.bundle(v2))
         assert sup.feature("counter").statistics().update == "1.0.0 -> 2.0.0 (probation)"
@@ -256,8 +259,7 @@ async def test_updating_a_stopped_feature_records_the_version_it_starts_with(
     tmp_path: Path,
 ) -> None:
     app = counter_app(tmp_path / "app")
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     async with app.open() as sup:
         await sup.stop("counter")
         report = await sup.update("counter", app.bundle(v2))
@@ -276,8 +278,7 @@ def _slow_app(root: Path, update: dict[str, Any]) -> tuple[TestApp, Feature]:
         await trio.sleep(seconds)
         return "done on 1.0.0"
 
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     return app, v2
 
 
@@ -349,8 +350,7 @@ async def test_check_live_update_passes_an_update_that_keeps_state_and_fails_one
     tmp_path: Path,
 ) -> None:
     app = counter_app(tmp_path / "app")
-    keeps = app.version("counter", "2.0.0")
-    counter(keeps, "2.0.0")
+    keeps = counter_version(app, "2.0.0")
     loses = app.version("counter", "3.0.0")
     counter(loses, "3.0.0", handoff=False)
     async with app.open() as sup:
@@ -399,10 +399,8 @@ async def test_an_app_closing_during_an_update_leaves_nothing_behind(tmp_path: P
 @pytest.mark.trio
 async def test_two_updates_started_at_once_run_one_and_refuse_the_other(tmp_path: Path) -> None:
     app = counter_app(tmp_path / "app", update={"probation": "30s"})
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
-    v3 = app.version("counter", "3.0.0")
-    counter(v3, "3.0.0")
+    v2 = counter_version(app, "2.0.0")
+    v3 = counter_version(app, "3.0.0")
     async with app.open() as sup:
         outcomes: list[str] = []
 
@@ -429,8 +427,7 @@ async def test_updating_a_crashed_feature_restarts_it_as_the_new_version(tmp_pat
     app = TestApp(tmp_path / "app")
     slow_restart = restart(backoff="500ms..500ms")
     counter(app.feature("counter", limits=LIMITS, restart=slow_restart), "1.0.0")
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     async with app.open() as sup:
         await capsule.testing.crash(sup, "counter")
         assert sup.feature("counter").state is FeatureState.RESTARTING

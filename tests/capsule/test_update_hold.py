@@ -17,7 +17,7 @@ from capsule import Supervisor
 from capsule._container._feature import Context
 from capsule.testing import TestApp
 from tests.capsule.supervisor.helpers import wait_until
-from tests.capsule.update_helpers import audit_events, counter, counter_app
+from tests.capsule.update_helpers import audit_events, counter_app, counter_version
 
 
 def _slow_export(app: TestApp, seconds: float) -> None:
@@ -48,8 +48,7 @@ async def test_a_delegation_during_the_hold_of_a_switch_waits_and_reaches_the_ne
     async def _give(ctx: Context, request: Any) -> str:
         return await ctx.delegate("icc:call:counter.add", to="counter", ttl=60)
 
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     async with app.open() as sup:
         given: dict[str, str] = {}
 
@@ -87,8 +86,7 @@ async def test_a_rollback_after_a_keep_window_longer_than_the_token_lifetime_sti
         with open("/words/list.txt", encoding="utf-8") as f:  # noqa: ASYNC230 - a few bytes, in the container
             return f.read()
 
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     async with app.open(token_ttl=1.0) as sup:
         handle = sup.feature("counter")
         old_pid = handle.statistics().pid

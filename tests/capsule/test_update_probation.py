@@ -16,7 +16,7 @@ from capsule import Supervisor
 from capsule._container._feature import Context, Feature
 from capsule.testing import TestApp
 from tests.capsule.supervisor.helpers import LIMITS, wait_until
-from tests.capsule.update_helpers import audit_events, counter, counter_app
+from tests.capsule.update_helpers import audit_events, counter_app, counter_version
 
 RATE = 1000.0  # calls a second, each in its own task
 #: a whole CPU: at RATE, LIMITS' fifth of one keeps the counter throttled (its baseline too)
@@ -60,8 +60,7 @@ async def test_an_update_at_a_steady_high_call_rate_passes_the_default_probation
 ) -> None:
     app = counter_app(tmp_path / "app", client=True, update={"probation": "1s"}, limits=BUSY)
     _slow_export(app, 0.1)
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     async with app.open() as sup:
         handle = sup.feature("counter")
         outcome = await _update_under_load(sup, app, v2, 3.0)
@@ -79,8 +78,7 @@ async def test_a_slow_version_at_a_steady_high_call_rate_still_rolls_back_on_p99
 ) -> None:
     app = counter_app(tmp_path / "app", client=True, update={"probation": "3s"}, limits=BUSY)
     _slow_export(app, 0.1)
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     del v2.services["add"]
 
     @v2.service("add")

@@ -23,7 +23,7 @@ from capsule import (
 from capsule._container._feature import Context, Feature
 from capsule.testing import TestApp
 from tests.capsule.supervisor.helpers import wait_until
-from tests.capsule.update_helpers import audit_events, count, counter, counter_app
+from tests.capsule.update_helpers import audit_events, count, counter, counter_app, counter_version
 
 
 def _crashing(app: TestApp, version: str = "2.0.0", **options: Any) -> Feature:
@@ -94,8 +94,7 @@ async def test_the_default_two_crashes_restart_the_new_version_once_then_roll_ba
 async def test_an_error_rate_over_min_calls_rolls_back(tmp_path: Path) -> None:
     policy = {"probation": "30s", "min_calls": 5, "error_rate": 0.5}
     app = counter_app(tmp_path / "app", update=policy)
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     del v2.services["add"]
 
     @v2.service("add")
@@ -120,8 +119,7 @@ async def test_an_error_rate_over_min_calls_rolls_back(tmp_path: Path) -> None:
 @pytest.mark.trio
 async def test_a_slow_new_version_is_rolled_back_on_its_p99(tmp_path: Path) -> None:
     app = counter_app(tmp_path / "app", update={"probation": "30s", "min_calls": 5})
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     del v2.services["add"]
 
     @v2.service("add")
@@ -142,8 +140,7 @@ async def test_a_slow_new_version_is_rolled_back_on_its_p99(tmp_path: Path) -> N
 @pytest.mark.trio
 async def test_a_rollback_by_hand_thaws_the_old_container_with_its_state(tmp_path: Path) -> None:
     app = counter_app(tmp_path / "app", update={"probation": "30s", "keep": "60s"})
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     async with app.open() as sup:
         old_pid = sup.feature("counter").statistics().pid
         await _adds(sup, 2)
@@ -217,8 +214,7 @@ async def test_update_and_rollback_cycles_leave_no_process_mount_cgroup_or_fd(
     tmp_path: Path,
 ) -> None:
     app = counter_app(tmp_path / "app", update={"probation": "30s", "keep": "60s"})
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     async with app.open() as sup:
         run = sup._rundir
         await _adds(sup, 1)
@@ -242,8 +238,7 @@ async def test_a_rollback_after_the_keep_window_starts_the_previous_version_cold
     tmp_path: Path,
 ) -> None:
     app = counter_app(tmp_path / "app", update={"probation": "200ms", "keep": "300ms"})
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     async with app.open() as sup:
         first_pid = sup.feature("counter").statistics().pid
         await _adds(sup, 2)
@@ -342,8 +337,7 @@ async def test_calls_held_at_the_switch_do_not_count_as_the_new_versions_latency
         return await exported(ctx)
 
     v1.state_export = _slow_export
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     async with app.open() as sup:
         outcome: dict[str, Any] = {}
 

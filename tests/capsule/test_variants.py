@@ -19,7 +19,7 @@ from capsule._sandbox._cgroup_detect import detect
 from capsule._sandbox._cgroup_files import run_name_for
 from capsule.testing import TestApp
 from tests.capsule.supervisor.helpers import LIMITS, restart, wait_until
-from tests.capsule.update_helpers import QUICK, audit_events, counter, counter_app
+from tests.capsule.update_helpers import QUICK, audit_events, counter, counter_app, counter_version
 
 #: the latency guard judges a fresh container's first calls (its imports warming up) against
 #: a warm control: these tests are about routing, not that guard
@@ -47,8 +47,7 @@ async def test_each_key_keeps_its_variant_while_the_candidate_is_ramped_up(
     tmp_path: Path,
 ) -> None:
     app = counter_app(tmp_path / "app", update=_LENIENT)
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     keys = [f"user-{i}" for i in range(60)]
     async with app.open() as sup:
         status = await sup.set_variants("counter", {"1.0.0": 70, str(app.bundle(v2)): 30})
@@ -90,8 +89,7 @@ async def test_each_key_keeps_its_variant_while_the_candidate_is_ramped_up(
 @pytest.mark.trio
 async def test_a_payload_field_keys_the_calls_of_other_features(tmp_path: Path) -> None:
     app = counter_app(tmp_path / "app", client=True, update=_LENIENT)
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     async with app.open() as sup:
         await sup.set_variants(
             "counter", {"1.0.0": 50, str(app.bundle(v2)): 50}, sticky="payload.user"
@@ -114,8 +112,7 @@ async def test_a_crashing_candidate_is_aborted_and_no_call_fails_after_the_guard
     tmp_path: Path,
 ) -> None:
     app = counter_app(tmp_path / "app", update={"crashes": 1})
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     del v2.services["add"]
 
     @v2.service("add")

@@ -51,6 +51,13 @@ def counter(feature: Feature, version: str, *, handoff: bool = True) -> dict[str
     return state
 
 
+def counter_version(app: TestApp, version: str) -> Feature:
+    """A new version of ``app``'s ``counter`` (a counter as :func:`counter` makes it)."""
+    feature = app.version("counter", version)
+    counter(feature, version)
+    return feature
+
+
 def counter_app(
     root: Path,
     *,

@@ -13,7 +13,7 @@ import capsule.testing
 from capsule import UpdateError
 from capsule._broker._host import Subscription
 from tests.capsule.supervisor.plugin_helpers import COUNTER, plugin_app, write_plugin
-from tests.capsule.update_helpers import counter, counter_app
+from tests.capsule.update_helpers import counter_app, counter_version
 
 
 async def _payloads(events: Subscription, n: int) -> list[tuple[str, object]]:
@@ -28,8 +28,7 @@ async def _payloads(events: Subscription, n: int) -> list[tuple[str, object]]:
 @pytest.mark.trio
 async def test_a_switch_and_a_rollback_announce_the_version_that_serves(tmp_path: Path) -> None:
     app = counter_app(tmp_path / "app", update={"probation": "30s", "keep": "60s"})
-    v2 = app.version("counter", "2.0.0")
-    counter(v2, "2.0.0")
+    v2 = counter_version(app, "2.0.0")
     async with app.open() as sup, sup.subscribe("capsule.service.*") as events:
         await sup.update("counter", app.bundle(v2))
         await sup.rollback("counter")
