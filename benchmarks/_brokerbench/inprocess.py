@@ -30,7 +30,7 @@ MATCH_ROW: Final = "publish to a fresh topic, many subscriptions (Broker._delive
 
 
 class Sizes(Protocol):
-    """The sample counts these jobs take (``broker.Sizes`` has them)."""
+    """The sample counts these jobs take (``_brokerbench.sizes.Sizes`` has them)."""
 
     check_batch: int
     check_samples: int

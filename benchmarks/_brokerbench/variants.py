@@ -22,7 +22,7 @@ ROUTING_FIELD_ROW: Final = "variant routing: key = payload.user_id, 64 B text be
 
 
 class Sizes(Protocol):
-    """The sample counts these jobs take (``broker.Sizes`` has them)."""
+    """The sample counts these jobs take (``_brokerbench.sizes.Sizes`` has them)."""
 
     check_batch: int
     check_samples: int
