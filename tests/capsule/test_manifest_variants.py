@@ -15,7 +15,7 @@ from tests.capsule.test_cli_check import capsule
 def test_a_variants_policy_is_read_and_defaults_apply(tmp_path: Path) -> None:
     policy = (
         '[policy.a]\nvariants = { sticky = "payload.user_id", storage = "shared" }\n'
-        '[policy.c]\nvariants = { shadow = true }\n'
+        "[policy.c]\nvariants = { shadow = true }\n"
     )
     app = load_app(make_app(tmp_path, {"a": "", "b": "", "c": ""}, policy))
     assert app.manifest.variant_policy("a") == VariantPolicy(
