@@ -22,6 +22,7 @@ from tests.capsule.supervisor.helpers import LIMITS, restart, wait_until
 from tests.capsule.update_helpers import QUICK, audit_events
 
 _N = 12
+_KINDS = ("call", "stream", "publish", "delegate", "connect", "listen")
 _LENIENT = {"p99_ratio": 1000}  # routing and refusals are judged here, not latency
 
 
@@ -47,6 +48,12 @@ def _no_connection_reached(sock: socket.socket) -> bool:
     return False
 
 
+async def _drain(stream: Any) -> None:
+    async with stream as items:
+        async for _ in items:
+            pass
+
+
 def _counting(feature: Feature, version: str, port: int | None) -> dict[str, Any]:
     """``add``: call ``tally.bump`` and publish ``counter.added`` (the version); with a
     ``port`` and ``reach`` in the request it also tries to delegate and to connect to
@@ -65,6 +72,8 @@ def _counting(feature: Feature, version: str, port: int | None) -> dict[str, Any
         if port is not None and isinstance(request, dict) and request.get("reach"):
             await attempt("delegate", lambda: ctx.delegate("icc:call:tally.bump", to="tally"))
             await attempt("connect", lambda: ctx.connect("127.0.0.1", port, timeout=2))
+            await attempt("listen", lambda: ctx.listen("127.0.0.1", 0))
+            await attempt("stream", lambda: _drain(ctx.stream("tally", "bump", {})))
         await ctx.publish("counter.added", version)
         return version
 
@@ -155,15 +164,15 @@ async def test_a_shadow_acts_on_nothing_outside_itself_until_shadow_mode_is_left
             assert status is not None
             shadow = status.variants[1]
             assert shadow.errors == 0  # a refusal it handles is no failure of its own
-            assert shadow.blocked == {"call": _N, "delegate": _N, "connect": _N, "publish": _N}
+            assert shadow.blocked == dict.fromkeys(_KINDS, _N)
             assert status.variants[0].blocked == {}
-            assert f"2.0.0 shadow: blocked {4 * _N} (call {_N}, " in status.table()
+            assert f"2.0.0 shadow: blocked {6 * _N} (call {_N}, connect {_N}, " in status.table()
 
             await sup.set_variants("counter", {"1.0.0": 0, "2.0.0": 100}, shadow=False)
             reply = await sup.call("counter", "get")
             assert reply["version"] == "2.0.0"  # no shadow now: it serves its share
             kinds = sorted(r[0] for r in reply["refused"])  # mirrors may overlap
-            assert kinds == sorted(["call", "delegate", "connect"] * _N)
+            assert kinds == sorted(["call", "delegate", "connect", "listen", "stream"] * _N)
             for _, kind, version, text in reply["refused"]:
                 assert (kind, version) == ("ShadowError", "2.0.0")
                 assert "'counter'" in text
@@ -178,13 +187,8 @@ async def test_a_shadow_acts_on_nothing_outside_itself_until_shadow_mode_is_left
             await sup.abort_variants("counter")
     limits = audit_events(app.root / "audit.jsonl", "limit")
     shadow = [line for line in limits if line.get("limit", "").startswith("shadow-")]
-    assert {line["limit"] for line in shadow} == {
-        "shadow-call",
-        "shadow-delegate",
-        "shadow-connect",
-        "shadow-publish",
-    }
-    for kind in ("call", "delegate", "connect", "publish"):
+    assert {line["limit"] for line in shadow} == {f"shadow-{kind}" for kind in _KINDS}
+    for kind in _KINDS:
         lines = [line for line in shadow if line["limit"] == f"shadow-{kind}"]
         assert sum(line["count"] for line in lines) == _N
         assert len(lines) < _N  # summed up per flush, not a line per attempt
