@@ -54,16 +54,21 @@ async def _drain(stream: Any) -> None:
             pass
 
 
-def _counting(feature: Feature, version: str, port: int | None) -> dict[str, Any]:
+def _counting(
+    feature: Feature, version: str, port: int | None, *, catch: bool = True
+) -> dict[str, Any]:
     """``add``: call ``tally.bump`` and publish ``counter.added`` (the version); with a
-    ``port`` and ``reach`` in the request it also tries to delegate and to connect to
-    ``port``. Every ShadowError it meets is kept, and ``get`` answers them."""
+    ``port`` and ``reach`` in the request it also tries to delegate, connect to ``port``,
+    listen and stream. With ``catch``, every ShadowError it meets is kept (``get`` answers
+    them); without, the first one ends the call."""
     state: dict[str, Any] = {"refused": []}
 
     async def attempt(what: str, action: Any) -> None:
         try:
             await action()
         except ShadowError as exc:
+            if not catch:
+                raise
             state["refused"].append([what, type(exc).__name__, exc.version, str(exc)])
 
     @feature.service("add")
@@ -85,7 +90,7 @@ def _counting(feature: Feature, version: str, port: int | None) -> dict[str, Any
 
 
 def _app(
-    root: Path, port: int, *, variants: dict[str, Any] | None = None
+    root: Path, port: int, *, variants: dict[str, Any] | None = None, catch: bool = True
 ) -> tuple[TestApp, Feature]:
     """tally (counts ``bump``) and counter 1.0.0, which bumps it and publishes; and counter
     2.0.0, the same with the shadow's refusals kept."""
@@ -120,7 +125,7 @@ def _app(
     )
     _counting(counter, "1.0.0", None)  # the control only calls and publishes
     v2 = app.version("counter", "2.0.0")
-    _counting(v2, "2.0.0", port)
+    _counting(v2, "2.0.0", port, catch=catch)
     return app, v2
 
 
@@ -199,8 +204,11 @@ async def test_a_shadow_acts_on_nothing_outside_itself_until_shadow_mode_is_left
 
 @pytest.mark.trio
 async def test_a_promoted_shadow_acts_as_the_feature(tmp_path: Path) -> None:
+    """Its handler lets the ShadowError of its call end it, so no mirror publishes."""
     with _listener() as listener:
-        app, v2 = _app(tmp_path / "app", listener.getsockname()[1], variants={"shadow": True})
+        app, v2 = _app(
+            tmp_path / "app", listener.getsockname()[1], variants={"shadow": True}, catch=False
+        )
         async with app.open() as sup, sup.subscribe("counter.added") as events:
             await sup.set_variants("counter", {"1.0.0": 0, str(app.bundle(v2)): 100})
             for _ in range(_N):
@@ -211,7 +219,9 @@ async def test_a_promoted_shadow_acts_as_the_feature(tmp_path: Path) -> None:
             status = sup.variants("counter")
             assert status is not None
             assert status.shadow
-            assert status.variants[1].blocked == {"call": _N, "publish": _N}
+            shadow = status.variants[1]
+            assert shadow.blocked == {"call": _N}  # its handler ended there, not publishing
+            assert (shadow.errors, shadow.state) == (0, "running")  # not its own failure
 
             await sup.promote_variant("counter", "2.0.0")
             assert sup.variants("counter") is None
