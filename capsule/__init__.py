@@ -59,6 +59,7 @@ from capsule.errors import OverloadedError as OverloadedError
 from capsule.errors import ProtocolError as ProtocolError
 from capsule.errors import RemoteError as RemoteError
 from capsule.errors import SandboxError as SandboxError
+from capsule.errors import ShadowError as ShadowError
 from capsule.errors import TokenError as TokenError
 from capsule.errors import UpdateError as UpdateError
 from capsule.errors import UpdateRefusedError as UpdateRefusedError
@@ -107,6 +108,7 @@ __all__ = [
     "Route",
     "SandboxError",
     "Severity",
+    "ShadowError",
     "Supervisor",
     "SupervisorStatistics",
     "TokenError",

@@ -10,6 +10,7 @@ The tree::
     ├── TokenError
     │   ├── InvalidTokenError             every verification failure, deliberately opaque
     │   └── CapabilityDeniedError (PermissionError)  .capability .feature
+    │       └── ShadowError               .version: a shadow variant acts on nothing outside itself
     ├── FeatureError                      .feature always set
     │   ├── FeatureStartError
     │   ├── FeatureCrashedError           .exit_code .signal
@@ -49,6 +50,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "SandboxError",
+    "ShadowError",
     "TokenError",
     "UpdateError",
     "UpdateRefusedError",
@@ -139,6 +141,20 @@ class CapabilityDeniedError(TokenError, PermissionError):
         if reason:
             text += f" ({reason})"
         super().__init__(text)
+
+
+class ShadowError(CapabilityDeniedError):
+    """A shadow variant (``version`` of ``feature``) tried to act outside itself: a call, a
+    stream, a delegation or a network connection. A shadow's answers are discarded, so what
+    it would do is refused, whatever its token grants."""
+
+    def __init__(self, capability: str, feature: str, version: str) -> None:
+        self.version = version
+        super().__init__(
+            capability,
+            feature,
+            f"version {version} is a shadow variant: it acts on nothing outside itself",
+        )
 
 
 class FeatureError(CapsuleError):

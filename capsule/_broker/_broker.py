@@ -27,6 +27,7 @@ from capsule._broker._lifecycle import Lifecycle, withdrawn
 from capsule._broker._network import NetworkMediator
 from capsule._broker._routes import Handle, Peer, Subscriber, holds, unusable
 from capsule._broker._service import RESERVED, RUNTIME, reserved_topic
+from capsule._broker._shadow import OUTWARD, refuse
 from capsule._broker._topics import (
     TopicIndex,
     matches,
@@ -160,6 +161,9 @@ class Broker:
         if handler is None:
             raise ProtocolError(f"unexpected {type(message).__name__} from a running container")
         peer.messages += 1
+        if peer.shadow is not None and type(message) in OUTWARD:
+            refuse(peer, peer.shadow, message, self.audit)
+            return
         handler(peer, message)
 
     def detach(self, peer: Peer, crashed: FeatureCrashedError) -> None:

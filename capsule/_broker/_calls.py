@@ -273,11 +273,14 @@ class CallRouter:
     def failure(self, peer: Peer, msg: Failure) -> None:
         route = peer.calls.get(msg.id)
         if route is not None:
+            # a shadow's handler ended by the ShadowError it met: the refusal is counted in
+            # its blocked actions, not as an error of its own
+            refused = peer.shadow is not None and msg.type.rpartition(".")[2] == "ShadowError"
             self.finish(
                 route,
                 error=Error(
                     id=route.caller_id,
-                    kind="remote",
+                    kind="shadow" if refused else "remote",
                     feature=peer.feature,
                     message=msg.message,
                     type=msg.type,

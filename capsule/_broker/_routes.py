@@ -28,6 +28,7 @@ __all__ = [
     "Handle",
     "Peer",
     "Route",
+    "ShadowMark",
     "Subscriber",
     "holds",
     "unusable",
@@ -86,6 +87,23 @@ class Deny(Protocol):
 
 
 @final
+class ShadowMark:
+    """What the broker holds of a container while it is a shadow variant: its version, and
+    what it was kept from doing, by kind (``call``, ``stream``, ``publish``, ``delegate``,
+    ``connect``, ``listen``). One mark lasts over the variant's restarts."""
+
+    __slots__ = ("blocked", "version")
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.blocked: dict[str, int] = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.blocked.values())
+
+
+@final
 class Peer:
     """The broker's state for one running container."""
 
@@ -107,6 +125,7 @@ class Peer:
         "refused",
         "requests",
         "services",
+        "shadow",
         "stats",
         "subscriptions",
         "withdrawn",
@@ -143,6 +162,8 @@ class Peer:
         self.stats = CallStats()  # the calls it answered (a live update's probation reads them)
         self.connections = 0  # sockets the network mediator opened for it
         self.detached = False
+        #: set while it is a shadow variant: what it does outside itself is refused
+        self.shadow: ShadowMark | None = None
 
     def __repr__(self) -> str:
         return f"<Peer {self.feature} handles={len(self.handles)} in-flight={len(self.requests)}>"

@@ -63,9 +63,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     set_.add_argument("--sticky", help="what a call is keyed by: caller or payload.FIELD")
     set_.add_argument(
         "--shadow",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="serve every call from the running version and mirror the candidates' share",
+        help="serve every call from the running version and mirror the candidates' share "
+        "(--no-shadow: leave shadow mode, the candidates serve their shares)",
     )
     set_.add_argument(
         "--approve",

@@ -369,6 +369,7 @@ class Error(_Message, tag="error", frozen=True):
     exit_code: int | None = None
     signal: int | None = None
     errno: int | None = None
+    version: str = ""  # kind ``shadow``: the shadow variant's version
 
 
 class Opened(_Message, tag="opened", frozen=True):
@@ -464,4 +465,5 @@ ERROR_KINDS: Final = (
     "overloaded",  # the sender is over its quota: OverloadedError
     "invalid",  # no such feature or service, or a malformed request: FeatureError
     "network",  # a granted connect or listen failed (errno set): the OSError for errno
+    "shadow",  # a shadow variant's own call, delegation or connection: ShadowError
 )

@@ -21,6 +21,7 @@ from capsule.errors import (
     InvalidTokenError,
     OverloadedError,
     RemoteError,
+    ShadowError,
 )
 
 __all__ = ["error_for", "exception_for", "network_error", "os_error_for"]
@@ -33,6 +34,8 @@ def exception_for(error: Error, *, caller: str) -> CapsuleError | OSError:
         return os_error_for(error)
     if kind == "denied":
         return CapabilityDeniedError(error.capability or "(unknown)", caller, error.message)
+    if kind == "shadow":
+        return ShadowError(error.capability or "(unknown)", error.feature, error.version)
     if kind == "token":
         return InvalidTokenError()
     if kind == "remote":

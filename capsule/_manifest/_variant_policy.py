@@ -42,6 +42,12 @@ def read_variant_policy(policy: Table) -> VariantPolicy:
     sticky = table.string("sticky", check=_sticky)
     shadow = table.boolean("shadow")
     storage = table.choice("storage", ("own", "shared"))
+    if shadow and storage == "shared":
+        table.doc.error(
+            (*table.key, "storage"),
+            'a shadow variant cannot share the private storage (storage = "shared" with '
+            'shadow = true): it would write where the control reads; use storage = "own"',
+        )
     default = DEFAULT_VARIANT_POLICY
     return VariantPolicy(
         sticky=default.sticky if sticky is None else sticky,

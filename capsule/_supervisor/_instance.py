@@ -22,6 +22,7 @@ import structlog
 
 from capsule._broker._broker import Broker
 from capsule._broker._connection import Connection
+from capsule._broker._routes import ShadowMark
 from capsule._ipc._messages import (
     Failure,
     FromContainer,
@@ -119,6 +120,7 @@ class Instance:
         broker: Broker,
         cgroup: ContainerCgroup | None,
         view: ViewServer | None = None,
+        shadow: ShadowMark | None = None,
     ) -> None:
         self.spec = spec
         self.view = view
@@ -130,6 +132,7 @@ class Instance:
         self._conn = conn
         self._broker = broker
         self.peer = broker.attach(conn, spec.feature, landlock_abi=spec.expectation.landlock_abi)
+        self.peer.shadow = shadow  # a shadow variant from its first message on
         self.cgroup = cgroup
         self.handoff = Handoff(spec.feature, conn)  # its state, during a live update
         self.ready: Ready | None = None
@@ -159,6 +162,7 @@ class Instance:
         broker: Broker,
         task_group: TaskStarter,
         view: ViewServer | None = None,
+        shadow: ShadowMark | None = None,
     ) -> Instance:
         """Spawn, check the sandbox report, deliver tokens and code, wait for ready.
 
@@ -174,7 +178,9 @@ class Instance:
             ours.close()
             raise
         conn = Connection(ours, spec.feature, broker.outbox)
-        instance = cls(spec, zygote, spawned, conn, broker=broker, cgroup=cgroup, view=view)
+        instance = cls(
+            spec, zygote, spawned, conn, broker=broker, cgroup=cgroup, view=view, shadow=shadow
+        )
         if view is not None:
             task_group.start_soon(view.serve, instance.fail)
         try:

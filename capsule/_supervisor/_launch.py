@@ -86,7 +86,13 @@ class Launcher:
                 version, self._isolation, uid, gid, cgroup, tokens=tokens, view=view
             )
             instance = await Instance.launch(
-                spec, self._zygote, cgroup, broker=self._broker, task_group=self._tg, view=view
+                spec,
+                self._zygote,
+                cgroup,
+                broker=self._broker,
+                task_group=self._tg,
+                view=view,
+                shadow=version.shadow,
             )
         except (CapsuleError, OSError):
             with anyio.CancelScope(shield=True):

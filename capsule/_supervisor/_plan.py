@@ -17,6 +17,7 @@ from typing import Final, final
 
 import cloudpickle
 
+from capsule._broker._routes import ShadowMark
 from capsule._container._feature import Feature
 from capsule._ipc._messages import Entry, Inline, Start
 from capsule._manifest import App, FeatureGrant, FeatureManifest, MountGrant
@@ -54,6 +55,7 @@ class Version:
     manifest: FeatureManifest
     grant: FeatureGrant
     storage: str | None = None  # its private storage's directory name; None: the feature's
+    shadow: ShadowMark | None = None  # set for a shadow variant: it acts on nothing outside it
 
     @property
     def name(self) -> str:

@@ -333,8 +333,10 @@ class Supervisor(metaclass=NoPublicConstructor):
         ``shares`` maps each version (the running one, one running already, or a bundle
         directory) to its percent share of the keys. Called again, it ramps the split (a
         variant whose share does not fall keeps its keys). ``sticky`` (``caller`` or
-        ``payload.FIELD``) and ``shadow`` default to ``variants`` of the feature's policy.
-        UpdateError when it cannot; see docs/guide/variants.md."""
+        ``payload.FIELD``) and ``shadow`` default to ``variants`` of the feature's policy;
+        a shadow variant acts on nothing outside itself, and ``shadow=False`` on a running
+        experiment leaves shadow mode. UpdateError when it cannot (shadow mode with shared
+        storage among them); see docs/guide/variants.md."""
         handle = self.feature(name)
         return await self._variants.set(
             handle, shares, sticky=sticky, shadow=shadow, approve=approve

@@ -136,6 +136,9 @@ class VariantStatistics:
     memory_current: int | None
     cpu_usage_ns: int | None
     storage: str  # its private storage directory
+    #: what a shadow was kept from doing outside itself, by kind (call, stream, publish,
+    #: delegate, connect, listen); empty for the control and a candidate not in shadow mode
+    blocked: dict[str, int] = field(default_factory=dict)
 
 
 @final
@@ -173,6 +176,11 @@ class VariantsStatus:
             latency = self.latency_diff.get(version)
             mean = "n/a" if latency is None else latency.render(1000, " ms")
             lines.append(f"{version} - control: error rate {rate}; mean latency {mean} (95 %)")
+        for v in self.variants:
+            if v.blocked:
+                kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(v.blocked.items()))
+                total = sum(v.blocked.values())
+                lines.append(f"{v.version} shadow: blocked {total} ({kinds})")
         return "\n".join(lines)
 
 
@@ -186,6 +194,7 @@ def variant_row(  # noqa: PLR0917 - one row's columns, in the table's order
     errors: int,
     crashes: int,
     storage: str,
+    blocked: dict[str, int] | None = None,
 ) -> VariantStatistics:
     """The row of one variant; its latencies, pid and cgroup figures from ``instance``."""
     live = instance is not None and not instance.ended.is_set()
@@ -207,6 +216,7 @@ def variant_row(  # noqa: PLR0917 - one row's columns, in the table's order
         memory_current=None if cgroup is None else cgroup.memory_current,
         cpu_usage_ns=None if cgroup is None else cgroup.cpu_usage_ns,
         storage=storage,
+        blocked=dict(blocked or {}),
     )
 
 

@@ -27,6 +27,7 @@ from capsule._broker._audit import AuditLog
 from capsule._broker._broker import Broker
 from capsule._broker._bucketing import KeyRule, first_split, new_salt, parse_sticky, ramp
 from capsule._broker._bucketing import shares_to_buckets as _counts
+from capsule._broker._routes import ShadowMark
 from capsule._broker._variants import VariantRoutes
 from capsule._manifest import App
 from capsule._manifest._diff import diff_grants, read_candidate
@@ -70,6 +71,7 @@ class _Candidate:
         self.instance: Instance | None = None
         self.probation = Probation(policy, None)
         self.state = "starting"
+        self.mark = ShadowMark(version.manifest.version)  # what it was kept from, as a shadow
 
     @property
     def name(self) -> str:
@@ -243,13 +245,21 @@ class Variants:
     ) -> VariantsStatus:
         policy = self._app.manifest.variant_policy(handle.name)
         rule = _rule(sticky or policy.sticky, handle.name)
+        shadow = policy.shadow if shadow is None else shadow
+        if shadow and policy.storage == "shared":
+            raise UpdateError(
+                handle.name,
+                'shadow variants cannot share its private storage (variants.storage = "shared" '
+                f"of [policy.{handle.name}] in app.toml): a shadow would write where the "
+                'control reads; use storage = "own", or run the variants without shadow mode',
+            )
         control = handle.manifest.version
         ordered = {control: shares[control], **{k: v for k, v in shares.items() if k != control}}
         routes = VariantRoutes(
             first_split(ordered, new_salt()),
             rule,
             control=0,
-            shadow=policy.shadow if shadow is None else shadow,
+            shadow=shadow,
         )
         exp = _Experiment(
             handle,
@@ -280,14 +290,26 @@ class Variants:
             raise UpdateError(
                 name, f"the split is keyed by {exp.routes.rule.text}: abort to key it otherwise"
             )
-        if shadow is not None and shadow != exp.routes.shadow:
-            raise UpdateError(name, "shadow mode is set when the variants start: abort first")
+        if shadow and not exp.routes.shadow:
+            raise UpdateError(
+                name,
+                "shadow mode is set when the variants start (it can be left only): abort first",
+            )
         split = ramp(exp.routes.split, shares)
         await self._start_candidates(exp, bundles, split.names)
+        if shadow is False and exp.routes.shadow:
+            self._leave_shadow(exp)
         exp.routes.set_split(split)  # the table was built above: one assignment
         exp.handle.variants = exp.describe()
         self._record(exp, "variants-set", reason=exp.describe())
         return self.status(exp)
+
+    def _leave_shadow(self, exp: _Experiment) -> None:
+        """The candidates serve their own shares from now on: each acts as any feature."""
+        exp.routes.shadow = False
+        for candidate in exp.candidates.values():
+            if candidate.instance is not None:
+                candidate.instance.peer.shadow = None
 
     async def _start_candidates(
         self,
@@ -324,7 +346,9 @@ class Variants:
         """A container of ``candidate``, serving its share once it is ready."""
         handle = exp.handle
         handle.generation += 1  # its cgroup and view are named apart from the control's
-        instance, tokens = await self._launch(handle, candidate.version)
+        shadow = candidate.mark if exp.routes.shadow else None  # from its first message on
+        version = dataclasses.replace(candidate.version, shadow=shadow)
+        instance, tokens = await self._launch(handle, version)
         self._adopt(handle, instance, tokens)  # counted, and its tokens renewed
         instance.on_end = functools.partial(self._ended, exp, candidate, instance)
         self._broker.mute(instance.peer)  # events reach the control only: no doubled effects
@@ -530,6 +554,7 @@ class Variants:
                     probation.failures,
                     probation.crashes,
                     str(storage),
+                    candidate.mark.blocked,
                 )
             )
             errors[candidate.name] = rate_diff(

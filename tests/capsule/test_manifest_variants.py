@@ -14,11 +14,15 @@ from tests.capsule.test_cli_check import capsule
 
 def test_a_variants_policy_is_read_and_defaults_apply(tmp_path: Path) -> None:
     policy = (
-        '[policy.a]\nvariants = { sticky = "payload.user_id", shadow = true, storage = "shared" }\n'
+        '[policy.a]\nvariants = { sticky = "payload.user_id", storage = "shared" }\n'
+        "[policy.c]\nvariants = { shadow = true }\n"
     )
-    app = load_app(make_app(tmp_path, {"a": "", "b": ""}, policy))
+    app = load_app(make_app(tmp_path, {"a": "", "b": "", "c": ""}, policy))
     assert app.manifest.variant_policy("a") == VariantPolicy(
-        sticky="payload.user_id", shadow=True, storage="shared"
+        sticky="payload.user_id", shadow=False, storage="shared"
+    )
+    assert app.manifest.variant_policy("c") == VariantPolicy(
+        sticky="caller", shadow=True, storage="own"
     )
     assert app.manifest.variant_policy("b") is DEFAULT_VARIANT_POLICY
     assert VariantPolicy(sticky="caller", shadow=False, storage="own") == DEFAULT_VARIANT_POLICY
@@ -33,6 +37,11 @@ def test_a_variants_policy_is_read_and_defaults_apply(tmp_path: Path) -> None:
         ('variants = { storage = "private" }', "policy.a.variants.storage", '"own", "shared"'),
         ('variants = { stickey = "caller" }', "policy.a.variants.stickey", 'did you mean "sticky"'),
         ('variants = "caller"', "policy.a.variants", "must be a table"),
+        (
+            'variants = { shadow = true, storage = "shared" }',
+            "policy.a.variants.storage",
+            "a shadow variant cannot share the private storage",
+        ),
     ],
 )
 def test_a_bad_variants_policy_is_reported_with_file_line_and_key(

@@ -39,7 +39,12 @@ def test_variants_set_status_promote_and_abort_through_the_control_socket(
         kept = _ok("variants", "promote", "spare", "1.0.0", *app)
         assert kept.strip() == "spare: runs no variants"
         assert _ok("variants", "status", "spare", *app).strip() == "spare: runs no variants"
-        _ok("variants", "set", "--shadow", "spare", "1.0.0=0", f"{v2}=100", *app)
+        shadow = _ok("variants", "set", "--shadow", "spare", "1.0.0=0", f"{v2}=100", *app)
+        assert "sticky=caller shadow" in shadow
+        assert shadow.splitlines()[3].split()[:2] == ["2.0.0", "shadow"]
+        left = _ok("variants", "set", "--no-shadow", "spare", "1.0.0=0", "2.0.0=100", *app)
+        assert "shadow" not in left.splitlines()[0]
+        assert left.splitlines()[3].split()[:2] == ["2.0.0", "candidate"]
         aborted = _ok("variants", "abort", "spare", *app)
         assert "(aborted by hand)" in aborted
         assert _ok("call", "echo.ping", "{}", *app).strip() == '"pong"'
@@ -48,4 +53,6 @@ def test_variants_set_status_promote_and_abort_through_the_control_socket(
     assert leftovers_of(control) == []
     lines = [json.loads(line) for line in run.audit.read_text(encoding="utf-8").splitlines()]
     events = [line["event"] for line in lines if line["event"].startswith("variants-")]
-    assert events == ["variants-set"] * 2 + ["variants-promote", "variants-set", "variants-abort"]
+    assert events == ["variants-set"] * 2 + ["variants-promote"] + ["variants-set"] * 2 + [
+        "variants-abort"
+    ]
