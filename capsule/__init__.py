@@ -30,6 +30,7 @@ from capsule._manifest import UpdatePolicy as UpdatePolicy
 from capsule._manifest import check_app as check_app
 from capsule._manifest import load_app as load_app
 from capsule._manifest import load_feature as load_feature
+from capsule._supervisor._history import VersionRecord as VersionRecord
 from capsule._supervisor._open import open_supervisor as open_supervisor
 from capsule._supervisor._supervisor import FeatureHandle as FeatureHandle
 from capsule._supervisor._supervisor import FeatureState as FeatureState
@@ -118,6 +119,7 @@ __all__ = [
     "UpdateReport",
     "VariantStatistics",
     "VariantsStatus",
+    "VersionRecord",
     "ViewTimeouts",
     "__version__",
     "check_app",
