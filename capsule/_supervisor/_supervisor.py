@@ -89,14 +89,14 @@ class Supervisor(metaclass=NoPublicConstructor):
         stop_timeout: float,
         call_timeout: float,
         audit: Path | None,
-        state_dir: Path | None,
+        state_dir: Path,
         view_timeouts: ViewTimeouts,
         environments: Mapping[str, tuple[tuple[str, str], ...]],
         token_ttl: float,
         history: History,
     ) -> None:
         self.app = app
-        self.state_dir = Path(os.path.abspath(state_dir or default_state_dir(app.manifest.name)))
+        self.state_dir = state_dir  # absolute: open_supervisor resolved it
         self._history = history  # of state_dir: the versions each feature ran
         self.view_timeouts = view_timeouts
         # every background task of the app, shielded: a cancelled block around
