@@ -39,7 +39,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
+# first: importing _common takes benchmarks/ off sys.path, where this helper is
+import _memory  # noqa: F401 - imported for the names below, found through it
 import trio
+
+# isort: split
 from _apps import SERVICE, ping, ping_app
 from _common import (
     Job,
@@ -59,6 +63,7 @@ from _common import (
     time_each,
     write_json,
 )
+from _memory import container_pss, pss_bytes
 
 from capsule import Supervisor
 
@@ -255,35 +260,6 @@ async def run_timed(
 # -- memory ---------------------------------------------------------------------------------
 
 
-def pss_bytes(pid: int) -> int:
-    """The proportional set size of one process, from ``/proc/<pid>/smaps_rollup``."""
-    with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
-        for line in rollup:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/{pid}/smaps_rollup has no Pss line")
-
-
-def children(pid: int) -> list[int]:
-    """The direct children of every thread of ``pid``."""
-    found: list[int] = []
-    for task in sorted(os.listdir(f"/proc/{pid}/task")):
-        try:
-            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as listed:
-                found += [int(word) for word in listed.read().split()]
-        except FileNotFoundError:  # the thread ended meanwhile
-            continue
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it, parents first."""
-    order = [pid]
-    for process in order:
-        order += children(process)
-    return order
-
-
 def idle_child_pss() -> int:
     """The PSS of a forked child of this process that waits, idle, on a pipe."""
     read_end, write_end = os.pipe()
@@ -332,16 +308,13 @@ async def measure_memory(root: Path, sizes: Sizes) -> Memory:
             instance = sup.feature(name).instance
             if instance is None:
                 raise RuntimeError(f"{name} has no running container")
-            tree = descendants(instance.pid)
-            if len(tree) < 2:
-                raise RuntimeError(f"{name}: outer process {instance.pid} has no inner process")
-            sizes_of = [pss_bytes(pid) for pid in tree]
-            server = 0 if instance.view is None else pss_bytes(instance.view.pid)
-            per_container.append(sum(sizes_of) + server)
-            outer.append(sizes_of[0])
-            inner.append(sum(sizes_of[1:]))
-            view.append(server)
-            processes.append(len(tree) + (instance.view is not None))
+            view_pid = None if instance.view is None else instance.view.pid
+            parts = container_pss(instance.pid, view_pid)
+            per_container.append(sum(parts[:3]))
+            outer.append(parts[0])
+            inner.append(parts[1])
+            view.append(parts[2])
+            processes.append(parts[3])
         zygote = sup._machinery.zygote
         if zygote is None:
             raise RuntimeError("the supervisor has no zygote")
