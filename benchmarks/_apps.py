@@ -24,7 +24,12 @@ SERVICE: Final = "ping"
 def ping_app(root: Path, name: str, policies: Mapping[str, Mapping[str, Any]]) -> TestApp:
     """An app of trivial inline features, each answering ``ping`` with its request; the
     keys of ``policies`` name the features, the values are their app policies."""
-    app = TestApp(root, name=name)
+    return add_ping_features(TestApp(root, name=name), policies)
+
+
+def add_ping_features(app: TestApp, policies: Mapping[str, Mapping[str, Any]]) -> TestApp:
+    """Add to ``app`` trivial inline features answering ``ping`` with their request, as
+    :func:`ping_app` makes them; ``app`` is returned."""
     for feature_name, policy in policies.items():
         feature = app.feature(feature_name, faults=False, policy=dict(policy))
 
