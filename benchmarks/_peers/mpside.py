@@ -237,7 +237,7 @@ class MpPeers:
                 process.kill()
                 process.join()
         # the stdlib's own stop: closes the server's socket and waits for it to exit
-        multiprocessing.forkserver._forkserver._stop()
+        multiprocessing.forkserver._forkserver._stop()  # type: ignore[attr-defined]
 
 
 def _pid(process: BaseProcess) -> int:

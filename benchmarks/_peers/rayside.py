@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import logging
 import math
 import os
 import shutil
@@ -139,7 +140,7 @@ def _comm(pid: int) -> str:
 
 # Ray's workers cannot import this module (benchmarks/ is not on their sys.path): the actor
 # classes and the functions they call travel by value instead.
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # type: ignore[no-untyped-call]
 
 
 class RayPeers:
@@ -159,13 +160,14 @@ class RayPeers:
             object_store_memory=OBJECT_STORE_BYTES,
             _temp_dir=self.temp_dir,
             log_to_driver=False,
-            logging_level="WARNING",
+            logging_level=logging.WARNING,
         )
         self.roots = sorted(set(children(os.getpid())) - before)
-        self.echo_class = ray.remote(num_cpus=0)(Echo)
-        self.caller_class = ray.remote(num_cpus=0)(Caller)
-        self.echo = self.echo_class.remote()
-        self.caller = self.caller_class.remote(self.echo_class.remote())
+        # Any: Ray's types do not know the methods .remote() adds
+        self.echo_class: Any = ray.remote(num_cpus=0)(Echo)
+        self.caller_class: Any = ray.remote(num_cpus=0)(Caller)
+        self.echo: Any = self.echo_class.remote()
+        self.caller: Any = self.caller_class.remote(self.echo_class.remote())
         self.actor_pids = {ray.get(self.echo.pid.remote()), ray.get(self.caller.pid.remote())}
         self._note_processes()
 
