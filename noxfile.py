@@ -22,7 +22,9 @@ Sessions
     bindfs, so the session first installs Debian's ``bubblewrap`` and ``bindfs`` with
     ``apt-get`` when their binaries (``bwrap``, ``bindfs``) are missing and it runs as
     root; otherwise it prints the command to run and goes on (those benchmarks then skip
-    the rows of the missing tool).
+    the rows of the missing tool). The project is installed with its ``peers`` extra
+    (Ray), so that ``benchmarks/peers.py`` measures a Ray actor beside capsule; without
+    Ray, and always with ``--quick``, that script skips the Ray rows.
 ``docs``
     Fails if ``docs/`` holds no Markdown file. Runs ``docs/check_docs.py`` if it
     exists; otherwise checks that every relative link in ``docs/**/*.md``,
@@ -230,7 +232,7 @@ def _ensure_bench_packages(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run every benchmark script and write its results to benchmarks/results/."""
-    _install_project(session)
+    _install_project(session, ".[peers]")
     _ensure_bench_packages(session)
     scripts = sorted(
         path for path in (ROOT / "benchmarks").glob("*.py") if not path.name.startswith("_")
