@@ -1,5 +1,6 @@
-"""Helpers of ``benchmarks/peers.py``: its sizes, and each system's side of the comparison
-(``capsuleside``, ``mpside`` with the worker code ``mpworker``, ``rayside``) and the
-tables (``report``). Not a benchmark, and imports nothing itself: ``peers.py`` imports
-this package first, while ``benchmarks/`` is still on ``sys.path``, and its modules then.
+"""Helpers of ``benchmarks/peers.py``: its run (``run``), sizes (``sizes``), row names
+(``rows``), each system's side of the comparison (``capsuleside``; ``mpside``, with the
+code its workers run, ``mpworker``; ``rayside``) and its tables (``report``). Not a
+benchmark, and imports nothing itself: ``peers.py`` imports this package while
+``benchmarks/`` is on ``sys.path``, and ``run`` imports the other helpers it needs first.
 """

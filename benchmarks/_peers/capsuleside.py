@@ -185,8 +185,10 @@ async def call_idle(sup: Supervisor, sizes: Sizes) -> None:
 
 
 async def capsule_memory(sup: Supervisor, sizes: Sizes) -> CapsuleMemory:
-    """The PSS of each idle feature's container, called once and left idle since, and the
-    zygote's; after ``sizes.settle_s`` more of idling."""
+    """The PSS of each idle feature's container and the zygote's: each is called once more
+    (a container restarted meanwhile has then served a call too), then left idle for
+    ``sizes.settle_s``."""
+    await call_idle(sup, sizes)
     await trio.sleep(sizes.settle_s)
     per_worker: list[int] = []
     for name in idle_names(sizes):

@@ -167,8 +167,11 @@ class RayPeers:
         self.echo_class: Any = ray.remote(num_cpus=0)(Echo)
         self.caller_class: Any = ray.remote(num_cpus=0)(Caller)
         self.echo: Any = self.echo_class.remote()
-        self.caller: Any = self.caller_class.remote(self.echo_class.remote())
-        self.actor_pids = {ray.get(self.echo.pid.remote()), ray.get(self.caller.pid.remote())}
+        self.caller_echo: Any = self.echo_class.remote()
+        self.caller: Any = self.caller_class.remote(self.caller_echo)
+        self.actor_pids = {
+            int(ray.get(actor.pid.remote())) for actor in (self.echo, self.caller_echo, self.caller)
+        }
         self._note_processes()
 
     def _note_processes(self) -> None:
