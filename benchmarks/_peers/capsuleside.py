@@ -167,6 +167,7 @@ class CapsuleMemory:
 
     per_worker: list[int]
     zygote: int
+    parts: dict[str, int]  # the mean of each part of a container: outer, inner, view server
 
     @property
     def mean(self) -> float:
@@ -191,13 +192,21 @@ async def capsule_memory(sup: Supervisor, sizes: Sizes) -> CapsuleMemory:
     await call_idle(sup, sizes)
     await trio.sleep(sizes.settle_s)
     per_worker: list[int] = []
+    parts: list[tuple[int, int, int]] = []
     for name in idle_names(sizes):
         instance = sup.feature(name).instance
         if instance is None:
             raise RuntimeError(f"{name} has no running container")
         view_pid = None if instance.view is None else instance.view.pid
-        per_worker.append(sum(container_pss(instance.pid, view_pid)[:3]))
+        outer, inner, view, _ = container_pss(instance.pid, view_pid)
+        per_worker.append(outer + inner + view)
+        parts.append((outer, inner, view))
     zygote = sup._machinery.zygote
     if zygote is None:
         raise RuntimeError("the supervisor has no zygote")
-    return CapsuleMemory(per_worker, pss_bytes(zygote.pid))
+    columns = zip(*parts, strict=True)
+    means = {
+        f"{part}_pss_bytes_mean": round(math.fsum(values) / len(values))
+        for part, values in zip(("outer", "inner", "view_server"), columns, strict=True)
+    }
+    return CapsuleMemory(per_worker, pss_bytes(zygote.pid), means)

@@ -118,6 +118,7 @@ class Collected:
     jobs: list[Job]
     samples: list[list[list[float]]]
     memory: dict[str, tuple[Sequence[int], str, int]]
+    capsule_parts: dict[str, int]  # the mean PSS of each part of a container
     ray_daemons: list[str] | None = None  # the names of Ray's other processes, when it ran
     left_behind: list[str] = field(default_factory=list)  # outlived ray.shutdown()
 
@@ -150,9 +151,11 @@ def measure(sizes: Sizes, *, with_ray: bool) -> Collected:
         "multiprocessing": (mp_mem.per_worker, "forkserver", mp_mem.forkserver),
     }
     if ray_mem is None:
-        return Collected(jobs, samples, memory)
+        return Collected(jobs, samples, memory, capsule_mem.parts)
     memory["ray"] = (ray_mem.per_worker, "daemons", ray_mem.daemons)
-    return Collected(jobs, samples, memory, ray_mem.daemon_processes, left_behind)
+    return Collected(
+        jobs, samples, memory, capsule_mem.parts, ray_mem.daemon_processes, left_behind
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,7 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ratios = comparison(summaries)
     memory = memory_table(collected.memory, skipped)
+    memory[0].update(collected.capsule_parts)  # capsule's row: outer, inner, view server
     print_comparison(ratios, memory, skipped)
+    parts = collected.capsule_parts
+    print(
+        f"  capsule's idle container: outer {_mib(parts['outer_pss_bytes_mean'])}, inner"
+        f" {_mib(parts['inner_pss_bytes_mean'])}, view server"
+        f" {_mib(parts['view_server_pss_bytes_mean'])}"
+    )
     if collected.ray_daemons is not None:
         ray_once = collected.memory["ray"][2]
         print(f"  Ray's daemons ({_mib(ray_once)}): {', '.join(collected.ray_daemons)}")
