@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Final
 
 # What every container needs, imported once here so a fork finds it loaded.
-import anyio  # noqa: F401 - pre-import for the containers
+import anyio._backends._trio  # noqa: F401 - pre-import for the containers, with anyio.run's backend
 import cloudpickle  # noqa: F401 - pre-import for the containers
 import msgspec
 import trio  # noqa: F401 - pre-import for the containers
 
-import capsule._container._runtime  # noqa: F401 - pre-import for the containers
+import capsule._container._runtime
+import capsule.feature  # noqa: F401 - pre-import for the containers (and what their code refers to)
 import fusefs  # noqa: F401 - pre-import for the view servers
 from capsule._sandbox import _seccomp, _seccomp_bpf
 from capsule._sandbox import _syscalls as sc
