@@ -15,7 +15,8 @@ Measures, in one run and on one machine:
 * memory: with many idle containers up (50; ``--quick`` 10), the PSS of each container's
   processes (the outer one the supervisor knows, the inner one running the feature, and
   the file-system server of its view),
-  the zygote's own PSS, and as the floor the PSS of an idle forked child of this process.
+  the zygote's own PSS, and as the floor the PSS of an idle forked child of this process;
+  beside it, the memory private to each container's processes (USS), what one more adds.
 
 The timed measures run interleaved, in rounds, so machine noise spreads over all of them;
 the memory snapshot is taken afterwards, from a second supervisor. Must run as root or
@@ -255,13 +256,29 @@ async def run_timed(
 # -- memory ---------------------------------------------------------------------------------
 
 
-def pss_bytes(pid: int) -> int:
-    """The proportional set size of one process, from ``/proc/<pid>/smaps_rollup``."""
+def _rollup(pid: int, *fields: str) -> int:
+    """The sum of ``fields`` (kB lines) of ``/proc/<pid>/smaps_rollup``, in bytes."""
+    found: dict[str, int] = {}
     with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
         for line in rollup:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/{pid}/smaps_rollup has no Pss line")
+            name, _, value = line.partition(":")
+            if name in fields:
+                found[name] = int(value.split()[0]) * 1024
+    missing = [name for name in fields if name not in found]
+    if missing:
+        raise RuntimeError(f"/proc/{pid}/smaps_rollup has no {', '.join(missing)} line")
+    return sum(found.values())
+
+
+def pss_bytes(pid: int) -> int:
+    """The proportional set size of one process, from ``/proc/<pid>/smaps_rollup``."""
+    return _rollup(pid, "Pss")
+
+
+def private_bytes(pid: int) -> int:
+    """The memory one process maps alone (its USS): what it copied from the zygote or
+    allocated itself, and what ending it would free."""
+    return _rollup(pid, "Private_Clean", "Private_Dirty")
 
 
 def children(pid: int) -> list[int]:
@@ -311,6 +328,7 @@ class Memory:
     inner: list[int]
     view: list[int]
     processes_per_container: list[int]
+    private: dict[str, list[int]]  # outer, inner, view: each process's USS, per container
     zygote: int
     floor: int
 
@@ -328,6 +346,7 @@ async def measure_memory(root: Path, sizes: Sizes) -> Memory:
         inner: list[int] = []
         view: list[int] = []
         processes: list[int] = []
+        private: dict[str, list[int]] = {"outer": [], "inner": [], "view": []}
         for name in names:
             instance = sup.feature(name).instance
             if instance is None:
@@ -342,6 +361,9 @@ async def measure_memory(root: Path, sizes: Sizes) -> Memory:
             inner.append(sum(sizes_of[1:]))
             view.append(server)
             processes.append(len(tree) + (instance.view is not None))
+            private["outer"].append(private_bytes(tree[0]))
+            private["inner"].append(sum(private_bytes(pid) for pid in tree[1:]))
+            private["view"].append(0 if instance.view is None else private_bytes(instance.view.pid))
         zygote = sup._machinery.zygote
         if zygote is None:
             raise RuntimeError("the supervisor has no zygote")
@@ -354,6 +376,7 @@ async def measure_memory(root: Path, sizes: Sizes) -> Memory:
         inner=inner,
         view=view,
         processes_per_container=processes,
+        private=private,
         zygote=zygote_pss,
         floor=floor,
     )
@@ -411,6 +434,12 @@ def print_memory(memory: Memory) -> dict[str, Any]:
         f"  {memory.containers} containers + zygote: "
         f"{_mib(sum(memory.per_container) + memory.zygote)} MiB in all"
     )
+    private = {part: _mean(values) for part, values in memory.private.items()}
+    print(
+        f"  private to each container (USS, what one more adds; PSS adds a share of the"
+        f" zygote's pages): {_mib(sum(private.values()))} MiB = outer {_mib(private['outer'])}"
+        f" + inner {_mib(private['inner'])} + view server {_mib(private['view'])}"
+    )
     return {
         "containers": memory.containers,
         "floor_pss_bytes": floor,
@@ -425,6 +454,10 @@ def print_memory(memory: Memory) -> dict[str, Any]:
         "view_server_pss_bytes_mean": round(_mean(memory.view)),
         "processes_per_container": sorted(set(memory.processes_per_container)),
         "zygote_pss_bytes": memory.zygote,
+        "private_bytes_mean": {
+            "per_container": round(sum(private.values())),
+            **{part: round(value) for part, value in private.items()},
+        },
         "ratio_to_floor_mean": round(mean / floor, 5),
         "target": target,
         "target_bytes": PSS_TARGET_BYTES,
