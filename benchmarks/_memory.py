@@ -11,16 +11,32 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["children", "container_pss", "descendants", "pss_bytes"]
+__all__ = ["children", "container_pss", "descendants", "private_bytes", "pss_bytes"]
+
+
+def _rollup(pid: int, *fields: str) -> int:
+    """The sum of ``fields`` (kB lines) of ``/proc/<pid>/smaps_rollup``, in bytes."""
+    found: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
+        for line in rollup:
+            name, _, value = line.partition(":")
+            if name in fields:
+                found[name] = int(value.split()[0]) * 1024
+    missing = [name for name in fields if name not in found]
+    if missing:
+        raise RuntimeError(f"/proc/{pid}/smaps_rollup has no {', '.join(missing)} line")
+    return sum(found.values())
 
 
 def pss_bytes(pid: int) -> int:
     """The proportional set size of one process, from ``/proc/<pid>/smaps_rollup``."""
-    with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
-        for line in rollup:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/{pid}/smaps_rollup has no Pss line")
+    return _rollup(pid, "Pss")
+
+
+def private_bytes(pid: int) -> int:
+    """The memory one process maps alone (its USS): what it copied from the zygote or
+    allocated itself, and what ending it would free."""
+    return _rollup(pid, "Private_Clean", "Private_Dirty")
 
 
 def children(pid: int) -> list[int]:

@@ -15,7 +15,8 @@ Measures, in one run and on one machine:
 * memory: with many idle containers up (50; ``--quick`` 10), the PSS of each container's
   processes (the outer one the supervisor knows, the inner one running the feature, and
   the file-system server of its view),
-  the zygote's own PSS, and as the floor the PSS of an idle forked child of this process.
+  the zygote's own PSS, and as the floor the PSS of an idle forked child of this process;
+  beside it, the memory private to each container's processes (USS), what one more adds.
 
 The timed measures run interleaved, in rounds, so machine noise spreads over all of them;
 the memory snapshot is taken afterwards, from a second supervisor. Must run as root or
@@ -63,7 +64,7 @@ from _common import (
     time_each,
     write_json,
 )
-from _memory import container_pss, pss_bytes
+from _memory import container_pss, descendants, private_bytes, pss_bytes
 
 from capsule import Supervisor
 
@@ -287,6 +288,7 @@ class Memory:
     inner: list[int]
     view: list[int]
     processes_per_container: list[int]
+    private: dict[str, list[int]]  # outer, inner, view: each process's USS, per container
     zygote: int
     floor: int
 
@@ -304,6 +306,7 @@ async def measure_memory(root: Path, sizes: Sizes) -> Memory:
         inner: list[int] = []
         view: list[int] = []
         processes: list[int] = []
+        private: dict[str, list[int]] = {"outer": [], "inner": [], "view": []}
         for name in names:
             instance = sup.feature(name).instance
             if instance is None:
@@ -315,6 +318,10 @@ async def measure_memory(root: Path, sizes: Sizes) -> Memory:
             inner.append(parts[1])
             view.append(parts[2])
             processes.append(parts[3])
+            private["outer"].append(private_bytes(instance.pid))
+            below = descendants(instance.pid)[1:]
+            private["inner"].append(sum(private_bytes(pid) for pid in below))
+            private["view"].append(0 if view_pid is None else private_bytes(view_pid))
         zygote = sup._machinery.zygote
         if zygote is None:
             raise RuntimeError("the supervisor has no zygote")
@@ -327,6 +334,7 @@ async def measure_memory(root: Path, sizes: Sizes) -> Memory:
         inner=inner,
         view=view,
         processes_per_container=processes,
+        private=private,
         zygote=zygote_pss,
         floor=floor,
     )
@@ -384,6 +392,12 @@ def print_memory(memory: Memory) -> dict[str, Any]:
         f"  {memory.containers} containers + zygote: "
         f"{_mib(sum(memory.per_container) + memory.zygote)} MiB in all"
     )
+    private = {part: _mean(values) for part, values in memory.private.items()}
+    print(
+        f"  private to each container (USS, what one more adds; PSS adds a share of the"
+        f" zygote's pages): {_mib(sum(private.values()))} MiB = outer {_mib(private['outer'])}"
+        f" + inner {_mib(private['inner'])} + view server {_mib(private['view'])}"
+    )
     return {
         "containers": memory.containers,
         "floor_pss_bytes": floor,
@@ -398,6 +412,10 @@ def print_memory(memory: Memory) -> dict[str, Any]:
         "view_server_pss_bytes_mean": round(_mean(memory.view)),
         "processes_per_container": sorted(set(memory.processes_per_container)),
         "zygote_pss_bytes": memory.zygote,
+        "private_bytes_mean": {
+            "per_container": round(sum(private.values())),
+            **{part: round(value) for part, value in private.items()},
+        },
         "ratio_to_floor_mean": round(mean / floor, 5),
         "target": target,
         "target_bytes": PSS_TARGET_BYTES,

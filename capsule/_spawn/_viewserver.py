@@ -37,6 +37,8 @@ from capsule._spawn._protocol import ROOTS_DATAGRAM, ROOTS_PER_DATAGRAM, ViewReq
 __all__ = ["run"]
 
 _STDERR = 2
+#: the zygote's import path finders, as _find_runtime_on_host replaced them
+_zygote_finders: list[object] = []
 
 
 def _confine(runtime: Sequence[str]) -> fusefs.Confine:
@@ -79,7 +81,11 @@ def _find_runtime_on_host(runtime: Iterable[tuple[str, str]]) -> None:
             if entry == shown or entry.startswith(shown.rstrip("/") + "/"):
                 sys.path[index] = source + entry[len(shown) :]
                 break
-    sys.path_importer_cache.clear()
+    # A fresh cache, the zygote's kept, never freed: freeing its finders (and their listings
+    # of every directory the runtime was imported from) would write to, and so copy, some
+    # 2 MiB of pages this process still shares with the zygote.
+    _zygote_finders.append(sys.path_importer_cache)
+    sys.path_importer_cache = {}
 
 
 def run(carrier: int, *, control: int, host: int | None) -> NoReturn:

@@ -15,6 +15,7 @@ it kills every container it started and exits.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import select
 import signal
@@ -25,12 +26,13 @@ from pathlib import Path
 from typing import Final
 
 # What every container needs, imported once here so a fork finds it loaded.
-import anyio  # noqa: F401 - pre-import for the containers
+import anyio._backends._trio  # noqa: F401 - pre-import for the containers, with anyio.run's backend
 import cloudpickle  # noqa: F401 - pre-import for the containers
 import msgspec
 import trio  # noqa: F401 - pre-import for the containers
 
-import capsule._container._runtime  # noqa: F401 - pre-import for the containers
+import capsule._container._runtime
+import capsule.feature  # noqa: F401 - pre-import for the containers (and what their code refers to)
 import fusefs  # noqa: F401 - pre-import for the view servers
 from capsule._sandbox import _seccomp, _seccomp_bpf
 from capsule._sandbox import _syscalls as sc
@@ -73,7 +75,7 @@ class _Zygote:
         does), waits for its uid map, and builds the sandbox."""
         go_read, go_write = os.pipe()
         ns_read, ns_write = os.pipe()
-        pid = os.fork()
+        pid = _fork()
         if pid == 0:  # never return into the zygote's code, whatever happens
             try:
                 _bootstrap.run_outer(
@@ -113,7 +115,7 @@ class _Zygote:
     def spawn_view(self, order: SpawnView, control: int, carrier: int) -> None:
         """Fork one container's file-system server: no namespaces of its own to wait for;
         the child reads its request from ``carrier`` (this process never does)."""
-        pid = os.fork()
+        pid = _fork()
         if pid == 0:  # never return into the zygote's code, whatever happens
             try:
                 _viewserver.run(carrier, control=control, host=self.host)
@@ -208,6 +210,14 @@ class _Zygote:
                 os.close(fd)
             raise SystemExit(f"capsule zygote: malformed request {message!r}")
         return True
+
+
+def _fork() -> int:
+    """``os.fork()``, every object this process holds frozen first (``gc.freeze``): the
+    child's collector never walks them, so never writes to the pages it shares with this
+    process, which stay shared (a full collection in a child would copy nearly all of them)."""
+    gc.freeze()
+    return os.fork()
 
 
 def _children() -> list[int]:
