@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Final
 
 # What every container needs, imported once here so a fork finds it loaded.
-import anyio  # noqa: F401 - pre-import for the containers
+# anyio and the backend anyio.run(backend="trio") would import in every container on first use
+import anyio._backends._trio  # noqa: F401 - pre-import for the containers
 import cloudpickle  # noqa: F401 - pre-import for the containers
 import msgspec
 import trio  # noqa: F401 - pre-import for the containers
 
-import capsule._container._runtime  # noqa: F401 - pre-import for the containers
+import capsule._container._runtime
+import capsule.feature  # noqa: F401 - pre-import for the containers (inline features name it)
 import fusefs  # noqa: F401 - pre-import for the view servers
 from capsule._sandbox import _seccomp, _seccomp_bpf
 from capsule._sandbox import _syscalls as sc
