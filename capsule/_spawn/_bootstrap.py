@@ -36,7 +36,7 @@ from capsule._ipc._messages import CHANNEL_FD, NAMESPACES, Failure, SandboxStatu
 from capsule._sandbox import _landlock, _seccomp
 from capsule._sandbox import _syscalls as sc
 from capsule._sandbox._view import DEVICES, ViewPlan, build_root, enter_root
-from capsule._spawn._protocol import MAX_DATAGRAM, RootSources, SpawnRequest
+from capsule._spawn._protocol import MAX_DATAGRAM, VIEW_MOUNTED, RootSources, SpawnRequest
 from capsule.errors import SandboxError
 
 __all__ = [
@@ -124,9 +124,11 @@ def run_outer(
     seccomp_program: bytes | None,
 ) -> NoReturn:
     """The outer process, from the zygote's fork: back in the ``host``'s mount namespace,
-    reads its request from ``carrier``, forks the inner process, and only then reads where
-    the root is built from (host paths the feature's process never holds), builds it in
-    the namespaces they share and hands it over; never returns."""
+    reads its request from ``carrier``, joins its cgroup, waits there until its view is
+    mounted (its file-system server starts meanwhile), enters its namespaces, forks the
+    inner process, and only then reads where the root is built from (host paths the
+    feature's process never holds), builds it in the namespaces they share and hands it
+    over; never returns."""
     try:
         reset_signals()
         os.setsid()
@@ -136,6 +138,8 @@ def run_outer(
         for procs in request.cgroup_procs:
             with open(procs, "w", encoding="ascii") as f:
                 f.write(str(os.getpid()))
+        if os.read(carrier, len(VIEW_MOUNTED) + 1) != VIEW_MOUNTED:
+            raise SandboxError("the supervisor did not report the container's view mounted")  # noqa: TRY301 - reported below
         os.setgroups([])
         sc.unshare(_ALL_NAMESPACES)
         os.write(unshared, b"u")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from capsule._spawn._layout import (
 )
 from capsule._spawn._protocol import (
     MAX_DATAGRAM,
+    VIEW_MOUNTED,
     Exited,
     FromZygote,
     RootSources,
@@ -49,7 +51,7 @@ from capsule._spawn._protocol import (
 )
 from capsule.errors import SandboxError
 
-__all__ = ["SpawnResult", "ZygoteClient"]
+__all__ = ["RootHandover", "SpawnResult", "ZygoteClient"]
 
 _START_TIMEOUT: Final = 30.0
 _EXIT_GRACE: Final = 5.0
@@ -99,21 +101,89 @@ class _Exit:
     status: int | None = None
 
 
+def _queue(sock: socket.socket, messages: Sequence[msgspec.Struct], what: str) -> None:
+    """Send ``messages`` on ``sock``, a datagram each, for the reader of the other end of its
+    socketpair."""
+    for message in messages:
+        data = _encoder.encode(message)
+        try:
+            sock.send(data)
+        except OSError as exc:
+            raise SandboxError(
+                f"could not hand over the request for {what} ({len(data)} bytes): {exc}"
+            ) from exc
+
+
 def _carrying(messages: Sequence[msgspec.Struct], what: str) -> socket.socket:
     """One end of a new socketpair with ``messages`` queued on it, a datagram each (the other
     end is closed: the reader sees them, then the end of the stream)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours:
-        for message in messages:
-            data = _encoder.encode(message)
-            try:
-                ours.send(data)
-            except OSError as exc:
-                theirs.close()
-                raise SandboxError(
-                    f"could not hand over the request for {what} ({len(data)} bytes): {exc}"
-                ) from exc
+        try:
+            _queue(ours, messages, what)
+        except BaseException:
+            theirs.close()
+            raise
     return theirs
+
+
+def _kill(pidfd: int) -> None:
+    """SIGKILL the process behind ``pidfd`` (the zygote reaps it), unless it has ended."""
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        return  # it has ended already
+
+
+class RootHandover:
+    """A container's request socket, prepared by :meth:`ZygoteClient.prepare`: the
+    supervisor's end holds back the sources of its root (host paths) until :meth:`send`,
+    once its view is mounted. The outer process waits for that in its cgroup, then copies
+    the host's mount namespace (the view's mount in it) and builds the root from the
+    sources. Withdrawn unsent, it ends (it reads the end of the stream, says so and
+    exits)."""
+
+    def __init__(
+        self, sock: socket.socket, carrier: socket.socket, sources: bytes, order: Spawn, name: str
+    ) -> None:
+        self._sock = sock
+        self._carrier: socket.socket | None = carrier
+        self._sources = sources
+        self.order = order
+        self.name = name
+
+    def carrier(self) -> socket.socket:
+        """The end the outer process reads from (taken once, to be passed to the zygote)."""
+        carrier, self._carrier = self._carrier, None
+        if carrier is None:
+            raise RuntimeError(f"the request of the container for {self.name} was taken already")
+        return carrier
+
+    def send(self) -> None:
+        """Say the view is mounted, send the sources (what they name must exist now) and
+        close the socket."""
+        try:
+            self._sock.send(VIEW_MOUNTED)
+            self._sock.send(self._sources)
+        except OSError as exc:
+            raise SandboxError(
+                f"could not hand over the root's sources for the container for {self.name} "
+                f"({len(self._sources)} bytes): {exc}"
+            ) from exc
+        finally:
+            self.withdraw()
+
+    def withdraw(self) -> None:
+        """Close the supervisor's end, unless sent already: the container will not start
+        (idempotent)."""
+        self._sock.close()
+
+    def close(self) -> None:
+        """Withdraw, and close the outer process's end if it was not taken (idempotent)."""
+        self.withdraw()
+        if self._carrier is not None:
+            self._carrier.close()
+            self._carrier = None
 
 
 class ZygoteClient:
@@ -132,6 +202,7 @@ class ZygoteClient:
         self._stage = stage
         self._seq = 0
         self._pending: dict[int, _Pending] = {}
+        self._abandoned: set[int] = set()  # starts cancelled before the zygote answered
         self._exits: dict[int, _Exit] = {}
         self._closed = False
         self.ready: ZygoteReady | None = None
@@ -227,6 +298,9 @@ class ZygoteClient:
                 if isinstance(message, Spawned):
                     pending = self._pending.pop(message.seq, None)
                     if pending is None or not fds:
+                        if fds and message.seq in self._abandoned:
+                            _kill(fds[0])  # its start was cancelled: nobody owns it
+                        self._abandoned.discard(message.seq)
                         for fd in fds:
                             os.close(fd)
                         continue
@@ -234,6 +308,7 @@ class ZygoteClient:
                     pending.done.set()
                 elif isinstance(message, SpawnFailed):
                     failed = self._pending.pop(message.seq, None)
+                    self._abandoned.discard(message.seq)
                     if failed is not None:
                         failed.error = message.error
                         failed.done.set()
@@ -249,8 +324,10 @@ class ZygoteClient:
             for record in self._exits.values():
                 record.done.set()
 
-    async def spawn(self, request: SpawnRequest, channel: socket.socket) -> SpawnResult:
-        """Start one container; ``channel`` is its end of the socketpair (closed here)."""
+    def prepare(self, request: SpawnRequest) -> RootHandover:
+        """One container's request, queued for its outer process, and its root's sources,
+        held back: :meth:`spawn` it, then :meth:`RootHandover.send` once its view is
+        mounted (the outer process waits for that in its cgroup, before its namespaces)."""
         order = Spawn(seq=0, uid=request.uid, gid=request.gid)
         view = request.view
         binds = (*self.layout.binds, *view.binds)
@@ -264,33 +341,53 @@ class ZygoteClient:
                 view, binds=blank, symlinks=(*self.layout.symlinks, *view.symlinks)
             ),
         )
-        return await self._spawn(order, [request, sources], request.name, channel, "container")
+        what = f"the container for {request.name}"
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            _queue(ours, [request], what)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        return RootHandover(ours, theirs, _encoder.encode(sources), order, request.name)
+
+    async def spawn(self, prepared: RootHandover, channel: socket.socket) -> SpawnResult:
+        """Start the container ``prepared``; ``channel`` is its end of the socketpair (closed
+        here). Returns once it is in its namespaces: after ``prepared`` was sent."""
+        carrier = prepared.carrier()
+        return await self._spawn(prepared.order, carrier, prepared.name, channel, "container")
 
     async def spawn_view(self, request: ViewRequest, control: socket.socket) -> SpawnResult:
         """Start one file-system server; ``control`` is its end of the socketpair (closed here)."""
         runtime = tuple((bind.target, bind.source) for bind in self.layout.binds)
         request = msgspec.structs.replace(request, runtime=runtime)
+        what = f"the file-system server for {request.name}"
+        try:
+            carrier = _carrying([request], what)
+        except BaseException:
+            control.close()
+            raise
         return await self._spawn(
-            SpawnView(seq=0), [request], request.name, control, "file-system server"
+            SpawnView(seq=0), carrier, request.name, control, "file-system server"
         )
 
     async def _spawn(
         self,
         order: Spawn | SpawnView,
-        messages: Sequence[msgspec.Struct],
+        carrier: socket.socket,
         name: str,
         channel: socket.socket,
         what: str,
     ) -> SpawnResult:
-        """Send ``order`` (which names no feature) to the zygote with ``channel`` and a socket
-        holding ``messages`` (the request, and a container's root sources): only the forked
-        child reads them, never the zygote."""
+        """Send ``order`` (which names no feature) to the zygote with ``channel`` and
+        ``carrier``, the socket the child reads its request from (only the forked child
+        reads it, never the zygote); both are closed here."""
         try:
             if self._closed:
                 raise SandboxError("the zygote is not running")  # noqa: TRY301 - closes below
-            carrier = _carrying(messages, f"the {what} for {name}")
         except BaseException:
             channel.close()
+            carrier.close()
             raise
         self._seq += 1
         pending = _Pending()
@@ -309,7 +406,16 @@ class ZygoteClient:
         finally:
             channel.close()
             carrier.close()
-        await pending.done.wait()
+        seq = self._seq
+        try:
+            await pending.done.wait()
+        except BaseException:  # cancelled: what it started must not outlive the start
+            if self._pending.pop(seq, None) is not None:
+                self._abandoned.add(seq)  # killed by serve() once the zygote reports it
+            elif pending.result is not None:
+                _kill(pending.result.pidfd)
+                os.close(pending.result.pidfd)
+            raise
         if pending.result is None:
             raise SandboxError(f"could not start the {what} for {name}: {pending.error}")
         self._exits.setdefault(pending.result.pid, _Exit())

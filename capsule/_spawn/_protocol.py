@@ -24,6 +24,7 @@ __all__ = [
     "ORDER_DATAGRAM",
     "ROOTS_DATAGRAM",
     "ROOTS_PER_DATAGRAM",
+    "VIEW_MOUNTED",
     "Exited",
     "FromZygote",
     "Rlimits",
@@ -45,6 +46,10 @@ ORDER_DATAGRAM: Final = 256
 #: beside a batch of its mounts' directory descriptors (SCM_RIGHTS takes 253 at most)
 ROOTS_DATAGRAM: Final = b"roots"
 ROOTS_PER_DATAGRAM: Final = 200
+#: what the supervisor sends a container's outer process on its request socket once the
+#: container's view is mounted, before its RootSources: the outer process waits for it
+#: before it copies the host's mount namespace (a view mounted later would not be in it)
+VIEW_MOUNTED: Final = b"view-mounted"
 
 
 class Rlimits(msgspec.Struct, frozen=True):

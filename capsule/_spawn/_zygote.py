@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -48,11 +49,25 @@ from capsule._spawn._protocol import (
     ZygoteReady,
 )
 
-_MAP_TIMEOUT: Final = 5.0
+#: how long a container may take from its fork to its namespaces. It waits on the way for
+#: its view to be mounted; a view that fails or times out (the supervisor's own bound)
+#: ends it sooner, since its request socket is closed then.
+_MAP_TIMEOUT: Final = 30.0
 #: how long it waits at exit for what it killed to be gone (under the client's 5 s grace)
 _DRAIN: Final = 4.0
 _decoder = msgspec.msgpack.Decoder(ToZygote)
 _encoder = msgspec.msgpack.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class _Unmapped:
+    """A container forked and not yet in its namespaces: its order, its pid, the pipe that
+    lets it go on once its uid map is written, and when to give up on it."""
+
+    order: Spawn
+    pid: int
+    go: int
+    deadline: float
 
 
 class _Zygote:
@@ -60,6 +75,8 @@ class _Zygote:
         self.sock = sock
         self.host = host
         self.children: set[int] = set()
+        #: containers forked and not yet in their namespaces, by the pipe each reports on
+        self.unmapped: dict[int, _Unmapped] = {}
         available, _ = _seccomp.available()
         self.seccomp = _seccomp_bpf.build_filter() if available else None
 
@@ -72,7 +89,9 @@ class _Zygote:
 
     def spawn(self, order: Spawn, channel: int, carrier: int) -> None:
         """Fork one container; the child reads its request from ``carrier`` (this process never
-        does), waits for its uid map, and builds the sandbox."""
+        does), waits for its uid map, and builds the sandbox. Its uid map is written once it
+        reports that it is in its namespaces (see :meth:`map_user`): meanwhile this process
+        serves other orders."""
         go_read, go_write = os.pipe()
         ns_read, ns_write = os.pipe()
         pid = _fork()
@@ -93,20 +112,27 @@ class _Zygote:
         os.close(channel)
         os.close(carrier)
         self.children.add(pid)
+        self.unmapped[ns_read] = _Unmapped(order, pid, go_write, time.monotonic() + _MAP_TIMEOUT)
+
+    def map_user(self, ns_read: int, *, expired: bool = False) -> None:
+        """Write the uid map of the child that reported on ``ns_read`` (or failed to, by
+        closing it or by ``expired``), let it go on, and report it started (or kill it)."""
+        child = self.unmapped.pop(ns_read)
+        order, pid = child.order, child.pid
         try:
-            ready, _, _ = select.select([ns_read], [], [], _MAP_TIMEOUT)
-            if not ready or os.read(ns_read, 1) != b"u":
+            if expired or os.read(ns_read, 1) != b"u":
                 raise OSError("the child did not reach its new namespaces")  # noqa: TRY301 - one cleanup path
             _write_maps(pid, order.uid, order.gid)
-            os.write(go_write, b"g")
+            os.write(child.go, b"g")
             pidfd = os.pidfd_open(pid)
         except OSError as exc:
-            os.kill(pid, signal.SIGKILL)
+            if pid in self.children:  # not reaped yet (a zombie can be signalled)
+                os.kill(pid, signal.SIGKILL)
             self.send(SpawnFailed(seq=order.seq, error=str(exc)))
             return
         finally:
             os.close(ns_read)
-            os.close(go_write)
+            os.close(child.go)
         try:
             self.send(Spawned(seq=order.seq, pid=pid), [pidfd])
         finally:
@@ -180,7 +206,20 @@ class _Zygote:
         self.send(ZygoteReady(pid=os.getpid()))
         try:
             while True:
-                ready, _, _ = select.select([self.sock.fileno(), wake_read], [], [])
+                timeout = None
+                if self.unmapped:
+                    soonest = min(child.deadline for child in self.unmapped.values())
+                    timeout = max(0.0, soonest - time.monotonic())
+                waiting = list(self.unmapped)
+                ready, _, _ = select.select(
+                    [self.sock.fileno(), wake_read, *waiting], [], [], timeout
+                )
+                now = time.monotonic()
+                for ns_read in waiting:
+                    if ns_read in ready:
+                        self.map_user(ns_read)
+                    elif self.unmapped[ns_read].deadline <= now:
+                        self.map_user(ns_read, expired=True)
                 if wake_read in ready:
                     while True:
                         try:

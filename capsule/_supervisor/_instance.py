@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass
 from typing import Final
 
@@ -35,7 +35,7 @@ from capsule._ipc._messages import (
     Stop,
 )
 from capsule._sandbox._cgroups import CgroupStats, ContainerCgroup
-from capsule._spawn._client import SpawnResult, ZygoteClient
+from capsule._spawn._client import RootHandover, SpawnResult, ZygoteClient
 from capsule._spawn._protocol import SpawnRequest
 from capsule._supervisor._handoff import Handoff
 from capsule._supervisor._handshake import Expectation, check_status
@@ -161,30 +161,38 @@ class Instance:
         *,
         broker: Broker,
         task_group: TaskStarter,
-        view: ViewServer | None = None,
+        prepared: RootHandover | None = None,
+        view: Callable[[], Awaitable[ViewServer]] | None = None,
         shadow: ShadowMark | None = None,
     ) -> Instance:
         """Spawn, check the sandbox report, deliver tokens and code, wait for ready.
 
         From the moment the code is delivered the container is served in
         ``task_group``: it may admit tokens and call other features while it starts.
-        ``view`` is its file-system server, already serving: it is watched from now on
-        (its failure ends the container) and stopped when the container has ended.
+        ``prepared`` is its request (:meth:`ZygoteClient.prepare`, closed here), whose
+        sources whoever starts its view sends once the view is mounted; without ``view``
+        they are sent here. ``view`` returns its file-system server once the sources are
+        sent; the server is watched from then on (its failure ends the container) and
+        stopped when the container has ended.
         """
+        if prepared is None:
+            prepared = zygote.prepare(spec.request)
+        if view is None:
+            prepared.send()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            spawned = await zygote.spawn(spec.request, theirs)
+            spawned = await zygote.spawn(prepared, theirs)
         except BaseException:
             ours.close()
+            prepared.close()
             raise
         conn = Connection(ours, spec.feature, broker.outbox)
-        instance = cls(
-            spec, zygote, spawned, conn, broker=broker, cgroup=cgroup, view=view, shadow=shadow
-        )
-        if view is not None:
-            task_group.start_soon(view.serve, instance.fail)
+        instance = cls(spec, zygote, spawned, conn, broker=broker, cgroup=cgroup, shadow=shadow)
         try:
             with anyio.fail_after(spec.start_timeout):
+                if view is not None:
+                    instance.view = await view()
+                    task_group.start_soon(instance.view.serve, instance.fail)
                 await instance._handshake()
                 instance._serving = True
                 task_group.start_soon(instance._run)

@@ -7,7 +7,10 @@ under its lock, with what this returns or raises.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import final
 
 import anyio
@@ -16,7 +19,7 @@ from capsule._broker._audit import AuditLog
 from capsule._broker._broker import Broker
 from capsule._sandbox import _isolation
 from capsule._sandbox._cgroups import CgroupTree, ContainerCgroup
-from capsule._spawn._client import ZygoteClient
+from capsule._spawn._client import RootHandover, ZygoteClient
 from capsule._supervisor._handle import FeatureHandle
 from capsule._supervisor._instance import Instance
 from capsule._supervisor._plan import Planner, Version, container_uids
@@ -24,7 +27,7 @@ from capsule._supervisor._rundir import RunDir
 from capsule._supervisor._views import VIEW_SERVER_PIDS, ViewServer, ViewTimeouts
 from capsule._tasks import Services
 from capsule._tokens._authority import Token, TokenAuthority
-from capsule.errors import CapsuleError
+from capsule.errors import CapsuleError, SandboxError
 
 __all__ = ["Launcher"]
 
@@ -65,10 +68,13 @@ class Launcher:
         """Start one container of ``version`` of ``handle``'s feature and return it with the
         tokens it was given; on failure, remove its view and cgroup and raise CapsuleError
         or OSError. Its cgroup and view are named by the handle's generation: two versions
-        of a feature can run at once."""
+        of a feature can run at once. Its file-system server starts beside it: the
+        container is forked and enters its namespaces while the view is being mounted, and
+        builds its root from the view once it is."""
         uid, gid = self._uid()
         cgroup = None
-        view = None
+        view = _ViewStart()
+        prepared: RootHandover | None = None
         try:
             tokens = self._plan.tokens(self._authority, version.grant, self._token_ttl)
             if self._cgroups is not None:
@@ -81,25 +87,43 @@ class Launcher:
                         cpu=limits.cpu,
                     )
                 )
-            view = await self._open_view(handle, version, tokens, (uid, gid), cgroup)
+            mountpoint = self._rundir.views / f"{handle.name}-{handle.generation}"
             spec = self._plan.spec(
-                version, self._isolation, uid, gid, cgroup, tokens=tokens, view=view
+                version, self._isolation, uid, gid, cgroup, tokens=tokens, mountpoint=mountpoint
             )
+            opening = functools.partial(
+                self._open_view,
+                handle,
+                version,
+                tokens,
+                ids=(uid, gid),
+                cgroup=cgroup,
+                mountpoint=mountpoint,
+            )
+            prepared = self._zygote.prepare(spec.request)
+            self._tg.start_soon(view.run, opening, prepared)
             instance = await Instance.launch(
                 spec,
                 self._zygote,
                 cgroup,
                 broker=self._broker,
                 task_group=self._tg,
-                view=view,
+                prepared=prepared,
+                view=view.wait,
                 shadow=version.shadow,
             )
-        except (CapsuleError, OSError):
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                if view is not None:  # an instance stops its own view, twice is harmless
-                    await view.stop()
-                if cgroup is not None:  # an instance that was served removes its own
+                if prepared is not None:
+                    prepared.close()  # (sent already, or never to be)
+                server = await view.cancel()
+                if server is not None:  # an instance stops its own view, twice is harmless
+                    await server.stop()
+                if cgroup is not None and isinstance(exc, CapsuleError | OSError):
+                    # an instance that was served removes its own
                     await anyio.to_thread.run_sync(cgroup.remove)
+            if view.error is not None and view.error is not exc:
+                raise view.error from exc  # why the container could not start
             raise
         return instance, tokens
 
@@ -116,17 +140,19 @@ class Launcher:
         handle: FeatureHandle,
         version: Version,
         tokens: list[Token],
+        *,
         ids: tuple[int, int],
         cgroup: ContainerCgroup | None,
+        mountpoint: Path,
     ) -> ViewServer:
         """Start the file-system server of a new container and wait until its view is
-        mounted. The server joins the container's cgroup: what a feature makes its server
-        do and hold (cpu, memory, processes) is charged to that feature."""
+        mounted on ``mountpoint``. The server joins the container's cgroup: what a feature
+        makes its server do and hold (cpu, memory, processes) is charged to that feature."""
         view, roots = self._plan.view(version, tokens, *ids)
         return await ViewServer.launch(
             handle.name,
             view,
-            self._rundir.views / f"{handle.name}-{handle.generation}",
+            mountpoint,
             roots=roots,
             zygote=self._zygote,
             audit=self._audit,
@@ -134,3 +160,48 @@ class Launcher:
             timeouts=self._view_timeouts,
             cgroup_procs=() if cgroup is None else cgroup.procs_files,
         )
+
+
+class _ViewStart:
+    """A container's file-system server being started in a task of its own, beside the
+    container: :meth:`wait` for it, :meth:`cancel` it when the launch fails."""
+
+    def __init__(self) -> None:
+        self._scope = anyio.CancelScope()
+        self._done = anyio.Event()
+        self._started = False
+        self._server: ViewServer | None = None
+        self.error: Exception | None = None
+
+    async def run(self, start: Callable[[], Awaitable[ViewServer]], prepared: RootHandover) -> None:
+        """Start the server; once its view is mounted, send the container ``prepared`` the
+        sources of its root (they name the view's mount)."""
+        if self._scope.cancel_called:  # the launch failed before this task ran
+            return
+        self._started = True
+        try:
+            with self._scope:
+                self._server = await start()
+                prepared.send()
+        except Exception as exc:  # raised to the launch, from wait()
+            self.error = exc
+        finally:
+            prepared.withdraw()  # unsent: the container, waiting for it, ends
+            self._done.set()
+
+    async def wait(self) -> ViewServer:
+        """The server, once its view is mounted; raises what starting it raised."""
+        await self._done.wait()
+        if self.error is not None:
+            raise self.error
+        if self._server is None:
+            raise SandboxError("the start of the file-system server was cancelled")
+        return self._server
+
+    async def cancel(self) -> ViewServer | None:
+        """Stop starting the server (it cleans up after itself); the server if it had
+        started already, to be stopped by the caller."""
+        self._scope.cancel()
+        if self._started:
+            await self._done.wait()
+        return self._server

@@ -28,7 +28,6 @@ from capsule._spawn._protocol import Rlimits, SpawnRequest
 from capsule._supervisor._grantdirs import GrantDirs
 from capsule._supervisor._handshake import Expectation
 from capsule._supervisor._instance import LaunchSpec
-from capsule._supervisor._views import ViewServer
 from capsule._tokens._authority import Token, TokenAuthority
 from capsule._tokens._format import MAX_CAPABILITIES
 from fusefs import LISTING_BYTES, MountKind, MountSpec, ViewSpec
@@ -176,11 +175,13 @@ class Planner:
         cgroup: ContainerCgroup | None,
         *,
         tokens: list[Token],
-        view: ViewServer,
+        mountpoint: Path,
     ) -> LaunchSpec:
+        """How to start a container of ``version``, whose view is (to be) mounted on
+        ``mountpoint``."""
         manifest, grant, name = version.manifest, version.grant, version.name
         limits = manifest.limits
-        served = str(view.mountpoint)
+        served = str(mountpoint)
         binds = [
             Bind(str(manifest.root), "/bundle", hidden=True),
             Bind(f"{served}/capsule", "/capsule"),
