@@ -15,7 +15,7 @@ import errno
 import os
 import socket
 from collections.abc import Callable
-from typing import Final, final
+from typing import Final, Protocol, final
 
 import anyio
 import anyio.lowlevel
@@ -24,7 +24,7 @@ from capsule._ipc._channel import FrameBuffer, encode_frame
 from capsule._ipc._messages import FromContainer, Lagged
 from capsule.errors import ChannelClosedError, ProtocolError
 
-__all__ = ["FAIR_BATCH", "HARD_LIMIT", "SOFT_LIMIT", "Connection", "Outbox"]
+__all__ = ["FAIR_BATCH", "HARD_LIMIT", "SOFT_LIMIT", "Connection", "Outbox", "Passable"]
 
 _READ_SIZE: Final = 65536
 _ANCILLARY: Final = socket.CMSG_SPACE(64 * array.array("i").itemsize)
@@ -56,6 +56,14 @@ def _close_passed_fds(ancillary: list[tuple[int, int, bytes]]) -> int:
     return count
 
 
+class Passable(Protocol):
+    """A descriptor to pass (a socket, a memory file): closed once the kernel holds it."""
+
+    def fileno(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
 @final
 class _Passing:
     """A frame to write with a socket attached (SCM_RIGHTS on its first byte).
@@ -65,7 +73,7 @@ class _Passing:
 
     __slots__ = ("fallback", "frame", "sock")
 
-    def __init__(self, frame: bytes, sock: socket.socket, fallback: bytes) -> None:
+    def __init__(self, frame: bytes, sock: Passable, fallback: bytes) -> None:
         self.frame = frame
         self.sock = sock
         self.fallback = fallback
@@ -212,8 +220,9 @@ class Connection:
             dropped, self._lagged = self._lagged, 0
             self.put(encode_frame(Lagged(dropped=dropped)))
 
-    def pass_socket(self, frame: bytes, sock: socket.socket, fallback: bytes) -> bool:
-        """Queue ``frame`` with ``sock`` attached; the socket is ours from now on (closed
+    def pass_socket(self, frame: bytes, sock: Passable, fallback: bytes) -> bool:
+        """Queue ``frame`` with ``sock`` attached (a socket, or any descriptor with
+        ``fileno`` and ``close``); the descriptor is ours from now on (closed
         once the kernel holds it, or if it cannot be sent). False when it was not queued."""
         if self.closed or self._out_bytes > self.hard_limit:
             sock.close()
@@ -260,7 +269,7 @@ class Connection:
         self._drained()
         self._wrote()
 
-    def _send(self, data: bytes | memoryview, sock: socket.socket | None = None) -> int:
+    def _send(self, data: bytes | memoryview, sock: Passable | None = None) -> int:
         """Bytes of ``data`` written (with ``sock`` attached), 0 when the channel is full, -1
         when it failed (then closed). A socket the kernel refuses to pass raises OSError."""
         try:

@@ -28,7 +28,6 @@ from capsule._container._client import CALLER, BrokerClient
 from capsule._container._feature import Context, Feature
 from capsule._ipc._channel import Channel
 from capsule._ipc._messages import (
-    STATE_PART,
     Admitted,
     Call,
     Cancel,
@@ -54,11 +53,11 @@ from capsule._ipc._messages import (
     SandboxStatus,
     Start,
     StateDone,
-    StatePart,
     Stop,
 )
 from capsule._ipc._payload import decode_payload as decode
 from capsule._ipc._payload import encode_payload as encode
+from capsule._ipc._statefile import read_state, write_state
 from capsule.errors import ChannelClosedError, ProtocolError
 
 __all__ = ["EXIT_CLEAN", "EXIT_FAILED", "serve"]
@@ -153,7 +152,6 @@ class _Server:
         self.events_dropped = 0
         self.events_lagged = 0  # dropped by the broker before they reached us (Lagged)
         self.stopped = anyio.Event()
-        self.incoming: dict[int, list[bytes]] = {}  # ImportState pieces, by transfer id
 
     async def handle(self, call: Call, scope: anyio.CancelScope) -> None:
         feature, ctx = self.feature, self.ctx
@@ -205,56 +203,69 @@ class _Server:
             credit[0] -= 1
             await self.channel.send(Item(id=call.id, value=encode(value, f"{call.service} item")))
 
-    async def export_state(self, message: ExportState) -> None:
-        """Run the export_state hook; send its bytes in pieces, then StateDone."""
+    def _passed_file(self) -> int | str:
+        """The memory file that came with the frame just read (ExportState, ImportState),
+        taken now as ``_opened`` takes a socket; or why none came."""
+        try:
+            return self.channel.take_passed_fd()
+        except (ProtocolError, OSError) as exc:
+            return f"no state file came with the request: {exc}"
+
+    async def export_state(self, message: ExportState, file: int | str) -> None:
+        """Run the export_state hook; write its bytes into the file passed, then StateDone."""
         feature, ctx = self.feature, self.ctx
         hook = None if feature is None else feature.state_export
-        if hook is None or ctx is None:
-            await self.channel.send(StateDone(id=message.id, hooked=False))
-            return
+        error = ""
         try:
-            data = await hook(ctx)
-            if not isinstance(data, bytes | bytearray | memoryview):
-                raise TypeError(  # noqa: TRY301 - answered as this export's failure
-                    f"export_state returned {type(data).__name__}, not bytes"
-                )
-            data = bytes(data)
-            if len(data) > message.limit:
-                raise ValueError(  # noqa: TRY301 - answered as this export's failure
-                    f"export_state returned {len(data)} bytes, over the {message.limit}-byte "
-                    "limit (update.state_max of the feature's policy in app.toml)"
-                )
-        except Exception as exc:
-            _note("export_state failed:")
-            traceback.print_exc()
-            await self.channel.send(StateDone(id=message.id, hooked=True, error=_describe(exc)))
-            return
-        for offset in range(0, len(data), STATE_PART):
-            await self.channel.send(
-                StatePart(id=message.id, data=data[offset : offset + STATE_PART])
-            )
-        await self.channel.send(StateDone(id=message.id, hooked=True))
+            if hook is not None and ctx is not None:
+                try:
+                    if isinstance(file, str):
+                        raise ProtocolError(file)  # noqa: TRY301 - answered as its failure
+                    data = await hook(ctx)
+                    if not isinstance(data, bytes | bytearray | memoryview):
+                        raise TypeError(  # noqa: TRY301 - answered as this export's failure
+                            f"export_state returned {type(data).__name__}, not bytes"
+                        )
+                    size = memoryview(data).nbytes
+                    if size > message.limit:
+                        raise ValueError(  # noqa: TRY301 - answered as this export's failure
+                            f"export_state returned {size} bytes, over the {message.limit}-byte "
+                            "limit (update.state_max of the feature's policy in app.toml)"
+                        )
+                    write_state(file, data)
+                except Exception as exc:
+                    _note("export_state failed:")
+                    traceback.print_exc()
+                    error = _describe(exc)
+        finally:
+            if isinstance(file, int):
+                os.close(file)  # before StateDone: the supervisor seals the file then
+        hooked = hook is not None and ctx is not None
+        await self.channel.send(StateDone(id=message.id, hooked=hooked, error=error))
 
-    async def import_state(self, message: ImportState) -> None:
-        """Keep a piece of the incoming state; after the last, run the import_state hook."""
-        pieces = self.incoming.setdefault(message.id, [])
-        pieces.append(message.data)
-        if not message.last:
-            return
-        data = b"".join(self.incoming.pop(message.id))
+    async def import_state(self, message: ImportState, file: int | str) -> None:
+        """Read the state from the file passed, run the import_state hook on it, StateDone."""
         feature, ctx = self.feature, self.ctx
         hook = None if feature is None else feature.state_import
-        if hook is None or ctx is None:
-            await self.channel.send(StateDone(id=message.id, hooked=False))
-            return
+        error = ""
         try:
-            await hook(ctx, message.from_version, data)
-        except Exception as exc:
-            _note("import_state failed:")
-            traceback.print_exc()
-            await self.channel.send(StateDone(id=message.id, hooked=True, error=_describe(exc)))
-            return
-        await self.channel.send(StateDone(id=message.id, hooked=True))
+            if hook is not None and ctx is not None:
+                try:
+                    if isinstance(file, str):
+                        raise ProtocolError(file)  # noqa: TRY301 - answered as its failure
+                    data = read_state(file)
+                    os.close(file)
+                    file = ""  # closed: the hook may run long
+                    await hook(ctx, message.from_version, data)
+                except Exception as exc:
+                    _note("import_state failed:")
+                    traceback.print_exc()
+                    error = _describe(exc)
+        finally:
+            if isinstance(file, int):
+                os.close(file)
+        hooked = hook is not None and ctx is not None
+        await self.channel.send(StateDone(id=message.id, hooked=hooked, error=error))
 
     def _more(self, message: More) -> None:
         credit = self.credits.get(message.id)
@@ -357,12 +368,9 @@ class _Server:
                     f"({self.events_lagged} so far): this feature read its channel too slowly"
                 )
             elif isinstance(message, ExportState):
-                tg.start_soon(self.export_state, message)
+                tg.start_soon(self.export_state, message, self._passed_file())
             elif isinstance(message, ImportState):
-                if message.last:
-                    tg.start_soon(self.import_state, message)
-                else:  # kept in order, before the next piece is read
-                    self.incoming.setdefault(message.id, []).append(message.data)
+                tg.start_soon(self.import_state, message, self._passed_file())
             elif isinstance(message, Stop):
                 self.stopped.set()
                 return

@@ -295,6 +295,18 @@ class Channel(Generic[T]):
     def take_passed(self) -> socket.socket:
         """The socket passed with the frame ``receive`` returned last (an Opened).
 
+        Raises as :meth:`take_passed_fd` does, and OSError when the descriptor is no socket.
+        """
+        fd = self.take_passed_fd()
+        try:
+            return socket.socket(fileno=fd)
+        except OSError:
+            _close_fds([fd])
+            raise
+
+    def take_passed_fd(self) -> int:
+        """The descriptor passed with the frame ``receive`` returned last (now the caller's).
+
         Raises ProtocolError when none came with it, and OSError (EMFILE) when the kernel
         had to drop it (MSG_CTRUNC: most often, this process is at its open-files limit).
         Whatever else came with that frame is closed.
@@ -303,22 +315,18 @@ class Channel(Generic[T]):
         self._drop_unclaimed(start)
         passed = self._passed[0] if self._passed else None
         if passed is None or passed.start > start:
-            raise ProtocolError("a socket was announced, but no descriptor came with it")
+            raise ProtocolError("a descriptor was announced, but no descriptor came with it")
         self._passed.popleft()
         if passed.truncated or len(passed.fds) != 1:
             _close_fds(passed.fds)
             if passed.truncated:
                 raise OSError(
                     errno.EMFILE,
-                    "the socket was lost in transfer (MSG_CTRUNC): is this container at "
+                    "the descriptor was lost in transfer (MSG_CTRUNC): is this container at "
                     "its open-files limit?",
                 )
-            raise ProtocolError(f"{len(passed.fds)} descriptors came with one socket")
-        try:
-            return socket.socket(fileno=passed.fds[0])
-        except OSError:
-            _close_fds(passed.fds)
-            raise
+            raise ProtocolError(f"{len(passed.fds)} descriptors came with one frame")
+        return passed.fds[0]
 
     def close_passed(self) -> None:
         """Close every descriptor received and not taken (when the channel is done)."""

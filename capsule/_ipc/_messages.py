@@ -21,7 +21,6 @@ __all__ = [
     "ERROR_KINDS",
     "HOST",
     "NAMESPACES",
-    "STATE_PART",
     "Admit",
     "Admitted",
     "Call",
@@ -56,7 +55,6 @@ __all__ = [
     "SandboxStatus",
     "Start",
     "StateDone",
-    "StatePart",
     "Stop",
     "Subscribe",
 ]
@@ -80,10 +78,6 @@ TokenText = Annotated[str, msgspec.Meta(max_length=8192)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=1 << 20)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=366 * 24 * 3600)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-
-STATE_PART: Final = 512 * 1024
-"""Bytes of a feature's exported state one StatePart or ImportState frame carries."""
-Part = Annotated[bytes, msgspec.Meta(max_length=STATE_PART)]
 
 
 class SandboxStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -252,13 +246,6 @@ class Cancel(_Message, tag="cancel", frozen=True):
     id: Id
 
 
-class StatePart(_Message, tag="state", frozen=True):
-    """A piece of the state ``export_state`` returned, in order; StateDone follows the last."""
-
-    id: Id
-    data: Part
-
-
 class StateDone(_Message, tag="state-done", frozen=True):
     """The end of an ExportState or ImportState: ``hooked`` says whether the feature has the
     hook at all, ``error`` why it failed (empty when it did not)."""
@@ -286,7 +273,6 @@ FromContainer: TypeAlias = (
     | End
     | More
     | Cancel
-    | StatePart
     | StateDone
 )
 
@@ -414,21 +400,20 @@ class Lagged(_Message, tag="lagged", frozen=True):
 
 
 class ExportState(_Message, tag="export-state", frozen=True):
-    """Run the feature's ``export_state`` hook and send what it returns as StateParts, or
-    refuse (StateDone with an error) when that is over ``limit`` bytes."""
+    """Run the feature's ``export_state`` hook and write what it returns into the memory file
+    passed with this frame (SCM_RIGHTS), then answer StateDone; or refuse (StateDone with an
+    error) when that is over ``limit`` bytes. The supervisor seals the file after StateDone."""
 
     id: Id
     limit: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)]
 
 
 class ImportState(_Message, tag="import-state", frozen=True):
-    """A piece of the state the running version exported, for the ``import_state`` hook;
-    the hook runs once the piece marked ``last`` has arrived, then StateDone answers."""
+    """Run the feature's ``import_state`` hook on what the sealed memory file passed with this
+    frame holds (the running version's export); StateDone answers."""
 
     id: Id
     from_version: Name
-    data: Part
-    last: bool
 
 
 FromSupervisor: TypeAlias = (

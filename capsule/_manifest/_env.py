@@ -163,8 +163,11 @@ def grant_environment(
 def feature_environments(
     app: App, host: Mapping[str, str]
 ) -> dict[str, tuple[tuple[str, str], ...]]:
-    """Each feature's whole environment (:func:`grant_environment` of each)."""
+    """Each feature's whole environment (:func:`grant_environment` of each); features with
+    the same environment share one tuple (most have only the minimal one)."""
+    shared: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
     return {
-        feature: grant_environment(app, feature, app.grants.get(feature), host)
+        feature: shared.setdefault(environment, environment)
         for feature in app.features
+        for environment in (grant_environment(app, feature, app.grants.get(feature), host),)
     }

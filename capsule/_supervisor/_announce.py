@@ -31,15 +31,16 @@ class Announcer:
         self._broker = broker
         self._up: dict[str, FeatureHandle] = {}  # feature -> its handle, while announced up
         self._started: set[str] = set()  # features that have been up once in this run
+        self._on_state = self._changed  # one bound method for every handle it watches
 
     def watch(self, handle: FeatureHandle, *, quiet: bool = False) -> None:
         """Announce ``handle``'s changes from now on; ``quiet`` waits for :meth:`up` to say
         the first ``up`` itself (a plugin is announced once it is recorded as installed)."""
-        handle.on_state = None if quiet else self._changed
+        handle.on_state = None if quiet else self._on_state
 
     def up(self, handle: FeatureHandle, reason: str) -> None:
         """Announce ``handle`` as available (``reason``: installed, updated ...) and watch it."""
-        handle.on_state = self._changed
+        handle.on_state = self._on_state
         self._announce_up(handle, reason)
 
     def down(self, handle: FeatureHandle, reason: str) -> None:

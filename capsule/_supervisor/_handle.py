@@ -116,6 +116,32 @@ class NoPublicConstructor(type):
 class FeatureHandle(metaclass=NoPublicConstructor):
     """One feature of a running app, as the supervisor tracks it. Returned by ``sup.features()``."""
 
+    # slots: an app may declare many features it never starts (on-demand), each with a handle
+    __slots__ = (
+        "_changed",
+        "_hold",
+        "_variants",
+        "demand",
+        "generation",
+        "grant",
+        "index",
+        "instance",
+        "last_error",
+        "last_exit",
+        "manifest",
+        "name",
+        "on_state",
+        "renewal_error",
+        "renewals",
+        "renewals_failed",
+        "restarts",
+        "start_failure",
+        "state",
+        "update",
+        "variants",
+        "wanted",
+    )
+
     def __init__(self, manifest: FeatureManifest, index: int, *, grant: FeatureGrant) -> None:
         self.name = manifest.name
         self.manifest = manifest  # the version it runs (a live update changes it)
@@ -141,15 +167,17 @@ class FeatureHandle(metaclass=NoPublicConstructor):
         self.start_failure: CapsuleError | None = None
         #: told of every change of state, with the state before (the service announcements)
         self.on_state: Callable[[FeatureHandle, FeatureState], None] | None = None
-        self._changed = anyio.Event()
+        #: set at the next change of state; made by the first waiter (most never have one)
+        self._changed: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<FeatureHandle {self.name} {self.state.value}>"
 
     def _set(self, state: FeatureState) -> None:
         previous, self.state = self.state, state
-        self._changed.set()
-        self._changed = anyio.Event()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
         if self.on_state is not None and previous is not state:
             self.on_state(self, previous)
 
@@ -191,13 +219,19 @@ class FeatureHandle(metaclass=NoPublicConstructor):
                 continue
             while self.state is not FeatureState.RUNNING:
                 self._check_state()
-                await self._changed.wait()
+                await self._change().wait()
             if self._hold is not None:  # held while it became ready (state moving in)
                 continue
             instance = self.instance
             if instance is not None and instance.ready is not None and not instance.ended.is_set():
                 return instance
-            await self._changed.wait()  # it just ended: the supervisor is about to act
+            await self._change().wait()  # it just ended: the supervisor is about to act
+
+    def _change(self) -> anyio.Event:
+        """The event the next change of state sets."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        return self._changed
 
     # what the broker asks of a feature (capsule._broker._broker.Target)
 

@@ -1,26 +1,27 @@
 """Moving a feature's state from its running version to a new one during a live update.
 
-Carries opaque bytes between two containers, in pieces, bounded in size and time: it
-never decodes, unpickles or looks into the state, and decides nothing about the update.
+The state travels as a sealed memory file passed by descriptor: the old container writes
+its export into a file the supervisor passes it, the supervisor seals the file and passes
+it on to the new container. It never decodes, unpickles or looks into the state, copies
+it only for state kept in its own memory (an on-demand feature's, across an idle stop),
+and decides nothing about the update.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Final, final
+from typing import final
 
 import anyio
 
 from capsule._broker._connection import Connection
-from capsule._ipc._messages import STATE_PART, ExportState, ImportState, StateDone, StatePart
+from capsule._ipc._channel import encode_frame
+from capsule._ipc._messages import ExportState, ImportState, StateDone
+from capsule._ipc._statefile import StateFile, StateFileError
 from capsule.errors import ProtocolError
 
-__all__ = ["Handoff", "HandoffError"]
-
-_PACE: Final = 4 * STATE_PART
-"""Bytes of state queued towards a container before the next piece waits for it to read
-(woken by the connection's writes as the container reads, not by a poll)."""
+__all__ = ["Handoff", "HandoffError", "StateFile"]
 
 
 class HandoffError(Exception):
@@ -30,9 +31,6 @@ class HandoffError(Exception):
 
 @dataclass(slots=True)
 class _Transfer:
-    limit: int
-    pieces: list[bytes] = field(default_factory=list)
-    size: int = 0
     done: anyio.Event = field(default_factory=anyio.Event)
     hooked: bool = False
     error: str = ""
@@ -48,25 +46,14 @@ class Handoff:
         self._ids = itertools.count(1)
         self._transfers: dict[int, _Transfer] = {}
 
-    def received(self, message: StatePart | StateDone) -> None:
-        """A StatePart or StateDone from the container (ProtocolError for one never asked)."""
+    def received(self, message: StateDone) -> None:
+        """A StateDone from the container (ProtocolError for a transfer never asked)."""
         transfer = self._transfers.get(message.id)
         if transfer is None:
-            raise ProtocolError(f"sent state for transfer {message.id}, which it was not asked")
-        if isinstance(message, StateDone):
-            transfer.hooked = message.hooked
-            transfer.error = transfer.error or message.error
-            transfer.done.set()
-            return
-        transfer.size += len(message.data)
-        if transfer.size > transfer.limit:  # kept no further: the export is refused anyway
-            transfer.pieces.clear()
-            transfer.error = (
-                f"exported more than {transfer.limit} bytes of state "
-                "(update.state_max of its policy in app.toml)"
-            )
-        elif not transfer.error:
-            transfer.pieces.append(message.data)
+            raise ProtocolError(f"ended state transfer {message.id}, which it was not asked")
+        transfer.hooked = message.hooked
+        transfer.error = transfer.error or message.error
+        transfer.done.set()
 
     def ended(self) -> None:
         """The container ended: every transfer it had fails."""
@@ -74,39 +61,73 @@ class Handoff:
             transfer.error = transfer.error or "its container ended"
             transfer.done.set()
 
-    async def export_state(self, limit: int, timeout: float) -> bytes | None:  # noqa: ASYNC109 - the bound is the update's, passed down
-        """What the feature's ``export_state`` hook returned (None without a hook);
-        HandoffError when it failed, exceeded ``limit`` bytes or took over ``timeout``."""
-        number, transfer = self._open(limit)
-        self._conn.send(ExportState(id=number, limit=limit))
-        await self._finish(number, transfer, timeout, "export_state")
-        return b"".join(transfer.pieces) if transfer.hooked else None
+    async def export_state(self, limit: int, timeout: float) -> StateFile | None:  # noqa: ASYNC109 - the bound is the update's, passed down
+        """A sealed file holding what the feature's ``export_state`` hook returned (None
+        without a hook; the caller closes it); HandoffError when the hook failed, the state
+        exceeded ``limit`` bytes or the hook took over ``timeout``."""
+        try:
+            state = StateFile.blank()
+        except StateFileError as exc:
+            raise HandoffError(f"export_state of {self._feature}: {exc}") from None
+        try:
+            number, transfer = self._open()
+            frame = encode_frame(ExportState(id=number, limit=limit))
+            self._pass(transfer, frame, state)
+            await self._finish(number, transfer, timeout, "export_state")
+            if not transfer.hooked:
+                state.close()
+                return None
+            try:
+                state.seal(limit)
+            except StateFileError as exc:
+                raise HandoffError(f"export_state of {self._feature}: {exc}") from None
+        except BaseException:
+            state.close()
+            raise
+        return state
 
-    async def import_state(self, from_version: str, data: bytes, timeout: float) -> bool:  # noqa: ASYNC109 - the bound is the update's, passed down
-        """Give ``data`` to the feature's ``import_state`` hook; whether it has one.
-        HandoffError when the hook raised or took over ``timeout``."""
-        number, transfer = self._open(0)
-        with anyio.move_on_after(timeout):
-            last = max(0, len(data) - 1) // STATE_PART
-            for index in range(last + 1):
-                if self._conn.queued > _PACE and not transfer.done.is_set():
-                    await self._conn.wait_queued_below(_PACE)
-                piece = data[index * STATE_PART : (index + 1) * STATE_PART]
-                self._conn.send(
-                    ImportState(
-                        id=number, from_version=from_version, data=piece, last=index == last
-                    )
-                )
-        await self._finish(number, transfer, timeout, "import_state")
+    async def import_state(
+        self,
+        from_version: str,
+        data: StateFile | bytes,
+        timeout: float,  # noqa: ASYNC109 - the bound is the update's, passed down
+    ) -> bool:
+        """Give the state (a sealed file, or bytes kept in memory) to the feature's
+        ``import_state`` hook; whether it has one. HandoffError when the hook raised or took
+        over ``timeout``. A file stays the caller's to close."""
+        if isinstance(data, StateFile):
+            state = data
+        else:
+            try:
+                state = StateFile.holding(data)
+            except StateFileError as exc:
+                raise HandoffError(f"import_state of {self._feature}: {exc}") from None
+        try:
+            number, transfer = self._open()
+            frame = encode_frame(ImportState(id=number, from_version=from_version))
+            self._pass(transfer, frame, state)
+            await self._finish(number, transfer, timeout, "import_state")
+        finally:
+            if state is not data:
+                state.close()
         return transfer.hooked
 
-    def _open(self, limit: int) -> tuple[int, _Transfer]:
+    def _open(self) -> tuple[int, _Transfer]:
         number = next(self._ids)
-        transfer = self._transfers[number] = _Transfer(limit)
+        transfer = self._transfers[number] = _Transfer()
         if self._conn.closed:
             transfer.error = "its container ended"
             transfer.done.set()
         return number, transfer
+
+    def _pass(self, transfer: _Transfer, frame: bytes, state: StateFile) -> None:
+        """Send ``frame`` with a descriptor of ``state``; were the kernel to refuse the
+        descriptor, the frame goes without it and the container answers that none came."""
+        if transfer.done.is_set():
+            return
+        if not self._conn.pass_socket(frame, state.passed(), frame):
+            transfer.error = "its container ended, or stopped reading its channel"
+            transfer.done.set()
 
     async def _finish(
         self,

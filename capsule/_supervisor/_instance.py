@@ -31,7 +31,6 @@ from capsule._ipc._messages import (
     Ready,
     Start,
     StateDone,
-    StatePart,
     Stop,
 )
 from capsule._sandbox._cgroups import CgroupStats, ContainerCgroup
@@ -279,7 +278,7 @@ class Instance:
             if self.ready is not None:
                 raise ProtocolError("reported a start failure after ready")
             self._start_failure = message  # type: ignore[assignment]
-        elif kind is StatePart or kind is StateDone:
+        elif kind is StateDone:
             self.handoff.received(message)  # type: ignore[arg-type]
         elif kind is Hello:
             raise ProtocolError("sent a second hello")

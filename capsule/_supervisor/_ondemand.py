@@ -21,6 +21,7 @@ from capsule._broker._audit import AuditLog
 from capsule._broker._broker import Broker
 from capsule._broker._topics import matches
 from capsule._ipc._messages import HOST
+from capsule._ipc._statefile import StateFileError
 from capsule._manifest import App
 from capsule._supervisor._demand import Demand, HeldEvent
 from capsule._supervisor._handle import FeatureHandle, FeatureState
@@ -398,12 +399,14 @@ class OnDemand:
         limit = self._app.manifest.update_policy(handle.name).state_max
         demand.state = None
         try:
-            data = await instance.handoff.export_state(limit, self._timeout)
-        except HandoffError as exc:
+            state = await instance.handoff.export_state(limit, self._timeout)
+            if state is None:
+                return "no export_state"
+            with state:
+                data = state.read()
+        except (HandoffError, StateFileError, OSError) as exc:
             _log.warning("state not kept at idle stop", feature=handle.name, error=str(exc))
             return f"state not kept: {exc}"
-        if data is None:
-            return "no export_state"
         demand.state = data
         demand.state_version = handle.manifest.version
         return f"{len(data)} bytes of state kept"

@@ -23,6 +23,8 @@ class RestartTracker:
     seconds already and must be quarantined.
     """
 
+    __slots__ = ("_rng", "_times", "policy", "total")  # one per declared feature
+
     def __init__(self, policy: RestartPolicy, *, rng: random.Random | None = None) -> None:
         self.policy = policy
         self._times: list[float] = []  # a few entries (max_restarts): no deque needed

@@ -253,13 +253,16 @@ class Updates:
         )
         update.show("moving state")
         self._check_alive(update)
+        moved: int | None = None
         try:
-            data = await old.handoff.export_state(policy.state_max, self._start_timeout)
-            self._check_alive(update)
-            if data is not None:
-                await new.handoff.import_state(
-                    update.old_version.manifest.version, data, self._start_timeout
-                )
+            state = await old.handoff.export_state(policy.state_max, self._start_timeout)
+            if state is not None:
+                with state:  # the sealed file goes from one container to the other
+                    moved = state.size
+                    self._check_alive(update)
+                    await new.handoff.import_state(
+                        update.old_version.manifest.version, state, self._start_timeout
+                    )
         except HandoffError as exc:
             raise UpdateError(
                 name, f"{exc}; {update.old_version.manifest.version} serves on"
@@ -267,8 +270,8 @@ class Updates:
         self._check_alive(update)
         steps.append(
             "no export_state: the new version starts fresh"
-            if data is None
-            else f"moved {len(data)} bytes of state"
+            if moved is None
+            else f"moved {moved} bytes of state"
         )
         held = handle.held
         self._switch(update, new)
@@ -280,7 +283,7 @@ class Updates:
             pause_ms=round(pause * 1000, 3),
             held=held,
             stragglers=stragglers,
-            state_bytes=None if data is None else len(data),
+            state_bytes=moved,
         )
         return UpdateReport(
             name,
@@ -291,7 +294,7 @@ class Updates:
             pause=pause,
             held=held,
             stragglers=stragglers,
-            state_bytes=None if data is None else len(data),
+            state_bytes=moved,
         )
 
     def _check_alive(self, update: UpdateRun) -> None:
