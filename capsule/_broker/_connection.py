@@ -127,6 +127,7 @@ class Connection:
         self._dirty = False
         self._blocked = False
         self._frames: FrameBuffer[FromContainer] = FrameBuffer(FromContainer)
+        self._emptied = False  # the last read was short: the socket held no more
         self._out: list[bytes | memoryview | _Passing] = []
         self._out_bytes = 0
         self._low: tuple[int, anyio.Event] | None = None  # wait_queued_below's mark
@@ -357,16 +358,22 @@ class Connection:
 
     # -- reading -----------------------------------------------------------------------
 
+    async def _wait_readable(self) -> None:
+        try:
+            await anyio.wait_readable(self.sock)
+        except (OSError, anyio.ClosedResourceError) as exc:
+            raise ChannelClosedError("the channel is closed") from exc
+
     async def _fill(self) -> None:
+        if self._emptied:  # the last read took all there was: a read now would only fail
+            self._emptied = False
+            await self._wait_readable()
         while True:
             try:
                 size = self._frames.read_size(_READ_SIZE)
                 data, ancillary, flags, _ = self.sock.recvmsg(size, _ANCILLARY)
             except BlockingIOError:
-                try:
-                    await anyio.wait_readable(self.sock)
-                except (OSError, anyio.ClosedResourceError) as exc:
-                    raise ChannelClosedError("the channel is closed") from exc
+                await self._wait_readable()
                 continue
             except (OSError, anyio.ClosedResourceError) as exc:
                 raise ChannelClosedError(f"the channel failed: {exc}") from exc
@@ -383,6 +390,7 @@ class Connection:
                         f"({self._frames.pending} bytes of it received)"
                     )
                 raise ChannelClosedError("the channel is closed")
+            self._emptied = len(data) < size
             self._frames.feed(data)
             return
 

@@ -179,6 +179,7 @@ class Channel(Generic[T]):
         self._broken: ChannelClosedError | None = None
         self._soon = 0
         self._unwaited = 0
+        self._emptied = False  # the last read was short: the socket held no more
         self._passes_fds = passed_fds
         self._passed: deque[_Passed] = deque()
 
@@ -272,6 +273,14 @@ class Channel(Generic[T]):
 
     # -- receiving ---------------------------------------------------------------------
 
+    async def _wait_readable(self) -> None:
+        self._emptied = False
+        self._unwaited = 0
+        try:
+            await anyio.wait_readable(self._sock)
+        except (OSError, anyio.ClosedResourceError) as exc:
+            raise ChannelClosedError("the channel is closed") from exc
+
     async def receive(self) -> T:
         while True:
             message = self._frames.next()
@@ -283,20 +292,20 @@ class Channel(Generic[T]):
                     self._unwaited = 0
                     await anyio.lowlevel.checkpoint()
                 return message
+            if self._emptied:  # the last read took all there was: a read now would fail
+                await self._wait_readable()
+                continue
             try:
                 size = self._frames.read_size(_READ_SIZE)
                 data = self._recv_passing(size) if self._passes_fds else self._sock.recv(size)
             except BlockingIOError:
-                self._unwaited = 0
-                try:
-                    await anyio.wait_readable(self._sock)
-                except (OSError, anyio.ClosedResourceError) as exc:
-                    raise ChannelClosedError("the channel is closed") from exc
+                await self._wait_readable()
                 continue
             except OSError as exc:
                 raise ChannelClosedError(f"the channel failed: {exc}") from exc
             if not data:
                 raise ChannelClosedError("the channel is closed")
+            self._emptied = len(data) < size
             self._frames.feed(data)
 
     # -- descriptors passed by the supervisor ------------------------------------------
