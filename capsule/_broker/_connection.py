@@ -28,6 +28,7 @@ __all__ = ["FAIR_BATCH", "HARD_LIMIT", "SOFT_LIMIT", "Connection", "Outbox"]
 
 _READ_SIZE: Final = 65536
 _ANCILLARY: Final = socket.CMSG_SPACE(64 * array.array("i").itemsize)
+_CTRUNC: Final = int(socket.MSG_CTRUNC)  # a plain int: an IntFlag's & runs Python code
 FAIR_BATCH: Final = 16
 """Frames one connection may dispatch before every other connection gets a turn."""
 SOFT_LIMIT: Final = 4 << 20
@@ -377,7 +378,7 @@ class Connection:
                 continue
             except (OSError, anyio.ClosedResourceError) as exc:
                 raise ChannelClosedError(f"the channel failed: {exc}") from exc
-            if ancillary or flags & socket.MSG_CTRUNC:
+            if ancillary or flags & _CTRUNC:
                 passed = _close_passed_fds(ancillary)
                 raise ProtocolError(
                     f"sent ancillary data ({passed} file descriptor(s)); "

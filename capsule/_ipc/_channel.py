@@ -39,6 +39,8 @@ _CHECKPOINT_EVERY: Final = 64
 _SIZE: Final = struct.Struct(">I")  # the HEADER: a frame's length, big-endian
 _FD_SIZE: Final = array.array("i").itemsize
 _PASSED_SPACE: Final = socket.CMSG_SPACE(4 * _FD_SIZE)  # one is sent; room to see more
+_CTRUNC: Final = int(socket.MSG_CTRUNC)  # a plain int: an IntFlag's & runs Python code
+_CLOEXEC: Final = int(socket.MSG_CMSG_CLOEXEC)
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -311,8 +313,8 @@ class Channel(Generic[T]):
     # -- descriptors passed by the supervisor ------------------------------------------
 
     def _recv_passing(self, size: int) -> bytes:
-        data, ancillary, flags, _ = self._sock.recvmsg(size, _PASSED_SPACE, socket.MSG_CMSG_CLOEXEC)
-        truncated = bool(flags & socket.MSG_CTRUNC)
+        data, ancillary, flags, _ = self._sock.recvmsg(size, _PASSED_SPACE, _CLOEXEC)
+        truncated = bool(flags & _CTRUNC)
         if ancillary or truncated:
             fds = array.array("i")
             for level, kind, payload in ancillary:
