@@ -20,6 +20,7 @@ from typing import Any, Final, final
 import anyio
 import anyio.abc
 import msgspec
+import trio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from capsule._container._sockets import NetListener, NetStream
@@ -77,7 +78,9 @@ class HeldToken:
 
 @dataclass(slots=True)
 class _Waiter:
-    done: anyio.Event = field(default_factory=anyio.Event)
+    # trio's own Event, not anyio's wrapper (made and waited on in every call, and this
+    # runtime runs on trio only)
+    done: trio.Event = field(default_factory=trio.Event)
     answer: Result | Admitted | None = None
     error: Error | None = None
     items: MemoryObjectSendStream[msgspec.Raw] | None = None
