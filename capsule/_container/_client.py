@@ -214,7 +214,11 @@ class BrokerClient:
         waiter = _Waiter()
         self._waiting[request_id] = waiter
         try:
-            await self._send(build(request_id))
+            if len(self._waiting) > 1:  # others wait for answers: requests made while this
+                # batch of tasks runs go in one write (the channel's writer's, after it)
+                await self._channel.send_soon(build(request_id))
+            else:
+                await self._send(build(request_id))
             await waiter.done.wait()
         except BaseException:
             if not waiter.done.is_set():

@@ -189,7 +189,11 @@ class _Server:
                 self.credits.pop(call.id, None)
                 self.credit_events.pop(call.id, None)
         if not scope.cancelled_caught:
-            await self.channel.send(answer)
+            if self.calls:  # more answers are coming: one write takes them all (the last
+                # answer's, or the channel's writer once this batch of tasks has run)
+                await self.channel.send_soon(answer)
+            else:
+                await self.channel.send(answer)
 
     async def _stream(self, call: Call, result: Any) -> None:
         if not hasattr(result, "__aiter__"):
