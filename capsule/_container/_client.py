@@ -164,6 +164,7 @@ class BrokerClient:
         self.feature = feature
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiter] = {}
+        self._asking = 0  # requests waiting in ask (not streams, not sockets)
         self.held: list[HeldToken] = []
         self._admitting = 0
         self._settled = anyio.Event()
@@ -213,9 +214,10 @@ class BrokerClient:
         request_id = next(self._ids)
         waiter = _Waiter()
         self._waiting[request_id] = waiter
+        self._asking += 1
         try:
-            if len(self._waiting) > 1:  # others wait for answers: requests made while this
-                # batch of tasks runs go in one write (the channel's writer's, after it)
+            if self._asking > 1:  # others wait for answers: requests made while this batch
+                # of tasks runs go in one write (the channel's writer's, after it)
                 await self._channel.send_soon(build(request_id))
             else:
                 await self._send(build(request_id))
@@ -226,6 +228,7 @@ class BrokerClient:
                     await self._send(Cancel(id=request_id))
             raise
         finally:
+            self._asking -= 1
             self._waiting.pop(request_id, None)
         if waiter.error is not None:
             raise exception_for(waiter.error, caller=self.feature)

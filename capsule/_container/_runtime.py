@@ -146,6 +146,7 @@ class _Server:
         self.feature: Feature | None = None
         self.ctx: Context | None = None
         self.calls: dict[int, trio.CancelScope] = {}
+        self.answering = 0  # calls running that are not streams (each will answer once)
         self.credits: dict[int, list[int]] = {}
         self.credit_events: dict[int, anyio.Event] = {}
         self.events: deque[Event] = deque()
@@ -188,9 +189,11 @@ class _Server:
                 self.calls.pop(call.id, None)
                 self.credits.pop(call.id, None)
                 self.credit_events.pop(call.id, None)
+                if not call.stream:
+                    self.answering -= 1
         if not scope.cancelled_caught:
-            if self.calls:  # more answers are coming: one write takes them all (the last
-                # answer's, or the channel's writer once this batch of tasks has run)
+            if self.answering:  # more answers are coming: one write takes them all (the
+                # last answer's, or the channel's writer once this batch of tasks has run)
                 await self.channel.send_soon(answer)
             else:
                 await self.channel.send(answer)
@@ -351,6 +354,8 @@ class _Server:
             if isinstance(message, Call):
                 # registered before its task runs: a Cancel may arrive before it starts
                 call_scope = self.calls[message.id] = trio.CancelScope()
+                if not message.stream:
+                    self.answering += 1
                 calls.start_soon(self.handle, message, call_scope)
             elif isinstance(message, _ANSWERS):
                 self.client.answer(message)
