@@ -15,7 +15,7 @@ import msgspec
 
 from capsule._broker._audit import AuditLog
 from capsule._broker._host import HostCall, Stream
-from capsule._broker._routes import Deadlines, Peer, Route
+from capsule._broker._routes import Deadlines, Peer, Route, loop_clock
 from capsule._broker._variants import VariantRoutes
 from capsule._ipc._messages import (
     HOST,
@@ -86,6 +86,12 @@ class CallRouter:
         self.call_timeout = call_timeout
         self.deadlines = Deadlines(self._expire)
         self.routed = 0
+        #: the event loop's clock (``loop_clock``), found at its first reading
+        self.now: Callable[[], float] = self._first_now
+
+    def _first_now(self) -> float:
+        self.now = loop_clock()
+        return self.now()
 
     def request(self, peer: Peer, msg: Request) -> None:
         """Route a request the broker has authorized."""
@@ -114,6 +120,7 @@ class CallRouter:
             stream=msg.stream,
             credit=min(msg.window, MAX_CREDIT),
             timeout=timeout,
+            now=self.now(),
         )
         peer.requests[msg.id] = route
         self.forward(route, msg.payload, peer.feature)
@@ -155,14 +162,14 @@ class CallRouter:
         self, route: Route, target: Target, payload: msgspec.Raw, caller: str
     ) -> None:
         """A call to a starting or restarting feature waits, within its deadline."""
-        with anyio.move_on_after(route.deadline - anyio.current_time()):
+        with anyio.move_on_after(route.deadline - self.now()):
             try:
                 callee = await target._wait_peer()
             except FeatureError as exc:  # unavailable, or its start failed
                 self.finish(route, error=error_for(route.caller_id, exc))
                 return
             if route.live:
-                route.sent = anyio.current_time()  # the wait was not the callee's
+                route.sent = self.now()  # the wait was not the callee's
                 self._deliver(route, callee, payload, caller)
             return
         self.fail(route, "timeout", f"was not ready within {route.timeout:g}s")
@@ -181,6 +188,7 @@ class CallRouter:
             stream=False,
             credit=0,
             timeout=route.timeout,
+            now=self.now(),
         )
         self._deliver(mirror, callee, payload, caller)
 
@@ -226,7 +234,7 @@ class CallRouter:
         callee = route.callee
         if callee is not None:
             callee.calls.pop(route.callee_id, None)
-            latency = None if route.stream else anyio.current_time() - route.sent
+            latency = None if route.stream else self.now() - route.sent
             failed = error is not None and error.kind in _FAILED
             callee.stats.record(latency, failed=failed, mark=route.mark)
         caller = route.caller
@@ -297,7 +305,7 @@ class CallRouter:
         if route.credit <= 0:
             raise ProtocolError(f"sent more items on stream {msg.id} than it was given credit for")
         route.credit -= 1
-        route.deadline = anyio.current_time() + route.timeout
+        route.deadline = self.now() + route.timeout
         if route.caller is not None:
             route.caller.conn.send(Item(id=route.caller_id, value=msg.value))
         elif route.host is not None:
@@ -368,6 +376,7 @@ class CallRouter:
             stream=window > 0,
             credit=window,
             timeout=timeout,
+            now=self.now(),
         )
         self.forward(route, raw, HOST, key)
         return route, call

@@ -28,6 +28,7 @@ __all__ = ["FAIR_BATCH", "HARD_LIMIT", "SOFT_LIMIT", "Connection", "Outbox", "Pa
 
 _READ_SIZE: Final = 65536
 _ANCILLARY: Final = socket.CMSG_SPACE(64 * array.array("i").itemsize)
+_CTRUNC: Final = int(socket.MSG_CTRUNC)  # a plain int: an IntFlag's & runs Python code
 FAIR_BATCH: Final = 16
 """Frames one connection may dispatch before every other connection gets a turn."""
 SOFT_LIMIT: Final = 4 << 20
@@ -135,6 +136,7 @@ class Connection:
         self._dirty = False
         self._blocked = False
         self._frames: FrameBuffer[FromContainer] = FrameBuffer(FromContainer)
+        self._emptied = False  # the last read was short: the socket held no more
         self._out: list[bytes | memoryview | _Passing] = []
         self._out_bytes = 0
         self._low: tuple[int, anyio.Event] | None = None  # wait_queued_below's mark
@@ -366,20 +368,26 @@ class Connection:
 
     # -- reading -----------------------------------------------------------------------
 
+    async def _wait_readable(self) -> None:
+        try:
+            await anyio.wait_readable(self.sock)
+        except (OSError, anyio.ClosedResourceError) as exc:
+            raise ChannelClosedError("the channel is closed") from exc
+
     async def _fill(self) -> None:
+        if self._emptied:  # the last read took all there was: a read now would only fail
+            self._emptied = False
+            await self._wait_readable()
         while True:
             try:
                 size = self._frames.read_size(_READ_SIZE)
                 data, ancillary, flags, _ = self.sock.recvmsg(size, _ANCILLARY)
             except BlockingIOError:
-                try:
-                    await anyio.wait_readable(self.sock)
-                except (OSError, anyio.ClosedResourceError) as exc:
-                    raise ChannelClosedError("the channel is closed") from exc
+                await self._wait_readable()
                 continue
             except (OSError, anyio.ClosedResourceError) as exc:
                 raise ChannelClosedError(f"the channel failed: {exc}") from exc
-            if ancillary or flags & socket.MSG_CTRUNC:
+            if ancillary or flags & _CTRUNC:
                 passed = _close_passed_fds(ancillary)
                 raise ProtocolError(
                     f"sent ancillary data ({passed} file descriptor(s)); "
@@ -392,6 +400,7 @@ class Connection:
                         f"({self._frames.pending} bytes of it received)"
                     )
                 raise ChannelClosedError("the channel is closed")
+            self._emptied = len(data) < size
             self._frames.feed(data)
             return
 

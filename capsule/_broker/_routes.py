@@ -6,6 +6,7 @@ what it needs to answer, cancel or time out a call later.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import time
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol, final
 
 import anyio
+import trio
 
 from capsule._broker._connection import Connection
 from capsule._broker._host import HostCall
@@ -31,6 +33,7 @@ __all__ = [
     "ShadowMark",
     "Subscriber",
     "holds",
+    "loop_clock",
     "unusable",
 ]
 
@@ -50,6 +53,17 @@ class Handle:
         self.token = token
         self.claims = claims
         self.grant = grant
+
+
+def loop_clock() -> Callable[[], float]:
+    """The running event loop's clock, as one bound method: what ``anyio.current_time``
+    reads (trio's clock, a MockClock included, or asyncio's ``loop.time``), without
+    anyio's look-up of the backend on every reading (a few calls in each brokered call).
+    Call it inside the loop; the method it returns holds for that loop's run."""
+    try:
+        return trio.lowlevel.current_clock().current_time
+    except RuntimeError:  # not in trio: anyio's other backend
+        return asyncio.get_running_loop().time
 
 
 def unusable(handle: Handle | None, number: int) -> str | None:
@@ -202,6 +216,7 @@ class Route:
         stream: bool,
         credit: int,
         timeout: float,
+        now: float,
     ) -> None:
         self.feature = feature
         self.service = service
@@ -211,7 +226,7 @@ class Route:
         self.stream = stream
         self.credit = credit
         self.timeout = timeout
-        self.started = anyio.current_time()
+        self.started = now  # by the event loop's clock (loop_clock)
         #: when the callee was sent the call: ``started``, or later for a call that waited
         #: for its container (held while the feature switched versions, or restarted)
         self.sent = self.started

@@ -20,6 +20,7 @@ from typing import Any, Final, final
 import anyio
 import anyio.abc
 import msgspec
+import trio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from capsule._container._sockets import NetListener, NetStream
@@ -77,7 +78,9 @@ class HeldToken:
 
 @dataclass(slots=True)
 class _Waiter:
-    done: anyio.Event = field(default_factory=anyio.Event)
+    # trio's own Event, not anyio's wrapper (made and waited on in every call, and this
+    # runtime runs on trio only)
+    done: trio.Event = field(default_factory=trio.Event)
     answer: Result | Admitted | None = None
     error: Error | None = None
     items: MemoryObjectSendStream[msgspec.Raw] | None = None
@@ -161,6 +164,7 @@ class BrokerClient:
         self.feature = feature
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiter] = {}
+        self._asking = 0  # requests waiting in ask (not streams, not sockets)
         self.held: list[HeldToken] = []
         self._admitting = 0
         self._settled = anyio.Event()
@@ -210,8 +214,13 @@ class BrokerClient:
         request_id = next(self._ids)
         waiter = _Waiter()
         self._waiting[request_id] = waiter
+        self._asking += 1
         try:
-            await self._send(build(request_id))
+            if self._asking > 1:  # others wait for answers: requests made while this batch
+                # of tasks runs go in one write (the channel's writer's, after it)
+                await self._channel.send_soon(build(request_id))
+            else:
+                await self._send(build(request_id))
             await waiter.done.wait()
         except BaseException:
             if not waiter.done.is_set():
@@ -219,6 +228,7 @@ class BrokerClient:
                     await self._send(Cancel(id=request_id))
             raise
         finally:
+            self._asking -= 1
             self._waiting.pop(request_id, None)
         if waiter.error is not None:
             raise exception_for(waiter.error, caller=self.feature)

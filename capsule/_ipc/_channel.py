@@ -16,6 +16,7 @@ import contextlib
 import errno
 import os
 import socket
+import struct
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
@@ -35,8 +36,11 @@ MAX_FRAME: Final = 1 << 20
 _READ_SIZE: Final = 65536
 HIGH_WATER: Final = 1 << 20
 _CHECKPOINT_EVERY: Final = 64
+_SIZE: Final = struct.Struct(">I")  # the HEADER: a frame's length, big-endian
 _FD_SIZE: Final = array.array("i").itemsize
 _PASSED_SPACE: Final = socket.CMSG_SPACE(4 * _FD_SIZE)  # one is sent; room to see more
+_CTRUNC: Final = int(socket.MSG_CTRUNC)  # a plain int: an IntFlag's & runs Python code
+_CLOEXEC: Final = int(socket.MSG_CMSG_CLOEXEC)
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -54,12 +58,17 @@ class FrameBuffer(Generic[T]):
     """Bytes in, decoded messages out; refuses an oversized or undecodable frame.
 
     ``message_type`` is a message struct or a union of them (annotate the variable).
+
+    Frames are parsed in place at an offset into the bytes a read brought: no copy of
+    the buffer per frame, only of each frame's body (Raw payloads keep that copy). Bytes
+    are joined only when a frame spans reads.
     """
 
     def __init__(self, message_type: Any, *, max_frame: int = MAX_FRAME) -> None:
         self._decoder = msgspec.msgpack.Decoder(message_type)
         self._max_frame = max_frame
-        self._buffer = bytearray()
+        self._buffer: bytes | bytearray = b""
+        self._pos = 0  # where the next frame starts in _buffer
         self._consumed = 0
         #: bytes fed so far: the stream offset just past the buffer
         self.received = 0
@@ -67,24 +76,42 @@ class FrameBuffer(Generic[T]):
         self.start = 0
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
         self.received += len(data)
+        buffer = self._buffer
+        if self._pos >= len(buffer):  # all parsed: the read's own bytes, uncopied
+            self._buffer = data
+            self._pos = 0
+        elif type(buffer) is bytearray:  # a frame spanning reads, being gathered
+            if self._pos:
+                del buffer[: self._pos]
+                self._pos = 0
+            buffer += data
+        else:
+            with memoryview(buffer) as view:
+                joined = bytearray(view[self._pos :])
+            joined += data
+            self._buffer = joined
+            self._pos = 0
 
     def next(self) -> T | None:
         """The next complete message, or None until more bytes arrive."""
-        if len(self._buffer) < HEADER:
+        buffer, pos = self._buffer, self._pos
+        if len(buffer) - pos < HEADER:
             return None
-        size = int.from_bytes(self._buffer[:HEADER], "big")
+        size: int = _SIZE.unpack_from(buffer, pos)[0]
         if size > self._max_frame:
             raise ProtocolError(f"frame of {size} bytes exceeds the {self._max_frame}-byte limit")
-        end = HEADER + size
-        if len(self._buffer) < end:
+        end = pos + HEADER + size
+        if len(buffer) < end:
             return None
-        with memoryview(self._buffer) as view:  # one copy: Raw payloads keep their body
-            body = bytes(view[HEADER:end])
-        del self._buffer[:end]
+        if type(buffer) is bytes:  # one copy: Raw payloads keep their body
+            body = buffer[pos + HEADER : end]
+        else:  # not a view of the bytearray: it changes under the Raw payloads
+            with memoryview(buffer) as view:
+                body = bytes(view[pos + HEADER : end])
+        self._pos = end
         self.start = self._consumed
-        self._consumed += end
+        self._consumed += end - pos
         try:
             message: T = self._decoder.decode(body)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
@@ -95,14 +122,15 @@ class FrameBuffer(Generic[T]):
     def read_size(self, least: int) -> int:
         """How many bytes to read next: ``least``, or the rest of a frame that is larger
         (a large frame arrives in a few reads, not one per ``least`` bytes)."""
-        if len(self._buffer) < HEADER:
+        pending = len(self._buffer) - self._pos
+        if pending < HEADER:
             return least
-        size = int.from_bytes(self._buffer[:HEADER], "big")
-        return max(least, min(size, self._max_frame) + HEADER - len(self._buffer))
+        size: int = _SIZE.unpack_from(self._buffer, self._pos)[0]
+        return max(least, min(size, self._max_frame) + HEADER - pending)
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) - self._pos
 
 
 def _close_fds(fds: list[int]) -> None:
@@ -153,6 +181,7 @@ class Channel(Generic[T]):
         self._broken: ChannelClosedError | None = None
         self._soon = 0
         self._unwaited = 0
+        self._emptied = False  # the last read was short: the socket held no more
         self._passes_fds = passed_fds
         self._passed: deque[_Passed] = deque()
 
@@ -246,6 +275,14 @@ class Channel(Generic[T]):
 
     # -- receiving ---------------------------------------------------------------------
 
+    async def _wait_readable(self) -> None:
+        self._emptied = False
+        self._unwaited = 0
+        try:
+            await anyio.wait_readable(self._sock)
+        except (OSError, anyio.ClosedResourceError) as exc:
+            raise ChannelClosedError("the channel is closed") from exc
+
     async def receive(self) -> T:
         while True:
             message = self._frames.next()
@@ -257,27 +294,27 @@ class Channel(Generic[T]):
                     self._unwaited = 0
                     await anyio.lowlevel.checkpoint()
                 return message
+            if self._emptied:  # the last read took all there was: a read now would fail
+                await self._wait_readable()
+                continue
             try:
                 size = self._frames.read_size(_READ_SIZE)
                 data = self._recv_passing(size) if self._passes_fds else self._sock.recv(size)
             except BlockingIOError:
-                self._unwaited = 0
-                try:
-                    await anyio.wait_readable(self._sock)
-                except (OSError, anyio.ClosedResourceError) as exc:
-                    raise ChannelClosedError("the channel is closed") from exc
+                await self._wait_readable()
                 continue
             except OSError as exc:
                 raise ChannelClosedError(f"the channel failed: {exc}") from exc
             if not data:
                 raise ChannelClosedError("the channel is closed")
+            self._emptied = len(data) < size
             self._frames.feed(data)
 
     # -- descriptors passed by the supervisor ------------------------------------------
 
     def _recv_passing(self, size: int) -> bytes:
-        data, ancillary, flags, _ = self._sock.recvmsg(size, _PASSED_SPACE, socket.MSG_CMSG_CLOEXEC)
-        truncated = bool(flags & socket.MSG_CTRUNC)
+        data, ancillary, flags, _ = self._sock.recvmsg(size, _PASSED_SPACE, _CLOEXEC)
+        truncated = bool(flags & _CTRUNC)
         if ancillary or truncated:
             fds = array.array("i")
             for level, kind, payload in ancillary:
