@@ -22,6 +22,7 @@ from capsule._broker._audit import AuditLog
 from capsule._broker._calls import MAX_IN_FLIGHT, CallRouter, Target
 from capsule._broker._connection import Connection, Outbox
 from capsule._broker._delegation import Delegations
+from capsule._broker._fairness import Turns
 from capsule._broker._host import Stream, Subscription
 from capsule._broker._lifecycle import Lifecycle, withdrawn
 from capsule._broker._network import NetworkMediator
@@ -107,6 +108,7 @@ class Broker:
         self._topics: TopicIndex[Subscriber] = TopicIndex()
         self.deadlines = self.calls.deadlines
         self.outbox = Outbox()
+        self.turns = Turns()  # every connection's share of the event loop
         self.network = NetworkMediator(audit, task_group, self._deny)
         self._delegations = Delegations(
             authority,

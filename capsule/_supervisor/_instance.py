@@ -177,7 +177,7 @@ class Instance:
         except BaseException:
             ours.close()
             raise
-        conn = Connection(ours, spec.feature, broker.outbox)
+        conn = Connection(ours, spec.feature, broker.outbox, broker.turns)
         instance = cls(
             spec, zygote, spawned, conn, broker=broker, cgroup=cgroup, view=view, shadow=shadow
         )

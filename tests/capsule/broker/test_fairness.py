@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+
+import anyio
+import msgspec
 import pytest
 import trio
 import trio.testing
 
+from capsule._broker._connection import Connection, Outbox
 from capsule._broker._fairness import (
     ACTIVE_NS,
     FLOOD_TURNS,
@@ -14,6 +19,8 @@ from capsule._broker._fairness import (
     Share,
     Turns,
 )
+from capsule._ipc._channel import encode_frame
+from capsule._ipc._messages import FromContainer, Publish
 
 
 def _trio_ns() -> int:
@@ -102,3 +109,59 @@ async def test_pacing_stops_once_the_others_are_quiet_or_the_flood_ends(
     await _flood_turns(flooder, FLOOD_TURNS - 1, turn_s=0.001)
     assert turns.paced == 1
     assert flooder.flooding == FLOOD_TURNS - 1
+
+
+def _frame() -> bytes:
+    return encode_frame(Publish(handle=1, topic="t.x", payload=msgspec.Raw(b"\x01")))
+
+
+@pytest.mark.trio
+async def test_a_quiet_connection_is_dispatched_within_one_turn_of_a_flood() -> None:
+    """A connection flooding the broker with buffered frames is read in turns: a quiet
+    connection's frame is dispatched after at most a turn of the flood, and once the flood
+    has gone on for FLOOD_TURNS turns beside it, the flood is paced (the loop waits for
+    ``paced`` to count ten such pauses)."""
+    outbox, turns = Outbox(), Turns()
+    flood_ours, flood_theirs = socket.socketpair()
+    quiet_ours, quiet_theirs = socket.socketpair()
+    flood_theirs.setblocking(False)
+    frames = 0
+    with flood_theirs, quiet_theirs, trio.fail_after(10):
+        flood = Connection(flood_ours, "flooder", outbox, turns)
+        quiet = Connection(quiet_ours, "quiet", outbox, turns)
+        order: list[str] = []
+
+        def dispatch_flood(message: FromContainer) -> None:
+            order.append("flood")
+
+        def dispatch_quiet(message: FromContainer) -> None:
+            order.append("quiet")
+
+        def fill() -> None:
+            nonlocal frames
+            while True:
+                try:
+                    flood_theirs.send(_frame())
+                except BlockingIOError:
+                    return
+                frames += 1
+
+        async def keep_flooding() -> None:
+            while True:
+                fill()
+                await trio.lowlevel.wait_writable(flood_theirs)
+
+        fill()  # the flooder's socket is full before anything is read
+        quiet_theirs.sendall(_frame())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flood.read_loop, dispatch_flood)
+            tg.start_soon(quiet.read_loop, dispatch_quiet)
+            tg.start_soon(keep_flooding)
+            while turns.paced < 10:
+                await trio.sleep(0.001)
+                quiet_theirs.sendall(_frame())  # the quiet one keeps talking
+            tg.cancel_scope.cancel()
+        flood.close()
+        quiet.close()
+    assert order.index("quiet") <= TURN_FRAMES
+    assert order.count("flood") >= FLOOD_TURNS * TURN_FRAMES
