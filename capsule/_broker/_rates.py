@@ -34,11 +34,12 @@ class _Bucket:
     def __init__(self, capability: Capability, rate: int, now: float) -> None:
         self.capability = capability
         self.rate = rate
-        self.level = float(rate)
+        self.level: float = rate
         self.at = now
 
     def take(self, now: float) -> bool:
-        level = min(float(self.rate), self.level + (now - self.at) * self.rate)
+        level = self.level + (now - self.at) * self.rate
+        level = min(level, self.rate)
         self.at = now
         if level < 1:
             self.level = level
