@@ -236,7 +236,15 @@ def event_job(sup: Supervisor, sizes: Sizes, tally: EventTally) -> Job:
 # -- fairness --------------------------------------------------------------------------------
 
 
-def fairness_jobs(sup: Supervisor, sizes: Sizes, floods: dict[str, list[int]]) -> list[Job]:
+def _paced(sup: Supervisor) -> int:
+    """Turns the broker made a flooding connection wait so far; -1 if unknown."""
+    turns = getattr(getattr(sup, "_broker", None), "turns", None)
+    return int(getattr(turns, "paced", -1))
+
+
+def fairness_jobs(
+    sup: Supervisor, sizes: Sizes, floods: dict[str, list[int]], paced: dict[str, int]
+) -> list[Job]:
     async def pings(count: int) -> list[int]:
         clock = time.perf_counter_ns
         durations: list[int] = []
@@ -261,13 +269,17 @@ def fairness_jobs(sup: Supervisor, sizes: Sizes, floods: dict[str, list[int]]) -
         async def flood() -> None:
             sent.append(int(await sup.call("flooder", "flood", request, timeout=120)))
 
+        before = _paced(sup)
         with gc_paused():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(flood)
                 await trio.sleep(sizes.flood_ramp_s)
                 durations = await pings(count)
+                if sent:  # the row would time quiet calls with no flood beside them
+                    raise RuntimeError(f"the {mode} flood ended before the quiet calls did")
                 await sup.call("flooder", "stop")
         floods[mode].extend(sent)
+        paced[mode] = paced.get(mode, 0) + _paced(sup) - before
         return durations
 
     return [
@@ -296,6 +308,7 @@ class Collected:
     samples: list[list[list[float]]]
     tally: EventTally
     floods: dict[str, list[int]]
+    paced: dict[str, int]
 
 
 async def run_timed(root: Path, sizes: Sizes, child: EchoChild) -> Collected:
@@ -305,6 +318,7 @@ async def run_timed(root: Path, sizes: Sizes, child: EchoChild) -> Collected:
         await pong.exchange()  # the child is up and echoing
     tally = EventTally()
     floods: dict[str, list[int]] = {"publish": [], "call": []}
+    paced: dict[str, int] = {}
     app, split_2 = build_app(root)
     async with app.open() as sup:
         if await sup.call("echo", "echo", PAYLOAD) != PAYLOAD:
@@ -318,13 +332,13 @@ async def run_timed(root: Path, sizes: Sizes, child: EchoChild) -> Collected:
             *authorization_jobs(sizes),
             *matching_jobs(sizes),
             *routing_jobs(sizes),
-            *fairness_jobs(sup, sizes, floods),
+            *fairness_jobs(sup, sizes, floods, paced),
         ]
         samples = await trio.to_thread.run_sync(lambda: run_interleaved(jobs, rounds=sizes.rounds))
         tally.broker_dropped_after = _broker_dropped(sup, "subscriber")
         if sup.variants("split") is None:
             raise RuntimeError("split's variants were aborted during the run")
-    return Collected(jobs, samples, tally, floods)
+    return Collected(jobs, samples, tally, floods, paced)
 
 
 # -- the summary -----------------------------------------------------------------------------
@@ -528,7 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" publisher's own loop: {publish_rate:,.0f} publishes/s"
     )
     for mode, counts in collected.floods.items():
-        print(f"  flood by {mode}: {sum(counts):,} sent over {len(counts)} floods")
+        print(
+            f"  flood by {mode}: {sum(counts):,} sent over {len(counts)} floods;"
+            f" flooding connections paced {collected.paced.get(mode, 0):,} turns"
+        )
     rows = summary(floor, measures, tally)
     print_summary(rows)
 
@@ -549,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "publisher_loop_per_s": round(publish_rate),
     }
     payload["floods"] = dict(collected.floods)
+    payload["paced"] = dict(collected.paced)
     written = write_json(args.json, payload)
     print(f"results written to {written}")
     return 0

@@ -22,6 +22,7 @@ from capsule._broker._audit import AuditLog
 from capsule._broker._calls import MAX_IN_FLIGHT, CallRouter, Target
 from capsule._broker._connection import Connection, Outbox
 from capsule._broker._delegation import Delegations
+from capsule._broker._fairness import Turns
 from capsule._broker._host import Stream, Subscription
 from capsule._broker._lifecycle import Lifecycle, withdrawn
 from capsule._broker._network import NetworkMediator
@@ -63,7 +64,7 @@ from capsule._ipc._payload import NIL, encode_payload
 from capsule._manifest._model import DEFAULT_BROKER_LIMITS, BrokerLimits
 from capsule._tasks import TaskStarter
 from capsule._tokens._authority import Token, TokenAuthority
-from capsule._tokens._caps import Action
+from capsule._tokens._caps import Action, Capability
 from capsule._tokens._grant import compile_grant
 from capsule.errors import (
     ConfigError,
@@ -107,6 +108,7 @@ class Broker:
         self._topics: TopicIndex[Subscriber] = TopicIndex()
         self.deadlines = self.calls.deadlines
         self.outbox = Outbox()
+        self.turns = Turns()  # every connection's share of the event loop
         self.network = NetworkMediator(audit, task_group, self._deny)
         self._delegations = Delegations(
             authority,
@@ -288,6 +290,12 @@ class Broker:
         answered when there is a ``request_id``) and return None."""
         handle = peer.handles.get(number)
         if valid and handle is not None and handle.grant.allows(action, target, time.time()):
+            rates = handle.rates
+            if rates is not None:
+                over = rates.over(action, target)
+                if over is not None:
+                    self._over_rate(peer, action, target, over, request_id)
+                    return None
             self.audit.allow(peer.feature, handle.grant.token_id, _ACTION_WORD[action], target)
             return handle
         word = _ACTION_WORD[action]
@@ -306,6 +314,28 @@ class Broker:
             handle=number,
         )
         return None
+
+    def _over_rate(
+        self,
+        peer: Peer,
+        action: Action,
+        target: str,
+        capability: Capability,
+        request_id: int | None,
+    ) -> None:
+        """Refuse a message past the ``rate`` of the capability it comes under: counted,
+        audited (one ``limit`` line per feature and second), and answered with
+        OverloadedError when it is a request; a publish is dropped."""
+        word = _ACTION_WORD[action]
+        reason = (
+            f"{word} {target!r} is over the rate of {capability} "
+            f"({capability.limit('rate')} a second)"
+        )
+        if request_id is not None:
+            self._over(peer, request_id, "rate", reason)
+            return
+        peer.denied += 1
+        self.audit.limit(peer.feature, "rate", f"{reason}: dropped")
 
     def _deny(
         self,

@@ -20,6 +20,7 @@ from typing import Final, Protocol, final
 import anyio
 import anyio.lowlevel
 
+from capsule._broker._fairness import TURN_FRAMES, Turns
 from capsule._ipc._channel import FrameBuffer, encode_frame
 from capsule._ipc._messages import FromContainer, Lagged
 from capsule.errors import ChannelClosedError, ProtocolError
@@ -29,7 +30,7 @@ __all__ = ["FAIR_BATCH", "HARD_LIMIT", "SOFT_LIMIT", "Connection", "Outbox", "Pa
 _READ_SIZE: Final = 65536
 _ANCILLARY: Final = socket.CMSG_SPACE(64 * array.array("i").itemsize)
 _CTRUNC: Final = int(socket.MSG_CTRUNC)  # a plain int: an IntFlag's & runs Python code
-FAIR_BATCH: Final = 16
+FAIR_BATCH: Final = TURN_FRAMES
 """Frames one connection may dispatch before every other connection gets a turn."""
 SOFT_LIMIT: Final = 4 << 20
 """Queued bytes past which droppable frames (events) to this container are dropped, unless
@@ -124,11 +125,13 @@ class Connection:
 
     ``put``/``send`` queue frames and return at once; ``write_loop`` drains the queue
     in batches (one ``send`` for many frames). ``read_loop`` hands each decoded
-    message to ``dispatch`` synchronously, yielding to other connections every
-    FAIR_BATCH frames so a flooding container gets its turn and no more.
+    message to ``dispatch`` synchronously, in turns (``_fairness``): a flooding container
+    gets its turn and no more.
     """
 
-    def __init__(self, sock: socket.socket, feature: str, outbox: Outbox) -> None:
+    def __init__(
+        self, sock: socket.socket, feature: str, outbox: Outbox, turns: Turns | None = None
+    ) -> None:
         sock.setblocking(False)  # noqa: FBT003 - the socket API's own signature
         self.sock = sock
         self.feature = feature
@@ -137,6 +140,7 @@ class Connection:
         self._blocked = False
         self._frames: FrameBuffer[FromContainer] = FrameBuffer(FromContainer)
         self._emptied = False  # the last read was short: the socket held no more
+        self._share = (turns or Turns()).share()
         self._out: list[bytes | memoryview | _Passing] = []
         self._out_bytes = 0
         self._low: tuple[int, anyio.Event] | None = None  # wait_queued_below's mark
@@ -374,16 +378,20 @@ class Connection:
         except (OSError, anyio.ClosedResourceError) as exc:
             raise ChannelClosedError("the channel is closed") from exc
 
-    async def _fill(self) -> None:
+    async def _fill(self) -> bool:
+        """Read what the socket holds; True when it had to wait for it."""
+        waited = False
         if self._emptied:  # the last read took all there was: a read now would only fail
             self._emptied = False
             await self._wait_readable()
+            waited = True
         while True:
             try:
                 size = self._frames.read_size(_READ_SIZE)
                 data, ancillary, flags, _ = self.sock.recvmsg(size, _ANCILLARY)
             except BlockingIOError:
                 await self._wait_readable()
+                waited = True
                 continue
             except (OSError, anyio.ClosedResourceError) as exc:
                 raise ChannelClosedError(f"the channel failed: {exc}") from exc
@@ -402,7 +410,7 @@ class Connection:
                 raise ChannelClosedError("the channel is closed")
             self._emptied = len(data) < size
             self._frames.feed(data)
-            return
+            return waited
 
     async def receive(self) -> FromContainer:
         """The next message (for the handshake, before the read loop runs)."""
@@ -417,24 +425,27 @@ class Connection:
         frame breaks the protocol (ProtocolError)."""
         frames = self._frames
         outbox = self._outbox
+        share = self._share
         while True:
-            handled = 0
+            spent = False
             outbox.batching += 1
             try:
                 message = frames.next()
+                if message is not None:
+                    share.begin()
                 while message is not None:
                     dispatch(message)
-                    handled += 1
-                    if handled >= FAIR_BATCH:
+                    if share.spent():
+                        spent = True
                         break
                     message = frames.next()
             finally:
                 outbox.batching -= 1
                 outbox.flush()
-            if handled >= FAIR_BATCH:
-                await anyio.lowlevel.checkpoint()
-            else:
-                await self._fill()
+            if spent:
+                await share.end()
+            elif await self._fill():
+                share.rest()
 
     def close(self) -> None:
         """Stop writing and close the socket (idempotent)."""

@@ -18,6 +18,7 @@ import trio
 
 from capsule._broker._connection import Connection
 from capsule._broker._host import HostCall
+from capsule._broker._rates import Rates, rates_for
 from capsule._broker._stats import CallStats
 from capsule._manifest._model import DEFAULT_BROKER_LIMITS, BrokerLimits
 from capsule._tokens._format import TokenClaims
@@ -44,15 +45,17 @@ _COMPACT_EVERY: Final = 4096  # finished calls leave heap entries behind; drop t
 
 @final
 class Handle:
-    """An admitted token on one connection: the number the container names it by."""
+    """An admitted token on one connection: the number the container names it by, and
+    the buckets of its capabilities' ``rate`` limits (None when it has none)."""
 
-    __slots__ = ("claims", "grant", "number", "token")
+    __slots__ = ("claims", "grant", "number", "rates", "token")
 
     def __init__(self, number: int, token: str, claims: TokenClaims, grant: Grant) -> None:
         self.number = number
         self.token = token
         self.claims = claims
         self.grant = grant
+        self.rates: Rates | None = rates_for(grant.capabilities)
 
 
 def loop_clock() -> Callable[[], float]:

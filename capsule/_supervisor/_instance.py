@@ -185,7 +185,7 @@ class Instance:
             ours.close()
             prepared.close()
             raise
-        conn = Connection(ours, spec.feature, broker.outbox)
+        conn = Connection(ours, spec.feature, broker.outbox, broker.turns)
         instance = cls(spec, zygote, spawned, conn, broker=broker, cgroup=cgroup, shadow=shadow)
         try:
             with anyio.fail_after(spec.start_timeout):
