@@ -148,11 +148,14 @@ class ViewOperations(NameChanges):
         st = os.fstat(self._fd(node))
         if not stat.S_ISREG(st.st_mode):
             raise pyfuse3.FUSEError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.ELOOP)
-        names = [(node, b"")] if write else []  # cow: an open for writing copies the file up
-        with self.quotas.layered(mount, self._where(node), "open", names, copy=[(st, 0)]):
+        if not write:  # nothing copied up, charged or given back: no quota bookkeeping
             fd = os.open(proc_path(self._fd(node)), (flags & ~OPEN_DROP) | os.O_CLOEXEC)
-            if flags & os.O_TRUNC:  # given back once the truncation happened
-                self.quotas.charge(mount, self._where(node), "open", nbytes=-st.st_size)
+        else:  # cow: an open for writing copies the file up
+            names = [(node, b"")]
+            with self.quotas.layered(mount, self._where(node), "open", names, copy=[(st, 0)]):
+                fd = os.open(proc_path(self._fd(node)), (flags & ~OPEN_DROP) | os.O_CLOEXEC)
+                if flags & os.O_TRUNC:  # given back once the truncation happened
+                    self.quotas.charge(mount, self._where(node), "open", nbytes=-st.st_size)
         keep = node.cache_key == (st.st_mtime_ns, st.st_size) and not flags & os.O_TRUNC
         node.cache_key = (st.st_mtime_ns, st.st_size)
         fh = self._fh()
