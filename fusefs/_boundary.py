@@ -1,7 +1,8 @@
 """What every FUSE handler of a view shares: the errno boundary, name checks, and the
 attributes a backing file is shown with.
 
-Must not resolve, check a policy or touch a backing file: ``_ops`` does that, with these.
+Must not resolve, check a policy or touch a backing file: the handlers (``_handlers``,
+``_changes``, ``_ops``) do that, with these.
 """
 
 from __future__ import annotations

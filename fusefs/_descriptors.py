@@ -98,6 +98,8 @@ class Descriptors:
 
     def settle(self) -> None:
         """Close what was evicted or discarded: called when no handler holds a descriptor."""
+        if not self._closing:  # most requests: nothing to close
+            return
         closing, self._closing = self._closing, []
         failed: BaseException | None = None
         for holder, fd in closing:

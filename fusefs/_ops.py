@@ -3,128 +3,30 @@
 Resolution is the node table's (descriptors, never path strings); checks are the
 policy's; OSError becomes FUSEError in one place (``_boundary.errno_boundary``). Fast metadata
 calls on the backing file system run inline; fsync runs in a worker thread. The
-server serves one container only, so a slow backing call stalls nobody else.
+server serves one container only, so a slow backing call stalls nobody else. Making,
+removing and renaming names is ``_changes``'s; what all handlers share, ``_handlers``'s.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import stat
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Sequence
 
 import pyfuse3
 
-from fusefs import _sys
 from fusefs._boundary import STRIP, errno_boundary, fill, in_worker, valid_name
-from fusefs._listings import Listings
-from fusefs._nodes import Kind, Node, NodeTable, SpecialFileError, proc_path
-from fusefs._policy import MountState, ViewPolicy, link_escapes
-from fusefs._quota import Quotas
+from fusefs._changes import NameChanges
+from fusefs._handlers import INFO_FH, OPEN_DROP, Open
+from fusefs._nodes import Kind, Node, SpecialFileError, proc_path
+from fusefs._policy import MountState
 
 __all__ = ["ViewOperations"]
 
-_OPEN_DROP: Final = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_PATH
-_INFO_FH: Final = 1 << 62  # file handles at and above this are /capsule/ snapshots
 
-
-@dataclass(slots=True)
-class _Open:
-    node: Node
-    fd: int
-    write: bool
-    content: bytes = b""
-
-
-class ViewOperations(pyfuse3.Operations):
+class ViewOperations(NameChanges):
     """One container's view: synthetic directories down to each mount, and /capsule/."""
-
-    enable_writeback_cache = False  # writes reach the server at once: quotas hold, fsync is real
-    # No flush(): pyfuse3's default answers ENOSYS, after which the kernel stops sending
-    # FLUSH on every close(). Nothing is buffered here for it to write, and it cost every
-    # close a round trip.
-
-    def __init__(self, policy: ViewPolicy, nodes: NodeTable) -> None:
-        super().__init__()
-        self.policy = policy
-        self.nodes = nodes
-        self.quotas = Quotas(policy, nodes)
-        self.timeout = policy.view.cache_timeout
-        self._handles: dict[int, _Open] = {}
-        self._listings = Listings(policy.view.listing_bytes)
-        self._next_fh = 1
-
-    # -- helpers -----------------------------------------------------------------------
-
-    def _fh(self) -> int:
-        self._next_fh += 1
-        return self._next_fh
-
-    def _attrs(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
-        attrs = pyfuse3.EntryAttributes()
-        attrs.st_ino = node.ino
-        attrs.entry_timeout = attrs.attr_timeout = self.timeout
-        view = self.policy.view
-        attrs.st_uid, attrs.st_gid = view.uid, view.gid
-        if node.kind is Kind.BACKING:
-            writable = node.mount is not None and node.mount.spec.writable
-            fill(attrs, st or os.fstat(self._fd(node)), writable=writable)
-        elif node.kind is Kind.INFO:
-            assert node.content is not None  # noqa: S101 - info nodes always have content
-            attrs.st_mode = stat.S_IFREG | 0o444
-            attrs.st_nlink = 1
-            attrs.st_size = len(node.content())
-        else:
-            attrs.st_mode = stat.S_IFDIR | 0o555
-            attrs.st_nlink = 2
-        return attrs
-
-    def _fd(self, node: Node) -> int:
-        """The node's descriptor, opened on first use; a crossing into another file system
-        found then is refused and audited."""
-        if node.fd >= 0:
-            return node.fd
-        try:
-            return self.nodes.fd(node)
-        except SpecialFileError as exc:
-            self.policy.deny("lookup", self._where(node), node.mount, str(exc))
-            raise  # pragma: no cover - deny raised
-
-    def _where(self, node: Node, name: bytes = b"") -> Callable[[], str]:
-        return functools.partial(self.nodes.path, node, name)
-
-    def _backing(self, node: Node, ctx: pyfuse3.RequestContext, operation: str) -> MountState:
-        """The node's mount, after the caller was checked."""
-        path = self._where(node)
-        if node.kind is not Kind.BACKING or node.mount is None:
-            self.policy.caller(ctx.uid, operation, path, None)
-            raise pyfuse3.FUSEError(errno.EROFS)
-        self.policy.caller(ctx.uid, operation, path, node.mount)
-        return node.mount
-
-    def _check(
-        self,
-        node: Node,
-        ctx: pyfuse3.RequestContext,
-        operation: str,
-        *,
-        write: bool,
-        name: bytes = b"",
-    ) -> MountState:
-        """Check the caller and the grant of ``node`` (of ``name`` in it, for messages)."""
-        mount = self._backing(node, ctx, operation)
-        self.policy.check(mount, operation, self._where(node, name), write=write, uid=ctx.uid)
-        return mount
-
-    def _child(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
-        try:
-            return self.nodes.child(parent, name)
-        except SpecialFileError as exc:
-            self.policy.deny("lookup", self._where(parent, name), parent.mount, str(exc))
-            raise  # pragma: no cover - deny raised
 
     # -- names -------------------------------------------------------------------------
 
@@ -228,201 +130,6 @@ class ViewOperations(pyfuse3.Operations):
         alive = node.mount is None or node.mount.closed is None
         return alive and not (mode & os.W_OK and not writable)
 
-    # -- creating and removing ----------------------------------------------------------
-
-    async def _created(
-        self, parent: Node, name: bytes, mount: MountState, make: Callable[[], object]
-    ) -> pyfuse3.EntryAttributes:
-        await self.quotas.room(mount, inodes=1)
-        self.quotas.charge(mount, self._where(parent, name), "create", inodes=1)
-        try:
-            with self.quotas.layered(
-                mount, self._where(parent, name), "create", [(parent, name)], whole=False
-            ):
-                make()
-        except BaseException:
-            self.quotas.refund(mount, inodes=1)
-            raise
-        node, st = self._child(parent, name)
-        return self._attrs(node, st)
-
-    @errno_boundary
-    async def mkdir(
-        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        parent = self.nodes[parent_inode]
-        name = valid_name(name)
-        mount = self._check(parent, ctx, "mkdir", write=True, name=name)
-        return await self._created(
-            parent, name, mount, lambda: os.mkdir(name, mode & 0o777, dir_fd=self._fd(parent))
-        )
-
-    @errno_boundary
-    async def symlink(
-        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        parent = self.nodes[parent_inode]
-        name = valid_name(name)
-        mount = self._check(parent, ctx, "symlink", write=True, name=name)
-        escape = link_escapes(target, self.nodes.depth(parent))
-        if escape is not None:
-            self.policy.deny("symlink", self._where(parent, name), mount, escape, code=errno.EPERM)
-        return await self._created(
-            parent, name, mount, lambda: os.symlink(target, name, dir_fd=self._fd(parent))
-        )
-
-    async def mknod(
-        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        parent = self.nodes[parent_inode]
-        self._check(parent, ctx, "mknod", write=True, name=name)
-        where = self._where(parent, name)
-        self.policy.deny(
-            "mknod", where, parent.mount, "device nodes, sockets and FIFOs are refused"
-        )
-        raise AssertionError  # pragma: no cover - deny raised
-
-    @errno_boundary
-    async def create(
-        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
-    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        parent = self.nodes[parent_inode]
-        name = valid_name(name)
-        mount = self._check(parent, ctx, "create", write=True, name=name)
-        base = (flags & ~_OPEN_DROP) | os.O_CLOEXEC | os.O_NOFOLLOW
-        await self.quotas.room(mount, inodes=1)
-        self.quotas.charge(mount, self._where(parent, name), "create", inodes=1)
-        try:
-            with self.quotas.layered(
-                mount, self._where(parent, name), "create", [(parent, name)], whole=False
-            ):
-                fd = os.open(
-                    name, base | os.O_CREAT | os.O_EXCL, mode & 0o777, dir_fd=self._fd(parent)
-                )
-        except FileExistsError:
-            self.quotas.refund(mount, inodes=1)
-            if flags & os.O_EXCL:
-                raise
-            fd = self._open_existing(mount, parent, name, base)
-        except BaseException:
-            self.quotas.refund(mount, inodes=1)
-            raise
-        try:
-            path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
-            node, st = self.nodes.adopt(parent, name, path_fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        fh = self._fh()
-        self._handles[fh] = _Open(node, fd, write=True)
-        self.quotas.opened(node)
-        return pyfuse3.FileInfo(fh=fh), self._attrs(node, st)
-
-    def _open_existing(self, mount: MountState, parent: Node, name: bytes, flags: int) -> int:
-        """Open ``name``, which a create found there already; what O_TRUNC cuts is given back."""
-        st = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False)
-        where = self._where(parent, name)
-        with self.quotas.layered(mount, where, "open", [(parent, name)], copy=[(st, 0)]):
-            fd = os.open(name, flags, dir_fd=self._fd(parent))
-            if flags & os.O_TRUNC:
-                self.quotas.refund(mount, nbytes=st.st_size)
-        return fd
-
-    @errno_boundary
-    async def link(
-        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        node, parent = self.nodes[inode], self.nodes[new_parent_inode]
-        mount = self._check(parent, ctx, "link", write=True, name=new_name)
-        if node.mount is not mount:
-            raise pyfuse3.FUSEError(errno.EXDEV)
-        st = os.fstat(self._fd(node))
-        if stat.S_ISDIR(st.st_mode):
-            raise pyfuse3.FUSEError(errno.EPERM)
-        new_name = valid_name(new_name)
-        names = [(node, b""), (parent, new_name)]
-        with self.quotas.layered(
-            mount, self._where(parent, new_name), "link", names, copy=[(st, 0)]
-        ):
-            os.link(proc_path(self._fd(node)), new_name, dst_dir_fd=self._fd(parent))
-        linked, st = self._child(parent, new_name)
-        return self._attrs(linked, st)
-
-    @errno_boundary
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        parent = self.nodes[parent_inode]
-        name = valid_name(name)
-        mount = self._check(parent, ctx, "unlink", write=True, name=name)
-        gone = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False)
-        owned = self.quotas.owns(mount, parent, name)  # cow: the layer holds it, not the volume
-        self.nodes.keep(parent, name)
-        with self.quotas.layered(
-            mount, self._where(parent, name), "unlink", [(parent, name)], whiteout=gone
-        ):
-            os.unlink(name, dir_fd=self._fd(parent))
-        self.nodes.unlinked(parent.ino, name)
-        if owned:  # once it is done: given back now or at its last close
-            self.quotas.removed(mount, gone)
-
-    @errno_boundary
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        parent = self.nodes[parent_inode]
-        name = valid_name(name)
-        mount = self._check(parent, ctx, "rmdir", write=True, name=name)
-        gone = os.stat(name, dir_fd=self._fd(parent), follow_symlinks=False)
-        owned = self.quotas.owns(mount, parent, name)
-        with self.quotas.layered(
-            mount, self._where(parent, name), "rmdir", [(parent, name)], whiteout=gone
-        ):
-            os.rmdir(name, dir_fd=self._fd(parent))
-        self.nodes.unlinked(parent.ino, name)
-        if owned:
-            self.quotas.removed(mount, gone)
-
-    @errno_boundary
-    async def rename(  # noqa: PLR0917 - pyfuse3's signature
-        self,
-        parent_inode_old: int,
-        name_old: bytes,
-        parent_inode_new: int,
-        name_new: bytes,
-        flags: int,
-        ctx: pyfuse3.RequestContext,
-    ) -> None:
-        old, new = self.nodes[parent_inode_old], self.nodes[parent_inode_new]
-        mount = self._check(old, ctx, "rename", write=True, name=name_old)
-        if new.mount is not mount:
-            self._backing(new, ctx, "rename")
-            raise pyfuse3.FUSEError(errno.EXDEV)
-        name_old, name_new = valid_name(name_old), valid_name(name_new)
-        replaced = None
-        if not flags & _sys.RENAME_EXCHANGE:
-            replaced = self._replaced(old, name_old, new, name_new)
-            self.nodes.keep(new, name_new)
-        owned = self.quotas.owns(mount, new, name_new)
-        copies = [(os.stat(name_old, dir_fd=self._fd(old), follow_symlinks=False), 0)]
-        if flags & _sys.RENAME_EXCHANGE:  # cow: both files are copied up
-            copies.append((os.stat(name_new, dir_fd=self._fd(new), follow_symlinks=False), 1))
-        names = [(old, name_old), (new, name_new)]
-        where = self._where(new, name_new)
-        with self.quotas.layered(mount, where, "rename", names, copy=copies, whiteout=True):
-            _sys.renameat2(self._fd(old), name_old, self._fd(new), name_new, flags)
-        self.nodes.moved(old.ino, name_old, new.ino, name_new)
-        if replaced is not None and owned:  # only once done: a refused one frees nothing
-            self.quotas.removed(mount, replaced)
-
-    def _replaced(
-        self, old: Node, name_old: bytes, new: Node, name_new: bytes
-    ) -> os.stat_result | None:
-        """The file a rename of ``name_old`` to ``name_new`` would replace, if any (not the
-        file itself, under another of its names: then the rename changes nothing)."""
-        try:
-            target = os.stat(name_new, dir_fd=self._fd(new), follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        source = os.stat(name_old, dir_fd=self._fd(old), follow_symlinks=False)
-        return None if os.path.samestat(source, target) else target
-
     # -- files -------------------------------------------------------------------------
 
     @errno_boundary
@@ -434,26 +141,29 @@ class ViewOperations(pyfuse3.Operations):
             if write:
                 raise pyfuse3.FUSEError(errno.EROFS)
             assert node.content is not None  # noqa: S101 - info nodes always have content
-            fh = _INFO_FH + self._fh()
-            self._handles[fh] = _Open(node, -1, write=False, content=node.content())
+            fh = INFO_FH + self._fh()
+            self._handles[fh] = Open(node, -1, write=False, content=node.content())
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
         mount = self._check(node, ctx, "open", write=write)
         st = os.fstat(self._fd(node))
         if not stat.S_ISREG(st.st_mode):
             raise pyfuse3.FUSEError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.ELOOP)
-        names = [(node, b"")] if write else []  # cow: an open for writing copies the file up
-        with self.quotas.layered(mount, self._where(node), "open", names, copy=[(st, 0)]):
-            fd = os.open(proc_path(self._fd(node)), (flags & ~_OPEN_DROP) | os.O_CLOEXEC)
-            if flags & os.O_TRUNC:  # given back once the truncation happened
-                self.quotas.charge(mount, self._where(node), "open", nbytes=-st.st_size)
+        if not write:  # nothing copied up, charged or given back: no quota bookkeeping
+            fd = os.open(proc_path(self._fd(node)), (flags & ~OPEN_DROP) | os.O_CLOEXEC)
+        else:  # cow: an open for writing copies the file up
+            names = [(node, b"")]
+            with self.quotas.layered(mount, self._where(node), "open", names, copy=[(st, 0)]):
+                fd = os.open(proc_path(self._fd(node)), (flags & ~OPEN_DROP) | os.O_CLOEXEC)
+                if flags & os.O_TRUNC:  # given back once the truncation happened
+                    self.quotas.charge(mount, self._where(node), "open", nbytes=-st.st_size)
         keep = node.cache_key == (st.st_mtime_ns, st.st_size) and not flags & os.O_TRUNC
         node.cache_key = (st.st_mtime_ns, st.st_size)
         fh = self._fh()
-        self._handles[fh] = _Open(node, fd, write=write)
+        self._handles[fh] = Open(node, fd, write=write)
         self.quotas.opened(node)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
-    def _live(self, handle: _Open, operation: str, *, write: bool) -> MountState:
+    def _live(self, handle: Open, operation: str, *, write: bool) -> MountState:
         mount = handle.node.mount
         assert mount is not None  # noqa: S101 - only backing files have descriptors
         self.policy.check(mount, operation, self._where(handle.node), write=write)
