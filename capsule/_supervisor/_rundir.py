@@ -11,7 +11,6 @@ import os
 import shutil
 from pathlib import Path
 
-import fusefs
 from capsule._sandbox import _syscalls as sc
 from capsule._sandbox._cgroup_files import run_name_for
 
@@ -41,6 +40,8 @@ def _alive(run_name: str) -> bool:
 def _unmount_beneath(path: Path) -> None:
     """Detach every mount beneath ``path``; views first have their FUSE connection aborted,
     so a server that still hangs there can never block the unmount or the removal."""
+    import fusefs  # noqa: PLC0415 - only to clean up: `capsule ps` finds runs without pyfuse3
+
     for _, connection in fusefs.fuse_mounts_beneath(str(path)):
         fusefs.abort_connection(connection)
     prefix = str(path) + "/"

@@ -17,10 +17,11 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 
-from capsule._broker._stats import CallStats
-from capsule._supervisor._instance import Instance
+if TYPE_CHECKING:  # annotations only: the command line decodes VariantsStatus without these
+    from capsule._broker._stats import CallStats
+    from capsule._supervisor._instance import Instance
 
 __all__ = [
     "Interval",
