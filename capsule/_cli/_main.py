@@ -8,22 +8,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NoReturn
 
-import structlog
-
 from capsule import __version__
-from capsule._cli._common import EXIT_PROBLEMS, Parser
+from capsule._cli._common import EXIT_PROBLEMS, Handler, Parser
 from capsule.errors import CapsuleError
 
 __all__ = ["main", "run"]
 
-Handler = Callable[[argparse.Namespace], int]
-
 
 def build_parser() -> argparse.ArgumentParser:
-    from capsule._cli import (  # noqa: PLC0415 - keep `capsule --version` light
+    # each module only declares its arguments; what a command runs is imported when it runs
+    from capsule._cli import (  # noqa: PLC0415 - keep `capsule --version` lighter still
         _audit,
         _call,
         _check,
@@ -46,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show full tracebacks instead of one-line errors, and debug log lines",
     )
+    parser.set_defaults(logs=True)  # a command talking to a running app says False
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     _run.register(sub)
@@ -63,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(*, debug: bool) -> None:
     """Log lines go to stderr; only with --debug below the error level."""
+    import structlog  # noqa: PLC0415 - only for commands that run what logs
+
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.DEBUG if debug else logging.ERROR
@@ -75,7 +75,8 @@ def _configure_logging(*, debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(debug=args.debug)
+    if args.logs:
+        _configure_logging(debug=args.debug)
     handler: Handler = args.handler
     try:
         return handler(args)
