@@ -11,7 +11,6 @@ import os
 import shutil
 from pathlib import Path
 
-from capsule._sandbox import _syscalls as sc
 from capsule._sandbox._cgroup_files import run_name_for
 
 __all__ = ["RunDir", "runtime_base"]
@@ -40,7 +39,9 @@ def _alive(run_name: str) -> bool:
 def _unmount_beneath(path: Path) -> None:
     """Detach every mount beneath ``path``; views first have their FUSE connection aborted,
     so a server that still hangs there can never block the unmount or the removal."""
-    import fusefs  # noqa: PLC0415 - only to clean up: `capsule ps` finds runs without pyfuse3
+    # only a clean-up needs these: `capsule ps` finds runs without pyfuse3 or ctypes
+    import fusefs  # noqa: PLC0415
+    from capsule._sandbox import _syscalls as sc  # noqa: PLC0415
 
     for _, connection in fusefs.fuse_mounts_beneath(str(path)):
         fusefs.abort_connection(connection)
