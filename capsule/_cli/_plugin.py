@@ -22,7 +22,6 @@ from capsule._cli._common import (
     add_format_option,
 )
 from capsule._cli._target import add_app_option, connect
-from capsule._units import parse_duration
 from capsule.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -32,6 +31,8 @@ __all__ = ["register"]
 
 
 def _drain(text: str) -> float:
+    from capsule._units import parse_duration  # noqa: PLC0415 - decimal: not for `--help`
+
     try:
         seconds = parse_duration(text)
     except ConfigError as exc:
