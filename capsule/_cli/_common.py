@@ -6,19 +6,23 @@ Must not import subcommands.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Final, NoReturn, TypeAlias
 
 __all__ = [
     "CONTROL_EXIT_STATUS",
     "EXIT_OK",
     "EXIT_PROBLEMS",
     "EXIT_USAGE",
+    "Handler",
     "Parser",
     "add_format_option",
     "app_dir_problem",
+    "lazy",
     "positive_seconds",
     "printable",
 ]
@@ -32,12 +36,29 @@ CONTROL_EXIT_STATUS: Final = (
     "2 usage error."
 )
 
+Handler: TypeAlias = Callable[[argparse.Namespace], int]
+"""What runs a command: its parsed arguments in, its exit status out."""
+
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and exit with EXIT_USAGE."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def lazy(module: str, name: str) -> Handler:
+    """The handler ``name`` of ``module``, imported only when its command runs.
+
+    Parsing the command line (``capsule --help`` too) then imports no command's
+    dependencies: ``capsule ps`` never loads the supervisor, trio or pyfuse3."""
+
+    def handler(args: argparse.Namespace) -> int:
+        run: Handler = getattr(importlib.import_module(module), name)
+        return run(args)
+
+    handler.__qualname__ = f"{module}.{name}"
+    return handler
 
 
 def add_format_option(

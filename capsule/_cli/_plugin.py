@@ -12,7 +12,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capsule._cli._common import (
     CONTROL_EXIT_STATUS,
@@ -22,14 +22,17 @@ from capsule._cli._common import (
     add_format_option,
 )
 from capsule._cli._target import add_app_option, connect
-from capsule._control._protocol import PluginReview
-from capsule._units import parse_duration
 from capsule.errors import ConfigError
+
+if TYPE_CHECKING:
+    from capsule._control._protocol import PluginReview
 
 __all__ = ["register"]
 
 
 def _drain(text: str) -> float:
+    from capsule._units import parse_duration  # noqa: PLC0415 - decimal: not for `--help`
+
     try:
         seconds = parse_duration(text)
     except ConfigError as exc:

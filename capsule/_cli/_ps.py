@@ -9,13 +9,15 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capsule._cli._common import EXIT_OK, add_format_option, positive_seconds
 from capsule._cli._status import as_json, rates, rich_view, text_table
 from capsule._cli._target import add_app_option, connect
-from capsule._control._client import ControlClient
-from capsule._control._protocol import Snapshot
+
+if TYPE_CHECKING:
+    from capsule._control._client import ControlClient
+    from capsule._control._protocol import Snapshot
 
 __all__ = ["register"]
 

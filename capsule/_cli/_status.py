@@ -11,12 +11,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
-import msgspec
-
-from capsule._control._protocol import FeatureRow, Snapshot
-
 if TYPE_CHECKING:
     from rich.console import RenderableType
+
+    from capsule._control._protocol import FeatureRow, Snapshot
 
 __all__ = [
     "Rates",
@@ -312,6 +310,8 @@ def status_lines(snapshot: Snapshot, found: Mapping[str, Rates], *, log_format: 
 
 def as_json(snapshot: Snapshot) -> dict[str, Any]:
     """The snapshot as a JSON-ready dict (``capsule ps --format json``)."""
+    import msgspec  # noqa: PLC0415 - a snapshot came with it: `capsule --help` needs none
+
     data: dict[str, Any] = msgspec.to_builtins(snapshot)
     data.pop("t", None)
     data.pop("clock", None)

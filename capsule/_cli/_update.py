@@ -11,16 +11,16 @@ import argparse
 import json
 import os
 from datetime import UTC, datetime
-from typing import Any
-
-import msgspec
+from typing import TYPE_CHECKING, Any
 
 from capsule._cli._common import CONTROL_EXIT_STATUS, EXIT_OK, add_format_option
 from capsule._cli._target import add_app_option, connect
-from capsule._supervisor._history import VersionRecord
-from capsule._supervisor._supervisor import UpdateReport
 
-__all__ = ["register"]
+if TYPE_CHECKING:
+    from capsule._supervisor._history import VersionRecord
+    from capsule._supervisor._records import UpdateReport
+
+__all__ = ["builtins", "register", "render_report"]
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -101,7 +101,7 @@ def _history(args: argparse.Namespace) -> int:
     with connect(args) as client:
         versions = client.history(args.feature)
     if args.format == "json":
-        print(json.dumps(msgspec.to_builtins(versions.records), indent=2))
+        print(json.dumps(builtins(versions.records), indent=2))
         return EXIT_OK
     if not versions.records:
         print(f"{versions.feature}: no versions recorded")
@@ -139,6 +139,13 @@ def render_report(report: UpdateReport) -> str:
 
 def _print_report(report: UpdateReport, form: str) -> None:
     if form == "json":
-        print(json.dumps(msgspec.to_builtins(report), indent=2))
+        print(json.dumps(builtins(report), indent=2))
     else:
         print(render_report(report))
+
+
+def builtins(value: object) -> Any:
+    """``value`` as JSON-ready builtins (it came with msgspec: `capsule --help` needs none)."""
+    import msgspec  # noqa: PLC0415
+
+    return msgspec.to_builtins(value)

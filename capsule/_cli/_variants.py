@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any
-
-import msgspec
+from typing import TYPE_CHECKING, Any
 
 from capsule._cli._common import CONTROL_EXIT_STATUS, EXIT_OK, add_format_option
 from capsule._cli._target import add_app_option, connect
-from capsule._cli._update import render_report
-from capsule._control._protocol import VariantsReport
+from capsule._cli._update import builtins, render_report
+
+if TYPE_CHECKING:
+    from capsule._control._protocol import VariantsReport
 
 __all__ = ["parse_share", "register"]
 
@@ -106,7 +106,7 @@ def _variants(args: argparse.Namespace) -> int:
 
 def _print(feature: str, answer: VariantsReport, form: str) -> None:
     if form == "json":
-        print(json.dumps(msgspec.to_builtins(answer), indent=2))
+        print(json.dumps(builtins(answer), indent=2))
         return
     if answer.status is not None:
         print(answer.status.table())

@@ -19,12 +19,8 @@ from typing import Annotated, Final, Literal, TypeAlias
 import msgspec
 
 from capsule._supervisor._history import VersionRecord
-from capsule._supervisor._supervisor import (
-    FeatureStatistics,
-    PluginInfo,
-    UpdateReport,
-    VariantsStatus,
-)
+from capsule._supervisor._records import FeatureStatistics, PluginInfo, UpdateReport
+from capsule._supervisor._variant_stats import VariantsStatus
 from capsule.errors import ProtocolError
 
 __all__ = [

@@ -18,6 +18,7 @@ from capsule._broker._variants import VariantRoutes
 from capsule._manifest import FeatureGrant, FeatureManifest
 from capsule._supervisor._demand import Demand
 from capsule._supervisor._instance import Instance
+from capsule._supervisor._records import FeatureStatistics
 from capsule._supervisor._restart import RestartTracker
 from capsule.errors import CapsuleError, FeatureUnavailableError, OverloadedError
 
@@ -33,52 +34,6 @@ class FeatureState(enum.Enum):
     STOPPED = "stopped"
     RESTARTING = "restarting"
     QUARANTINED = "quarantined"
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class FeatureStatistics:
-    """A snapshot of one feature; memory and cpu figures come from its cgroup (None without)."""
-
-    name: str
-    version: str
-    state: str
-    pid: int | None
-    restarts: int
-    calls_total: int
-    calls_in_flight: int
-    messages: int
-    denied: int
-    events_dropped: int
-    uptime: float | None
-    last_exit: str | None
-    memory_current: int | None
-    memory_limit: int | None
-    oom_kills: int
-    pids_current: int | None
-    cpu_usage_ns: int | None
-    files_allowed: int = 0  # file operations its view's server allowed (reported each second)
-    files_denied: int = 0  # and refused
-    connections: int = 0  # sockets the broker opened for it (ctx.connect and ctx.listen)
-    tokens_renewed: int = 0  # token renewals, over all its containers
-    renewals_failed: int = 0  # renewal attempts that failed (each logged and audited)
-    renewal_error: str | None = None  # why the last renewal failed, until one succeeds
-    # what it makes the broker hold, and its limits ([policy.NAME.limits] of app.toml)
-    subscriptions: int = 0  # patterns subscribed (the same pattern twice is one)
-    subscriptions_limit: int = 0
-    delegations: int = 0  # tokens it delegated that are still live
-    delegations_limit: int = 0
-    queued: int = 0  # bytes queued towards its container, not read yet
-    queue_limit: int = 0  # past it, events to it are dropped (it is told) or it is ended
-    update: str | None = None  # a live update under way: "1.0 -> 1.1 (probation)", say
-    held: int = 0  # calls held while the route switches versions
-    variants: str | None = None  # an experiment under way: "1.2.0 90% / 1.3.0 10%", say
-    # an on-demand feature (start = "on-demand" in app.toml); zeros and None for an eager one
-    on_demand: bool = False
-    wakes: int = 0  # containers started by a call, stream or event to it while stopped
-    last_wake: float | None = None  # when it last woke (Unix time)
-    time_to_ready: float | None = None  # seconds from that wake to ready
-    idle_left: float | None = None  # seconds until it is stopped as idle, if nothing happens
 
 
 @final

@@ -15,7 +15,6 @@ import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, NoReturn, final
@@ -35,6 +34,7 @@ from capsule._supervisor._history import History, VersionEvent
 from capsule._supervisor._instance import Instance
 from capsule._supervisor._plan import Planner
 from capsule._supervisor._pluginstore import PluginRecord, PluginStore
+from capsule._supervisor._records import PluginInfo
 from capsule._supervisor._restart import RestartTracker
 from capsule._supervisor._versions import note_start
 from capsule.errors import (
@@ -56,21 +56,6 @@ _DRAIN_POLL: Final = 0.01
 _RELEASE_WAIT: Final = 30.0
 """Seconds a removed plugin's view and cgroup may take to go once its container ended."""
 """Seconds between two looks at the calls a plugin being removed still serves."""
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class PluginInfo:
-    """One installed plugin: its record in ``plugins.json`` and where it is now (``state``:
-    a feature state, or ``not started`` with the ``problem`` that kept it from starting)."""
-
-    name: str
-    version: str
-    bundle: str
-    installed: float
-    capabilities: tuple[str, ...]
-    state: str
-    problem: str | None = None
 
 
 @final

@@ -11,8 +11,6 @@ import os
 import shutil
 from pathlib import Path
 
-import fusefs
-from capsule._sandbox import _syscalls as sc
 from capsule._sandbox._cgroup_files import run_name_for
 
 __all__ = ["RunDir", "runtime_base"]
@@ -41,6 +39,10 @@ def _alive(run_name: str) -> bool:
 def _unmount_beneath(path: Path) -> None:
     """Detach every mount beneath ``path``; views first have their FUSE connection aborted,
     so a server that still hangs there can never block the unmount or the removal."""
+    # only a clean-up needs these: `capsule ps` finds runs without pyfuse3 or ctypes
+    import fusefs  # noqa: PLC0415
+    from capsule._sandbox import _syscalls as sc  # noqa: PLC0415
+
     for _, connection in fusefs.fuse_mounts_beneath(str(path)):
         fusefs.abort_connection(connection)
     prefix = str(path) + "/"

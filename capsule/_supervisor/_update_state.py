@@ -20,6 +20,7 @@ from capsule._supervisor._handle import FeatureHandle
 from capsule._supervisor._instance import Ending, Instance
 from capsule._supervisor._plan import Version
 from capsule._supervisor._probation import Probation
+from capsule._supervisor._records import UpdateReport
 from capsule._tokens._authority import TokenAuthority
 from capsule.errors import ConfigError
 
@@ -58,31 +59,6 @@ class VersionLog(Protocol):
     ) -> object: ...
 
     def previous(self, feature: str) -> VersionEntry | None: ...
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class UpdateReport:
-    """What an update or a rollback did, or for a dry run what an update would do.
-
-    ``pause`` is how long new calls were held (seconds), ``held`` how many were,
-    ``stragglers`` the calls still running on the old version when the drain time was up
-    (they finish there), ``state_bytes`` the size of the state moved (None: the old version
-    has no ``export_state``). ``steps`` says in words what happened, or would.
-    """
-
-    feature: str
-    action: str  # "update", "rollback" or "dry-run" (plain str: it travels on the wire)
-    from_version: str
-    to_version: str
-    diff: str = ""
-    widens: bool = False
-    steps: tuple[str, ...] = ()
-    pause: float = 0.0
-    held: int = 0
-    stragglers: int = 0
-    state_bytes: int | None = None
-    cold: bool = False  # no old container to switch to: stopped, then started
 
 
 @final

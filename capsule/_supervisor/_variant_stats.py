@@ -15,12 +15,12 @@ side has a few dozen calls; it says nothing of the tails, which p99 shows.
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, field
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 
-from capsule._broker._stats import CallStats
-from capsule._supervisor._instance import Instance
+if TYPE_CHECKING:  # annotations only: the command line decodes VariantsStatus without these
+    from capsule._broker._stats import CallStats
+    from capsule._supervisor._instance import Instance
 
 __all__ = [
     "Interval",
@@ -84,6 +84,8 @@ def latency_diff(control: list[float], candidate: list[float]) -> Interval | Non
     approximation interval; None with fewer than two latencies a side."""
     if len(control) < 2 or len(candidate) < 2:
         return None
+    import statistics  # noqa: PLC0415 - here only: `capsule ps` decodes VariantsStatus
+
     m1, m2 = statistics.fmean(control), statistics.fmean(candidate)
     v1 = statistics.variance(control) / len(control)
     se = math.sqrt(v1 + statistics.variance(candidate) / len(candidate))

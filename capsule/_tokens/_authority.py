@@ -6,6 +6,7 @@ refusal leaves as one opaque InvalidTokenError (the reason goes to the log).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -89,6 +90,18 @@ def _raw(token: Token | str | bytes) -> bytes | None:
     return bytes(token)
 
 
+@functools.lru_cache(maxsize=1024)
+def _in_vocabulary(caps: tuple[Capability, ...]) -> bool:
+    """Whether every capability is valid and canonical, memoised by value: a feature's
+    tokens hold the same few capability sets over and over (only signed ones get here)."""
+    try:
+        for cap in caps:
+            cap.validate()
+    except ConfigError:
+        return False
+    return True
+
+
 def _claims_problem(claims: TokenClaims, epoch: int) -> str | None:
     """Structural checks on a decoded body; the reason, or None when it is well formed."""
     if claims.epoch != epoch:
@@ -99,16 +112,15 @@ def _claims_problem(claims: TokenClaims, epoch: int) -> str | None:
         return "audience is not a feature name"
     if not 1 <= len(claims.caps) <= MAX_CAPABILITIES:
         return "capability count out of range"
-    if len(claims.chain) > MAX_CHAIN or any(len(j) != JTI_SIZE for j in claims.chain):
+    chain = claims.chain
+    if chain and (len(chain) > MAX_CHAIN or any(len(j) != JTI_SIZE for j in chain)):
         return "derivation chain malformed"
-    if not all(math.isfinite(t) for t in (claims.iat, claims.nbf, claims.exp)):
+    isfinite = math.isfinite
+    if not (isfinite(claims.iat) and isfinite(claims.nbf) and isfinite(claims.exp)):
         return "validity times are not finite"
     if not claims.nbf <= claims.exp:
         return "validity window is empty"
-    try:
-        for cap in claims.caps:
-            cap.validate()
-    except ConfigError:
+    if not _in_vocabulary(claims.caps):
         return "capability outside the vocabulary"
     return None
 

@@ -5,12 +5,39 @@ Must not verify signatures or touch keys: it runs on every message, after admiss
 
 from __future__ import annotations
 
-from typing import final
+import functools
+from collections.abc import Mapping
+from typing import TypeAlias, final
 
 from capsule._tokens._caps import Action, Capability
 from capsule._tokens._format import TokenClaims
 
 __all__ = ["Grant", "compile_grant"]
+
+#: a grant's index: the targets allowed exactly, and the stems allowed as prefixes, by action
+_Index: TypeAlias = tuple[Mapping[Action, frozenset[str]], Mapping[Action, tuple[str, ...]]]
+
+
+@functools.lru_cache(maxsize=1024)
+def _index(capabilities: tuple[Capability, ...]) -> _Index:
+    """The index of ``capabilities``, memoised by value: a feature's tokens (renewed, or one
+    per container) hold the same few capability sets over and over. Grants of equal
+    capabilities share one index, so it is never changed once built."""
+    exact: dict[Action, set[str]] = {}
+    prefixes: dict[Action, list[str]] = {}
+    for cap in capabilities:
+        for action in cap.action_set():
+            target = cap.target
+            if cap.kind == "icc" and target.endswith(".*"):
+                prefixes.setdefault(action, []).append(target[:-1])
+            elif cap.kind == "fs" and target.endswith("/"):
+                prefixes.setdefault(action, []).append(target)
+            else:
+                exact.setdefault(action, set()).add(target)
+    return (
+        {a: frozenset(t) for a, t in exact.items()},
+        {a: tuple(p) for a, p in prefixes.items()},
+    )
 
 
 @final
@@ -35,19 +62,7 @@ class Grant:
         self.expires = expires
         self.capabilities = capabilities
         self.alive = True
-        exact: dict[Action, set[str]] = {}
-        prefixes: dict[Action, list[str]] = {}
-        for cap in capabilities:
-            for action in cap.action_set():
-                target = cap.target
-                if cap.kind == "icc" and target.endswith(".*"):
-                    prefixes.setdefault(action, []).append(target[:-1])
-                elif cap.kind == "fs" and target.endswith("/"):
-                    prefixes.setdefault(action, []).append(target)
-                else:
-                    exact.setdefault(action, set()).add(target)
-        self._exact = {a: frozenset(t) for a, t in exact.items()}
-        self._prefixes = {a: tuple(p) for a, p in prefixes.items()}
+        self._exact, self._prefixes = _index(capabilities)
 
     def allows(self, action: Action, target: str, now: float) -> bool:
         """True when this grant is alive, unexpired at ``now`` and covers ``action`` on ``target``.

@@ -28,14 +28,19 @@ it under a stream of calls, checking that none fails and that the state went acr
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Final
+
 from capsule._facade import publish
-from capsule.testing._app import TestApp as TestApp
-from capsule.testing._app import crash as crash
-from capsule.testing._app import kill as kill
 from capsule.testing._faults import FAULTS as FAULTS
 from capsule.testing._faults import install_faults as install_faults
-from capsule.testing._leftovers import leftovers as leftovers
-from capsule.testing._updates import check_live_update as check_live_update
+
+if TYPE_CHECKING:
+    from capsule.testing._app import TestApp as TestApp
+    from capsule.testing._app import crash as crash
+    from capsule.testing._app import kill as kill
+    from capsule.testing._leftovers import leftovers as leftovers
+    from capsule.testing._updates import check_live_update as check_live_update
 
 __all__ = [
     "FAULTS",
@@ -47,4 +52,37 @@ __all__ = [
     "leftovers",
 ]
 
-publish(__name__, globals(), (n for n in __all__ if n != "FAULTS"))
+#: the names imported on first use, by defining module: they need the supervisor, which a
+#: container must not import when it unpickles the fault services of an inline feature
+#: (``capsule.testing._faults``, imported with this package)
+_LAZY: Final = {
+    "capsule.testing._app": ("TestApp", "crash", "kill"),
+    "capsule.testing._leftovers": ("leftovers",),
+    "capsule.testing._updates": ("check_live_update",),
+}
+
+
+def _load() -> None:
+    """Import every lazily imported module and bind and publish its names here."""
+    found: dict[str, object] = {}
+    for module, names in _LAZY.items():
+        imported = importlib.import_module(module)
+        found.update((name, getattr(imported, name)) for name in names)
+    publish(__name__, found, list(found))
+    globals().update(found)
+
+
+if not TYPE_CHECKING:  # mypy sees the imports above, and flags a name that is not one
+
+    def __getattr__(name: str) -> object:
+        if not any(name in names for names in _LAZY.values()):
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        _load()
+        return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+publish(__name__, globals(), ["install_faults"])

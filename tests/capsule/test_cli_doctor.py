@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import MappingProxyType
 
-from capsule._cli._doctor import as_json, as_text
+from capsule._cli._doctor_report import as_json, as_text
 from capsule._sandbox._cgroup_detect import CgroupSupport
 from capsule._sandbox._isolation import Isolation, Mechanism
 from capsule._sandbox._seccomp_policy import DENIED_SYSCALLS
