@@ -75,7 +75,17 @@ def _check_shape(payload: dict[str, Any], name: str) -> None:
 
 def test_the_benchmarks_are_found() -> None:
     names = {p.stem for p in SCRIPTS}
-    expected = {"broker", "cli", "fusefs", "ondemand", "peers", "spawn", "tokens", "update", "views"}
+    expected = {
+        "broker",
+        "cli",
+        "fusefs",
+        "ondemand",
+        "peers",
+        "spawn",
+        "tokens",
+        "update",
+        "views",
+    }
     assert expected <= names, names
 
 
