@@ -14,6 +14,13 @@ from typing import Final, final
 __all__ = ["StateFile", "StateFileError", "read_state", "write_state"]
 
 _NAME: Final = "capsule-state"
+_MFD_NOEXEC_SEAL: Final = 0x0008
+"""Linux 6.3+: the file is made without execute bits, and sealed so none can be added."""
+_MODE: Final = 0o600
+"""No execute bit for anyone: the exporting container writes any bytes it likes into the
+file, and a file nobody may execute is not a way to run them (THREATS 2: what a feature
+wrote must not run). Its owner is the supervisor's user, which no container maps, so a
+container cannot change the mode back."""
 _SEALS: Final = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 """Once sealed, the file can be neither written, resized, nor unsealed, by anyone holding it."""
 
@@ -57,9 +64,21 @@ class StateFile:
 
     @classmethod
     def blank(cls) -> StateFile:
-        """An empty file, not sealed: a container writes its export into it."""
+        """An empty file, not sealed and never executable: a container writes its export
+        into it."""
+        flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
         try:
-            fd = os.memfd_create(_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            try:
+                fd = os.memfd_create(_NAME, flags | _MFD_NOEXEC_SEAL)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                fd = os.memfd_create(_NAME, flags)  # before Linux 6.3: the mode alone
+            try:
+                os.fchmod(fd, _MODE)
+            except BaseException:
+                os.close(fd)
+                raise
         except OSError as exc:
             raise StateFileError(f"cannot create a memory file for the state: {exc}") from exc
         return cls(fd)

@@ -1,4 +1,5 @@
-"""Attacks a test runs from inside a container: raw syscalls through the native and 32-bit ABIs.
+"""Attacks a test runs from inside a container: raw syscalls through the native and 32-bit ABIs,
+and running a binary the container wrote.
 
 Never imported by the runtime itself. Probes report what the kernel answered instead of raising.
 """
@@ -12,7 +13,7 @@ import struct
 from functools import cache
 from typing import Final
 
-__all__ = ["raw_syscall", "syscall32"]
+__all__ = ["exec_outcome", "raw_syscall", "syscall32", "tiny_elf"]
 
 _MAX_ARGS: Final = 6
 _U32: Final = 0xFFFF_FFFF
@@ -121,3 +122,33 @@ def syscall32(nr: int, *args: int) -> int:
     finally:
         libc.munmap(page, _PAGE)
     return result
+
+
+def tiny_elf(status: int) -> bytes:
+    """A static x86_64 ELF executable that only calls ``exit(status)`` (no interpreter)."""
+    code = b"\xbf" + struct.pack("<I", status) + b"\xb8\x3c\x00\x00\x00\x0f\x05"
+    base, header, program_header = 0x400000, 64, 56
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+    entry = base + header + program_header
+    elf = ident + struct.pack(
+        "<HHIQQQIHHHHHH", 2, 0x3E, 1, entry, header, 0, 0, header, program_header, 1, 0, 0, 0
+    )
+    size = header + program_header + len(code)
+    elf += struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x1000)
+    return elf + code
+
+
+def exec_outcome(target: str | int) -> str:
+    """Exec ``target`` (a path or an fd) in a child: ``exit N`` if it ran, else the errno name."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execve(target, ["probe"], {})  # noqa: S606 - the exec is the attack
+        except OSError as exc:
+            os._exit(100 + (exc.errno or 0))
+        os._exit(99)  # pragma: no cover - execve does not return
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 100:
+        return errno.errorcode.get(code - 100, f"errno {code - 100}")
+    return f"exit {code}"

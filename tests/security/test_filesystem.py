@@ -18,7 +18,6 @@ import os
 import resource
 import socket
 import stat
-import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -32,7 +31,7 @@ import trio
 import capsule
 from capsule.feature import Context
 from capsule.testing import TestApp, leftovers
-from capsule.testing._probes import raw_syscall, syscall32
+from capsule.testing._probes import exec_outcome, raw_syscall, syscall32, tiny_elf
 from tests.security._host import (
     RESTART_AT_ONCE,
     UID_FLOOR,
@@ -85,36 +84,6 @@ def _reopen_for_writing(path: str) -> None:
         os.close(os.open(f"/proc/self/fd/{fd}", os.O_WRONLY))
     finally:
         os.close(fd)
-
-
-def _tiny_elf(status: int) -> bytes:
-    """A static x86_64 ELF executable that only calls ``exit(status)`` (no interpreter)."""
-    code = b"\xbf" + struct.pack("<I", status) + b"\xb8\x3c\x00\x00\x00\x0f\x05"
-    base, header, program_header = 0x400000, 64, 56
-    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
-    entry = base + header + program_header
-    elf = ident + struct.pack(
-        "<HHIQQQIHHHHHH", 2, 0x3E, 1, entry, header, 0, 0, header, program_header, 1, 0, 0, 0
-    )
-    size = header + program_header + len(code)
-    elf += struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x1000)
-    return elf + code
-
-
-def _exec_outcome(target: str | int) -> str:
-    """Exec ``target`` (a path or an fd) in a child: ``exit N`` if it ran, else the errno name."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.execve(target, ["probe"], {})  # noqa: S606 - the exec is the attack
-        except OSError as exc:
-            os._exit(100 + (exc.errno or 0))
-        os._exit(99)  # pragma: no cover - execve does not return
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code >= 100:
-        return errno.errorcode.get(code - 100, f"errno {code - 100}")
-    return f"exit {code}"
 
 
 def _mountinfo() -> list[dict[str, str]]:
@@ -179,12 +148,12 @@ def _attack_writes(_: object) -> dict[str, str]:
 
 def _attack_exec(_: object) -> dict[str, str]:
     tool = f"{_TMP}/tool"
-    _write(tool, _tiny_elf(42))
+    _write(tool, tiny_elf(42))
     out = {"chmod 0755 /tmp/tool": _outcome(partial(os.chmod, tool, 0o755))}
-    out["exec /tmp/tool"] = _exec_outcome(tool)
+    out["exec /tmp/tool"] = exec_outcome(tool)
     fd = os.open(tool, os.O_RDONLY)
-    out["exec /tmp/tool through /proc/self/fd"] = _exec_outcome(f"/proc/self/fd/{fd}")
-    out["fexecve /tmp/tool"] = _exec_outcome(fd)
+    out["exec /tmp/tool through /proc/self/fd"] = exec_outcome(f"/proc/self/fd/{fd}")
+    out["fexecve /tmp/tool"] = exec_outcome(fd)
     out["mmap /tmp/tool PROT_EXEC"] = _outcome(
         partial(mmap.mmap, fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_EXEC)
     )
@@ -193,14 +162,14 @@ def _attack_exec(_: object) -> dict[str, str]:
     with open(sys.executable, "rb") as source:
         _write(interpreter, source.read())
     os.chmod(interpreter, 0o755)  # noqa: S103 - making it executable is the attack
-    out["exec a copy of the interpreter in /tmp"] = _exec_outcome(interpreter)
+    out["exec a copy of the interpreter in /tmp"] = exec_outcome(interpreter)
     return out
 
 
 def _attack_memfd_exec(_: object) -> str:
     fd = os.memfd_create("payload")
-    os.write(fd, _tiny_elf(42))
-    return _exec_outcome(fd)
+    os.write(fd, tiny_elf(42))
+    return exec_outcome(fd)
 
 
 def _attack_links(request: dict[str, Any]) -> dict[str, str]:
@@ -539,7 +508,7 @@ async def test_files_written_to_tmp_cannot_be_executed(
     probe = capsule_app.feature("probe")
     _serve(probe, "attack", _attack_exec)
     payload = tmp_path / "payload"
-    payload.write_bytes(_tiny_elf(42))
+    payload.write_bytes(tiny_elf(42))
     payload.chmod(0o755)
     assert _run_on_host(payload) == 42, "the payload must run outside a container"
 
