@@ -161,7 +161,7 @@ async def _settled(sup: Supervisor, feature: str) -> FeatureState:
     handle = sup.feature(feature)
     with trio.fail_after(30):
         while handle.state not in (FeatureState.RUNNING, FeatureState.QUARANTINED):
-            await handle._changed.wait()
+            await handle._change().wait()
     return handle.state
 
 
