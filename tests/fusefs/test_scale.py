@@ -80,7 +80,9 @@ def test_a_view_serves_100k_files_with_a_bounded_number_of_descriptors(
         wait_until(lambda: _descriptors(pid) < 200, what="descriptors closed after FORGET")
         (volume / "after").write_bytes(b"x")  # and the view still opens files
         assert (mountpoint / "data" / "after").read_bytes() == b"x"
-    assert time.monotonic() - started < 120, "100k files took more than two minutes"
+    # a guard against a server stuck or gone quadratic, not a speed target (the speed of
+    # views is measured by benchmarks/fusefs.py): two minutes on a quiet machine
+    assert time.monotonic() - started < 600, "100k files took more than ten minutes"
 
 
 _LOW_LIMIT_CLIENT = """
