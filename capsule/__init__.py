@@ -11,11 +11,10 @@ supervisor (and with it trio, the spawn client and the file-system server).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
-from capsule._facade import publish
+from capsule._facade import load_names, publish
 from capsule.errors import ApprovalRequiredError as ApprovalRequiredError
 from capsule.errors import CapabilityDeniedError as CapabilityDeniedError
 from capsule.errors import CapsuleError as CapsuleError
@@ -194,23 +193,13 @@ _GROUPS: Final[tuple[Mapping[str, tuple[str, ...]], ...]] = (
 _GROUP_OF: Final = {name: group for group in _GROUPS for names in group.values() for name in names}
 
 
-def _load(group: Mapping[str, tuple[str, ...]]) -> None:
-    """Import every module of ``group`` and bind and publish each of its names here."""
-    found: dict[str, object] = {}
-    for module, names in group.items():
-        imported = importlib.import_module(module)
-        found.update((name, getattr(imported, name)) for name in names)
-    publish(__name__, found, list(found))
-    globals().update(found)
-
-
 if not TYPE_CHECKING:  # mypy sees the imports above, and flags a name that is not one
 
     def __getattr__(name: str) -> object:
         group = _GROUP_OF.get(name)
         if group is None:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        _load(group)
+        load_names(__name__, globals(), group)
         return globals()[name]
 
 

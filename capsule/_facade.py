@@ -1,14 +1,16 @@
-"""Helpers for the public facades: present re-exported names under their public module.
+"""Helpers for the public facades: present re-exported names under their public module,
+and import the names a facade loads on first use.
 
-Must not import any other capsule module.
+Imports no other capsule module itself; ``load_names`` imports the modules it is given.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, MutableMapping
+import importlib
+from collections.abc import Iterable, Mapping, MutableMapping
 
-__all__ = ["publish"]
+__all__ = ["load_names", "publish"]
 
 
 def publish(module: str, namespace: MutableMapping[str, object], names: Iterable[str]) -> None:
@@ -20,3 +22,17 @@ def publish(module: str, namespace: MutableMapping[str, object], names: Iterable
         if origin.startswith("capsule.") and "._" in origin:
             with contextlib.suppress(AttributeError, TypeError):
                 obj.__module__ = module
+
+
+def load_names(
+    module: str, namespace: MutableMapping[str, object], names: Mapping[str, tuple[str, ...]]
+) -> None:
+    """Import each defining module of ``names`` (module -> the names it defines), bind those
+    names in the facade ``module``'s ``namespace`` and publish them: what a facade's module
+    ``__getattr__`` does when a name it imports on first use is reached."""
+    found: dict[str, object] = {}
+    for defining, listed in names.items():
+        imported = importlib.import_module(defining)
+        found.update((name, getattr(imported, name)) for name in listed)
+    publish(module, found, list(found))
+    namespace.update(found)

@@ -28,10 +28,9 @@ it under a stream of calls, checking that none fails and that the state went acr
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Final
 
-from capsule._facade import publish
+from capsule._facade import load_names, publish
 from capsule.testing._faults import FAULTS as FAULTS
 from capsule.testing._faults import install_faults as install_faults
 
@@ -62,22 +61,12 @@ _LAZY: Final = {
 }
 
 
-def _load() -> None:
-    """Import every lazily imported module and bind and publish its names here."""
-    found: dict[str, object] = {}
-    for module, names in _LAZY.items():
-        imported = importlib.import_module(module)
-        found.update((name, getattr(imported, name)) for name in names)
-    publish(__name__, found, list(found))
-    globals().update(found)
-
-
 if not TYPE_CHECKING:  # mypy sees the imports above, and flags a name that is not one
 
     def __getattr__(name: str) -> object:
         if not any(name in names for names in _LAZY.values()):
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        _load()
+        load_names(__name__, globals(), _LAZY)
         return globals()[name]
 
 
