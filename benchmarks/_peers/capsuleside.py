@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
 
 import trio
 from _apps import ping
@@ -24,8 +24,7 @@ from _peers.rows import (
     HOST_SEQUENTIAL,
     WORKER_PIPELINED,
     WORKER_SEQUENTIAL,
-    row_extra,
-    row_name,
+    measure_job,
 )
 from _peers.sizes import IN_FLIGHT, Sizes
 from capsule import Supervisor
@@ -121,10 +120,7 @@ async def _cold_starts(sup: Supervisor, count: int, warmup: int) -> list[int]:
 def capsule_jobs(sup: Supervisor, sizes: Sizes) -> dict[str, Job]:
     """capsule's job for each measure, by measure key."""
 
-    def job(measure: Any, samples: int, run: Any, **more: Any) -> Job:
-        return Job(
-            row_name(measure, SYSTEM), samples, run, extra=row_extra(measure, SYSTEM), **more
-        )
+    job = partial(measure_job, system=SYSTEM)
 
     per_burst = IN_FLIGHT * sizes.pipeline_per_task
     return {

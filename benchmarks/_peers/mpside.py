@@ -17,6 +17,7 @@ import multiprocessing.forkserver
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
@@ -33,8 +34,7 @@ from _peers.rows import (
     HOST_SEQUENTIAL,
     WORKER_PIPELINED,
     WORKER_SEQUENTIAL,
-    row_extra,
-    row_name,
+    measure_job,
 )
 from _peers.sizes import IN_FLIGHT, Sizes
 
@@ -139,10 +139,7 @@ class MpPeers:
     def jobs(self, sizes: Sizes) -> dict[str, Job]:
         """The multiprocessing job for each measure, by measure key."""
 
-        def job(measure: Any, samples: int, run: Any, **more: Any) -> Job:
-            return Job(
-                row_name(measure, SYSTEM), samples, run, extra=row_extra(measure, SYSTEM), **more
-            )
+        job = partial(measure_job, system=SYSTEM)
 
         per_burst = IN_FLIGHT * sizes.pipeline_per_task
         return {

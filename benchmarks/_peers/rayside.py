@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -33,8 +34,7 @@ from _peers.rows import (
     HOST_SEQUENTIAL,
     WORKER_PIPELINED,
     WORKER_SEQUENTIAL,
-    row_extra,
-    row_name,
+    measure_job,
 )
 from _peers.sizes import IN_FLIGHT, Sizes
 
@@ -223,10 +223,7 @@ class RayPeers:
     def jobs(self, sizes: Sizes) -> dict[str, Job]:
         """The Ray job for each measure, by measure key."""
 
-        def job(measure: Any, samples: int, run: Any, **more: Any) -> Job:
-            return Job(
-                row_name(measure, SYSTEM), samples, run, extra=row_extra(measure, SYSTEM), **more
-            )
+        job = partial(measure_job, system=SYSTEM)
 
         per_burst = IN_FLIGHT * sizes.pipeline_per_task
         return {

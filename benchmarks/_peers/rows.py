@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
+from _common import Job
+
 from _peers.sizes import IN_FLIGHT
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "WORKER_PIPELINED",
     "WORKER_SEQUENTIAL",
     "Measure",
+    "measure_job",
     "row_extra",
     "row_name",
 ]
@@ -95,3 +98,9 @@ def row_name(measure: Measure, system: str) -> str:
 def row_extra(measure: Measure, system: str) -> dict[str, Any]:
     """What the JSON row carries besides the figures: the measure and the system."""
     return {"measure": measure.key, "system": system, "path": measure.paths[system]}
+
+
+def measure_job(measure: Measure, samples: int, run: Any, *, system: str, **more: Any) -> Job:
+    """``system``'s job for ``measure``: its row name and JSON extras, ``samples`` samples of
+    ``run``, and any other ``Job`` option."""
+    return Job(row_name(measure, system), samples, run, extra=row_extra(measure, system), **more)
